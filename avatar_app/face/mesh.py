@@ -1,0 +1,118 @@
+"""Face mesh topology: the one place that knows mediapipe's 478-point layout.
+
+Loaded from ``mesh_data.npz`` (built by ``tools/build_mesh_data.py`` from mediapipe's
+connection lists and two public-domain portraits), so nothing here imports mediapipe:
+the GPU and training paths use it without the tracker installed.
+
+Sides are the **subject's**: ``left_eye`` is the person's left eye, which is on the
+image's right in a frontal, non-mirrored photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+_DATA = Path(__file__).with_name("mesh_data.npz")
+
+REGION_SKIN, REGION_MOUTH, REGION_EYE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MeshTopology:
+    """Index arrays into the 478 landmarks.
+
+    Attributes:
+        triangles: ``(F, 3) int32`` mesh triangles, including our mouth/eye hole fillers.
+        triangle_region: ``(F,) int8``: REGION_SKIN, REGION_MOUTH (inside the inner lips)
+            or REGION_EYE (inside an eye opening).
+        face_oval: ordered outline of the face, starting at the forehead top.
+        lips_outer: ordered outer lip contour.
+        lips_inner_upper / lips_inner_lower: inner lip paths from the subject's right
+            mouth corner to the left one (same length, same end points).
+        right_eye_upper / right_eye_lower, left_eye_upper / left_eye_lower: eyelid
+            paths from the outer to the inner eye corner.
+        right_brow, left_brow: eyebrow points.
+        right_iris, left_iris: iris centre first, then the 4 ring points.
+        mirror: ``(478,)`` index of each point's left/right counterpart.
+        rigid: points that move with the skull, not with expressions.
+        neutral: ``(478, 3) float32`` a frontal neutral face in units of the
+            inter-ocular distance, origin between the eyes, y down, z towards the
+            back of the head (mediapipe's sign: smaller = closer to the camera).
+    """
+
+    triangles: np.ndarray
+    triangle_region: np.ndarray
+    face_oval: np.ndarray
+    lips_outer: np.ndarray
+    lips_inner_upper: np.ndarray
+    lips_inner_lower: np.ndarray
+    right_eye_upper: np.ndarray
+    right_eye_lower: np.ndarray
+    left_eye_upper: np.ndarray
+    left_eye_lower: np.ndarray
+    right_brow: np.ndarray
+    left_brow: np.ndarray
+    right_iris: np.ndarray
+    left_iris: np.ndarray
+    mirror: np.ndarray
+    rigid: np.ndarray
+    neutral: np.ndarray
+
+    @property
+    def right_eye(self) -> np.ndarray:
+        """Closed right-eye contour (upper path then lower path back)."""
+        return np.concatenate([self.right_eye_upper, self.right_eye_lower[-2:0:-1]])
+
+    @property
+    def left_eye(self) -> np.ndarray:
+        return np.concatenate([self.left_eye_upper, self.left_eye_lower[-2:0:-1]])
+
+    @property
+    def lips_inner(self) -> np.ndarray:
+        return np.concatenate([self.lips_inner_upper, self.lips_inner_lower[-2:0:-1]])
+
+    @property
+    def edges(self) -> np.ndarray:
+        """``(E, 2)`` unique undirected edges of the skin triangles (for drawing)."""
+        tri = self.triangles[self.triangle_region == REGION_SKIN]
+        e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+        return np.unique(np.sort(e, axis=1), axis=0)
+
+
+@lru_cache(maxsize=1)
+def topology() -> MeshTopology:
+    """The mesh topology (loaded once, immutable)."""
+    with np.load(_DATA) as data:
+        fields = {name: data[name] for name in MeshTopology.__dataclass_fields__}
+    for arr in fields.values():
+        arr.setflags(write=False)
+    return MeshTopology(**fields)
+
+
+# Single points used by several modules (mediapipe's indices).
+NOSE_TIP = 1
+CHIN = 152
+FOREHEAD_TOP = 10
+UPPER_LIP_CENTER_INNER = 13
+LOWER_LIP_CENTER_INNER = 14
+
+
+def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the (subject's) right and left eye contours: ``(D,)`` each."""
+    topo = topology()
+    return points[topo.right_eye].mean(axis=0), points[topo.left_eye].mean(axis=0)
+
+
+def mouth_center(points: np.ndarray) -> np.ndarray:
+    return points[topology().lips_outer].mean(axis=0)
+
+
+def mouth_opening(points: np.ndarray) -> float:
+    """Mean gap between the inner lips (same units as ``points``)."""
+    topo = topology()
+    up, lo = points[topo.lips_inner_upper[1:-1], :2], points[topo.lips_inner_lower[1:-1], :2]
+    return float(np.linalg.norm(up - lo, axis=1).mean())

@@ -1,0 +1,125 @@
+"""Retargeting: the driver's motion, relative to its neutral face, applied to the source.
+
+The driver's landmarks are split into
+
+* **head motion** — the similarity (scale, 3-D rotation, translation) that best maps
+  the driver's neutral face onto its current face over the *rigid* points, and
+* **expression** — what remains once that motion is undone (eyelids, lips, brows).
+
+The source portrait receives both: the expression offsets are rotated and scaled
+into the source face's own frame (so a smaller or turned source face gets
+proportionate offsets), and the head motion is conjugated into that frame, so a
+turn to the driver's left turns the avatar to its left, whatever the source pose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..types import Landmarks
+from .align import similarity_fit
+from .mesh import topology
+
+
+@dataclass
+class RetargetOptions:
+    """How driving motion is transferred.
+
+    Attributes:
+        mode: ``"relative"`` (source keeps its own face shape and gets the driver's
+            changes) or ``"absolute"`` (source takes the driver's face shape).
+        expression_scale: multiplies the expression offsets (1 = as driven).
+        rotation_scale: 0..1, how much head rotation is transferred.
+        translation_scale: how much head translation (in face sizes) is transferred.
+        transfer_scale: transfer the driver moving closer/farther as zoom.
+    """
+
+    mode: str = "relative"
+    expression_scale: float = 1.0
+    rotation_scale: float = 1.0
+    translation_scale: float = 1.0
+    transfer_scale: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("relative", "absolute"):
+            raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
+
+
+def _scaled_rotation(rot: np.ndarray, amount: float) -> np.ndarray:
+    """``rot`` raised to the power ``amount`` (axis-angle scaling)."""
+    if amount == 1.0:
+        return rot
+    angle = np.arccos(np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-8:
+        return np.eye(3)
+    axis = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]]) / (2 * np.sin(angle))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = angle * amount
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+class Retargeter:
+    """Maps driver landmarks to target landmarks for the source crop.
+
+    Args:
+        source: the source face's landmarks (crop px).
+        options: see :class:`RetargetOptions`.
+    """
+
+    def __init__(self, source: Landmarks, options: RetargetOptions | None = None):
+        self.source = source
+        self.options = options or RetargetOptions()
+        self._rigid = topology().rigid
+        self._neutral: np.ndarray | None = None
+        self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self._neutral is not None
+
+    def calibrate(self, neutral: Landmarks) -> None:
+        """Take ``neutral`` as the driver's resting face (motion is measured from it)."""
+        n = neutral.points.astype(np.float64)
+        self._neutral = n
+        self._to_source = similarity_fit(n[self._rigid], self.source.points[self._rigid].astype(np.float64))
+
+    def reset(self) -> None:
+        self._neutral = None
+        self._to_source = None
+
+    def head_motion(self, driver: Landmarks) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(s, R, t)`` with ``driver ≈ s R neutral + t`` over the rigid points (driver px)."""
+        if self._neutral is None:
+            raise RuntimeError("calibrate() must be called before retargeting")
+        return similarity_fit(self._neutral[self._rigid], driver.points[self._rigid].astype(np.float64))
+
+    def __call__(self, driver: Landmarks) -> Landmarks:
+        """Target landmarks in source crop px; calibrates on the first call if needed."""
+        if self._neutral is None:
+            self.calibrate(driver)
+        assert self._neutral is not None and self._to_source is not None
+        opt = self.options
+        pts = driver.points.astype(np.float64)
+        s, rot, t = self.head_motion(driver)
+        expr = (pts - t) @ rot / s - self._neutral  # expression offsets, driver-neutral frame
+
+        s_ns, r_ns, t_ns = self._to_source
+        expr_src = s_ns * expr @ r_ns.T * opt.expression_scale
+        if opt.mode == "absolute":
+            base = s_ns * self._neutral @ r_ns.T + t_ns
+        else:
+            base = self.source.points.astype(np.float64)
+        shape = base + expr_src
+
+        rot_src = r_ns @ _scaled_rotation(rot, opt.rotation_scale) @ r_ns.T
+        scale = s if opt.transfer_scale else 1.0
+        # Driver motion p -> s R p + t, expressed in source coordinates q = s_ns R_ns p + t_ns,
+        # about the source face's rigid centroid so rotation/scale do not swing the face away.
+        pivot_d = self._neutral[self._rigid].mean(0)
+        pivot_s = s_ns * r_ns @ pivot_d + t_ns
+        moved_pivot_d = s * rot @ pivot_d + t
+        shift = s_ns * r_ns @ (moved_pivot_d - pivot_d) * opt.translation_scale
+        target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift
+        return Landmarks(target.astype(np.float32), self.source.image_size, driver.confidence)

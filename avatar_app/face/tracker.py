@@ -1,0 +1,175 @@
+"""Face tracking with mediapipe's 478-point face mesh (468 mesh + 10 iris points).
+
+Two ways to run mediapipe, chosen by whether a model file is given:
+
+* the **legacy FaceMesh solution** bundled in ``mediapipe==0.10.21`` (no download;
+  the default), with ``refine_landmarks=True`` for the iris points;
+* the **Tasks API** ``FaceLandmarker`` when the user passes a ``.task`` file (newer
+  mediapipe releases ship no models, so the file must come from the user).
+
+Video frames are tracked (mediapipe re-uses the last face region, much faster than
+detecting every frame) and smoothed causally with a One-Euro filter; still images
+go through :meth:`FaceTracker.detect_faces` (static mode, several faces).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DependencyError, InputFileError
+from ..types import NUM_LANDMARKS, Frame, Landmarks, TrackResult
+from .mesh import eye_centers
+from .smoothing import OneEuroFilter
+
+
+def _import_mediapipe():
+    try:
+        import mediapipe as mp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DependencyError(
+            "Face tracking needs mediapipe, which is not installed; install it with "
+            "'pip install mediapipe==0.10.21' (or reinstall avatar-app)."
+        ) from exc
+    return mp
+
+
+def _to_landmarks(norm: np.ndarray, width: int, height: int) -> Landmarks:
+    """mediapipe normalised ``(478, 3)`` -> :class:`Landmarks` in px (pixel centres at integers)."""
+    pts = np.empty((NUM_LANDMARKS, 3), np.float32)
+    pts[:, 0] = norm[:NUM_LANDMARKS, 0] * width - 0.5
+    pts[:, 1] = norm[:NUM_LANDMARKS, 1] * height - 0.5
+    pts[:, 2] = norm[:NUM_LANDMARKS, 2] * width
+    inside = np.mean((pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height))
+    return Landmarks(pts, (width, height), float(inside))
+
+
+def face_area(lm: Landmarks) -> float:
+    x, y = lm.xy[:, 0], lm.xy[:, 1]
+    return float((x.max() - x.min()) * (y.max() - y.min()))
+
+
+class FaceTracker:
+    """Landmarks for video frames (tracked, smoothed) and still images (all faces).
+
+    Args:
+        model_path: a mediapipe ``face_landmarker.task`` file to use the Tasks API;
+            ``None`` uses the bundled FaceMesh solution.
+        min_detection_confidence / min_tracking_confidence: mediapipe thresholds.
+        smoothing: One-Euro ``(min_cutoff Hz, beta)``, or ``None`` for raw landmarks.
+        max_faces: most faces :meth:`detect_faces` returns.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, min_detection_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = (1.5, 3.0),
+                 max_faces: int = 4):
+        self.model_path = Path(model_path) if model_path else None
+        if self.model_path is not None and not self.model_path.is_file():
+            raise InputFileError(
+                f"Face landmarker model '{self.model_path}' does not exist; pass a mediapipe .task file "
+                "or leave the option out to use the bundled tracker."
+            )
+        self.min_detection_confidence = min_detection_confidence
+        self.min_tracking_confidence = min_tracking_confidence
+        self.max_faces = max_faces
+        self._filter = OneEuroFilter(*smoothing) if smoothing else None
+        self._video = None
+        self._static = None
+        self._last_ts_ms = -1
+
+    # -- mediapipe engines -------------------------------------------------------------
+    def _make(self, static: bool, max_faces: int):
+        mp = _import_mediapipe()
+        if self.model_path is None:
+            return mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True,
+                min_detection_confidence=self.min_detection_confidence,
+                min_tracking_confidence=self.min_tracking_confidence,
+            )
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        try:
+            options = vision.FaceLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=str(self.model_path)),
+                running_mode=vision.RunningMode.IMAGE if static else vision.RunningMode.VIDEO,
+                num_faces=max_faces,
+                min_face_detection_confidence=self.min_detection_confidence,
+                min_tracking_confidence=self.min_tracking_confidence,
+            )
+            return vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError) as exc:
+            raise InputFileError(
+                f"'{self.model_path}' is not a usable mediapipe face landmarker model ({exc}); "
+                "download face_landmarker.task from mediapipe's model page or leave the option out."
+            ) from exc
+
+    def _run(self, engine, image_bgr: np.ndarray, timestamp: float | None) -> list[np.ndarray]:
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        if self.model_path is None:
+            res = engine.process(rgb)
+            faces = res.multi_face_landmarks or []
+            return [np.array([(p.x, p.y, p.z) for p in f.landmark], np.float32) for f in faces]
+        import mediapipe as mp
+
+        img = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        if timestamp is None:
+            res = engine.detect(img)
+        else:
+            ts = max(int(timestamp * 1000), self._last_ts_ms + 1)
+            self._last_ts_ms = ts
+            res = engine.detect_for_video(img, ts)
+        return [np.array([(p.x, p.y, p.z) for p in f], np.float32) for f in res.face_landmarks]
+
+    # -- public API -------------------------------------------------------------------------
+    def detect_faces(self, image_bgr: np.ndarray) -> list[Landmarks]:
+        """All faces in a still image, largest first."""
+        if self._static is None:
+            self._static = self._make(static=True, max_faces=self.max_faces)
+        h, w = image_bgr.shape[:2]
+        faces = [_to_landmarks(f, w, h) for f in self._run(self._static, image_bgr, None)]
+        return sorted(faces, key=face_area, reverse=True)
+
+    def track(self, frame: Frame) -> TrackResult:
+        """Landmarks of the main face in a video frame (tracked and smoothed).
+
+        Frames that already carry landmarks (the synthetic driver) pass through.
+        """
+        if frame.landmarks is not None:
+            return TrackResult(frame.landmarks, frame.landmarks.confidence, frame.timestamp)
+        if self._video is None:
+            self._video = self._make(static=False, max_faces=1)
+        h, w = frame.image.shape[:2]
+        faces = self._run(self._video, frame.image, frame.timestamp)
+        if not faces:
+            if self._filter is not None:
+                self._filter.reset()
+            return TrackResult(None, 0.0, frame.timestamp)
+        lm = _to_landmarks(faces[0], w, h)
+        if self._filter is not None:
+            eye_r, eye_l = eye_centers(lm.xy)
+            scale = float(np.linalg.norm(eye_l - eye_r))
+            lm = lm.with_points(self._filter(lm.points, frame.timestamp, scale=max(scale, 1.0)))
+        return TrackResult(lm, lm.confidence, frame.timestamp)
+
+    def reset(self) -> None:
+        """Forget tracking state (a new video or camera)."""
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+        if self._filter is not None:
+            self._filter.reset()
+        self._last_ts_ms = -1
+
+    def close(self) -> None:
+        self.reset()
+        if self._static is not None:
+            self._static.close()
+            self._static = None
+
+    def __enter__(self) -> "FaceTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

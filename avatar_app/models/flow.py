@@ -1,0 +1,264 @@
+"""Analytic dense flow from two landmark meshes, and warping with it.
+
+The geometric animator and the neural warp network's prior (MetaPortrait's
+"geometry-aware flow" from dense landmarks).  For every pixel of the *target*
+(output) crop we compute where to sample the *source* crop (backward flow):
+
+* **inside the face mesh**: piecewise-affine — the pixel's barycentric coordinates
+  in its target triangle, applied to the same triangle in the source;
+* **outside** (hair, ears, neck, background): the displacements of the face
+  outline, interpolated by inverse-distance weighting and faded out with distance
+  from the face, so hair and neck follow the head and the far background stays
+  still;
+* **inside an opened mouth**: flagged, with a coordinate running from the upper
+  to the lower inner lip, so :func:`fill_mouth_interior` paints a mouth cavity
+  instead of stretching lip texture.
+
+Which triangle covers which pixel is found by :func:`rasterize_triangles` (OpenCV,
+CPU, nearest triangle wins).  Everything after that is plain torch in
+:class:`AnalyticFlow` (batched, differentiable with respect to the landmarks,
+ONNX-exportable with the triangle-id map as an input).
+
+Conventions: crop px with pixel ``j``'s centre at ``x = j``; grids are
+``(B, H, W, 2)`` in ``norm [-1, 1]`` as ``torch.nn.functional.grid_sample`` with
+``align_corners=False`` expects.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
+
+_SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
+
+
+def rasterize_triangles(points: np.ndarray, triangles: np.ndarray, size: int, resolution: int | None = None) -> np.ndarray:
+    """Which triangle covers each pixel of the target crop.
+
+    Triangles are painted far to near (by mean z), so where the mesh folds over
+    itself (a turned head) the nearer surface wins.
+
+    Args:
+        points: ``(V, 3)`` crop px of a ``size``×``size`` crop (x, y, z; smaller z = nearer).
+        triangles: ``(F, 3)`` vertex indices.
+        size: the crop side the points refer to.
+        resolution: side of the returned map (defaults to ``size``); the flow is
+            computed at this resolution.
+
+    Returns:
+        ``(resolution, resolution) int64`` triangle index per pixel, ``-1`` where uncovered.
+    """
+    res = size if resolution is None else resolution
+    xy = (points[:, :2] + 0.5) * (res / size) - 0.5
+    fixed = np.round(xy * (1 << _SHIFT)).astype(np.int32)
+    depth = points[triangles, 2].mean(axis=1)
+    order = np.argsort(-depth, kind="stable")
+    ids = np.full((res, res), -1, dtype=np.int32)
+    polys = fixed[triangles]
+    for f in order:
+        cv2.fillConvexPoly(ids, polys[f], int(f), lineType=cv2.LINE_8, shift=_SHIFT)
+    return ids.astype(np.int64)
+
+
+def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(H, W, 2)`` pixel-centre coordinates ``(x, y)`` in px."""
+    ys = torch.arange(height, device=device, dtype=dtype)
+    xs = torch.arange(width, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def px_to_norm(xy: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Crop px -> ``norm [-1, 1]`` (align_corners=False)."""
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=xy.dtype, device=xy.device)
+    return (xy + 0.5) * scale - 1.0
+
+
+class AnalyticFlow(nn.Module):
+    """Backward flow target -> source from landmark meshes (see module docstring).
+
+    The flow is computed at ``resolution`` (at most 256 by default) and upsampled
+    bilinearly to ``size``: inside a triangle the map is affine, which bilinear
+    interpolation reproduces exactly, so only triangle edges are approximated.
+
+    Args:
+        size: crop side in px (landmarks are in px of this crop; outputs have this size).
+        topo: mesh topology (defaults to the project's).
+        resolution: side at which the flow is computed (the ``tri_ids`` map's side).
+        coarse: resolution at which the smooth outside-the-face field is computed.
+        falloff: ``(inner, outer)`` distances from the face outline, in units of the
+            face height (forehead top to chin), over which outside motion fades to 0.
+    """
+
+    def __init__(self, size: int, topo: MeshTopology | None = None, resolution: int | None = None, coarse: int = 32,
+                 falloff=(0.1, 0.65)):
+        super().__init__()
+        topo = topo or topology()
+        self.size = size
+        self.resolution = res = min(size, 256) if resolution is None else resolution
+        self.coarse = min(coarse, res)
+        self.falloff = falloff
+        self.register_buffer("triangles", torch.tensor(topo.triangles, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "is_mouth", torch.as_tensor(topo.triangle_region == REGION_MOUTH, dtype=torch.float32), persistent=False
+        )
+        self.register_buffer("oval", torch.tensor(topo.face_oval, dtype=torch.long), persistent=False)
+        lip_coord = torch.zeros(topo.neutral.shape[0])
+        lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
+        lip_coord[torch.tensor(topo.lips_inner_upper[[0, -1]], dtype=torch.long)] = 0.5  # corners
+        self.register_buffer("lip_coord", lip_coord, persistent=False)
+        self.register_buffer("pixels", pixel_grid(res, res), persistent=False)
+        step = res / self.coarse
+        coarse_px = pixel_grid(self.coarse, self.coarse) * step + (step - 1) / 2
+        self.register_buffer("coarse_pixels", coarse_px, persistent=False)
+
+    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor):
+        """Compute the flow.
+
+        Args:
+            src_xy: ``(B, V, 2)`` source landmarks, crop px.
+            tgt_xy: ``(B, V, 2)`` target landmarks, crop px.
+            tri_ids: ``(B, R, R) int64`` from :func:`rasterize_triangles` on the target,
+                ``R`` = ``self.resolution``.
+
+        Returns:
+            ``(grid, mouth, mouth_coord)`` at ``size``: ``grid (B, S, S, 2)`` norm [-1, 1] source
+            sampling positions; ``mouth (B, 1, H, W)`` 1 inside the target's inner
+            lips; ``mouth_coord (B, 1, H, W)`` 0 at the upper inner lip .. 1 at the lower.
+        """
+        b, h, w = tri_ids.shape
+        nf = self.triangles.shape[0]
+        if h != self.size:  # landmarks into flow-resolution px
+            k = h / self.size
+            src_xy = (src_xy + 0.5) * k - 0.5
+            tgt_xy = (tgt_xy + 0.5) * k - 0.5
+        # Per-triangle maps are few (F ~ 900): build them in float64 for thin triangles.
+        src_tri = src_xy[:, self.triangles].double()  # (B, F, 3, 2)
+        tgt_tri = tgt_xy[:, self.triangles].double()
+        bary_mat, degenerate = _barycentric_matrices(tgt_tri)  # (B, F, 3, 3), (B, F)
+        # Per triangle, one affine map target px -> (source x, source y, lip coordinate).
+        lip = self.lip_coord[self.triangles].double().expand(b, nf, 3)[:, :, None]
+        attrs = torch.cat([src_tri.transpose(-1, -2), lip], -2)
+        affine = attrs @ bary_mat  # (B, F, 3, 3)
+        # A collapsed target triangle covers (almost) no pixels; those it gets are moved
+        # by the triangle's mean displacement instead of an ill-conditioned map.
+        shift = (src_tri - tgt_tri).mean(2)  # (B, F, 2)
+        eye = torch.eye(3, dtype=affine.dtype, device=affine.device)[:2]
+        translate = torch.cat([eye.expand(b, nf, 2, 3)[..., :2], shift[..., None]], -1)
+        translate = torch.cat([translate, torch.zeros_like(affine[:, :, 2:])], -2)
+        translate[:, :, 2, 2] = 0.5
+        affine = torch.where(degenerate[..., None, None], translate, affine)
+        per_tri = torch.cat([affine.reshape(b, nf, 9).to(src_xy.dtype), self.is_mouth.expand(b, nf)[..., None]], -1)
+
+        covered = (tri_ids >= 0).to(src_xy.dtype)  # (B, H, W)
+        flat = tri_ids.clamp(min=0) + (torch.arange(b, device=tri_ids.device) * nf).view(b, 1, 1)
+        g = per_tri.reshape(b * nf, 10).index_select(0, flat.reshape(-1)).reshape(b, h, w, 10)
+        px = self.pixels[:h, :w]
+        x, y = px[..., 0], px[..., 1]
+        inside_src = torch.stack([g[..., 0] * x + g[..., 1] * y + g[..., 2], g[..., 3] * x + g[..., 4] * y + g[..., 5]], -1)
+        lip = g[..., 6] * x + g[..., 7] * y + g[..., 8]
+
+        outside_src = self._outside(src_xy, tgt_xy, h, w)
+        blend = _soften(covered)[..., None]
+        cov = covered[..., None]
+        src_pos = (inside_src * cov + outside_src * (1 - cov)) * blend + outside_src * (1 - blend)
+        grid = px_to_norm(src_pos, w, h)
+        mouth = (g[..., 9] * covered).unsqueeze(1)
+        mouth_coord = lip.clamp(0, 1).unsqueeze(1)
+        if h != self.size:
+            up = F.interpolate(torch.cat([grid.permute(0, 3, 1, 2), mouth, mouth_coord], 1), size=(self.size, self.size),
+                               mode="bilinear", align_corners=False)
+            grid, mouth, mouth_coord = up[:, :2].permute(0, 2, 3, 1), up[:, 2:3], up[:, 3:4]
+        return grid, mouth, mouth_coord
+
+    def _outside(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Source positions ``(B, H, W, 2)`` for pixels outside the mesh."""
+        anchors = tgt_xy[:, self.oval]  # (B, K, 2)
+        disp = src_xy[:, self.oval] - anchors
+        q = self.coarse_pixels.reshape(1, -1, 1, 2)  # (1, P, 1, 2)
+        d2 = ((q - anchors[:, None]) ** 2).sum(-1)  # (B, P, K)
+        face_h = (tgt_xy[:, CHIN] - tgt_xy[:, FOREHEAD_TOP]).norm(dim=-1).clamp(min=1.0)  # (B,)
+        weights = 1.0 / (d2 + (0.02 * face_h[:, None, None]) ** 2) ** 1.5
+        d_out = (weights[..., None] * disp[:, None]).sum(2) / weights.sum(2, keepdim=True)  # (B, P, 2)
+        dist = d2.min(dim=2).values.sqrt() / face_h[:, None]
+        r0, r1 = self.falloff
+        t = ((dist - r0) / (r1 - r0)).clamp(0, 1)
+        fade = 1 - t * t * (3 - 2 * t)
+        d_out = d_out * fade[..., None]
+        c = self.coarse
+        field = d_out.reshape(-1, c, c, 2).permute(0, 3, 1, 2)
+        field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
+        return self.pixels[:h, :w][None] + field.permute(0, 2, 3, 1)
+
+
+def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of ``[[x0 x1 x2], [y0 y1 y2], [1 1 1]]`` per triangle.
+
+    Args:
+        tri: ``(..., 3, 2)`` triangle corners in px.
+        min_area2: twice the area (px²) under which a triangle counts as collapsed.
+
+    Returns:
+        ``(..., 3, 3)`` matrices (finite even for collapsed triangles, whose
+        determinant is clamped) and a ``(...)`` bool mask of collapsed triangles.
+    """
+    x0, y0 = tri[..., 0, 0], tri[..., 0, 1]
+    x1, y1 = tri[..., 1, 0], tri[..., 1, 1]
+    x2, y2 = tri[..., 2, 0], tri[..., 2, 1]
+    det = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    degenerate = det.abs() < min_area2
+    det = torch.where(degenerate, torch.full_like(det, min_area2), det)
+    rows = [
+        torch.stack([y1 - y2, x2 - x1, x1 * y2 - x2 * y1], -1),
+        torch.stack([y2 - y0, x0 - x2, x2 * y0 - x0 * y2], -1),
+        torch.stack([y0 - y1, x1 - x0, x0 * y1 - x1 * y0], -1),
+    ]
+    return torch.stack(rows, -2) / det[..., None, None], degenerate
+
+
+def _soften(mask: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Box-blur a ``(B, H, W)`` mask (keeps edges soft where two flows meet)."""
+    return F.avg_pool2d(mask.unsqueeze(1), k, stride=1, padding=k // 2).squeeze(1)
+
+
+def warp_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Sample ``image (B, C, Hs, Ws)`` at ``grid (B, H, W, 2)`` (bilinear, edge padding)."""
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# Mouth palette in BGR, [0, 1].
+_TEETH = (0.80, 0.83, 0.86)
+_CAVITY = (0.10, 0.08, 0.22)
+_THROAT = (0.03, 0.02, 0.07)
+
+
+def fill_mouth_interior(
+    warped: torch.Tensor, mouth: torch.Tensor, mouth_coord: torch.Tensor, amount: torch.Tensor | float, teeth: float = 0.22
+) -> torch.Tensor:
+    """Paint a mouth cavity (upper teeth, dark throat) where the target mouth opened.
+
+    Args:
+        warped: ``(B, 3, H, W)`` BGR in [0, 1].
+        mouth: ``(B, 1, H, W)`` inside-inner-lips mask from :class:`AnalyticFlow`.
+        mouth_coord: ``(B, 1, H, W)`` 0 at upper inner lip .. 1 at lower.
+        amount: 0..1 per batch item (``(B,)``) or scalar: how much of the opening is
+            new (1 when the source mouth is closed; 0 leaves the warp untouched).
+        teeth: fraction of the opening, from the upper lip, showing teeth.
+    """
+    dev, dt = warped.device, warped.dtype
+    teeth_c = torch.tensor(_TEETH, device=dev, dtype=dt).view(1, 3, 1, 1)
+    cavity = torch.tensor(_CAVITY, device=dev, dtype=dt).view(1, 3, 1, 1)
+    throat = torch.tensor(_THROAT, device=dev, dtype=dt).view(1, 3, 1, 1)
+    t = mouth_coord
+    is_teeth = ((teeth - t) / 0.06).clamp(0, 1)
+    depth = (1 - (2 * t - 1) ** 2).clamp(0, 1)  # darkest mid-way between the lips
+    inner = cavity * (1 - depth) + throat * depth
+    colour = teeth_c * is_teeth + inner * (1 - is_teeth)
+    amount = torch.as_tensor(amount, device=dev, dtype=dt).reshape(-1, 1, 1, 1)
+    alpha = _soften(mouth.squeeze(1), 3).unsqueeze(1) * mouth * amount
+    return warped * (1 - alpha) + colour * alpha

@@ -1,0 +1,101 @@
+"""``avatar-app bench``: per-stage milliseconds and frames per second of the geometric path.
+
+Each frame runs the whole live path once: mediapipe tracking (tracking mode) of a
+640×480 camera-sized frame holding a real face, retargeting, rasterising the mesh,
+the analytic flow, and the warp with mouth fill.  The retargeting input comes from
+the synthetic driver's timeline so the flow does real work (the tracked frame is
+still, but the tracker's cost does not depend on motion).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..capture.synthetic import synthetic_landmarks, timeline_pose
+from ..face.retarget import Retargeter
+from ..face.source import prepare_source, read_image
+from ..face.tracker import FaceTracker
+from ..types import Frame
+from .animator import GeometricAnimator
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "portraits"
+
+
+@dataclass
+class BenchResult:
+    size: int
+    frames: int
+    stages_ms: dict[str, tuple[float, float]]  # stage -> (median, p95)
+    total_ms: tuple[float, float]
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.total_ms[0]
+
+
+def camera_frame(image: np.ndarray, size=(640, 480)) -> np.ndarray:
+    """Place a portrait in a camera-sized frame (letterboxed), as a webcam would see it."""
+    w, h = size
+    k = min(w / image.shape[1], h / image.shape[0])
+    small = cv2.resize(image, (int(image.shape[1] * k), int(image.shape[0] * k)), interpolation=cv2.INTER_AREA)
+    frame = np.full((h, w, 3), 40, np.uint8)
+    y0, x0 = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    frame[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    return frame
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values)
+    return float(np.median(a)), float(np.percentile(a, 95))
+
+
+def bench_geometric(size: int, frames: int = 200, warmup: int = 20, source_path: str | Path | None = None,
+                    driver_path: str | Path | None = None) -> BenchResult:
+    """Time the geometric live path at crop ``size`` over ``frames`` frames."""
+    src_img = read_image(source_path or ASSETS / "astronaut.jpg")
+    drv_img = camera_frame(read_image(driver_path or ASSETS / "grace_hopper.jpg"))
+    with FaceTracker() as tracker:
+        source = prepare_source(src_img, size, tracker=tracker)
+        animator = GeometricAnimator(source)
+        retarget = Retargeter(source.landmarks)
+        stages: dict[str, list[float]] = {k: [] for k in ("track", "retarget", "rasterize", "flow", "warp")}
+        totals = []
+        for i in range(warmup + frames):
+            t0 = time.perf_counter()
+            tracked = tracker.track(Frame(drv_img, i / 30.0, i))
+            t1 = time.perf_counter()
+            driver = synthetic_landmarks(timeline_pose(1.0 + i / 30.0))
+            target = retarget(driver)
+            t2 = time.perf_counter()
+            animator.animate(target)
+            t3 = time.perf_counter()
+            if not tracked.found:
+                raise RuntimeError("the benchmark frame lost its face; tracking figures would be wrong")
+            if i >= warmup:
+                stages["track"].append((t1 - t0) * 1e3)
+                stages["retarget"].append((t2 - t1) * 1e3)
+                for k, v in animator.timings.items():
+                    stages[k].append(v)
+                totals.append((t3 - t0) * 1e3)
+    return BenchResult(size, frames, {k: _stats(v) for k, v in stages.items()}, _stats(totals))
+
+
+def format_results(results: list[BenchResult]) -> str:
+    names = list(results[0].stages_ms)
+    head = f"{'stage (ms, median / p95)':<26}" + "".join(f"{f'{r.size}x{r.size}':>18}" for r in results)
+    lines = [head]
+    for n in names:
+        lines.append(f"{n:<26}" + "".join(f"{r.stages_ms[n][0]:>10.2f} / {r.stages_ms[n][1]:<5.2f}" for r in results))
+    lines.append(f"{'total':<26}" + "".join(f"{r.total_ms[0]:>10.2f} / {r.total_ms[1]:<5.2f}" for r in results))
+    lines.append(f"{'fps (1000 / median total)':<26}" + "".join(f"{r.fps:>18.1f}" for r in results))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines.append(f"CPU cores available: {cores}, torch threads: {torch.get_num_threads()}, "
+                 f"frames: {results[0].frames}, tracked frame: 640x480")
+    return "\n".join(lines)

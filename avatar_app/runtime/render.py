@@ -1,0 +1,106 @@
+"""Offline rendering: a source portrait animated by a driver, written to a video file.
+
+The output is written to a hidden partial file next to the destination and moved
+into place only when rendering succeeds, so a failed render never leaves a broken
+video or overwrites an earlier good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..capture.base import FrameSource
+from ..errors import NoFaceError
+from ..face.align import paste_back
+from ..face.retarget import Retargeter, RetargetOptions
+from ..face.tracker import FaceTracker
+from ..sinks.recorder import VideoRecorder
+from ..types import Landmarks, SourcePortrait
+from .animator import GeometricAnimator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderReport:
+    """What a render did."""
+
+    output: Path
+    frames: int
+    frames_with_face: int
+    seconds: float
+    frame_size: tuple[int, int]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def render_video(
+    source: SourcePortrait,
+    driver: FrameSource,
+    output: str | Path,
+    *,
+    tracker: FaceTracker | None = None,
+    options: RetargetOptions | None = None,
+    paste: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+    driver_name: str = "the driving video",
+) -> RenderReport:
+    """Animate ``source`` with every frame of ``driver`` and write ``output`` (mp4).
+
+    Frames where the driver shows no face hold the last good pose (the source's own
+    pose before the first face).  A driver in which no face is ever found raises
+    :class:`NoFaceError` and writes nothing.
+    """
+    output = Path(output)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix or '.mp4'}")
+    own_tracker = tracker is None
+    tracker = tracker or FaceTracker()
+    animator = GeometricAnimator(source)
+    retarget = Retargeter(source.landmarks, options)
+    size = source.image.shape[1::-1] if paste else (source.size, source.size)
+    fps = driver.fps or 25.0
+    total = getattr(driver, "frame_count", None)
+    if max_frames is not None:
+        total = max_frames if total is None else min(total, max_frames)
+    frames = with_face = 0
+    target: Landmarks = source.landmarks
+    start = time.perf_counter()
+    try:
+        with driver, VideoRecorder(partial, fps, size) as recorder, tqdm(
+            total=total, unit="frame", desc="render", disable=not progress, leave=False
+        ) as bar:
+            for frame in driver:
+                if max_frames is not None and frames >= max_frames:
+                    break
+                tracked = tracker.track(frame)
+                if tracked.found:
+                    target = retarget(tracked.landmarks)
+                    with_face += 1
+                avatar = animator.animate(target)
+                if paste:
+                    avatar = paste_back(avatar, source.image, source.crop_to_image)
+                recorder.send(avatar)
+                frames += 1
+                bar.update(1)
+        if frames and not with_face:
+            raise NoFaceError(
+                f"No face was found in any frame of {driver_name}; use a video where the face is visible and well lit."
+            )
+        os.replace(partial, output)
+    finally:
+        if partial.exists():
+            partial.unlink()
+        if own_tracker:
+            tracker.close()
+    seconds = time.perf_counter() - start
+    log.info("rendered %d frames (%d with a face) in %.1f s to %s", frames, with_face, seconds, output)
+    return RenderReport(output, frames, with_face, seconds, (int(size[0]), int(size[1])))

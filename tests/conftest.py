@@ -1,0 +1,55 @@
+"""Shared fixtures: real public-domain faces and a real mediapipe tracker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from avatar_app.face.source import prepare_source, read_image  # noqa: E402
+from avatar_app.face.tracker import FaceTracker  # noqa: E402
+
+PORTRAITS = Path(__file__).resolve().parents[1] / "assets" / "portraits"
+
+
+@pytest.fixture(scope="session")
+def astronaut_path() -> Path:
+    return PORTRAITS / "astronaut.jpg"
+
+
+@pytest.fixture(scope="session")
+def hopper_path() -> Path:
+    return PORTRAITS / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="session")
+def astronaut(astronaut_path) -> np.ndarray:
+    """skimage.data.astronaut() (public domain, NASA), BGR."""
+    return read_image(astronaut_path)
+
+
+@pytest.fixture(scope="session")
+def hopper(hopper_path) -> np.ndarray:
+    """matplotlib's grace_hopper.jpg (public domain), BGR."""
+    return read_image(hopper_path)
+
+
+@pytest.fixture(scope="session")
+def still_tracker():
+    """A tracker for still images (detect_faces); shared to save start-up time."""
+    with FaceTracker() as tracker:
+        yield tracker
+
+
+@pytest.fixture(scope="session")
+def astronaut_source(astronaut, still_tracker):
+    return prepare_source(astronaut, 256, tracker=still_tracker)
+
+
+@pytest.fixture(scope="session")
+def hopper_source(hopper, still_tracker):
+    return prepare_source(hopper, 256, tracker=still_tracker)

@@ -1,0 +1,178 @@
+"""The command line as a user runs it: outputs, and one clear sentence for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from avatar_app.cli import main
+from avatar_app.runtime.bench import camera_frame
+
+
+def _read_video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} is not a playable video"
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    h, w = frames[0].shape[:2]
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        out.write(f)
+    out.release()
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("avatar-app: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_render_synthetic_writes_a_playable_video(tmp_path, astronaut_path):
+    out = tmp_path / "out.mp4"
+    code = main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "1.2", "--fps", "10",
+                 "-o", str(out), "--no-progress"])
+    assert code == 0
+    frames = _read_video(out)
+    assert len(frames) == 12
+    assert frames[0].shape == (256, 256, 3)
+    assert np.std(frames[0]) > 20  # a real picture, not a blank frame
+
+
+def test_render_from_a_driving_video_with_paste_back(tmp_path, astronaut_path, hopper):
+    drive = camera_frame(hopper)
+    driving = _write_video(tmp_path / "drive.mp4", [drive] * 6)
+    out = tmp_path / "pasted.mp4"
+    code = main(["render", "--source", str(astronaut_path), "--driving", str(driving), "--paste-back",
+                 "-o", str(out), "--no-progress"])
+    assert code == 0
+    frames = _read_video(out)
+    assert len(frames) == 6
+    assert frames[0].shape == (512, 512, 3)  # the whole astronaut portrait
+
+
+def test_console_script_renders(tmp_path, astronaut_path):
+    """The installed entry point, as README tells a user to run it."""
+    out = tmp_path / "cli.mp4"
+    env = dict(os.environ)
+    res = subprocess.run(
+        [sys.executable, "-m", "avatar_app", "render", "--source", str(astronaut_path), "--synthetic",
+         "--duration", "0.4", "--fps", "10", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "wrote" in res.stdout and len(_read_video(out)) == 4
+
+
+def test_missing_source_file(tmp_path, capsys):
+    code = main(["render", "--source", str(tmp_path / "nope.jpg"), "--synthetic", "-o", str(tmp_path / "o.mp4")])
+    assert code == 3
+    assert "nope.jpg" in _error_line(capsys)
+
+
+def test_unreadable_source_file(tmp_path, capsys):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    code = main(["render", "--source", str(bad), "--synthetic", "-o", str(tmp_path / "o.mp4")])
+    assert code == 3
+    assert "notes.png" in _error_line(capsys)
+
+
+def test_source_without_a_face(tmp_path, capsys):
+    blank = tmp_path / "wall.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(blank), cv2.GaussianBlur(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), (0, 0), 8))
+    code = main(["render", "--source", str(blank), "--synthetic", "-o", str(tmp_path / "o.mp4")])
+    assert code == 4
+    assert "No face" in _error_line(capsys)
+
+
+def test_driving_video_without_a_face_writes_nothing(tmp_path, capsys, astronaut_path):
+    rng = np.random.default_rng(1)
+    frames = [np.full((240, 320, 3), 90, np.uint8) + rng.integers(0, 20, (240, 320, 3), dtype=np.uint8) for _ in range(5)]
+    driving = _write_video(tmp_path / "empty_room.mp4", frames)
+    out = tmp_path / "o.mp4"
+    code = main(["render", "--source", str(astronaut_path), "--driving", str(driving), "-o", str(out), "--no-progress"])
+    assert code == 4
+    assert "empty_room.mp4" in _error_line(capsys)
+    assert list(tmp_path.glob("*o.*mp4")) == []  # neither the output nor a partial file
+
+
+def test_failed_render_keeps_an_earlier_output(tmp_path, capsys, astronaut_path):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"earlier good video")
+    rng = np.random.default_rng(2)
+    driving = _write_video(tmp_path / "noface.mp4", [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)] * 3)
+    assert main(["render", "--source", str(astronaut_path), "--driving", str(driving), "-o", str(out),
+                 "--no-progress"]) == 4
+    assert out.read_bytes() == b"earlier good video"
+
+
+def test_corrupt_driving_video(tmp_path, capsys, astronaut_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 100)
+    code = main(["render", "--source", str(astronaut_path), "--driving", str(bad), "-o", str(tmp_path / "o.mp4")])
+    assert code == 3
+    assert "broken.mp4" in _error_line(capsys)
+
+
+def test_camera_that_does_not_open(tmp_path, capsys, astronaut_path):
+    code = main(["render", "--source", str(astronaut_path), "--camera", "/dev/video-missing-77",
+                 "-o", str(tmp_path / "o.mp4")])
+    assert code == 5
+    assert "camera" in _error_line(capsys).lower()
+
+
+def test_face_index_out_of_range(tmp_path, capsys, astronaut_path):
+    code = main(["render", "--source", str(astronaut_path), "--face", "3", "--synthetic", "-o", str(tmp_path / "o.mp4")])
+    assert code == 4
+    assert "1 face" in _error_line(capsys)
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    code = main(["--debug", "render", "--source", str(tmp_path / "x.jpg"), "--synthetic", "-o", str(tmp_path / "o.mp4")])
+    assert code == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_doctor_reports_tracker_and_backends(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("packages:", "mediapipe", "face mesh model", "backends:", "torch-cpu", "torch-cuda", "cameras:"):
+        assert needle in out
+    assert "[ok] face mesh model" in out  # mediapipe 0.10.21 bundles its model
+
+
+def test_bench_prints_stage_times(capsys):
+    assert main(["bench", "--size", "256", "--frames", "3"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("track", "retarget", "rasterize", "flow", "warp", "total", "fps"):
+        assert stage in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "render" in capsys.readouterr().out
+
+
+def test_bad_size_is_a_usage_error(tmp_path, astronaut_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "--source", str(astronaut_path), "--synthetic", "--size", "300", "-o", str(tmp_path / "o.mp4")])
+    assert exc.value.code == 2
