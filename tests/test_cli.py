@@ -176,3 +176,20 @@ def test_bad_size_is_a_usage_error(tmp_path, astronaut_path):
     with pytest.raises(SystemExit) as exc:
         main(["render", "--source", str(astronaut_path), "--synthetic", "--size", "300", "-o", str(tmp_path / "o.mp4")])
     assert exc.value.code == 2
+
+
+def test_frames_without_a_face_hold_the_last_pose(tmp_path, astronaut_path, hopper):
+    still = camera_frame(hopper)
+    moved = np.roll(still, 40, axis=1)  # the driver's head moved right
+    blank = np.full_like(still, 40)
+    # (mediapipe's tracking may lose a face that jumps, and re-detects it on the next frame)
+    driving = _write_video(tmp_path / "gaps.mp4", [still, moved, moved, moved, blank, blank])
+    out = tmp_path / "held.mp4"
+    assert main(["render", "--source", str(astronaut_path), "--driving", str(driving), "-o", str(out),
+                 "--no-progress"]) == 0
+    f = [x.astype(float) for x in _read_video(out)]
+    assert len(f) == 6
+    moved_away = np.abs(f[3] - f[0]).mean()
+    assert moved_away > 3.0  # the avatar followed the move
+    for held in f[4:]:
+        assert np.abs(held - f[3]).mean() < 0.2 * moved_away  # and stayed there while no face was seen

@@ -91,13 +91,16 @@ class AnalyticFlow(nn.Module):
         topo: mesh topology (defaults to the project's).
         resolution: side at which the flow is computed (the ``tri_ids`` map's side).
         coarse: resolution at which the smooth outside-the-face field is computed.
+        upsample: return outputs at ``size``; ``False`` returns them at ``resolution``
+            (callers that resample more cheaply themselves, e.g. OpenCV on the CPU).
         falloff: ``(inner, outer)`` distances from the face outline, in units of the
             face height (forehead top to chin), over which outside motion fades to 0.
     """
 
     def __init__(self, size: int, topo: MeshTopology | None = None, resolution: int | None = None, coarse: int = 32,
-                 falloff=(0.1, 0.65)):
+                 falloff=(0.1, 0.65), upsample: bool = True):
         super().__init__()
+        self.upsample = upsample
         topo = topo or topology()
         self.size = size
         self.resolution = res = min(size, 256) if resolution is None else resolution
@@ -112,7 +115,7 @@ class AnalyticFlow(nn.Module):
         lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
         lip_coord[torch.tensor(topo.lips_inner_upper[[0, -1]], dtype=torch.long)] = 0.5  # corners
         self.register_buffer("lip_coord", lip_coord, persistent=False)
-        self.register_buffer("pixels", pixel_grid(res, res), persistent=False)
+        self.register_buffer("pixels", pixel_grid(res, res).permute(2, 0, 1).contiguous(), persistent=False)  # (2, R, R)
         step = res / self.coarse
         coarse_px = pixel_grid(self.coarse, self.coarse) * step + (step - 1) / 2
         self.register_buffer("coarse_pixels", coarse_px, persistent=False)
@@ -127,7 +130,8 @@ class AnalyticFlow(nn.Module):
                 ``R`` = ``self.resolution``.
 
         Returns:
-            ``(grid, mouth, mouth_coord)`` at ``size``: ``grid (B, S, S, 2)`` norm [-1, 1] source
+            ``(grid, mouth, mouth_coord)`` at ``size`` (or ``resolution`` without
+            ``upsample``): ``grid (B, S, S, 2)`` norm [-1, 1] source
             sampling positions; ``mouth (B, 1, H, W)`` 1 inside the target's inner
             lips; ``mouth_coord (B, 1, H, W)`` 0 at the upper inner lip .. 1 at the lower.
         """
@@ -153,38 +157,41 @@ class AnalyticFlow(nn.Module):
         translate = torch.cat([translate, torch.zeros_like(affine[:, :, 2:])], -2)
         translate[:, :, 2, 2] = 0.5
         affine = torch.where(degenerate[..., None, None], translate, affine)
-        per_tri = torch.cat([affine.reshape(b, nf, 9).to(src_xy.dtype), self.is_mouth.expand(b, nf)[..., None]], -1)
+        # Channel-first table (10, B*F) so each per-pixel gather lands contiguous.
+        table = torch.cat([affine.reshape(b, nf, 9).to(src_xy.dtype), self.is_mouth.expand(b, nf)[..., None]], -1)
+        table = table.reshape(b * nf, 10).t()
 
-        covered = (tri_ids >= 0).to(src_xy.dtype)  # (B, H, W)
+        covered = (tri_ids >= 0).to(src_xy.dtype).unsqueeze(1)  # (B, 1, H, W)
         flat = tri_ids.clamp(min=0) + (torch.arange(b, device=tri_ids.device) * nf).view(b, 1, 1)
-        g = per_tri.reshape(b * nf, 10).index_select(0, flat.reshape(-1)).reshape(b, h, w, 10)
-        px = self.pixels[:h, :w]
-        x, y = px[..., 0], px[..., 1]
-        inside_src = torch.stack([g[..., 0] * x + g[..., 1] * y + g[..., 2], g[..., 3] * x + g[..., 4] * y + g[..., 5]], -1)
-        lip = g[..., 6] * x + g[..., 7] * y + g[..., 8]
+        g = table.index_select(1, flat.reshape(-1)).reshape(10, b, h, w)
+        x, y = self.pixels[0, :h, :w], self.pixels[1, :h, :w]
+        inside = torch.stack([g[0] * x + g[1] * y + g[2], g[3] * x + g[4] * y + g[5]], 1)  # (B, 2, H, W)
+        lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
-        outside_src = self._outside(src_xy, tgt_xy, h, w)
-        blend = _soften(covered)[..., None]
-        cov = covered[..., None]
-        src_pos = (inside_src * cov + outside_src * (1 - cov)) * blend + outside_src * (1 - blend)
-        grid = px_to_norm(src_pos, w, h)
-        mouth = (g[..., 9] * covered).unsqueeze(1)
-        mouth_coord = lip.clamp(0, 1).unsqueeze(1)
-        if h != self.size:
-            up = F.interpolate(torch.cat([grid.permute(0, 3, 1, 2), mouth, mouth_coord], 1), size=(self.size, self.size),
+        outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
+        # inside the mesh: piecewise affine; outside: the smooth field; a soft seam between
+        blend = _soften(covered) * covered
+        src_pos = outside + (inside - outside) * blend
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=src_pos.dtype, device=src_pos.device).view(1, 2, 1, 1)
+        grid = (src_pos + 0.5) * scale - 1.0
+        mouth = g[9].unsqueeze(1) * covered
+        mouth_coord = lip.clamp(0, 1)
+        if h != self.size and self.upsample:
+            up = F.interpolate(torch.cat([grid, mouth, mouth_coord], 1), size=(self.size, self.size),
                                mode="bilinear", align_corners=False)
-            grid, mouth, mouth_coord = up[:, :2].permute(0, 2, 3, 1), up[:, 2:3], up[:, 3:4]
-        return grid, mouth, mouth_coord
+            grid, mouth, mouth_coord = up[:, :2], up[:, 2:3], up[:, 3:4]
+        return grid.permute(0, 2, 3, 1), mouth, mouth_coord
 
     def _outside(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Source positions ``(B, H, W, 2)`` for pixels outside the mesh."""
+        """Source positions ``(B, 2, H, W)`` for pixels outside the mesh."""
         anchors = tgt_xy[:, self.oval]  # (B, K, 2)
         disp = src_xy[:, self.oval] - anchors
         q = self.coarse_pixels.reshape(1, -1, 1, 2)  # (1, P, 1, 2)
         d2 = ((q - anchors[:, None]) ** 2).sum(-1)  # (B, P, K)
         face_h = (tgt_xy[:, CHIN] - tgt_xy[:, FOREHEAD_TOP]).norm(dim=-1).clamp(min=1.0)  # (B,)
-        weights = 1.0 / (d2 + (0.02 * face_h[:, None, None]) ** 2) ** 1.5
-        d_out = (weights[..., None] * disp[:, None]).sum(2) / weights.sum(2, keepdim=True)  # (B, P, 2)
+        r2 = d2 + (0.02 * face_h[:, None, None]) ** 2
+        weights = torch.rsqrt(r2) / r2  # inverse distance cubed
+        d_out = (weights @ disp) / weights.sum(2, keepdim=True)  # (B, P, 2)
         dist = d2.min(dim=2).values.sqrt() / face_h[:, None]
         r0, r1 = self.falloff
         t = ((dist - r0) / (r1 - r0)).clamp(0, 1)
@@ -193,7 +200,7 @@ class AnalyticFlow(nn.Module):
         c = self.coarse
         field = d_out.reshape(-1, c, c, 2).permute(0, 3, 1, 2)
         field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
-        return self.pixels[:h, :w][None] + field.permute(0, 2, 3, 1)
+        return self.pixels[:, :h, :w].unsqueeze(0) + field
 
 
 def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,8 +229,8 @@ def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[to
 
 
 def _soften(mask: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """Box-blur a ``(B, H, W)`` mask (keeps edges soft where two flows meet)."""
-    return F.avg_pool2d(mask.unsqueeze(1), k, stride=1, padding=k // 2).squeeze(1)
+    """Box-blur a ``(B, 1, H, W)`` mask (keeps edges soft where two flows meet)."""
+    return F.avg_pool2d(mask, k, stride=1, padding=k // 2)
 
 
 def warp_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -260,5 +267,5 @@ def fill_mouth_interior(
     inner = cavity * (1 - depth) + throat * depth
     colour = teeth_c * is_teeth + inner * (1 - is_teeth)
     amount = torch.as_tensor(amount, device=dev, dtype=dt).reshape(-1, 1, 1, 1)
-    alpha = _soften(mouth.squeeze(1), 3).unsqueeze(1) * mouth * amount
+    alpha = _soften(mouth, 3) * mouth * amount
     return warped * (1 - alpha) + colour * alpha

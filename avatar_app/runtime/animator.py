@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 import torch
 
@@ -43,19 +44,25 @@ def mouth_fill_amount(source_gap: float, target_gap: float, size: int) -> float:
 class GeometricAnimator:
     """Warp the source crop along the analytic flow (see :mod:`avatar_app.models.flow`).
 
+    On the CPU the flow is upsampled and the image warped with OpenCV (``remap`` on
+    ``uint8``), and the mouth is painted only inside its bounding box; on CUDA the
+    whole frame stays in torch.
+
     Args:
         source: the prepared source portrait.
         device: torch device for the flow and warp (``"cpu"`` or ``"cuda"``).
+        opencv_warp: force (True) or forbid (False) the OpenCV warp; default: on the CPU.
     """
 
     name = "geometric"
 
-    def __init__(self, source: SourcePortrait, device: str = "cpu"):
+    def __init__(self, source: SourcePortrait, device: str = "cpu", opencv_warp: bool | None = None):
         self.device = torch.device(device)
         self.size = source.size
         self.timings: dict[str, float] = {}
         self._triangles = topology().triangles
-        self.flow = AnalyticFlow(self.size).to(self.device)
+        self._cpu = self.device.type == "cpu" if opencv_warp is None else opencv_warp
+        self.flow = AnalyticFlow(self.size, upsample=not self._cpu).to(self.device)
         self.set_source(source)
 
     def set_source(self, source: SourcePortrait) -> None:
@@ -76,11 +83,37 @@ class GeometricAnimator:
         tri_ids = torch.from_numpy(ids).unsqueeze(0).to(self.device)
         grid, mouth, mouth_coord = self.flow(self._src_xy, tgt_xy, tri_ids)
         t2 = time.perf_counter()
-        out = warp_image(self._src_image, grid)
         amount = mouth_fill_amount(self._src_gap, mouth_opening(target.points), self.size)
-        if amount > 0:
-            out = fill_mouth_interior(out, mouth, mouth_coord, amount)
-        image = tensor_to_image(out.cpu())
+        if self._cpu:
+            image = self._warp_cpu(grid, mouth, mouth_coord, amount)
+        else:
+            out = warp_image(self._src_image, grid)
+            if amount > 0:
+                out = fill_mouth_interior(out, mouth, mouth_coord, amount)
+            image = tensor_to_image(out.cpu())
         t3 = time.perf_counter()
         self.timings = {"rasterize": (t1 - t0) * 1e3, "flow": (t2 - t1) * 1e3, "warp": (t3 - t2) * 1e3}
+        return image
+
+    def _warp_cpu(self, grid: torch.Tensor, mouth: torch.Tensor, mouth_coord: torch.Tensor, amount: float) -> np.ndarray:
+        size, res = self.size, grid.shape[1]
+        maps = grid[0].numpy() * (size / 2.0) + (size / 2.0 - 0.5)  # norm -> px of the source crop
+        if res != size:
+            maps = cv2.resize(maps, (size, size), interpolation=cv2.INTER_LINEAR)
+        image = cv2.remap(self.source.crop, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if amount <= 0:
+            return image
+        inside = mouth[0, 0].numpy() > 0
+        if not inside.any():
+            return image
+        ys, xs = np.nonzero(inside)
+        k = size // res
+        y0, y1 = max(ys.min() - 2, 0), min(ys.max() + 3, res)
+        x0, x1 = max(xs.min() - 2, 0), min(xs.max() + 3, res)
+        box = torch.cat([mouth, mouth_coord], 1)[:, :, y0:y1, x0:x1]
+        if k > 1:
+            box = torch.nn.functional.interpolate(box, scale_factor=k, mode="bilinear", align_corners=False)
+        region = image[y0 * k:y1 * k, x0 * k:x1 * k]
+        painted = fill_mouth_interior(image_to_tensor(region), box[:, :1], box[:, 1:], amount)
+        image[y0 * k:y1 * k, x0 * k:x1 * k] = tensor_to_image(painted)
         return image
