@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if not args.debug:  # OpenCV's own warnings (e.g. for a missing camera) repeat what our errors say
+        import cv2
+
+        cv2.setLogLevel(0)  # 0 = silent
     try:
         return COMMANDS[args.command](args)
     except AvatarError as exc:

@@ -93,8 +93,9 @@ def test_mouth_fill_amount():
     assert mouth_fill_amount(0.0, 0.0, 256) == 0.0  # closed stays closed
     assert mouth_fill_amount(5.0, 4.0, 256) == 0.0  # closing paints nothing
     assert mouth_fill_amount(0.0, 10.0, 256) == 1.0  # a closed mouth that opens: painted
-    assert 0.0 < mouth_fill_amount(10.0, 12.0, 256) < 1.0  # slightly wider than an open source
-    assert mouth_fill_amount(10.0, 16.0, 256) == 1.0
+    assert 0.0 < mouth_fill_amount(10.0, 11.0, 256) < 1.0  # slightly wider than an open source
+    assert mouth_fill_amount(10.0, 14.0, 256) == 1.0
+    assert mouth_fill_amount(10.0, 12.0, 512) < mouth_fill_amount(10.0, 12.0, 256)  # px scale with the crop
 
 
 @pytest.mark.parametrize("size", [256, 512])

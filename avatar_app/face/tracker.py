@@ -14,6 +14,10 @@ go through :meth:`FaceTracker.detect_faces` (static mode, several faces).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -23,6 +27,34 @@ from ..errors import DependencyError, InputFileError
 from ..types import NUM_LANDMARKS, Frame, Landmarks, TrackResult
 from .mesh import eye_centers
 from .smoothing import OneEuroFilter
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence C++ log lines (mediapipe/TFLite start-up chatter) written straight to fd 2.
+
+    Used only around engine creation and its first frame; with debug logging on,
+    nothing is silenced.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _import_mediapipe():
@@ -125,10 +157,13 @@ class FaceTracker:
     # -- public API -------------------------------------------------------------------------
     def detect_faces(self, image_bgr: np.ndarray) -> list[Landmarks]:
         """All faces in a still image, largest first."""
-        if self._static is None:
-            self._static = self._make(static=True, max_faces=self.max_faces)
+        fresh = self._static is None
+        with _native_stderr_silenced() if fresh else contextlib.nullcontext():
+            if fresh:
+                self._static = self._make(static=True, max_faces=self.max_faces)
+            raw = self._run(self._static, image_bgr, None)
         h, w = image_bgr.shape[:2]
-        faces = [_to_landmarks(f, w, h) for f in self._run(self._static, image_bgr, None)]
+        faces = [_to_landmarks(f, w, h) for f in raw]
         return sorted(faces, key=face_area, reverse=True)
 
     def track(self, frame: Frame) -> TrackResult:
@@ -138,10 +173,12 @@ class FaceTracker:
         """
         if frame.landmarks is not None:
             return TrackResult(frame.landmarks, frame.landmarks.confidence, frame.timestamp)
-        if self._video is None:
-            self._video = self._make(static=False, max_faces=1)
+        fresh = self._video is None
+        with _native_stderr_silenced() if fresh else contextlib.nullcontext():
+            if fresh:
+                self._video = self._make(static=False, max_faces=1)
+            faces = self._run(self._video, frame.image, frame.timestamp)
         h, w = frame.image.shape[:2]
-        faces = self._run(self._video, frame.image, frame.timestamp)
         if not faces:
             if self._filter is not None:
                 self._filter.reset()

@@ -32,13 +32,12 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 def mouth_fill_amount(source_gap: float, target_gap: float, size: int) -> float:
     """How much of the target's mouth opening to paint (0..1).
 
-    Nothing when the mouth is no more open than the source's; fully painted once it
-    is half again as open (plus a pixel of slack, so a closed source mouth that opens
-    slightly is painted at once).  Gaps in crop px.
+    Nothing while the mouth is no more open than the source's; fully painted once it
+    is 3 px (at 256) wider — a source's own teeth, stretched over a wider opening,
+    look worse than a painted interior.  Gaps in crop px.
     """
-    slack = size / 256.0
     excess = target_gap - source_gap
-    return float(np.clip(excess / (0.5 * source_gap + slack), 0.0, 1.0)) if excess > 0 else 0.0
+    return float(np.clip(excess / (3.0 * size / 256.0), 0.0, 1.0))
 
 
 class GeometricAnimator:
