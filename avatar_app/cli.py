@@ -1,4 +1,4 @@
-"""Command line: ``avatar-app render | doctor | bench``.
+"""Command line: ``avatar-app render | live | doctor | bench``.
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
 (see :mod:`avatar_app.errors`); ``--debug`` adds the traceback.
@@ -54,12 +54,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a mediapipe face_landmarker.task file (default: the bundled face mesh)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    lv = sub.add_parser("live", help="animate a portrait live (virtual camera, preview, recording) until Ctrl-C")
+    lv.add_argument("--source", required=True, metavar="IMG", help="the portrait to animate")
+    g = lv.add_mutually_exclusive_group(required=True)
+    g.add_argument("--camera", metavar="N", help="a camera index (0, 1, ...) or device path")
+    g.add_argument("--driving", metavar="VIDEO", help="a video of a face, played in a loop at its own speed")
+    g.add_argument("--synthetic", action="store_true", help="the built-in synthetic driver")
+    lv.add_argument("--virtual-camera", nargs="?", const="", default=None, metavar="DEVICE",
+                    help="stream to a virtual camera (optionally a device, e.g. /dev/video10)")
+    lv.add_argument("--vcam-size", default="1280x720", metavar="WxH", help="virtual camera frame size (default 1280x720)")
+    lv.add_argument("--vcam-format", default="bgr", choices=("bgr", "rgb", "i420", "nv12", "yuyv"),
+                    help="pixel format sent to the virtual camera")
+    lv.add_argument("--mirror", action="store_true", help="mirror the virtual camera picture")
+    lv.add_argument("--preview", action="store_true", help="show a preview window (C: calibrate, Q: quit)")
+    lv.add_argument("--record", metavar="OUT.mp4", help="also record the avatar to a video file")
+    lv.add_argument("--size", type=int, choices=(256, 512), default=256, help="avatar crop size in px")
+    lv.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30)")
+    lv.add_argument("--face", type=int, default=None, metavar="INDEX", help="which face of the source (0 = largest)")
+    lv.add_argument("--mode", choices=("relative", "absolute"), default="relative")
+    lv.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    lv.add_argument("--stats-every", type=float, default=2.0, metavar="S", help="print stats every S s (0: never)")
+    lv.add_argument("--tracker-model", metavar="TASK", default=None, help="a mediapipe face_landmarker.task file")
+
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
 
     b = sub.add_parser("bench", help="time each stage of the live path")
     b.add_argument("--size", type=int, nargs="+", choices=(256, 512), default=[256, 512])
     b.add_argument("--frames", type=int, default=200)
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    b.add_argument("--live", action="store_true",
+                   help="run the threaded live pipeline at 30 fps instead and report throughput and latency")
+    b.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds per run (default 10)")
     return parser
 
 
@@ -96,6 +121,68 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    from .errors import AvatarError
+
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0 or w % 2 or h % 2:
+            raise ValueError
+    except ValueError:
+        raise AvatarError(f"'{text}' is not a frame size; use WIDTHxHEIGHT with even numbers, e.g. 1280x720.") from None
+    return w, h
+
+
+def cmd_live(args) -> int:
+    from .face.tracker import FaceTracker
+    from .runtime.live import LiveOptions
+
+    opts = LiveOptions(
+        record=args.record, virtual_camera=args.virtual_camera is not None, vcam_device=args.virtual_camera or None,
+        vcam_size=_parse_size(args.vcam_size), vcam_format=args.vcam_format, mirror=args.mirror, preview=args.preview,
+        stats_every=args.stats_every, duration=args.duration,
+    )
+    tracker = FaceTracker(model_path=args.tracker_model)
+    try:
+        return _run_live(args, opts, tracker)
+    finally:
+        tracker.close()
+
+
+def _run_live(args, opts, tracker) -> int:
+    from .capture.camera import CameraSource
+    from .capture.synthetic import SyntheticDriver
+    from .capture.video import VideoFileSource
+    from .face.retarget import RetargetOptions
+    from .face.source import prepare_source
+    from .runtime.live import open_sinks, run_live
+    from .runtime.pipeline import Pipeline
+
+    source = prepare_source(args.source, args.size, face_index=args.face, tracker=tracker)
+    if args.synthetic:
+        driver, pace = SyntheticDriver(fps=args.fps, duration=None, realtime=True), False
+    elif args.driving:
+        driver, pace = VideoFileSource(args.driving, loop=True), True
+    else:
+        device = int(args.camera) if str(args.camera).isdigit() else args.camera
+        driver, pace = CameraSource(device, fps=args.fps), False
+    ref: list = []
+    sinks, warnings = open_sinks(opts, args.size, args.fps, ref)
+    for w in warnings:
+        print(f"avatar-app: warning: {w}", file=sys.stderr)
+    if not sinks:
+        print("avatar-app: note: no output chosen (--virtual-camera, --record, --preview); running to show stats only",
+              file=sys.stderr)
+    pipeline = Pipeline(source, driver, sinks, fps=args.fps, tracker=tracker,
+                        options=RetargetOptions(mode=args.mode), pace=pace)
+    ref.append(pipeline)
+    stats = run_live(pipeline, opts)
+    print(f"live: {stats.frames_animated} avatar frames, {stats.output_fps:.1f} fps, latency p50 "
+          f"{stats.latency_ms[0]:.0f} ms / p95 {stats.latency_ms[1]:.0f} ms"
+          + (f"; stopped outputs: {stats.sink_errors}" if stats.sink_errors else ""))
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .runtime.doctor import format_checks, run_checks
 
@@ -106,16 +193,20 @@ def cmd_doctor(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .runtime.bench import bench_geometric, format_results
+    from .runtime.bench import bench_geometric, bench_live, format_live, format_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.live:
+        print(format_live([bench_live(size, kind, seconds=args.seconds) for size in args.size
+                           for kind in ("synthetic", "tracked")]))
+        return 0
     results = [bench_geometric(size, frames=args.frames) for size in args.size]
     print(format_results(results))
     return 0
 
 
-COMMANDS = {"render": cmd_render, "doctor": cmd_doctor, "bench": cmd_bench}
+COMMANDS = {"render": cmd_render, "live": cmd_live, "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

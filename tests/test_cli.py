@@ -193,3 +193,13 @@ def test_frames_without_a_face_hold_the_last_pose(tmp_path, astronaut_path, hopp
     assert moved_away > 3.0  # the avatar followed the move
     for held in f[4:]:
         assert np.abs(held - f[3]).mean() < 0.2 * moved_away  # and stayed there while no face was seen
+
+
+def test_bench_live_reports_throughput_and_latency(capsys):
+    assert main(["bench", "--live", "--size", "256", "--seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith(("synthetic 256", "tracked 256"))]
+    assert len(rows) == 2
+    for row in rows:
+        in_fps, out_fps, p50, p95 = (float(v) for v in row.split()[2:6])
+        assert in_fps > 10 and out_fps > 5 and 0 < p50 <= p95

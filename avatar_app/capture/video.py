@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 
 import cv2
-import numpy as np
 
 from avatar_app.capture.base import FrameSource
 from avatar_app.errors import InputFileError

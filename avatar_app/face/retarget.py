@@ -73,16 +73,23 @@ class Retargeter:
         self.options = options or RetargetOptions()
         self._rigid = topology().rigid
         self._neutral: np.ndarray | None = None
+        self._neutral_size: tuple[int, int] = (0, 0)
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
 
     @property
     def calibrated(self) -> bool:
         return self._neutral is not None
 
+    @property
+    def neutral(self) -> Landmarks | None:
+        """The driver's neutral face, once calibrated (driver px)."""
+        return None if self._neutral is None else Landmarks(self._neutral.astype(np.float32), self._neutral_size)
+
     def calibrate(self, neutral: Landmarks) -> None:
         """Take ``neutral`` as the driver's resting face (motion is measured from it)."""
         n = neutral.points.astype(np.float64)
         self._neutral = n
+        self._neutral_size = neutral.image_size
         self._to_source = similarity_fit(n[self._rigid], self.source.points[self._rigid].astype(np.float64))
 
     def reset(self) -> None:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-from types import TracebackType
 
 import cv2
 import numpy as np
 
 from avatar_app.errors import OutputError
+from avatar_app.sinks.base import Sink
 
 #: MPEG-4 Part 2: encoded by every OpenCV build that has FFmpeg, no licence issues.
 FOURCC = "mp4v"
 
 
-class VideoRecorder:
+class VideoRecorder(Sink):
     """Record frames to an mp4 file (fourcc ``mp4v``) at a fixed frame rate.
 
     The parent directory is created if needed and the file is opened right away, so
@@ -28,6 +28,8 @@ class VideoRecorder:
         fps: frame rate stored in the file (frames per second, > 0).
         frame_size: ``(width, height)`` of the video in px.
     """
+
+    name = "recorder"
 
     def __init__(
         self, path: str | os.PathLike[str], fps: float, frame_size: tuple[int, int]
@@ -99,17 +101,6 @@ class VideoRecorder:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-
-    def __enter__(self) -> "VideoRecorder":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

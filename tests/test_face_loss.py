@@ -1,0 +1,65 @@
+"""Face lost / found behaviour (pure, driven by explicit times)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatar_app.runtime.face_loss import EASING, HOLDING, NO_FACE, TRACKING, FaceLossSmoother
+from avatar_app.types import NUM_LANDMARKS, Landmarks
+
+
+def _pose(value: float) -> Landmarks:
+    return Landmarks(np.full((NUM_LANDMARKS, 3), value, np.float32), (256, 256))
+
+
+NEUTRAL = _pose(0.0)
+
+
+def test_no_face_yet_shows_neutral():
+    s = FaceLossSmoother()
+    out = s.update(0.0, None, NEUTRAL)
+    assert s.state == NO_FACE and np.array_equal(out.points, NEUTRAL.points)
+
+
+def test_tracking_passes_targets_through():
+    s = FaceLossSmoother()
+    for t, v in [(0.0, 1.0), (0.03, 2.0), (0.06, 3.0)]:
+        out = s.update(t, _pose(v), NEUTRAL)
+        assert s.state == TRACKING and out.points[0, 0] == v
+
+
+def test_hold_then_ease_to_neutral():
+    s = FaceLossSmoother(hold_s=0.5, ease_s=1.0)
+    s.update(0.0, _pose(10.0), NEUTRAL)
+    held = s.update(0.3, None, NEUTRAL)  # the face is missed from here on
+    assert s.state == HOLDING and held.points[0, 0] == 10.0
+    assert s.update(0.75, None, NEUTRAL).points[0, 0] == 10.0  # still holding
+    mid = s.update(1.3, None, NEUTRAL)  # 0.5 s hold + half of the 1 s ease
+    assert s.state == EASING and mid.points[0, 0] == pytest.approx(5.0)
+    done = s.update(2.0, None, NEUTRAL)
+    assert done.points[0, 0] == pytest.approx(0.0)
+    values = [s.update(t, None, NEUTRAL).points[0, 0] for t in np.linspace(2.0, 3.0, 5)]
+    assert all(v == pytest.approx(0.0) for v in values)
+
+
+def test_resume_blends_instead_of_jumping():
+    s = FaceLossSmoother(hold_s=0.2, ease_s=0.4, resume_s=0.25)
+    s.update(0.0, _pose(10.0), NEUTRAL)
+    s.update(0.1, None, NEUTRAL)
+    shown = s.update(1.0, None, NEUTRAL).points[0, 0]  # fully eased to neutral
+    assert shown == pytest.approx(0.0)
+    first = s.update(1.01, _pose(10.0), NEUTRAL).points[0, 0]
+    assert s.state == TRACKING and 0.0 <= first < 1.0  # starts from what was shown
+    later = s.update(1.2, _pose(10.0), NEUTRAL).points[0, 0]
+    assert first < later < 10.0
+    assert s.update(1.3, _pose(10.0), NEUTRAL).points[0, 0] == 10.0  # blend finished
+
+
+def test_losing_the_face_again_during_resume_holds_what_was_shown():
+    s = FaceLossSmoother(hold_s=0.2, ease_s=0.4, resume_s=1.0)
+    s.update(0.0, _pose(10.0), NEUTRAL)
+    s.update(0.1, None, NEUTRAL)
+    s.update(1.0, None, NEUTRAL)
+    shown = s.update(1.5, _pose(10.0), NEUTRAL).points[0, 0]
+    assert s.update(1.55, None, NEUTRAL).points[0, 0] == pytest.approx(shown)
