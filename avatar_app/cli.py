@@ -32,6 +32,15 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of --synthetic and --camera (default 25)")
 
 
+def _add_animator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--animator", choices=("geometric", "neural"), default="geometric",
+                   help="geometric: analytic flow, no weights (default); neural: MetaPortrait's networks")
+    p.add_argument("--weights", metavar="PATH", help="neural model checkpoint (.safetensors)")
+    p.add_argument("--preset", choices=("lite", "full"), default="lite",
+                   help="network size for --animator neural without --weights (default lite)")
+    p.add_argument("--device", default="cpu", help="torch device for the neural animator (cpu, cuda)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar-app", description="Animate a portrait with your face.")
     parser.add_argument("--version", action="version", version=f"avatar-app {__version__}")
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracker-model", metavar="TASK", default=None,
                    help="a mediapipe face_landmarker.task file (default: the bundled face mesh)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_animator_args(r)
 
     lv = sub.add_parser("live", help="animate a portrait live (virtual camera, preview, recording) until Ctrl-C")
     lv.add_argument("--source", required=True, metavar="IMG", help="the portrait to animate")
@@ -75,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     lv.add_argument("--stats-every", type=float, default=2.0, metavar="S", help="print stats every S s (0: never)")
     lv.add_argument("--tracker-model", metavar="TASK", default=None, help="a mediapipe face_landmarker.task file")
+    _add_animator_args(lv)
 
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
 
@@ -85,7 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--live", action="store_true",
                    help="run the threaded live pipeline at 30 fps instead and report throughput and latency")
     b.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds per run (default 10)")
+    b.add_argument("--model", action="store_true",
+                   help="parameters, GFLOPs and eager ms of each neural network per preset")
+    b.add_argument("--preset", nargs="+", choices=("lite", "full"), default=["lite", "full"])
+    b.add_argument("--device", default="cpu", help="with --model: torch device (cpu, cuda)")
+    b.add_argument("--half", action="store_true", help="with --model: fp16")
+    b.add_argument("--runs", type=int, default=10, help="with --model: timed runs per network")
     return parser
+
+
+def make_animator(args, source):
+    """The animator the options ask for (None = the pipeline's default, geometric)."""
+    from .errors import AvatarError
+
+    if args.animator == "geometric":
+        if args.weights:
+            raise AvatarError("--weights only applies to --animator neural.")
+        return None
+    from .runtime.neural_animator import NeuralAnimator
+
+    if not args.weights:
+        print(f"avatar-app: note: no --weights given: running the untrained {args.preset} neural model, "
+              "which reproduces the geometric avatar", file=sys.stderr)
+    return NeuralAnimator(source, weights=args.weights, preset=args.preset, device=args.device)
 
 
 def _open_driver(args):
@@ -115,6 +148,7 @@ def cmd_render(args) -> int:
         report = render_video(
             source, driver, args.output, tracker=tracker, options=RetargetOptions(mode=args.mode),
             paste=args.paste_back, max_frames=max_frames, progress=not args.no_progress, driver_name=name,
+            animator=make_animator(args, source),
         )
     print(f"wrote {report.output}: {report.frames} frames at {report.frame_size[0]}x{report.frame_size[1]} "
           f"({report.frames_with_face} with a face), {report.fps:.1f} frames/s")
@@ -166,6 +200,7 @@ def _run_live(args, opts, tracker) -> int:
     else:
         device = int(args.camera) if str(args.camera).isdigit() else args.camera
         driver, pace = CameraSource(device, fps=args.fps), False
+    animator = make_animator(args, source)  # before any output file is created
     ref: list = []
     sinks, warnings = open_sinks(opts, args.size, args.fps, ref)
     for w in warnings:
@@ -174,7 +209,7 @@ def _run_live(args, opts, tracker) -> int:
         print("avatar-app: note: no output chosen (--virtual-camera, --record, --preview); running to show stats only",
               file=sys.stderr)
     pipeline = Pipeline(source, driver, sinks, fps=args.fps, tracker=tracker,
-                        options=RetargetOptions(mode=args.mode), pace=pace)
+                        options=RetargetOptions(mode=args.mode), pace=pace, animator=animator)
     ref.append(pipeline)
     stats = run_live(pipeline, opts)
     print(f"live: {stats.frames_animated} avatar frames, {stats.output_fps:.1f} fps, latency p50 "
@@ -197,6 +232,12 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model:
+        from .runtime.bench_models import bench_model, format_model_figures
+
+        rows = [r for p in args.preset for r in bench_model(p, args.device, args.half, args.runs)]
+        print(format_model_figures(rows, args.device, args.half))
+        return 0
     if args.live:
         print(format_live([bench_live(size, kind, seconds=args.seconds) for size in args.size
                            for kind in ("synthetic", "tracked")]))
@@ -219,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # OpenCV's own warnings (e.g. for a missing camera) repeat what our errors say
         import cv2
 
-        cv2.setLogLevel(0)  # 0 = silent
+        quiet = getattr(cv2, "setLogLevel", None) or getattr(getattr(cv2, "utils", None), "logging", None)
+        if callable(quiet):
+            quiet(0)  # 0 = silent
+        elif quiet is not None and hasattr(quiet, "setLogLevel"):
+            quiet.setLogLevel(0)
     try:
         return COMMANDS[args.command](args)
     except AvatarError as exc:

@@ -203,3 +203,11 @@ def test_bench_live_reports_throughput_and_latency(capsys):
     for row in rows:
         in_fps, out_fps, p50, p95 = (float(v) for v in row.split()[2:6])
         assert in_fps > 10 and out_fps > 5 and 0 < p50 <= p95
+
+
+def test_bench_model_reports_budgets(capsys):
+    assert main(["bench", "--model", "--preset", "lite", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    for network in ("warp network", "generator", "enhancer (256->512)", "per-frame chain"):
+        assert network in out
+    assert "lite: per-frame chain" in out and "within the 6 GFLOPs budget" in out

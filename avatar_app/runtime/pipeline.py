@@ -154,11 +154,13 @@ class Pipeline:
             faster than real time); cameras and the realtime synthetic driver pace
             themselves.
         stats_window: how many recent samples the timing percentiles cover.
+        animator: what turns target landmarks into avatars (default: geometric).
     """
 
     def __init__(self, portrait: SourcePortrait, driver: FrameSource, sinks: list[Sink] | None = None,
                  fps: float = 30.0, tracker: FaceTracker | None = None, options: RetargetOptions | None = None,
-                 face_loss: FaceLossSmoother | None = None, pace: bool = False, stats_window: int = 300):
+                 face_loss: FaceLossSmoother | None = None, pace: bool = False, stats_window: int = 300,
+                 animator=None):
         self.portrait = portrait
         self.driver = driver
         self.fps = float(fps)
@@ -168,7 +170,7 @@ class Pipeline:
         self._tracker = tracker
         self._options = options or RetargetOptions()
         self._retarget = Retargeter(portrait.landmarks, self._options)
-        self._animator = GeometricAnimator(portrait)
+        self._animator = animator if animator is not None else GeometricAnimator(portrait)
         self._face_loss = face_loss or FaceLossSmoother()
         self._lock = threading.Lock()  # guards portrait/retargeter/animator swaps
         self._calibrate_next = False

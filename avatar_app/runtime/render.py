@@ -53,6 +53,7 @@ def render_video(
     max_frames: int | None = None,
     progress: bool = True,
     driver_name: str = "the driving video",
+    animator=None,
 ) -> RenderReport:
     """Animate ``source`` with every frame of ``driver`` and write ``output`` (mp4).
 
@@ -64,7 +65,7 @@ def render_video(
     partial = output.with_name(f".{output.stem}.partial{output.suffix or '.mp4'}")
     own_tracker = tracker is None
     tracker = tracker or FaceTracker()
-    animator = GeometricAnimator(source)
+    animator = animator if animator is not None else GeometricAnimator(source)
     retarget = Retargeter(source.landmarks, options)
     size = source.image.shape[1::-1] if paste else (source.size, source.size)
     fps = driver.fps or 25.0

@@ -1,0 +1,194 @@
+"""The whole MetaPortrait model (warp network, generator, temporal enhancer) and its checkpoints.
+
+Checkpoints are one ``.safetensors`` file: the weights, plus string metadata holding
+the format name, a format version and the model's JSON config.  Never pickle.
+Loading rebuilds the model from the config and checks every key and shape,
+naming exactly what does not match.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DependencyError, InputFileError
+from .enhancer import TemporalEnhancer
+from .flow import fill_mouth_interior
+from .generator import Generator
+from .warp import WarpNet, identity_grid
+
+NET_SIZE = 256  # the warp network and generator work at 256; the enhancer makes 512
+FORMAT_NAME = "avatar-app-portrait"
+FORMAT_VERSION = 1
+
+PRESETS: dict[str, dict] = {
+    "lite": {  # for CPUs
+        "warp": {"channels": 16, "levels": 3, "code_dim": 64, "resolution": 64},
+        "generator": {"channels": [16, 32, 64], "top_channels": 16, "top_block": False, "hidden": 16},
+        "enhancer": {"channels": 12, "blocks": 2, "neighbours": 2},
+    },
+    "full": {  # for GPUs
+        "warp": {"channels": 32, "levels": 3, "code_dim": 128, "resolution": 128},
+        "generator": {"channels": [64, 128, 256], "top_channels": 32, "top_block": True, "hidden": 64},
+        "enhancer": {"channels": 32, "blocks": 4, "neighbours": 2},
+    },
+}
+
+
+@dataclass
+class SourceCode:
+    """Everything per-frame inference needs from the source, computed once.
+
+    ``image (B, 3, S, S)`` RGB [0, 1]; ``cond (B, K, S, S)``; ``identity (B, 128)``;
+    ``code (B, D)`` the warp network's AdaIN code; ``features`` the generator's
+    multi-scale source features.
+    """
+
+    image: torch.Tensor
+    cond: torch.Tensor
+    identity: torch.Tensor
+    code: torch.Tensor
+    features: list[torch.Tensor]
+
+
+class PortraitModel(nn.Module):
+    """Warp network + ID-preserving generator + temporal enhancer.
+
+    Args:
+        preset: ``"lite"`` or ``"full"`` (see :data:`PRESETS`).
+        config: a full config dict (as saved in checkpoints) instead of a preset.
+    """
+
+    def __init__(self, preset: str = "full", config: dict | None = None):
+        super().__init__()
+        if config is None:
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            config = {"preset": preset, **copy.deepcopy(PRESETS[preset])}
+        self.config = config
+        self.preset = config.get("preset", "custom")
+        gen = dict(config["generator"])
+        gen["channels"] = tuple(gen["channels"])
+        self.warp = WarpNet(**config["warp"])
+        self.generator = Generator(**gen)
+        self.enhancer = TemporalEnhancer(**config["enhancer"])
+
+    def encode_source(self, image: torch.Tensor, cond: torch.Tensor, identity: torch.Tensor) -> SourceCode:
+        """Prepare a source: ``image (B, 3, S, S)`` RGB, ``cond (B, K, S, S)``, ``identity (B, 128)``."""
+        return SourceCode(image, cond, identity, self.warp.code(image, cond), self.generator.encode(image))
+
+    def forward_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
+                      mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
+                      mouth_amount: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+        """One frame at the network size.
+
+        Args:
+            src: :meth:`encode_source`.
+            tgt_cond: ``(B, K, S, S)`` target landmark images.
+            analytic_grid: ``(B, S, S, 2)`` from :class:`~avatar_app.models.flow.AnalyticFlow`.
+            mouth, mouth_coord, mouth_amount: the analytic flow's mouth outputs; when
+                given, the warped source gets the painted mouth interior (as the geometric
+                animator does) before the generator sees it.
+
+        Returns:
+            dict with ``image (B, 3, S, S)``, ``mask``, ``grid (B, S, S, 2)``, ``occlusion``,
+            ``warped`` (the warped source the generator blended with).
+        """
+        b, s = analytic_grid.shape[0], analytic_grid.shape[1]
+        ident = identity_grid(b, s, analytic_grid.device, analytic_grid.dtype)
+        flow = analytic_grid.permute(0, 3, 1, 2) - ident
+        residual, occlusion = self.warp(src.image, src.cond, tgt_cond, flow, code=src.code)
+        grid = (ident + flow + residual).permute(0, 2, 3, 1)
+        warped = F.grid_sample(src.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if mouth is not None and mouth_coord is not None:
+            warped = fill_mouth_interior(warped.flip(1), mouth, mouth_coord, mouth_amount).flip(1)  # palette is BGR
+        image, mask = self.generator(src.features, grid, occlusion, tgt_cond, src.identity, warped)
+        return {"image": image, "mask": mask, "grid": grid, "occlusion": occlusion, "warped": warped}
+
+    def parameter_count(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("warp", "generator", "enhancer")}
+
+
+def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` to a ``.safetensors`` file atomically (temp file, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config)}
+    meta.update(metadata or {})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _describe_mismatch(path: Path, expected: dict[str, torch.Size], found: dict[str, tuple]) -> str | None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} is {tuple(found[k])} in the file but {tuple(expected[k])} in the model"
+              for k in sorted(set(expected) & set(found)) if tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} weight(s): {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weight(s): {few(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {few(shapes)}")
+    return f"Checkpoint '{path}' does not fit its own model config ({'; '.join(parts)}); it was probably edited or made by an incompatible version."
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> PortraitModel:
+    """Rebuild a :class:`PortraitModel` from a checkpoint, checking every key and shape."""
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:  # pragma: no cover - declared dependency
+        raise DependencyError("Loading weights needs the safetensors package; install it with 'pip install safetensors'.") from exc
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"Weights file '{path}' does not exist; check the path.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            if meta.get("format") != FORMAT_NAME:
+                raise InputFileError(f"'{path}' is a safetensors file but not an avatar-app model checkpoint.")
+            try:
+                version = int(meta.get("format_version", "0"))
+                config = json.loads(meta["config"])
+            except (KeyError, ValueError) as exc:
+                raise InputFileError(f"Checkpoint '{path}' has damaged metadata ({exc}); use an intact copy.") from exc
+            if version > FORMAT_VERSION:
+                raise InputFileError(f"Checkpoint '{path}' has format version {version}, newer than this avatar-app "
+                                     f"understands ({FORMAT_VERSION}); update avatar-app.")
+            try:
+                model = PortraitModel(config=config)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise InputFileError(f"Checkpoint '{path}' has a model config this version cannot build ({exc}).") from exc
+            expected = {k: v.shape for k, v in model.state_dict().items()}
+            problem = _describe_mismatch(path, expected, found)
+            if problem:
+                raise InputFileError(problem)
+            state = {k: f.get_tensor(k) for k in found}
+    except InputFileError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise InputFileError(f"Could not read weights from '{path}' ({exc}); the file is damaged or not a safetensors file.") from exc
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
