@@ -1,4 +1,4 @@
-"""Command line: ``avatar-app render | live | doctor | bench``.
+"""Command line: ``avatar-app live | render | prepare | train | evaluate | doctor | bench``.
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
 (see :mod:`avatar_app.errors`); ``--debug`` adds the traceback.
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--stats-every", type=float, default=2.0, metavar="S", help="print stats every S s (0: never)")
     lv.add_argument("--tracker-model", metavar="TASK", default=None, help="a mediapipe face_landmarker.task file")
     _add_animator_args(lv)
+
+    from .train.commands import add_train_parser
+    from .train.evaluate import add_evaluate_parser
+    from .train.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
 
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
 
@@ -247,7 +255,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "live": cmd_live, "doctor": cmd_doctor, "bench": cmd_bench}
+def cmd_prepare(args) -> int:
+    from .train.prepare import run_prepare
+
+    return run_prepare(args)
+
+
+def cmd_train(args) -> int:
+    from .train.commands import run_train
+
+    return run_train(args)
+
+
+def cmd_evaluate(args) -> int:
+    from .train.evaluate import run_evaluate
+
+    return run_evaluate(args)
+
+
+COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
+            "evaluate": cmd_evaluate, "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,20 @@ class PortraitModel(nn.Module):
         """Prepare a source: ``image (B, 3, S, S)`` RGB, ``cond (B, K, S, S)``, ``identity (B, 128)``."""
         return SourceCode(image, cond, identity, self.warp.code(image, cond), self.generator.encode(image))
 
+    def warp_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
+                   mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
+                   mouth_amount: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+        """The warping half of :meth:`forward_frame`: ``grid``, ``occlusion`` and ``warped``."""
+        b, s = analytic_grid.shape[0], analytic_grid.shape[1]
+        ident = identity_grid(b, s, analytic_grid.device, analytic_grid.dtype)
+        flow = analytic_grid.permute(0, 3, 1, 2) - ident
+        residual, occlusion = self.warp(src.image, src.cond, tgt_cond, flow, code=src.code)
+        grid = (ident + flow + residual).permute(0, 2, 3, 1)
+        warped = F.grid_sample(src.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if mouth is not None and mouth_coord is not None:
+            warped = fill_mouth_interior(warped.flip(1), mouth, mouth_coord, mouth_amount).flip(1)  # palette is BGR
+        return {"grid": grid, "occlusion": occlusion, "warped": warped}
+
     def forward_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
                       mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
                       mouth_amount: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
@@ -101,16 +115,9 @@ class PortraitModel(nn.Module):
             dict with ``image (B, 3, S, S)``, ``mask``, ``grid (B, S, S, 2)``, ``occlusion``,
             ``warped`` (the warped source the generator blended with).
         """
-        b, s = analytic_grid.shape[0], analytic_grid.shape[1]
-        ident = identity_grid(b, s, analytic_grid.device, analytic_grid.dtype)
-        flow = analytic_grid.permute(0, 3, 1, 2) - ident
-        residual, occlusion = self.warp(src.image, src.cond, tgt_cond, flow, code=src.code)
-        grid = (ident + flow + residual).permute(0, 2, 3, 1)
-        warped = F.grid_sample(src.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if mouth is not None and mouth_coord is not None:
-            warped = fill_mouth_interior(warped.flip(1), mouth, mouth_coord, mouth_amount).flip(1)  # palette is BGR
-        image, mask = self.generator(src.features, grid, occlusion, tgt_cond, src.identity, warped)
-        return {"image": image, "mask": mask, "grid": grid, "occlusion": occlusion, "warped": warped}
+        out = self.warp_frame(src, tgt_cond, analytic_grid, mouth, mouth_coord, mouth_amount)
+        image, mask = self.generator(src.features, out["grid"], out["occlusion"], tgt_cond, src.identity, out["warped"])
+        return {"image": image, "mask": mask, **out}
 
     def parameter_count(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("warp", "generator", "enhancer")}

@@ -1,0 +1,109 @@
+"""Training configuration: one dataclass, read from and written to TOML.
+
+A run keeps the exact config it ran with (``RUN/config.toml``), so every result can be
+traced to its settings and every run can be resumed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import InputFileError
+
+STAGES = ("warp", "full", "enhancer", "meta")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs.  Units: steps, learning rates per step."""
+
+    stage: str = "warp"
+    preset: str = "lite"
+    model: dict = field(default_factory=dict)  # a full model config overriding the preset (tests, experiments)
+    init_weights: str = ""  # start from this checkpoint (e.g. the warp stage's model for the full stage)
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: bool = True  # CUDA only (fp16 with a gradient scaler); ignored on the CPU
+    seed: int = 0
+    num_workers: int = 2
+    samples_per_clip: int = 64
+    val_fraction: float = 0.1
+    window: int = 3  # enhancer stage: consecutive frames per sample
+    # losses
+    w_l1: float = 1.0
+    w_perceptual: float = 1.0
+    perceptual_weights: str = ""  # local VGG19 weights (.safetensors or .pth); empty = perceptual loss off
+    w_gan: float = 0.1
+    w_feature_matching: float = 1.0
+    gan: str = "hinge"  # hinge | lsgan
+    w_eyes: float = 1.0
+    w_mouth: float = 1.0
+    w_temporal: float = 1.0
+    # bookkeeping
+    log_every: int = 10
+    val_every: int = 200
+    ckpt_every: int = 500
+    val_batches: int = 4
+    # meta stage (Reptile)
+    inner_steps: int = 5
+    inner_lr: float = 1e-4
+    meta_lr: float = 1.0
+    warp_lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise InputFileError(f"Unknown training stage '{self.stage}'; choose one of {', '.join(STAGES)}.")
+        self.betas = tuple(self.betas)  # TOML gives lists
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":
+        """Read a TOML config (unknown keys are an error, to catch typos); then apply overrides."""
+        data: dict = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise InputFileError(f"Training config '{p}' does not exist; check the path.")
+            try:
+                data = tomllib.loads(p.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise InputFileError(f"Training config '{p}' is not valid TOML ({exc}).") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputFileError(f"Training config has unknown setting(s): {', '.join(unknown)}; check the spelling.")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        return dump_toml(asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(data: dict) -> str:
+    """Write a dict of scalars, lists and (inline) tables as TOML."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in data.items())

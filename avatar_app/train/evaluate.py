@@ -1,0 +1,419 @@
+"""``avatar-app evaluate``: measure animators on held-out clips of a prepared dataset.
+
+Self-reenactment: for each clip the **source** is its first valid frame's 256 crop
+(with that frame's prepared landmarks), the **driver** is every later valid frame's
+prepared landmarks — same person, same crop, so they are used directly as targets —
+and the **ground truth** is that later frame's crop. Each animator animates the
+source with those targets and is scored against the ground truth:
+
+* PSNR (dB), SSIM (grey, 11×11 Gaussian window) and L1 (0..1) per frame;
+* landmark follow error: the output re-detected with mediapipe (still-image mode)
+  against the driving landmarks, in % of the inter-ocular distance; frames where no
+  face is re-detected are counted and left out;
+* identity distance: dlib embedding of the source crop vs a few outputs (below 0.6 =
+  same person by dlib's threshold); skipped with a note when dlib is missing;
+* temporal jitter: the output sequence's mean |second temporal difference| minus the
+  ground truth's own, in grey levels (0 = as smooth as the real video).
+
+Animators: ``geometric`` (when asked), ``neural`` (the checkpoint given with
+``weights``, otherwise the untrained ``preset`` model, which reproduces the geometric
+one), and ``static`` — the unmoved source crop, a baseline every animator should beat
+on PSNR/SSIM/L1 and landmark error.
+
+The prepared dataset is docs/DATASET.md: its manifest and the train/validation split
+come from :mod:`.data` (the one split rule, :data:`.data.SPLIT_RULE`, that training
+uses); the clip files are read here, skipping (and reporting) clips that cannot be used.
+The report files are written by :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputFileError, OutputError
+from .clipio import BASE_SIZE as CROP
+from .clipio import embed_identity, frame_name, identity_encoder, read_image_file
+from .report import finite_or_none, format_table, jsonable, write_evaluation
+
+VAL_FRACTION = 0.1  # as TrainConfig.val_fraction's default
+IDENTITY_SAMPLES = 4  # outputs per clip and animator that get a dlib embedding
+SHEET_CLIPS = 2  # clips shown in the contact sheet
+
+METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "identity_distance", "jitter", "ms_per_frame")
+
+
+# -- reading the clips -----------------------------------------------------------------------------
+@dataclass
+class _Clip:
+    key: str
+    identity: str
+    folder: Path
+    landmarks: np.ndarray  # (N, 478, 3) float32, 256-crop px
+    valid: np.ndarray  # (N,) bool
+    embedding: np.ndarray | None  # identity.npy
+
+    def image(self, index: int) -> np.ndarray:
+        path = self.folder / str(CROP) / frame_name(index)
+        img = read_image_file(path)
+        if img is None:
+            raise InputFileError(f"Frame '{path}' is missing or unreadable; prepare clip '{self.key}' again.")
+        if img.shape[:2] != (CROP, CROP):
+            raise InputFileError(f"Frame '{path}' is {img.shape[1]}x{img.shape[0]}, not {CROP}x{CROP}; "
+                                 f"prepare clip '{self.key}' again.")
+        return img
+
+
+def _load_clip(data: Path, entry: dict) -> tuple[_Clip | None, str]:
+    """The clip, or ``None`` and why it cannot be used."""
+    key = str(entry["key"])
+    folder = data / "clips" / key
+    if not (folder / "meta.json").is_file():
+        return None, "not completely prepared (no meta.json)"
+    try:
+        landmarks = np.load(folder / "landmarks.npy", allow_pickle=False)
+        valid = np.load(folder / "valid.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return None, f"landmarks.npy or valid.npy unreadable ({exc})"
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (478, 3) or valid.shape != (landmarks.shape[0],):
+        return None, f"landmarks {landmarks.shape} and valid {valid.shape} do not match the format"
+    if not (folder / str(CROP)).is_dir():
+        return None, f"no {CROP} crops"
+    valid = valid.astype(bool) & np.isfinite(landmarks).all(axis=(1, 2))
+    if int(valid.sum()) < 2:
+        return None, "fewer than 2 frames with a face"
+    embedding = None
+    if (folder / "identity.npy").is_file():
+        try:
+            embedding = np.load(folder / "identity.npy", allow_pickle=False).astype(np.float32).reshape(-1)
+        except (OSError, ValueError):
+            embedding = None
+    return _Clip(key, str(entry.get("identity") or key), folder, landmarks.astype(np.float32), valid, embedding), ""
+
+
+# -- animators ----------------------------------------------------------------------------------------
+class _StaticAnimator:
+    """Baseline: the source crop, unmoved, for every target."""
+
+    name = "static"
+
+    def __init__(self, source):
+        self.source = source
+
+    def animate(self, target) -> np.ndarray:
+        return self.source.crop.copy()
+
+
+def _source_portrait(image: np.ndarray, points: np.ndarray):
+    from ..types import Landmarks, SourcePortrait
+
+    return SourcePortrait(crop=image, landmarks=Landmarks(points, (CROP, CROP)), size=CROP, image=image,
+                          crop_to_image=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float64))
+
+
+@dataclass
+class _Context:
+    tracker: object
+    identity: bool  # dlib is there: identity distances are measured
+    model: object
+    device: str
+    include_geometric: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _identity_distance(ctx: _Context, src_emb, images, points, picks) -> float | None:
+    if not ctx.identity or src_emb is None:
+        return None
+    from ..models.identity import identity_distance
+
+    dists = []
+    for i in picks:
+        emb, _ = embed_identity(images[i], points[i])
+        if emb is not None:
+            dists.append(identity_distance(src_emb, emb))
+    return _mean(dists)
+
+
+def _score(ctx: _Context, outputs, gt, targets, src_emb, picks, times: list[float]) -> dict:
+    from .metrics import l1, landmark_follow_error, psnr, ssim, temporal_jitter
+
+    errors, missed = [], 0
+    for out, tgt in zip(outputs, targets):
+        faces = ctx.tracker.detect_faces(out)
+        if faces:
+            errors.append(landmark_follow_error(faces[0].points, tgt))
+        else:
+            missed += 1
+    return {
+        "psnr": _mean(psnr(o, g) for o, g in zip(outputs, gt)),
+        "ssim": _mean(ssim(o, g) for o, g in zip(outputs, gt)),
+        "l1": _mean(l1(o, g) for o, g in zip(outputs, gt)),
+        "landmark_error": _mean(errors),
+        "faces_missed": missed,
+        "frames": len(outputs),
+        "identity_distance": _identity_distance(ctx, src_emb, outputs, targets, picks),
+        "jitter": finite_or_none(temporal_jitter(outputs, gt)),
+        "ms_per_frame": float(np.median(times)) * 1e3,  # median: the first call warms caches up
+    }
+
+
+def _evaluate_clip(ctx: _Context, clip: _Clip, frames: int) -> tuple[dict, dict]:
+    """Metrics of every animator on one clip, and the images kept for the contact sheet."""
+    from ..runtime.animator import GeometricAnimator
+    from ..runtime.neural_animator import NeuralAnimator
+    from ..types import Landmarks
+    from .metrics import temporal_jitter
+
+    valid_idx = np.flatnonzero(clip.valid)
+    src_i = int(valid_idx[0])
+    drive = [int(i) for i in valid_idx[1:frames + 1]]
+    src_img = clip.image(src_i)
+    source = _source_portrait(src_img, clip.landmarks[src_i])
+    gt = [clip.image(i) for i in drive]
+    targets = [clip.landmarks[i] for i in drive]
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(IDENTITY_SAMPLES, len(drive)))})
+
+    src_emb = None
+    if ctx.identity:
+        src_emb, _ = embed_identity(src_img, clip.landmarks[src_i])
+        if src_emb is None:
+            ctx.notes.append(f"clip {clip.key}: no identity embedding of the source frame (face box too small)")
+    net_identity = src_emb if src_emb is not None else clip.embedding
+    if net_identity is None:
+        from ..models.identity import IDENTITY_DIM
+
+        net_identity = np.zeros(IDENTITY_DIM, np.float32)
+        ctx.notes.append(f"clip {clip.key}: the neural animator got a zero identity embedding (no dlib, no identity.npy)")
+
+    animators = []
+    if ctx.include_geometric:
+        animators.append(GeometricAnimator(source, device=ctx.device))
+    animators.append(NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=net_identity))
+    animators.append(_StaticAnimator(source))
+
+    result = {
+        "key": clip.key, "identity": clip.identity, "source_frame": src_i, "frames": drive,
+        "ground_truth": {
+            "jitter": finite_or_none(temporal_jitter(gt)),
+            "identity_distance": _identity_distance(ctx, src_emb, gt, targets, picks),
+        },
+        "animators": {},
+    }
+    images = {"ground truth": gt}
+    for anim in animators:
+        outputs, times = [], []
+        for t in targets:
+            t0 = time.perf_counter()
+            outputs.append(anim.animate(Landmarks(t, (CROP, CROP))))
+            times.append(time.perf_counter() - t0)
+        result["animators"][anim.name] = _score(ctx, outputs, gt, targets, src_emb, picks, times)
+        if anim.name != "static":
+            images[anim.name] = outputs
+    return result, images
+
+
+def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
+    names = []
+    for c in clip_results:
+        names += [n for n in c["animators"] if n not in names]
+    agg = {}
+    for name in names:
+        per = [c["animators"][name] for c in clip_results if name in c["animators"]]
+        entry = {k: _mean(p[k] for p in per) for k in METRIC_KEYS}
+        entry["faces_missed"] = int(sum(p["faces_missed"] for p in per))
+        entry["frames"] = int(sum(p["frames"] for p in per))
+        entry["clips"] = len(per)
+        agg[name] = entry
+    gt = {k: _mean(c["ground_truth"][k] for c in clip_results) for k in ("jitter", "identity_distance")}
+    return agg, gt
+
+
+# -- entry points ---------------------------------------------------------------------------------------------
+def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "lite", device: str = "cpu",
+             clips: int = 4, frames: int = 32, split: str = "val", include_geometric: bool = True,
+             progress: bool = True, val_fraction: float = VAL_FRACTION) -> dict:
+    """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
+
+    ``split="val"`` takes the validation clips exactly as training splits them
+    (:func:`.data.split_clips` with ``val_fraction``, rule :data:`.data.SPLIT_RULE`);
+    ``split="all"`` uses every clip. Clips are taken in key order; incomplete clips and
+    clips with fewer than 2 valid frames are skipped (listed in the report).
+
+    Per clip, the first valid frame is the source and the next ``frames`` valid frames drive
+    it (see the module docstring for the metrics).
+
+    Args:
+        data: the prepared dataset folder (docs/DATASET.md).
+        out: folder for ``metrics.json``, ``report.md`` and ``contact_sheet.jpg`` (created).
+        weights: a neural checkpoint; ``None`` evaluates the untrained ``preset`` model.
+        preset: ``lite`` or ``full`` (without ``weights``).
+        device: torch device for both animators.
+        clips: most clips to evaluate.
+        frames: most driven frames per clip.
+        split: ``"val"`` or ``"all"``.
+        include_geometric: also evaluate the geometric animator.
+        progress: show a progress bar over clips.
+        val_fraction: share of identities held out for validation (as in training).
+
+    Returns:
+        The aggregate: ``{animator: {"psnr", "ssim", "l1", "landmark_error", "faces_missed",
+        "frames", "identity_distance", "jitter", "ms_per_frame", "clips"}}`` (``None`` where a
+        metric could not be measured), animators ``geometric``, ``neural``, ``static``.
+
+    Raises:
+        InputFileError: no dataset, no manifest, or no usable clip in the split.
+        OutputError: ``out`` cannot be written.
+    """
+    if split not in ("val", "all"):
+        raise ValueError(f"split must be 'val' or 'all', not {split!r}")
+    if clips < 1 or frames < 1:
+        raise ValueError("clips and frames must be at least 1")
+    from .data import SPLIT_RULE, read_manifest, split_clips  # imports torch: not at module import (CLI start-up)
+
+    data, out = Path(data), Path(out)
+    entries = {str(e["key"]): e for e in read_manifest(data)["clips"]}
+    if not entries:
+        raise InputFileError(f"The prepared dataset '{data}' has no clips in its manifest; prepare it from a folder "
+                             "with face videos.")
+    keys = sorted(entries) if split == "all" else split_clips(list(entries.values()), val_fraction)[1]
+
+    usable, skipped = [], []
+    for key in keys:
+        if len(usable) >= clips:
+            break
+        clip, reason = _load_clip(data, entries[key])
+        if clip is None:
+            skipped.append({"key": key, "reason": reason})
+        else:
+            usable.append(clip)
+    if not usable:
+        why = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:3]) or "the split selects no clip"
+        hint = " or use --split all" if split == "val" else ""
+        raise InputFileError(
+            f"The prepared dataset '{data}' has no usable clip for the '{split}' split ({len(entries)} clip(s) in the "
+            f"manifest; {why}); prepare more videos{hint}.")
+
+    import torch
+    from tqdm import tqdm
+
+    from ..errors import DependencyError
+    from ..face.tracker import FaceTracker
+    from ..models.portrait import PortraitModel, load_checkpoint
+
+    notes: list[str] = []
+    identity = True
+    try:
+        identity_encoder()
+    except DependencyError as exc:
+        identity = False
+        notes.append(f"identity distance skipped: {exc}")
+    if weights:
+        model = load_checkpoint(weights, device)
+        neural_desc = f"checkpoint {weights}"
+        neural_label = f"neural ({Path(weights).name})"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = PortraitModel(preset)
+        neural_desc = f"untrained {preset} model (no --weights; reproduces the geometric avatar by construction)"
+        neural_label = f"neural (untrained {preset})"
+        notes.append(f"the neural animator ran the untrained {preset} model because no weights were given")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Could not create the output folder '{out}' ({exc}); choose another --out.") from exc
+    labels = {"geometric": "geometric", "neural": neural_label, "static": "static source (baseline)",
+              "ground truth": "ground truth"}
+
+    results, shown = [], []
+    tracker = FaceTracker(max_faces=1)
+    ctx = _Context(tracker, identity, model, device, include_geometric, notes)
+    try:
+        for clip in tqdm(usable, desc="evaluate", unit="clip", disable=not progress, leave=False):
+            try:
+                res, images = _evaluate_clip(ctx, clip, frames)
+            except InputFileError as exc:  # a frame file missing or damaged: skip the clip, say so
+                skipped.append({"key": clip.key, "reason": str(exc)})
+                continue
+            results.append(res)
+            if len(shown) < SHEET_CLIPS:
+                shown.append((res, images))
+    finally:
+        tracker.close()
+
+    if not results:
+        raise InputFileError(
+            f"Every clip selected from the prepared dataset '{data}' for the '{split}' split has missing or "
+            f"damaged frame files (e.g. '{skipped[-1]['key']}'); prepare the dataset again.")
+    aggregate, gt = _aggregate(results)
+    for name, entry in aggregate.items():
+        if entry["faces_missed"]:
+            notes.append(f"{labels.get(name, name)}: no face was re-detected in {entry['faces_missed']} of "
+                         f"{entry['frames']} outputs; those frames are left out of the landmark error")
+    metrics = jsonable({
+        "settings": {"data": str(data), "weights": weights, "preset": preset, "device": device, "clips": clips,
+                     "frames": frames, "split": split, "val_fraction": val_fraction,
+                     "include_geometric": include_geometric, "neural": neural_desc,
+                     "identity_samples": IDENTITY_SAMPLES},
+        "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
+        "labels": labels,
+        "clips": results,
+        "aggregate": aggregate,
+        "ground_truth": gt,
+        "skipped": skipped,
+        "notes": notes,
+    })
+    write_evaluation(out, metrics, shown)
+    return metrics["aggregate"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_evaluate_parser(sub) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to the CLI's subparsers (dispatch to :func:`run_evaluate`)."""
+    p = sub.add_parser("evaluate", help="score the animators on held-out clips of a prepared dataset")
+    p.add_argument("--data", required=True, metavar="PREPARED", help="a dataset folder written by `avatar-app prepare`")
+    p.add_argument("--weights", metavar="PATH", help="neural checkpoint to evaluate (default: the untrained model)")
+    p.add_argument("--preset", choices=("lite", "full"), default="lite",
+                   help="network size of the untrained model without --weights (default lite)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--clips", type=_positive_int, default=4, help="most clips to evaluate (default 4)")
+    p.add_argument("--frames", type=_positive_int, default=32, help="most driven frames per clip (default 32)")
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="val: held-out identities, as training splits them (default); all: every clip")
+    p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default: PREPARED/eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_evaluate(args) -> int:
+    """Run ``avatar-app evaluate``: print the table and where the files are."""
+    out = Path(args.out) if args.out else Path(args.data) / "eval"
+    aggregate = evaluate(Path(args.data), out, weights=args.weights, preset=args.preset, device=args.device,
+                         clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress)
+    labels = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["labels"]
+    print(format_table(aggregate, labels))
+    print(f"\nwrote {out / 'report.md'}, {out / 'metrics.json'} and {out / 'contact_sheet.jpg'}")
+    return 0
+
+
+__all__ = ["add_evaluate_parser", "evaluate", "run_evaluate"]

@@ -1,0 +1,152 @@
+"""Training losses: pixel pyramid, perceptual (VGG19, local weights only), GAN, regions, temporal.
+
+Images are ``(B, 3, H, W)`` in [0, 1].  Nothing here downloads anything: the
+perceptual loss reads VGG19 weights from a local file named in the config and,
+without one, says so once and contributes nothing while the other losses carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def pyramid_l1(output: torch.Tensor, target: torch.Tensor, scales: int = 4) -> torch.Tensor:
+    """Mean L1 over an image pyramid (full, 1/2, 1/4, ...)."""
+    total = output.new_zeros(())
+    for i in range(scales):
+        if i:
+            output, target = F.avg_pool2d(output, 2), F.avg_pool2d(target, 2)
+        total = total + (output - target).abs().mean()
+    return total / scales
+
+
+def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = 7) -> torch.Tensor:
+    """L1 inside a (dilated) region mask ``(B, 1, H, W)``, normalised by each sample's region
+    area, then averaged over the batch (so it splits across data-parallel ranks exactly)."""
+    if grow > 1:
+        mask = F.max_pool2d(mask, grow, stride=1, padding=grow // 2)
+    area = mask.flatten(1).sum(1).clamp(min=1.0)
+    per_sample = ((output - target).abs() * mask).flatten(1).sum(1) / (area * output.shape[1])
+    return per_sample.mean()
+
+
+def temporal_l1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Temporal consistency for ``(B, T, 3, H, W)`` sequences: frame-to-frame changes of
+    the output should match those of the ground truth."""
+    return ((outputs[:, 1:] - outputs[:, :-1]) - (targets[:, 1:] - targets[:, :-1])).abs().mean()
+
+
+def gan_d_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]], kind: str = "hinge") -> torch.Tensor:
+    """Discriminator loss over scales (last feature of each scale = logits)."""
+    total = 0.0
+    for r, f in zip(real, fake):
+        lr, lf = r[-1], f[-1]
+        if kind == "hinge":
+            total = total + F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
+        elif kind == "lsgan":
+            total = total + ((lr - 1) ** 2).mean() + (lf**2).mean()
+        else:
+            raise ValueError(f"unknown GAN loss {kind!r}; use 'hinge' or 'lsgan'")
+    return total / len(real)
+
+
+def gan_g_loss(fake: list[list[torch.Tensor]], kind: str = "hinge") -> torch.Tensor:
+    total = 0.0
+    for f in fake:
+        total = total + (-f[-1].mean() if kind == "hinge" else ((f[-1] - 1) ** 2).mean())
+    return total / len(fake)
+
+
+def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """L1 between the discriminator's intermediate features on real and generated images."""
+    total, n = 0.0, 0
+    for r, f in zip(real, fake):
+        for a, b in zip(r[:-1], f[:-1]):
+            total = total + (a.detach() - b).abs().mean()
+            n += 1
+    return total / max(n, 1)
+
+
+# VGG19 "features" layout: numbers are conv widths, "M" max-pool (Simonyan & Zisserman, 2015).
+_VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+_TAPS = (1, 6, 11, 20, 29)  # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (indices into the Sequential)
+
+
+def vgg19_features() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in _VGG19:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=False)]
+            cin = int(v)
+    return nn.Sequential(*layers)
+
+
+class PerceptualLoss(nn.Module):
+    """VGG19 feature L1 (ImageNet-normalised input) — active only with local weights.
+
+    Args:
+        weights: a ``.safetensors`` (or ``.pth``, loaded with ``weights_only=True``) state
+            dict of the VGG19 ``features`` block in torchvision's layout (keys ``0.weight``,
+            ``0.bias``, ... or ``features.0.weight``, ...).  ``None`` or a missing file
+            disables the loss with one warning.
+    """
+
+    _MEAN = (0.485, 0.456, 0.406)
+    _STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, weights: str | Path | None = None, layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)):
+        super().__init__()
+        self.layer_weights = layer_weights
+        self.net: nn.Sequential | None = None
+        self.register_buffer("mean", torch.tensor(self._MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self._STD).view(1, 3, 1, 1), persistent=False)
+        if not weights:
+            log.warning("perceptual loss off: no VGG19 weights file set (perceptual_weights in the config); "
+                        "training continues with the other losses")
+            return
+        path = Path(weights)
+        if not path.is_file():
+            log.warning("perceptual loss off: VGG19 weights '%s' not found; training continues with the other losses",
+                        path)
+            return
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier")}
+        net = vgg19_features()
+        net.load_state_dict(state, strict=True)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.net = net.eval()
+
+    @property
+    def active(self) -> bool:
+        return self.net is not None
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            return output.new_zeros(())
+        x = (output - self.mean) / self.std
+        y = (target - self.mean) / self.std
+        total, tap = output.new_zeros(()), 0
+        for i, layer in enumerate(self.net):
+            x, y = layer(x), layer(y)
+            if i == _TAPS[tap]:
+                total = total + self.layer_weights[tap] * (x - y.detach()).abs().mean()
+                tap += 1
+                if tap == len(_TAPS):
+                    break
+        return total

@@ -1,0 +1,355 @@
+"""Training the warp network, the full model (warp + generator + GAN) and the enhancer.
+
+Self-reenactment: a source and a driving frame of the same clip; the model animates
+the source with the driving frame's landmarks and is compared with the driving frame.
+
+Multi-GPU: run under ``torchrun --nproc_per_node N``; each rank takes every N-th
+sample of a seeded permutation, and gradients are averaged across ranks after each
+backward pass (``torch.distributed.all_reduce``, NCCL on GPUs, gloo on CPUs) — the same
+arithmetic as DistributedDataParallel, applied to whichever sub-networks the stage
+trains.  Only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..face.mesh import mouth_opening, topology
+from ..models.conditioning import landmark_image
+from ..models.discriminator import MultiScaleDiscriminator
+from ..models.flow import AnalyticFlow, rasterize_triangles
+from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
+from ..runtime.animator import mouth_fill_amount
+from .config import TrainConfig
+from .losses import (PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, pyramid_l1, region_l1,
+                     temporal_l1)
+from .state import load_training_state, save_training_state
+
+log = logging.getLogger(__name__)
+
+
+class FlowInputs(Dataset):
+    """Adds what the analytic flow and the networks need to each self-reenactment pair,
+    computed in the loader's workers: ``tri_ids (S, S)``, ``source_cond``/``driving_cond``
+    ``(6, S, S)`` and ``mouth_amount`` (how much of the mouth to paint)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self._tri = topology().triangles
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        sp = item["source_points"].numpy()
+        dp = item["driving_points"].numpy()
+        item["tri_ids"] = torch.from_numpy(rasterize_triangles(dp, self._tri, NET_SIZE))
+        item["source_cond"] = torch.from_numpy(landmark_image(sp, NET_SIZE))
+        item["driving_cond"] = torch.from_numpy(landmark_image(dp, NET_SIZE))
+        item["mouth_amount"] = torch.tensor(mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), NET_SIZE))
+        return item
+
+
+def build_model(cfg: TrainConfig) -> PortraitModel:
+    if cfg.init_weights:
+        return load_checkpoint(cfg.init_weights)
+    if cfg.model:
+        return PortraitModel(config={"preset": "custom", **cfg.model})
+    return PortraitModel(cfg.preset)
+
+
+def distributed_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` when not distributed)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class Trainer:
+    """One training run of one stage.
+
+    Args:
+        cfg: the configuration.
+        run_dir: where checkpoints, ``config.toml``, ``metrics.jsonl`` and samples go.
+        train_set / val_set: datasets (pairs or windows, as the stage needs); built
+            from ``data`` when omitted.
+        data: a prepared dataset folder.
+        device: torch device.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, train_set: Dataset | None = None,
+                 val_set: Dataset | None = None, data: str | Path | None = None, device: str = "cpu"):
+        if cfg.stage == "meta":
+            raise ValueError("the meta stage has its own trainer (avatar_app.train.meta)")
+        self.cfg = cfg
+        self.rank, self.world = distributed_env()
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg).to(self.device).train()
+        self.flow = AnalyticFlow(NET_SIZE).to(self.device)
+        trained = {"warp": [self.model.warp], "full": [self.model.warp, self.model.generator],
+                   "enhancer": [self.model.enhancer]}[cfg.stage]
+        self.params = [p for m in trained for p in m.parameters()]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas)
+        self.disc = None
+        self.opt_d = None
+        if cfg.stage == "full" and cfg.w_gan > 0:
+            width = 64 if self.model.preset == "full" else 32
+            self.disc = MultiScaleDiscriminator(3, cond_channels=6, scales=2, channels=width).to(self.device)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=cfg.betas)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.perceptual = PerceptualLoss(cfg.perceptual_weights).to(self.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.train_set = train_set if train_set is not None else self._dataset(data, "train")
+        self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
+        self._writer = None
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.toml")
+
+    # -- data -------------------------------------------------------------------------------
+    def _dataset(self, data, split: str) -> Dataset:
+        from .data import PreparedDataset
+
+        mode = "window" if self.cfg.stage == "enhancer" else "pairs"
+        ds = PreparedDataset(data, size=NET_SIZE, split=split, val_fraction=self.cfg.val_fraction, mode=mode,
+                             window=self.cfg.window, samples_per_clip=self.cfg.samples_per_clip, seed=self.cfg.seed,
+                             augment=split == "train")
+        return FlowInputs(ds) if mode == "pairs" else ds
+
+    def _loader(self, epoch: int) -> DataLoader:
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=g).tolist()[self.rank::self.world]
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=order, drop_last=True,
+                          num_workers=self.cfg.num_workers, persistent_workers=False)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, (len(self.train_set) // self.world) // self.cfg.batch_size)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _frame(self, model: PortraitModel, b: dict) -> dict:
+        grid, mouth, coord = self.flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
+        if self.cfg.stage == "warp":  # no generator: skip its source features
+            src = SourceCode(b["source"], b["source_cond"], b["identity"], model.warp.code(b["source"], b["source_cond"]), [])
+            return model.warp_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+        src = model.encode_source(b["source"], b["source_cond"], b["identity"])
+        return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+
+    def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None) -> dict:
+        c = self.cfg
+        parts = {"l1": c.w_l1 * pyramid_l1(out, gt)}
+        if self.perceptual.active and c.w_perceptual:
+            parts["perceptual"] = c.w_perceptual * self.perceptual(out, gt)
+        if cond is not None:
+            parts["eyes"] = c.w_eyes * region_l1(out, gt, cond[:, 3:4])
+            parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5])
+        return parts
+
+    def compute_losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Generator-side loss of a batch (no optimizer step)."""
+        b = self._to_device(batch)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            if self.cfg.stage == "enhancer":
+                parts = self._enhancer_losses(b)
+            else:
+                out = self._frame(self.model, b)
+                image = out["warped"] if self.cfg.stage == "warp" else out["image"]
+                parts = self._image_losses(image, b["driving"], b["driving_cond"])
+                if self.disc is not None:
+                    fake = self.disc(image, b["driving_cond"])
+                    with torch.no_grad():
+                        real = self.disc(b["driving"], b["driving_cond"])
+                    parts["gan"] = self.cfg.w_gan * gan_g_loss(fake, self.cfg.gan)
+                    parts["feature_matching"] = self.cfg.w_feature_matching * feature_matching(real, fake)
+                    self._last_fake = image.detach()
+                    self._last_batch = b
+        total = sum(parts.values())
+        return total, parts
+
+    def _enhancer_losses(self, b: dict) -> dict:
+        frames, gts = b["frames_256"], b["frames_512"]
+        t_len = frames.shape[1]
+        enh = self.model.enhancer
+        bases = [F.interpolate(frames[:, t], scale_factor=2.0, mode="bilinear", align_corners=False) for t in range(t_len)]
+        history = enh.start_history(frames[:, 0], bases[0])
+        outs = []
+        for t in range(t_len):
+            out, history = enh(frames[:, t], bases[t], history)
+            outs.append(out)
+        outs_t = torch.stack(outs, 1)
+        parts = self._image_losses(outs_t.flatten(0, 1), gts.flatten(0, 1), None)
+        parts["temporal"] = self.cfg.w_temporal * temporal_l1(outs_t, gts)
+        return parts
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    def _average_gradients(self, params) -> None:
+        if self.world > 1:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= self.world
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step (generator side, then the discriminator); returns the losses."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * self._lr_factor(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        total, parts = self.compute_losses(batch)
+        self.scaler.scale(total).backward()
+        self._average_gradients(self.params)
+        self.scaler.unscale_(self.opt)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        if self.disc is not None:
+            parts["d"] = self._disc_step()
+        self.scaler.update()
+        self._update_ema()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in parts.items()}
+        out["total"] = float(total.detach())
+        return out
+
+    def _disc_step(self) -> torch.Tensor:
+        b = self._last_batch
+        self.opt_d.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss = gan_d_loss(self.disc(b["driving"], b["driving_cond"]), self.disc(self._last_fake, b["driving_cond"]),
+                              self.cfg.gan)
+        self.scaler.scale(loss).backward()
+        self._average_gradients(self.disc.parameters())
+        self.scaler.step(self.opt_d)
+        return loss.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+
+    # -- loop, validation, checkpoints ----------------------------------------------------------------
+    def fit(self, steps: int | None = None, progress: bool = True) -> None:
+        """Train until ``steps`` (default ``cfg.steps``) total steps."""
+        from tqdm import tqdm
+
+        target = steps if steps is not None else self.cfg.steps
+        spe = self.steps_per_epoch()
+        bar = tqdm(total=target, initial=self.step, unit="step", desc=f"train {self.cfg.stage}",
+                   disable=not progress or self.rank != 0)
+        t0, done0 = time.perf_counter(), self.step
+        while self.step < target:
+            epoch, skip = divmod(self.step, spe)
+            for i, batch in enumerate(self._loader(epoch)):
+                if i < skip:
+                    continue  # resuming mid-epoch: the same batches, in the same order
+                losses = self.train_step(batch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['total']:.4f}")
+                if self.rank == 0 and self.step % self.cfg.log_every == 0:
+                    rate = (self.step - done0) * self.cfg.batch_size * self.world / (time.perf_counter() - t0)
+                    self._log({**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": rate,
+                               "train/lr": self.opt.param_groups[0]["lr"]})
+                if self.val_set is not None and self.step % self.cfg.val_every == 0:
+                    self._log({f"val/{k}": v for k, v in self.validate().items()})
+                if self.step % self.cfg.ckpt_every == 0:
+                    self.save()
+                if self.step >= target:
+                    break
+        bar.close()
+        self.save()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """L1 and PSNR of the EMA model on the first ``val_batches`` validation batches."""
+        loader = DataLoader(self.val_set, batch_size=self.cfg.batch_size, shuffle=False, num_workers=0)
+        l1s, psnrs = [], []
+        for i, batch in enumerate(loader):
+            if i >= self.cfg.val_batches:
+                break
+            b = self._to_device(batch)
+            if self.cfg.stage == "enhancer":
+                first = b["frames_256"][:, 0]
+                base = F.interpolate(first, scale_factor=2.0, mode="bilinear", align_corners=False)
+                out, _ = self.ema.enhancer(first, base, self.ema.enhancer.start_history(first, base))
+                gt = b["frames_512"][:, 0]
+            else:
+                res = self._frame(self.ema, b)
+                out = res["warped"] if self.cfg.stage == "warp" else res["image"]
+                gt = b["driving"]
+            mse = ((out.clamp(0, 1) - gt) ** 2).flatten(1).mean(1)
+            psnrs += (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).tolist()
+            l1s.append(float((out - gt).abs().mean()))
+        return {"l1": float(np.mean(l1s)) if l1s else float("nan"), "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
+
+    def _log(self, values: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **values}) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                self._writer = False
+                log.info("tensorboard is not installed: scalars go to metrics.jsonl only")
+        if self._writer:
+            for k, v in values.items():
+                self._writer.add_scalar(k, v, self.step)
+
+    def save(self) -> None:
+        """Checkpoint (rank 0): ``model.safetensors`` (the EMA weights, loadable by the app),
+        ``raw.safetensors`` (non-EMA weights) and ``training_state.safetensors``."""
+        if self.world > 1:
+            dist.barrier()
+        if self.rank != 0:
+            return
+        save_checkpoint(self.ema, self.run_dir / "model.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
+        save_checkpoint(self.model, self.run_dir / "raw.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
+        modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
+        optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})
+        save_training_state(self.run_dir / "training_state.safetensors", step=self.step, modules=modules,
+                            optimizers=optimizers, extra={"scaler": self.scaler.state_dict()})
+
+    def resume(self) -> None:
+        """Continue from the last checkpoint in ``run_dir`` (weights, optimizers, step, RNG)."""
+        raw = load_checkpoint(self.run_dir / "raw.safetensors", self.device)
+        self.model.load_state_dict(raw.state_dict())
+        modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
+        optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})
+        meta = load_training_state(self.run_dir / "training_state.safetensors", modules=modules, optimizers=optimizers)
+        self.step = int(meta["step"])
+        if meta["extra"].get("scaler"):
+            self.scaler.load_state_dict(meta["extra"]["scaler"])
