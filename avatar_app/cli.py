@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("render", help="animate a portrait and write a video")
-    r.add_argument("--source", required=True, metavar="IMG", help="the portrait to animate")
+    r.add_argument("--source", metavar="IMG", help="the portrait to animate")
+    r.add_argument("--profile", metavar="NAME", help="a personalized profile (its portrait and adapted weights)")
     _add_driver_args(r)
     r.add_argument("-o", "--output", required=True, metavar="OUT.mp4", help="video file to write")
     r.add_argument("--size", type=int, choices=(256, 512), default=256, help="avatar crop size in px")
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_animator_args(r)
 
     lv = sub.add_parser("live", help="animate a portrait live (virtual camera, preview, recording) until Ctrl-C")
-    lv.add_argument("--source", required=True, metavar="IMG", help="the portrait to animate")
+    lv.add_argument("--source", metavar="IMG", help="the portrait to animate")
+    lv.add_argument("--profile", metavar="NAME", help="a personalized profile (its portrait, adapted weights, neutral face)")
     g = lv.add_mutually_exclusive_group(required=True)
     g.add_argument("--camera", metavar="N", help="a camera index (0, 1, ...) or device path")
     g.add_argument("--driving", metavar="VIDEO", help="a video of a face, played in a loop at its own speed")
@@ -91,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.evaluate import add_evaluate_parser
     from .train.prepare import add_prepare_parser
 
+    from .profile_commands import add_profiles_parser
+    from .train.commands import add_personalize_parser
+
     add_prepare_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_personalize_parser(sub)
+    add_profiles_parser(sub)
 
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
 
@@ -111,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--half", action="store_true", help="with --model: fp16")
     b.add_argument("--runs", type=int, default=10, help="with --model: timed runs per network")
     return parser
+
+
+def resolve_source(args):
+    """The portrait image (path or array) and the profile, from --source / --profile."""
+    from .errors import AvatarError
+
+    profile = None
+    if getattr(args, "profile", None):
+        from .profiles import load_profile, load_source
+
+        profile = load_profile(args.profile)
+        if args.weights:
+            raise AvatarError("--weights and --profile both choose weights; give one of them.")
+        args.animator, args.weights = "neural", str(profile.weights_path)
+        return (args.source or load_source(profile)), profile
+    if not args.source:
+        raise AvatarError("Give the portrait to animate with --source IMG (or a personalized --profile NAME).")
+    return args.source, None
 
 
 def make_animator(args, source):
@@ -149,8 +174,9 @@ def cmd_render(args) -> int:
     from .face.tracker import FaceTracker
     from .runtime.render import render_video
 
+    image, _profile = resolve_source(args)
     with FaceTracker(model_path=args.tracker_model) as tracker:
-        source = prepare_source(args.source, args.size, face_index=args.face, tracker=tracker)
+        source = prepare_source(image, args.size, face_index=args.face, tracker=tracker)
         driver, name, limit = _open_driver(args)
         max_frames = min(x for x in (limit, args.max_frames) if x is not None) if (limit or args.max_frames) else None
         report = render_video(
@@ -200,7 +226,8 @@ def _run_live(args, opts, tracker) -> int:
     from .runtime.live import open_sinks, run_live
     from .runtime.pipeline import Pipeline
 
-    source = prepare_source(args.source, args.size, face_index=args.face, tracker=tracker)
+    image, profile = resolve_source(args)
+    source = prepare_source(image, args.size, face_index=args.face, tracker=tracker)
     if args.synthetic:
         driver, pace = SyntheticDriver(fps=args.fps, duration=None, realtime=True), False
     elif args.driving:
@@ -219,6 +246,8 @@ def _run_live(args, opts, tracker) -> int:
     pipeline = Pipeline(source, driver, sinks, fps=args.fps, tracker=tracker,
                         options=RetargetOptions(mode=args.mode), pace=pace, animator=animator)
     ref.append(pipeline)
+    if profile is not None and profile.neutral is not None and args.camera is not None:
+        pipeline.set_neutral(profile.neutral)  # the face the user calibrated while personalizing
     stats = run_live(pipeline, opts)
     print(f"live: {stats.frames_animated} avatar frames, {stats.output_fps:.1f} fps, latency p50 "
           f"{stats.latency_ms[0]:.0f} ms / p95 {stats.latency_ms[1]:.0f} ms"
@@ -267,6 +296,18 @@ def cmd_train(args) -> int:
     return run_train(args)
 
 
+def cmd_personalize(args) -> int:
+    from .train.commands import run_personalize
+
+    return run_personalize(args)
+
+
+def cmd_profiles(args) -> int:
+    from .profile_commands import run_profiles
+
+    return run_profiles(args)
+
+
 def cmd_evaluate(args) -> int:
     from .train.evaluate import run_evaluate
 
@@ -274,7 +315,8 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "doctor": cmd_doctor, "bench": cmd_bench}
+            "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
+            "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

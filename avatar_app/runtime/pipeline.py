@@ -151,6 +151,11 @@ class Pipeline:
         """Take the next frame with a face as the driver's neutral pose."""
         self._calibrate_next = True
 
+    def set_neutral(self, neutral: Landmarks) -> None:
+        """Use these landmarks (driver px) as the driver's neutral pose, e.g. a profile's."""
+        with self._lock:
+            self._retarget.calibrate(neutral)
+
     def set_source(self, portrait: SourcePortrait) -> None:
         """Animate another portrait (same crop size); the driver's neutral is kept."""
         with self._lock:

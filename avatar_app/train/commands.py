@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the warp network, the full model or the enhancer on a prepared dataset")
-    p.add_argument("--stage", required=True, choices=("warp", "full", "enhancer"))
+    p.add_argument("--stage", required=True, choices=("warp", "full", "enhancer", "meta"),
+                   help="meta: Reptile over identities, the initialisation personalization starts from")
     p.add_argument("--data", required=True, metavar="PREPARED", help="a folder written by `avatar-app prepare`")
     p.add_argument("--config", metavar="FILE", help="a TOML file of TrainConfig settings")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<stage>)")
@@ -44,8 +45,10 @@ def run_train(args) -> int:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     out = Path(args.out or Path("runs") / cfg.stage)
     try:
-        from .trainer import Trainer
-
+        if cfg.stage == "meta":
+            from .meta import MetaTrainer as Trainer
+        else:
+            from .trainer import Trainer
         trainer = Trainer(cfg, out, data=args.data, device=device)
         if args.resume:
             trainer.resume()
@@ -56,4 +59,96 @@ def run_train(args) -> int:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def add_personalize_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("personalize", help="adapt the model to you in about 30 s and save a profile")
+    p.add_argument("name", help="profile name")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--clip", metavar="VIDEO", help="a video of you talking and turning a little (about 10 s)")
+    g.add_argument("--record", type=float, metavar="SECONDS", help="record this many seconds from the camera")
+    p.add_argument("--camera", default="0", metavar="N", help="camera for --record (default 0)")
+    p.add_argument("--budget", type=float, default=30.0, metavar="S", help="seconds of adaptation (default 30)")
+    p.add_argument("--weights", metavar="META", help="meta-learned weights to start from (default: untrained model)")
+    p.add_argument("--preset", choices=("lite", "full"), default="lite", help="model size without --weights")
+    p.add_argument("--source", metavar="IMG", help="the portrait the profile animates (default: you, from the clip)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _record(camera: str, seconds: float):
+    """Frames from a camera for ``seconds`` (as an in-memory source)."""
+    import time
+
+    from ..capture.camera import CameraSource
+    from ..capture.images import ImageSequenceSource
+
+    device = int(camera) if str(camera).isdigit() else camera
+    images = []
+    with CameraSource(device) as cam:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            frame = cam.read(0.5)
+            if frame is not None:
+                images.append(frame.image)
+    return ImageSequenceSource(images, fps=30.0, loop=False)
+
+
+def run_personalize(args) -> int:
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from ..capture.video import VideoFileSource
+    from ..face.source import prepare_source, read_image
+    from ..models.identity import IdentityEncoder
+    from ..models.portrait import PortraitModel, load_checkpoint
+    from ..profiles import save_profile, validate_name
+    from .personalize import CancelToken, clip_frames, personalize
+
+    validate_name(args.name)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    source = VideoFileSource(args.clip) if args.clip else _record(args.camera, args.record)
+    clip = clip_frames(source)
+    base = load_checkpoint(args.weights) if args.weights else PortraitModel(args.preset)
+    if not args.weights:
+        print(f"avatar-app: note: no --weights given: personalizing the untrained {args.preset} model",
+              file=sys.stderr)
+    ref_crop, ref_points = clip.crops[clip.reference], clip.points[clip.reference]
+    from ..types import Landmarks
+
+    identity = IdentityEncoder().embed(ref_crop, Landmarks(ref_points, (ref_crop.shape[1], ref_crop.shape[0])))
+    token = CancelToken()
+    bar = tqdm(total=round(args.budget), unit="s", desc="personalize", disable=args.no_progress)
+
+    def progress(info: dict) -> None:
+        bar.n = min(round(info["elapsed"]), bar.total)
+        bar.set_postfix(step=info["step"], loss=f"{info['loss']:.4f}", eta=f"{info['eta']:.0f}s")
+
+    try:
+        result = personalize(clip, base, identity, budget_s=args.budget, progress=progress, cancel=token,
+                             device=device)
+    except KeyboardInterrupt:
+        token.cancel()
+        bar.close()
+        print("cancelled: nothing was saved; any earlier profile of that name is unchanged", file=sys.stderr)
+        return 130
+    bar.close()
+    portrait = read_image(args.source) if args.source else ref_crop
+    if args.source:
+        prepare_source(portrait)  # fail now, not at `live`, if the portrait has no face
+    metrics = {"psnr": {"before": result.before["psnr"], "after": result.after["psnr"]},
+               "l1": {"before": result.before["l1"], "after": result.after["l1"]},
+               "steps": result.steps, "seconds": result.seconds}
+    provenance = {"base_weights": args.weights or f"untrained {args.preset}", "budget_s": args.budget,
+                  "clip": args.clip or f"recorded {args.record} s from camera {args.camera}", "device": device,
+                  "frames": len(clip.crops)}
+    profile = save_profile(args.name, result.model.cpu(), portrait, neutral=clip.neutral, metrics=metrics,
+                           provenance=provenance)
+    print(f"profile '{args.name}' saved to {profile.path}: held-out PSNR {result.before['psnr']:.2f} -> "
+          f"{result.after['psnr']:.2f} dB, L1 {result.before['l1']:.4f} -> {result.after['l1']:.4f} "
+          f"({result.steps} steps in {result.seconds:.1f} s)")
     return 0

@@ -256,6 +256,11 @@ class PreparedDataset(Dataset):
     def identities(self) -> list[str]:
         return sorted({c.identity for c in self._clips})
 
+    @property
+    def clip_identities(self) -> list[str]:
+        """The identity of each clip, in :attr:`clips` order (sample ``i`` is clip ``i % len(clips)``)."""
+        return [c.identity for c in self._clips]
+
     def train_clips(self) -> list[str]:
         """Keys of the training split (whatever split this dataset reads)."""
         return list(self._train_keys)

@@ -92,19 +92,18 @@ class Trainer:
         device: torch device.
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, train_set: Dataset | None = None,
-                 val_set: Dataset | None = None, data: str | Path | None = None, device: str = "cpu"):
-        if cfg.stage == "meta":
-            raise ValueError("the meta stage has its own trainer (avatar_app.train.meta)")
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None, train_set: Dataset | None = None,
+                 val_set: Dataset | None = None, data: str | Path | None = None, device: str = "cpu",
+                 model: PortraitModel | None = None):
         self.cfg = cfg
         self.rank, self.world = distributed_env()
         self.device = torch.device(device)
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # None: write nothing (personalization)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(self.device).train()
+        self.model = (model if model is not None else build_model(cfg)).to(self.device).train()
         self.flow = AnalyticFlow(NET_SIZE).to(self.device)
         trained = {"warp": [self.model.warp], "full": [self.model.warp, self.model.generator],
-                   "enhancer": [self.model.enhancer]}[cfg.stage]
+                   "meta": [self.model.warp, self.model.generator], "enhancer": [self.model.enhancer]}[cfg.stage]
         self.params = [p for m in trained for p in m.parameters()]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas)
         self.disc = None
@@ -121,7 +120,7 @@ class Trainer:
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
         self._writer = None
-        if self.rank == 0:
+        if self.rank == 0 and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.toml")
 
@@ -129,7 +128,7 @@ class Trainer:
     def _dataset(self, data, split: str) -> Dataset:
         from .data import PreparedDataset
 
-        mode = "window" if self.cfg.stage == "enhancer" else "pairs"
+        mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
         ds = PreparedDataset(data, size=NET_SIZE, split=split, val_fraction=self.cfg.val_fraction, mode=mode,
                              window=self.cfg.window, samples_per_clip=self.cfg.samples_per_clip, seed=self.cfg.seed,
                              augment=split == "train")
@@ -168,14 +167,15 @@ class Trainer:
             parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5])
         return parts
 
-    def compute_losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Generator-side loss of a batch (no optimizer step)."""
+    def compute_losses(self, batch: dict, model: PortraitModel | None = None) -> tuple[torch.Tensor, dict]:
+        """Generator-side loss of a batch (no optimizer step), for ``model`` (default: the trained one)."""
+        model = model if model is not None else self.model
         b = self._to_device(batch)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             if self.cfg.stage == "enhancer":
                 parts = self._enhancer_losses(b)
             else:
-                out = self._frame(self.model, b)
+                out = self._frame(model, b)
                 image = out["warped"] if self.cfg.stage == "warp" else out["image"]
                 parts = self._image_losses(image, b["driving"], b["driving_cond"])
                 if self.disc is not None:
@@ -274,20 +274,24 @@ class Trainer:
                 if i < skip:
                     continue  # resuming mid-epoch: the same batches, in the same order
                 losses = self.train_step(batch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['total']:.4f}")
-                if self.rank == 0 and self.step % self.cfg.log_every == 0:
-                    rate = (self.step - done0) * self.cfg.batch_size * self.world / (time.perf_counter() - t0)
-                    self._log({**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": rate,
-                               "train/lr": self.opt.param_groups[0]["lr"]})
-                if self.val_set is not None and self.step % self.cfg.val_every == 0:
-                    self._log({f"val/{k}": v for k, v in self.validate().items()})
-                if self.step % self.cfg.ckpt_every == 0:
-                    self.save()
+                self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size)
                 if self.step >= target:
                     break
         bar.close()
         self.save()
+
+    def _bookkeeping(self, losses: dict, bar, t0: float, done0: int, samples_per_step: int) -> None:
+        """Progress, logging, validation and checkpoints after a step."""
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['total']:.4f}")
+        if self.rank == 0 and self.step % self.cfg.log_every == 0:
+            rate = (self.step - done0) * samples_per_step * self.world / (time.perf_counter() - t0)
+            self._log({**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": rate,
+                       "train/lr": self.opt.param_groups[0]["lr"]})
+        if self.val_set is not None and self.step % self.cfg.val_every == 0:
+            self._log({f"val/{k}": v for k, v in self.validate().items()})
+        if self.step % self.cfg.ckpt_every == 0:
+            self.save()
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -313,7 +317,7 @@ class Trainer:
         return {"l1": float(np.mean(l1s)) if l1s else float("nan"), "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
 
     def _log(self, values: dict) -> None:
-        if self.rank != 0:
+        if self.rank != 0 or self.run_dir is None:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **values}) + "\n")
@@ -334,7 +338,7 @@ class Trainer:
         ``raw.safetensors`` (non-EMA weights) and ``training_state.safetensors``."""
         if self.world > 1:
             dist.barrier()
-        if self.rank != 0:
+        if self.rank != 0 or self.run_dir is None:
             return
         save_checkpoint(self.ema, self.run_dir / "model.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
         save_checkpoint(self.model, self.run_dir / "raw.safetensors", {"step": str(self.step), "stage": self.cfg.stage})

@@ -1,0 +1,114 @@
+"""Meta-learning (Reptile, first-order) over identities: an initialisation that adapts fast.
+
+Each outer step picks one identity (a task), copies the model, takes ``inner_steps``
+optimiser steps on that identity's self-reenactment pairs (the warp network at
+``warp_lr_scale`` × the inner rate, as MetaPortrait does), and moves the meta-weights
+part of the way towards the adapted weights:
+
+    θ ← θ + ε · (θ_adapted − θ),   ε = meta_lr × schedule
+
+With several ranks each takes its own task and the moves are averaged across ranks
+(``all_reduce``), i.e. a batch of tasks per outer step.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..models.portrait import PortraitModel
+from .trainer import Trainer
+
+ADAPTED = ("warp.", "generator.")  # the sub-networks personalization adapts
+
+
+def inner_optimizer(model: PortraitModel, lr: float, warp_lr_scale: float) -> torch.optim.Optimizer:
+    """The optimiser used to adapt to one person (shared with personalization)."""
+    return torch.optim.Adam([
+        {"params": model.warp.parameters(), "lr": lr * warp_lr_scale},
+        {"params": model.generator.parameters(), "lr": lr},
+    ], betas=(0.9, 0.999))
+
+
+class MetaTrainer(Trainer):
+    """Reptile over the identities of a prepared dataset (``stage = "meta"``)."""
+
+    def __init__(self, cfg, run_dir, train_set=None, val_set=None, data=None, device: str = "cpu"):
+        if cfg.stage != "meta":
+            raise ValueError("MetaTrainer runs the 'meta' stage")
+        super().__init__(cfg, run_dir, train_set=train_set, val_set=val_set, data=data, device=device)
+        self.tasks = self._group_by_identity()
+
+    def _group_by_identity(self) -> list[list[int]]:
+        ds = getattr(self.train_set, "base", self.train_set)
+        per_clip = getattr(ds, "clip_identities", None)
+        if per_clip is None:  # a plain dataset: one task per distinct "clip" value
+            groups = defaultdict(list)
+            for i in range(len(self.train_set)):
+                groups[int(self.train_set[i]["clip"])].append(i)
+            return [groups[k] for k in sorted(groups)]
+        groups = defaultdict(list)
+        for i in range(len(self.train_set)):
+            groups[per_clip[i % len(per_clip)]].append(i)
+        return [groups[k] for k in sorted(groups)]
+
+    def task_batches(self, step: int) -> list[dict]:
+        """The inner-loop batches of this rank's task at ``step`` (deterministic)."""
+        rng = np.random.default_rng((self.cfg.seed, step, self.rank))
+        task = self.tasks[int(rng.integers(len(self.tasks)))]
+        batches = []
+        for _ in range(self.cfg.inner_steps):
+            idx = rng.choice(task, size=self.cfg.batch_size, replace=len(task) < self.cfg.batch_size)
+            batches.append(torch.utils.data.default_collate([self.train_set[int(i)] for i in idx]))
+        return batches
+
+    def adapt(self, batches: list[dict], model: PortraitModel | None = None) -> tuple[PortraitModel, list[float]]:
+        """A copy of ``model`` (default: the meta-model) after one inner step per batch."""
+        clone = copy.deepcopy(model if model is not None else self.model).train()
+        opt = inner_optimizer(clone, self.cfg.inner_lr, self.cfg.warp_lr_scale)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        losses = []
+        for batch in batches:
+            opt.zero_grad(set_to_none=True)
+            total, _ = self.compute_losses(batch, model=clone)
+            total.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            opt.step()
+            losses.append(float(total.detach()))
+        return clone, losses
+
+    def reptile_step(self, batches: list[dict]) -> dict[str, float]:
+        """One outer step; returns the inner losses (first and last)."""
+        adapted, losses = self.adapt(batches)
+        eps = self.cfg.meta_lr * self._lr_factor(self.step)
+        new = dict(adapted.named_parameters())
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if not name.startswith(ADAPTED):
+                    continue
+                delta = new[name].detach() - p
+                if self.world > 1:
+                    dist.all_reduce(delta, op=dist.ReduceOp.SUM)
+                    delta /= self.world
+                p.add_(delta, alpha=eps)
+        self._update_ema()
+        self.step += 1
+        return {"inner_first": losses[0], "inner_last": losses[-1], "total": losses[-1], "meta_rate": eps}
+
+    def fit(self, steps: int | None = None, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        target = steps if steps is not None else self.cfg.steps
+        bar = tqdm(total=target, initial=self.step, unit="task", desc="meta", disable=not progress or self.rank != 0)
+        t0, done0 = time.perf_counter(), self.step
+        while self.step < target:
+            losses = self.reptile_step(self.task_batches(self.step))
+            self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size * self.cfg.inner_steps)
+        bar.close()
+        self.save()
