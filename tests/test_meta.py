@@ -96,15 +96,20 @@ def test_cancel_stops_at_the_next_step(astronaut_source):
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in snapshot.items())  # the base is untouched
 
 
-def test_clip_frames_from_a_video(tmp_path, astronaut_source):
-    clip = _animated_clip(astronaut_source, n=16)
-    path = tmp_path / "me.mp4"
+def write_clip_video(clip: ClipFrames, path):
+    """The clip's crops centred in 640×480 frames, as a webcam recording would hold them."""
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 480))
     for crop in clip.crops:
         canvas = np.full((480, 640, 3), 50, np.uint8)
         canvas[112:368, 192:448] = crop
         w.write(canvas)
     w.release()
+    return path
+
+
+def test_clip_frames_from_a_video(tmp_path, astronaut_source):
+    clip = _animated_clip(astronaut_source, n=16)
+    path = write_clip_video(clip, tmp_path / "me.mp4")
     frames = clip_frames(VideoFileSource(path))
     assert len(frames.crops) >= 14 and frames.crops[0].shape == (256, 256, 3)
     pts = np.stack(frames.points)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import cv2
-import numpy as np
 import pytest
 
 from avatar_app.cli import main
@@ -13,17 +12,9 @@ pytest.importorskip("dlib", exc_type=ImportError)
 
 @pytest.fixture()
 def clip_video(tmp_path, astronaut_source):
-    from test_meta import _animated_clip
+    from test_meta import _animated_clip, write_clip_video
 
-    clip = _animated_clip(astronaut_source, n=24)
-    path = tmp_path / "me.mp4"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 480))
-    for crop in clip.crops:
-        canvas = np.full((480, 640, 3), 50, np.uint8)
-        canvas[112:368, 192:448] = crop
-        w.write(canvas)
-    w.release()
-    return path
+    return write_clip_video(_animated_clip(astronaut_source, n=24), tmp_path / "me.mp4")
 
 
 def _files(folder):
