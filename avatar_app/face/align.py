@@ -131,6 +131,21 @@ def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def rescale_points(points: np.ndarray, from_size: int, to_size: int) -> np.ndarray:
+    """Landmarks ``(..., 3)`` in px of a ``from_size`` crop → px of the same crop at ``to_size``.
+
+    Pixel centres are kept (``x' = (x + 0.5) · k − 0.5``); depth scales by ``k``.
+    Returns a new ``float32`` array.
+    """
+    pts = np.array(points, dtype=np.float32, copy=True)
+    if from_size == to_size:
+        return pts
+    k = to_size / from_size
+    pts[..., :2] = (pts[..., :2] + 0.5) * k - 0.5
+    pts[..., 2] *= k
+    return pts
+
+
 def feather_mask(size: int, feather: float = 0.12) -> np.ndarray:
     """``(size, size) float32`` 1 in the middle, ramping smoothly to 0 at the border."""
     ramp = max(1.0, feather * size)

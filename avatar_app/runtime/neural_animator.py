@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..face.align import rescale_points
 from ..face.mesh import mouth_opening, topology
 from ..models.conditioning import landmark_image, landmark_images
 from ..models.flow import AnalyticFlow, fill_mouth_interior, rasterize_triangles
@@ -29,15 +30,6 @@ from ..types import Landmarks, SourcePortrait
 from .animator import mouth_fill_amount
 
 log = logging.getLogger(__name__)
-
-
-def _to_net_space(points: np.ndarray, size: int) -> np.ndarray:
-    """Crop px of a ``size`` crop → px of the 256 network crop (pixel centres kept)."""
-    out = points.astype(np.float32).copy()
-    k = NET_SIZE / size
-    out[:, :2] = (out[:, :2] + 0.5) * k - 0.5
-    out[:, 2] *= k
-    return out
 
 
 def _rgb_tensor(image_bgr: np.ndarray, device) -> torch.Tensor:
@@ -97,7 +89,7 @@ class NeuralAnimator:
         self.identity = np.asarray(identity, np.float32)
         crop256 = source.crop if self.size == NET_SIZE else cv2.resize(source.crop, (NET_SIZE, NET_SIZE),
                                                                          interpolation=cv2.INTER_AREA)
-        self._src_pts = _to_net_space(source.landmarks.points, self.size)
+        self._src_pts = rescale_points(source.landmarks.points, self.size, NET_SIZE)
         cond = torch.from_numpy(landmark_image(self._src_pts, NET_SIZE)).unsqueeze(0).to(self.device)
         ident = torch.from_numpy(self.identity).unsqueeze(0).to(self.device)
         self._src = self.model.encode_source(_rgb_tensor(crop256, self.device), cond, ident)
@@ -114,7 +106,7 @@ class NeuralAnimator:
     def animate(self, target: Landmarks) -> np.ndarray:
         """The avatar ``(S, S, 3) uint8`` BGR for target landmarks in source crop px."""
         t0 = time.perf_counter()
-        pts = _to_net_space(target.points, self.size)
+        pts = rescale_points(target.points, self.size, NET_SIZE)
         ids = rasterize_triangles(pts, self._triangles, NET_SIZE)
         tgt_cond = landmark_images(pts[None], NET_SIZE).to(self.device)
         t1 = time.perf_counter()

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import AvatarError, DependencyError, InputFileError, NoFaceError
-from ..face.align import CropBox
+from ..face.align import CropBox, rescale_points
 from ..types import Landmarks
 
 FORMAT = "avatar-app-dataset"
@@ -44,22 +44,12 @@ def frame_name(index: int) -> str:
 
 def points_for_size(points_256: np.ndarray, size: int) -> np.ndarray:
     """Landmarks in px of the 256 crop → px of the ``size`` crop (``x = (x256 + 0.5)·f − 0.5``, z·f)."""
-    pts = np.array(points_256, dtype=np.float32, copy=True)
-    if size == BASE_SIZE:
-        return pts
-    f = size / BASE_SIZE
-    pts[..., :2] = (pts[..., :2] + 0.5) * f - 0.5
-    pts[..., 2] *= f
-    return pts
+    return rescale_points(points_256, BASE_SIZE, size)
 
 
 def points_to_base(points: np.ndarray, size: int) -> np.ndarray:
     """Landmarks in px of the ``size`` crop → px of the 256 crop (inverse of :func:`points_for_size`)."""
-    pts = np.array(points, dtype=np.float32, copy=True)
-    f = size / BASE_SIZE
-    pts[..., :2] = (pts[..., :2] + 0.5) / f - 0.5
-    pts[..., 2] /= f
-    return pts
+    return rescale_points(points, size, BASE_SIZE)
 
 
 def size_affine(affine_256: np.ndarray, size: int) -> np.ndarray:
