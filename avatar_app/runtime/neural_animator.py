@@ -50,14 +50,18 @@ class NeuralAnimator:
         model: the networks; ``None`` loads ``weights`` or builds an untrained ``preset``.
         weights: a checkpoint path (see :func:`~avatar_app.models.portrait.load_checkpoint`).
         preset: ``lite`` or ``full`` when neither ``model`` nor ``weights`` is given.
-        device: torch device.
+        device: torch device (default: from ``backend``).
+        backend: one of :data:`~avatar_app.runtime.backend.BACKEND_CHOICES`.
         identity: the source's 128-d identity embedding; computed with dlib when omitted.
     """
 
     name = "neural"
 
     def __init__(self, source: SourcePortrait, model: PortraitModel | None = None, weights: str | None = None,
-                 preset: str = "lite", device: str = "cpu", identity: np.ndarray | None = None):
+                 preset: str = "lite", device: str | None = None, identity: np.ndarray | None = None,
+                 backend: str = "torch-cpu"):
+        if device is None:
+            device = "cuda" if backend == "torch-cuda" or (backend == "auto" and torch.cuda.is_available()) else "cpu"
         self.device = torch.device(device)
         if model is None:
             if weights:
