@@ -23,3 +23,14 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return image
     raise ValueError(f"unsupported image shape {image.shape}; expected grey, BGR or BGRA")
+
+
+def bgr_to_rgb_chw(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3) uint8`` BGR -> ``(3, H, W) float32`` RGB in [0, 1] (the networks' layout)."""
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
+
+
+def rgb_chw_to_bgr(image: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` float RGB in [0, 1] -> ``(H, W, 3) uint8`` BGR (rounded, clipped)."""
+    out = np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0 + 0.5
+    return np.ascontiguousarray(out.astype(np.uint8)[::-1].transpose(1, 2, 0))

@@ -44,9 +44,9 @@ def test_source_swap_resets_the_enhancer(astronaut, hopper, still_tracker):
     b = prepare_source(hopper, 512, tracker=still_tracker)
     neural = NeuralAnimator(a, preset="lite")
     neural.animate(_targets(a)[1])
-    assert neural._history is not None
+    assert neural.chain._history is not None
     neural.set_source(b)
-    assert neural._history is None
+    assert neural.chain._history is None
     out = neural.animate(b.landmarks)
     assert np.abs(out.astype(int) - b.crop.astype(int)).mean() < 1.0
 

@@ -95,12 +95,15 @@ class AnalyticFlow(nn.Module):
             (callers that resample more cheaply themselves, e.g. OpenCV on the CPU).
         falloff: ``(inner, outer)`` distances from the face outline, in units of the
             face height (forehead top to chin), over which outside motion fades to 0.
+        math_dtype: precision of the per-triangle maps; float64 (default) keeps thin
+            triangles exact, float32 is for exported engines (TensorRT has no float64).
     """
 
     def __init__(self, size: int, topo: MeshTopology | None = None, resolution: int | None = None, coarse: int = 32,
-                 falloff=(0.1, 0.65), upsample: bool = True):
+                 falloff=(0.1, 0.65), upsample: bool = True, math_dtype: torch.dtype = torch.float64):
         super().__init__()
         self.upsample = upsample
+        self.math_dtype = math_dtype
         topo = topo or topology()
         self.size = size
         self.resolution = res = min(size, 256) if resolution is None else resolution
@@ -142,13 +145,18 @@ class AnalyticFlow(nn.Module):
             src_xy = (src_xy + 0.5) * k - 0.5
             tgt_xy = (tgt_xy + 0.5) * k - 0.5
         # Per-triangle maps are few (F ~ 900): build them in float64 for thin triangles.
-        src_tri = src_xy[:, self.triangles].double()  # (B, F, 3, 2)
-        tgt_tri = tgt_xy[:, self.triangles].double()
-        bary_mat, degenerate = _barycentric_matrices(tgt_tri)  # (B, F, 3, 3), (B, F)
+        src_tri = src_xy[:, self.triangles].to(self.math_dtype)  # (B, F, 3, 2)
+        tgt_tri = tgt_xy[:, self.triangles].to(self.math_dtype)
+        # Barycentrics relative to each triangle's centre: no cancellation between
+        # products of large px values, so float32 stays within ~1e-3 px of float64.
+        centre = tgt_tri.mean(2)  # (B, F, 2)
+        bary_mat, degenerate = _barycentric_matrices(tgt_tri - centre[:, :, None])  # (B, F, 3, 3), (B, F)
         # Per triangle, one affine map target px -> (source x, source y, lip coordinate).
-        lip = self.lip_coord[self.triangles].double().expand(b, nf, 3)[:, :, None]
+        lip = self.lip_coord[self.triangles].to(self.math_dtype).expand(b, nf, 3)[:, :, None]
         attrs = torch.cat([src_tri.transpose(-1, -2), lip], -2)
-        affine = attrs @ bary_mat  # (B, F, 3, 3)
+        affine = attrs @ bary_mat  # (B, F, 3, 3), of (target px - centre)
+        offset = affine[..., 2] - affine[..., 0] * centre[..., :1] - affine[..., 1] * centre[..., 1:]
+        affine = torch.cat([affine[..., :2], offset[..., None]], -1)
         # A collapsed target triangle covers (almost) no pixels; those it gets are moved
         # by the triangle's mean displacement instead of an ill-conditioned map.
         shift = (src_tri - tgt_tri).mean(2)  # (B, F, 2)

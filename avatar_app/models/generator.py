@@ -77,7 +77,7 @@ class Generator(nn.Module):
         """
         warped = []
         for f in features:
-            size = f.shape[-2:]
+            size = (int(f.shape[-2]), int(f.shape[-1]))  # plain ints: static shapes in exports
             g = resize_grid(grid, size)
             occ = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
             warped.append(F.grid_sample(f, g, mode="bilinear", padding_mode="border", align_corners=False) * occ)

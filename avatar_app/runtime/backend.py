@@ -1,6 +1,146 @@
-"""Inference backends: the names users choose between (see ``--backend``)."""
+"""Inference backends: one protocol, four implementations, an explained choice.
+
+A :class:`Backend` runs one network of :mod:`avatar_app.runtime.networks`:
+``load`` it, ``bind`` the inputs that stay the same for many frames (the source's
+constants), then ``run`` it with the per-frame inputs.  Values going in are numpy
+arrays or whatever this backend's ``run`` returned (so a chain of networks stays
+on the GPU); ``to_numpy`` brings a value back to the host.
+
+``--backend auto`` tries TensorRT, then torch on CUDA (compiled, CUDA graphs), then
+ONNX Runtime, then torch on the CPU, and says why it passed over each option.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import DependencyError
+
+log = logging.getLogger(__name__)
+
 #: ``auto`` tries each of the others in this order and says why it skipped any.
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
+AUTO_ORDER: tuple[str, ...] = BACKEND_CHOICES[1:]
+
+
+class Backend(Protocol):
+    name: str  # e.g. "torch-cuda"
+    device: str  # e.g. "cuda:0 (NVIDIA H100), fp16" — for logs and the UI
+
+    def load(self, network) -> None:
+        """Prepare ``network`` (a :class:`~avatar_app.runtime.engines.Network`) to run."""
+
+    def bind(self, inputs: Mapping[str, Any]) -> None:
+        """Set inputs that keep their value across :meth:`run` calls."""
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run once; inputs not given keep their bound value.  Returns every output by name."""
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """A returned value as a float32/int32 host array."""
+
+
+class BackendUnavailable(DependencyError):
+    """This backend cannot run here; the message says why."""
+
+
+# ---------------------------------------------------------------- availability
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch" + (" (this torch is a CPU build)" if torch.version.cuda is None else "")
+    return None
+
+
+def probe(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, or ``None`` when it can."""
+    if name == "tensorrt":
+        missing = [m for m in ("tensorrt", "pycuda") if not _has(m)]
+        if missing:
+            return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
+                    "(TensorRT needs NVIDIA's wheels: pip install tensorrt pycuda)")
+        try:
+            import tensorrt
+
+            major = int(tensorrt.__version__.split(".")[0])
+        except Exception as exc:  # a broken install: say so instead of crashing later
+            return f"tensorrt is installed but does not import ({exc})"
+        if major < 10:
+            return f"TensorRT {tensorrt.__version__} is too old (10 or newer is needed)"
+        from .trt_backend import cuda_device_reason
+
+        return cuda_device_reason()
+    if name == "torch-cuda":
+        return _cuda_reason()
+    if name == "onnxruntime":
+        if not _has("onnxruntime"):
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        if not _has("onnx"):
+            return "onnx is not installed, so the networks cannot be exported for it (pip install onnx)"
+        return None
+    if name == "torch-cpu":
+        return None if _has("torch") else "torch is not installed"
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+
+
+@dataclass
+class Choice:
+    name: str
+    rejected: list[tuple[str, str]]  # (backend, reason), in the order tried
+
+    def explain(self) -> str:
+        parts = [f"{n}: {r}" for n, r in self.rejected]
+        return f"backend {self.name}" + (f" (passed over {'; '.join(parts)})" if parts else "")
+
+
+def choose_backend(requested: str = "auto", probe_fn: Callable[[str], str | None] = probe) -> Choice:
+    """The backend to use for ``requested``, with every option passed over and why.
+
+    An explicit choice that cannot run raises :class:`BackendUnavailable` with the reason.
+    """
+    if requested not in BACKEND_CHOICES:
+        raise BackendUnavailable(f"Unknown backend '{requested}'; choose one of {', '.join(BACKEND_CHOICES)}.")
+    if requested != "auto":
+        reason = probe_fn(requested)
+        if reason:
+            raise BackendUnavailable(f"The {requested} backend cannot run here: {reason}.")
+        return Choice(requested, [])
+    rejected = []
+    for name in AUTO_ORDER:
+        reason = probe_fn(name)
+        if reason is None:
+            choice = Choice(name, rejected)
+            for n, r in rejected:
+                log.info("backend auto: not %s: %s", n, r)
+            log.info("backend auto: chose %s", name)
+            return choice
+        rejected.append((name, reason))
+    raise BackendUnavailable("No inference backend can run here: " + "; ".join(f"{n}: {r}" for n, r in rejected) + ".")
+
+
+def backend_report(probe_fn: Callable[[str], str | None] = probe) -> list[str]:
+    """One line per backend for ``doctor``: usable or why not, and what ``auto`` picks."""
+    lines = []
+    for name in AUTO_ORDER:
+        reason = probe_fn(name)
+        lines.append(f"{name:12s} {'ok' if reason is None else 'unavailable: ' + reason}")
+    try:
+        lines.append(f"auto ->      {choose_backend('auto', probe_fn).name}")
+    except BackendUnavailable as exc:
+        lines.append(f"auto ->      none ({exc})")
+    return lines

@@ -1,0 +1,148 @@
+"""The per-frame chain of networks on one backend: flow -> warp -> generator (-> enhancer).
+
+:class:`NetworkChain` owns one :class:`~avatar_app.runtime.backend.Backend` per
+network, binds the source's constants once (:meth:`set_source`) and runs a frame
+from the CPU-side inputs (target landmark image, landmarks, triangle ids, mouth
+amount) to the avatar.  Values pass between networks in the backend's own form, so a
+GPU chain never round-trips through the host until the final image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..models.portrait import NET_SIZE, PortraitModel
+from .backend import Backend, Choice, choose_backend
+from .engine_cache import EngineCache
+from .export import model_networks
+
+log = logging.getLogger(__name__)
+
+
+def default_precision(backend: str) -> str:
+    return "fp16" if backend in ("tensorrt", "torch-cuda") else "fp32"
+
+
+def make_backend(name: str, precision: str | None = None, cache: EngineCache | None = None, calibration=None,
+                 compile: bool | None = None, cuda_graphs: bool | None = None, **extra) -> Callable[[], Backend]:
+    """A factory of backends ``name`` (one instance per network) with these options."""
+    precision = precision or default_precision(name)
+    if name in ("torch-cpu", "torch-cuda"):
+        from .torch_backend import TorchBackend
+
+        if precision == "int8":
+            raise ValueError("int8 runs on the onnxruntime and tensorrt backends, not torch")
+        gpu = name == "torch-cuda"
+        options = dict(device="cuda" if gpu else "cpu", precision=precision,
+                       compile=gpu if compile is None else compile,
+                       cuda_graphs=gpu if cuda_graphs is None else cuda_graphs, channels_last=gpu, **extra)
+        TorchBackend(**options)  # fail now (no GPU, bad precision), not per network
+        return lambda: TorchBackend(**options)
+    if name == "onnxruntime":
+        from .ort_backend import OrtBackend
+
+        OrtBackend(precision, calibration, cache, **extra)
+        return lambda: OrtBackend(precision, calibration, cache, **extra)
+    if name == "tensorrt":
+        from .trt_backend import TensorRTBackend
+
+        return lambda: TensorRTBackend(precision, calibration=calibration, cache=cache, **extra)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+class NetworkChain:
+    """``model``'s networks for ``size`` px avatars on backend ``backend`` (or ``auto``).
+
+    ``record``: a dict that receives every network's full inputs per run (numpy), for
+    calibration sets.
+    """
+
+    def __init__(self, model: PortraitModel, size: int = NET_SIZE, backend: str = "auto",
+                 precision: str | None = None, cache: EngineCache | None = None, calibration=None,
+                 record: dict | None = None, **options):
+        self.choice: Choice = choose_backend(backend)
+        if self.choice.rejected:
+            log.warning("%s", self.choice.explain())
+        factory = make_backend(self.choice.name, precision, cache, calibration, **options)
+        self.size = size
+        self.networks = model_networks(model, size)
+        self.backends: dict[str, Backend] = {}
+        for name, net in self.networks.items():
+            b = factory()
+            b.load(net)
+            self.backends[name] = b
+        self.name = self.choice.name
+        self.device = self.backends["flow"].device if "flow" in self.backends else ""
+        self.record = record
+        self._bound: dict[str, dict] = {n: {} for n in self.networks}
+        self.timings: dict[str, float] = {}
+        self.sync_timings = False  # synchronize after each network, for per-network figures
+
+    # ---------------------------------------------------------------- helpers
+
+    def _bind(self, name: str, inputs: dict) -> None:
+        self.backends[name].bind(inputs)
+        if self.record is not None:
+            self._bound[name].update({k: self.backends[name].to_numpy(v) for k, v in inputs.items()})
+
+    def _run(self, name: str, inputs: dict) -> dict:
+        b = self.backends[name]
+        t0 = time.perf_counter()
+        out = b.run(inputs)
+        if self.sync_timings:
+            b.synchronize()
+            self.timings[name] = (time.perf_counter() - t0) * 1e3
+        if self.record is not None:
+            full = {**self._bound[name], **{k: b.to_numpy(v) for k, v in inputs.items()}}
+            self.record.setdefault(name, []).append(full)
+        return out
+
+    # ---------------------------------------------------------------- API
+
+    def set_source(self, image: np.ndarray, cond: np.ndarray, identity: np.ndarray, points_xy: np.ndarray,
+                   full: np.ndarray | None = None) -> None:
+        """Bind a source: ``image (1, 3, 256, 256)`` RGB [0, 1], ``cond (1, 6, 256, 256)``,
+        ``identity (1, 128)``, ``points_xy (1, 478, 2)`` at 256; ``full (1, 3, S, S)`` for 512."""
+        enc = self._run("encoder", {"source": image, "source_cond": cond})
+        self._bind("flow", {"source_xy": points_xy})
+        self._bind("warp", {"source": image, "source_cond": cond, "code": enc["code"]})
+        self._bind("generator", {"feat0": enc["feat0"], "feat1": enc["feat1"], "feat2": enc["feat2"],
+                                 "identity": identity})
+        if "enhancer" in self.backends:
+            if full is None:
+                raise ValueError(f"a {self.size}px chain needs the source at {self.size}px")
+            spec = self.networks["enhancer"].spec
+            self._bind("enhancer", {"source_full": full,
+                                    "history": np.zeros(spec.input("history").shape, np.float32)})
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget earlier frames (the enhancer starts its history afresh)."""
+        self._history = None
+
+    def frame(self, target_cond: np.ndarray, target_xy: np.ndarray, tri_ids: np.ndarray, amount: float):
+        """One frame; the avatar ``(1, 3, S, S)`` RGB [0, 1] in the backend's own form."""
+        amount_arr = np.array([amount], np.float32)
+        f = self._run("flow", {"target_xy": target_xy, "tri_ids": tri_ids})
+        w = self._run("warp", {"target_cond": target_cond, "analytic_grid": f["analytic_grid"], "mouth": f["mouth"],
+                               "mouth_coord": f["mouth_coord"], "mouth_amount": amount_arr})
+        g = self._run("generator", {"grid": w["grid"], "occlusion": w["occlusion"], "target_cond": target_cond,
+                                    "warped": w["warped"]})
+        if "enhancer" not in self.backends:
+            return g["image"], self.backends["generator"]
+        inputs = {"image": g["image"], "mask": g["mask"], "grid": w["grid"], "mouth": f["mouth"],
+                  "mouth_coord": f["mouth_coord"], "mouth_amount": amount_arr,
+                  "reset": np.array([1.0 if self._history is None else 0.0], np.float32)}
+        if self._history is not None:
+            inputs["history"] = self._history
+        e = self._run("enhancer", inputs)
+        self._history = e["history_out"]
+        return e["output"], self.backends["enhancer"]
+
+    def frame_numpy(self, *args) -> np.ndarray:
+        value, backend = self.frame(*args)
+        return backend.to_numpy(value)

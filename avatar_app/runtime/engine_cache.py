@@ -1,0 +1,172 @@
+"""The engine cache: built artifacts (ONNX exports, INT8 models, TensorRT engines) keyed
+by everything that makes them valid, with a manifest and checksums.
+
+A key is a small dict — the model's hash, the network, the artifact kind and
+precision, and for TensorRT the GPU name, compute capability and TensorRT version.
+Change any field and the key (and the file name) changes; keep them and the cached
+file is reused.  Each file's size and SHA-256 are in ``manifest.json``; a file that
+no longer matches (a crash mid-copy, a disk error, a hand edit) is reported, deleted
+and rebuilt.  Writes go to a temporary file first and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+ENV_DIR = "AVATAR_APP_ENGINES"
+
+
+def default_engine_dir() -> Path:
+    """``$AVATAR_APP_ENGINES``; else the checkout's ``engines/`` folder; else the user cache dir."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    checkout = Path(__file__).resolve().parents[2] / "engines"
+    if checkout.is_dir() and os.access(checkout, os.W_OK):
+        return checkout
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("avatar-app")) / "engines"
+
+
+def key_digest(key: Mapping[str, object]) -> str:
+    """A stable digest of a key's fields (order does not matter, every value does)."""
+    bad = [k for k, v in key.items() if not isinstance(v, (str, int, float, bool)) or v is None]
+    if bad:
+        raise TypeError(f"engine key fields must be plain str/int/float/bool, not {bad}")
+    return hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CorruptEngine(Exception):
+    """A cached file failed to load; the cache deletes it and builds it again."""
+
+
+class EngineCache:
+    """Artifacts under ``root`` (created on first write)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_engine_dir()
+
+    # ---------------------------------------------------------------- manifest
+
+    def entries(self) -> dict[str, dict]:
+        """Manifest entries by file name (an unreadable manifest counts as empty)."""
+        path = self.root / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+            return dict(data.get("entries", {}))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("engine manifest %s is unreadable (%s); starting a new one", path, exc)
+            return {}
+
+    def _write_manifest(self, entries: dict[str, dict]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"format": 1, "entries": entries}, indent=1, sort_keys=True))
+        os.replace(tmp, self.root / MANIFEST)
+
+    # ---------------------------------------------------------------- lookup
+
+    def file_name(self, key: Mapping[str, object], suffix: str) -> str:
+        net, kind, prec = (str(key.get(k, "x")) for k in ("network", "kind", "precision"))
+        return f"{net}-{kind}-{prec}-{key_digest(key)[:16]}{suffix}"
+
+    def lookup(self, key: Mapping[str, object], suffix: str) -> Path | None:
+        """The cached file for ``key`` if it is present and intact; a damaged one is deleted."""
+        name = self.file_name(key, suffix)
+        path = self.root / name
+        entry = self.entries().get(name)
+        if not path.exists():
+            return None
+        problem = None
+        if entry is None:
+            problem = "it is not in the manifest"
+        elif entry.get("key") != dict(key):
+            problem = "its manifest key differs"
+        elif path.stat().st_size != entry.get("size"):
+            problem = f"its size is {path.stat().st_size} bytes, not {entry.get('size')}"
+        elif file_sha256(path) != entry.get("sha256"):
+            problem = "its checksum does not match the manifest"
+        if problem:
+            self.invalidate(name, problem)
+            return None
+        return path
+
+    def invalidate(self, name: str, reason: str) -> None:
+        """Delete a cached file (and its manifest entry), saying why."""
+        path = self.root / name
+        log.warning("engine %s is damaged (%s); it will be rebuilt", path, reason)
+        print(f"avatar-app: cached engine {path.name} is damaged ({reason}); rebuilding it", flush=True)
+        path.unlink(missing_ok=True)
+        entries = self.entries()
+        if entries.pop(name, None) is not None:
+            self._write_manifest(entries)
+
+    def get_or_build(self, key: Mapping[str, object], suffix: str, build: Callable[[Path], None],
+                     describe: str = "") -> Path:
+        """The cached file for ``key``, building it with ``build(tmp_path)`` when needed."""
+        path = self.lookup(key, suffix)
+        if path is not None:
+            return path
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = self.file_name(key, suffix)
+        tmp = self.root / f".{name}.{os.getpid()}.tmp"
+        t0 = time.perf_counter()
+        log.info("building %s%s", name, f" ({describe})" if describe else "")
+        try:
+            build(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        path = self.root / name
+        entries = self.entries()
+        entries[name] = {"key": dict(key), "size": path.stat().st_size, "sha256": file_sha256(path),
+                         "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_s": round(time.perf_counter() - t0, 2),
+                         "describe": describe}
+        self._write_manifest(entries)
+        return path
+
+    def load(self, key: Mapping[str, object], suffix: str, build: Callable[[Path], None],
+             open_fn: Callable[[Path], object], describe: str = ""):
+        """``open_fn(path)`` of the cached file; if it raises :class:`CorruptEngine`,
+        the file is deleted, rebuilt once and opened again."""
+        path = self.get_or_build(key, suffix, build, describe)
+        try:
+            return open_fn(path)
+        except CorruptEngine as exc:
+            self.invalidate(path.name, str(exc))
+            return open_fn(self.get_or_build(key, suffix, build, describe))
+
+    def clean(self, match: Callable[[dict], bool] = lambda entry: True) -> list[str]:
+        """Delete the entries ``match`` accepts (and stray temporary files); their names."""
+        entries = self.entries()
+        removed = [n for n, e in entries.items() if match(e)]
+        for name in removed:
+            (self.root / name).unlink(missing_ok=True)
+            del entries[name]
+        if self.root.is_dir():
+            for stray in self.root.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)
+        if removed:
+            self._write_manifest(entries)
+        return removed

@@ -1,0 +1,135 @@
+"""The torch backend: CPU or CUDA, fp32/fp16/bf16, channels_last, ``torch.compile`` and CUDA graphs.
+
+Input buffers are allocated once per network and filled in place, so a CUDA graph
+captured over them replays with no allocation and a single launch; outputs are the
+graph's own tensors (valid until that network runs again).  The analytic flow always
+runs in fp32 (it computes coordinates); the other networks in the chosen precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backend import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FP32_NETWORKS = ("flow",)  # coordinates: half precision would move pixels
+ONCE_NETWORKS = ("encoder",)  # runs once per source: not worth compiling or capturing
+WARMUP_RUNS = 3
+
+
+class TorchBackend:
+    """Run one network with torch.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        channels_last: NHWC memory layout for the convolutions.
+        compile: ``torch.compile`` the network (inductor), once, on first load.
+        cuda_graphs: capture the network in a CUDA graph (CUDA only).
+    """
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False, cuda_graphs: bool = False):
+        self.torch_device = torch.device(device)
+        if self.torch_device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("The torch-cuda backend cannot run here: no CUDA GPU is visible to torch.")
+        if precision not in DTYPES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(DTYPES)}")
+        self.precision = precision
+        self.channels_last = channels_last
+        self.compile = compile
+        self.cuda_graphs = cuda_graphs and self.torch_device.type == "cuda"
+        self.name = "torch-cuda" if self.torch_device.type == "cuda" else "torch-cpu"
+        extras = [x for x, on in (("channels_last", channels_last), ("compiled", compile),
+                                  ("CUDA graphs", self.cuda_graphs)) if on]
+        gpu = f" ({torch.cuda.get_device_name(self.torch_device)})" if self.torch_device.type == "cuda" else ""
+        self.device = f"{self.torch_device}{gpu}, {precision}" + (", " + ", ".join(extras) if extras else "")
+        self._graph = None
+
+    # ---------------------------------------------------------------- setup
+
+    def load(self, network) -> None:
+        self.network = network
+        self.spec = network.spec
+        self.dtype = torch.float32 if network.name in FP32_NETWORKS else DTYPES[self.precision]
+        module = copy.deepcopy(network.module).to(self.torch_device, self.dtype).eval()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self._buffers = {}
+        for t in self.spec.inputs:
+            dtype = torch.int32 if t.dtype == "int32" else self.dtype
+            buf = torch.zeros(t.shape, dtype=dtype, device=self.torch_device)
+            if self.channels_last and len(t.shape) == 4 and t.shape[1] <= 64 and t.dtype != "int32":
+                buf = buf.contiguous(memory_format=torch.channels_last)
+            self._buffers[t.name] = buf
+        self._args = [self._buffers[t.name] for t in self.spec.inputs]
+        self._fn = module
+        self._graphs = self.cuda_graphs and network.name not in ONCE_NETWORKS
+        if self.compile and network.name not in ONCE_NETWORKS:
+            self._fn = torch.compile(module, dynamic=False)
+        self._graph, self._outputs, self._ready = None, None, False
+
+    def _warm_up(self) -> None:
+        """Compile (if asked), then capture the CUDA graph over the input buffers."""
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self._graphs:
+                stream = torch.cuda.Stream(self.torch_device)
+                stream.wait_stream(torch.cuda.current_stream(self.torch_device))
+                with torch.cuda.stream(stream):
+                    for _ in range(WARMUP_RUNS):
+                        self._fn(*self._args)
+                torch.cuda.current_stream(self.torch_device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outs = self._fn(*self._args)
+                self._graph, self._outputs = graph, outs
+            elif self._fn is not self.module:
+                self._fn(*self._args)  # compile now, not in the middle of a frame
+        self._ready = True
+
+    # ---------------------------------------------------------------- running
+
+    def _fill(self, inputs: Mapping[str, Any]) -> None:
+        self.spec.check(inputs, partial=True)
+        for name, value in inputs.items():
+            buf = self._buffers[name]
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+            buf.copy_(value, non_blocking=isinstance(value, torch.Tensor) and value.device == buf.device)
+
+    def bind(self, inputs: Mapping[str, Any]) -> None:
+        with torch.inference_mode():
+            self._fill(inputs)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if not self._ready:
+            self._warm_up()
+        with torch.inference_mode():
+            self._fill(inputs)
+            if self._graph is not None:
+                self._graph.replay()
+                outs = self._outputs
+            else:
+                outs = self._fn(*self._args)
+        return dict(zip(self.spec.outputs, outs))
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            return value.detach().float().cpu().numpy()
+        return np.asarray(value)
+
+    def synchronize(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
