@@ -26,6 +26,8 @@ Conventions: crop px with pixel ``j``'s centre at ``x = j``; grids are
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -180,8 +182,7 @@ class AnalyticFlow(nn.Module):
         # inside the mesh: piecewise affine; outside: the smooth field; a soft seam between
         blend = _soften(covered) * covered
         src_pos = outside + (inside - outside) * blend
-        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=src_pos.dtype, device=src_pos.device).view(1, 2, 1, 1)
-        grid = (src_pos + 0.5) * scale - 1.0
+        grid = torch.stack([(src_pos[:, 0] + 0.5) * (2.0 / w), (src_pos[:, 1] + 0.5) * (2.0 / h)], 1) - 1.0
         mouth = g[9].unsqueeze(1) * covered
         mouth_coord = lip.clamp(0, 1)
         if h != self.size and self.upsample:
@@ -252,6 +253,13 @@ _CAVITY = (0.10, 0.08, 0.22)
 _THROAT = (0.03, 0.02, 0.07)
 
 
+@functools.lru_cache(maxsize=16)
+def _palette(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The mouth colours as ``(1, 3, 1, 1)`` tensors, made once per device and dtype
+    (no host-to-device copy per frame, so CUDA graphs can capture the fill)."""
+    return tuple(torch.tensor(c, dtype=dtype).view(1, 3, 1, 1).to(device) for c in (_TEETH, _CAVITY, _THROAT))
+
+
 def fill_mouth_interior(
     warped: torch.Tensor, mouth: torch.Tensor, mouth_coord: torch.Tensor, amount: torch.Tensor | float, teeth: float = 0.22
 ) -> torch.Tensor:
@@ -266,14 +274,14 @@ def fill_mouth_interior(
         teeth: fraction of the opening, from the upper lip, showing teeth.
     """
     dev, dt = warped.device, warped.dtype
-    teeth_c = torch.tensor(_TEETH, device=dev, dtype=dt).view(1, 3, 1, 1)
-    cavity = torch.tensor(_CAVITY, device=dev, dtype=dt).view(1, 3, 1, 1)
-    throat = torch.tensor(_THROAT, device=dev, dtype=dt).view(1, 3, 1, 1)
+    teeth_c, cavity, throat = _palette(dev, dt)
     t = mouth_coord
     is_teeth = ((teeth - t) / 0.06).clamp(0, 1)
     depth = (1 - (2 * t - 1) ** 2).clamp(0, 1)  # darkest mid-way between the lips
     inner = cavity * (1 - depth) + throat * depth
     colour = teeth_c * is_teeth + inner * (1 - is_teeth)
-    amount = torch.as_tensor(amount, device=dev, dtype=dt).reshape(-1, 1, 1, 1)
+    if not isinstance(amount, torch.Tensor):
+        amount = torch.full((1,), float(amount), device=dev, dtype=dt)  # no host copy (CUDA-graph safe)
+    amount = amount.to(dt).reshape(-1, 1, 1, 1)
     alpha = _soften(mouth, 3) * mouth * amount
     return warped * (1 - alpha) + colour * alpha

@@ -36,6 +36,7 @@ class Network:
     module: torch.nn.Module  # fp32, CPU, eval
     model_hash: str
     size: int
+    model: PortraitModel  # the fp32 CPU copy the module shares weights with
     key_extra: dict = field(default_factory=dict)
 
     @property
@@ -54,7 +55,7 @@ def model_networks(model: PortraitModel, size: int = NET_SIZE, names=None) -> di
     model = copy.deepcopy(model).to("cpu").float().eval()  # the caller's model stays where it is
     digest = model_hash(model)
     specs = network_specs(model, size)
-    return {n: Network(specs[n], build_stage(model, n, size), digest, size)
+    return {n: Network(specs[n], build_stage(model, n, size), digest, size, model)
             for n in specs if names is None or n in names}
 
 

@@ -2,8 +2,13 @@
 
 Input buffers are allocated once per network and filled in place, so a CUDA graph
 captured over them replays with no allocation and a single launch; outputs are the
-graph's own tensors (valid until that network runs again).  The analytic flow always
-runs in fp32 (it computes coordinates); the other networks in the chosen precision.
+graph's own tensors (valid until that network runs again).
+
+Half precision is autocast: weights and inputs stay fp32 and convolutions and matrix
+products run in fp16/bf16, while sampling grids, ``grid_sample`` (which autocast
+promotes to its widest input) and the final blends stay fp32 — a grid in fp16 would
+misplace pixels by up to a quarter of a pixel at 512.  The analytic flow always runs
+in fp32.
 """
 
 from __future__ import annotations
@@ -62,23 +67,32 @@ class TorchBackend:
         self.network = network
         self.spec = network.spec
         self.dtype = torch.float32 if network.name in FP32_NETWORKS else DTYPES[self.precision]
-        module = copy.deepcopy(network.module).to(self.torch_device, self.dtype).eval()
+        module = copy.deepcopy(network.module).to(self.torch_device).eval()
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self._buffers = {}
         for t in self.spec.inputs:
-            dtype = torch.int32 if t.dtype == "int32" else self.dtype
+            dtype = torch.int32 if t.dtype == "int32" else torch.float32
             buf = torch.zeros(t.shape, dtype=dtype, device=self.torch_device)
             if self.channels_last and len(t.shape) == 4 and t.shape[1] <= 64 and t.dtype != "int32":
                 buf = buf.contiguous(memory_format=torch.channels_last)
             self._buffers[t.name] = buf
         self._args = [self._buffers[t.name] for t in self.spec.inputs]
-        self._fn = module
+        self._fn = self._autocast(module) if self.dtype != torch.float32 else module
         self._graphs = self.cuda_graphs and network.name not in ONCE_NETWORKS
         if self.compile and network.name not in ONCE_NETWORKS:
-            self._fn = torch.compile(module, dynamic=False)
+            self._fn = torch.compile(self._fn, dynamic=False)
         self._graph, self._outputs, self._ready = None, None, False
+
+    def _autocast(self, module):
+        device_type, dtype = self.torch_device.type, self.dtype
+
+        def run(*args):
+            with torch.autocast(device_type, dtype=dtype):
+                return module(*args)
+
+        return run
 
     def _warm_up(self) -> None:
         """Compile (if asked), then capture the CUDA graph over the input buffers."""
@@ -95,7 +109,7 @@ class TorchBackend:
                 with torch.cuda.graph(graph):
                     outs = self._fn(*self._args)
                 self._graph, self._outputs = graph, outs
-            elif self._fn is not self.module:
+            elif self.compile:
                 self._fn(*self._args)  # compile now, not in the middle of a frame
         self._ready = True
 

@@ -1,0 +1,193 @@
+"""INT8 calibration sets and ONNX Runtime static quantization.
+
+A calibration set is one ``.npz`` under ``calibration/``: a source portrait (its
+crop, landmarks and identity embedding) and a few dozen target landmark sets —
+the motions the avatar will make.  From it any model's per-network inputs are
+recomputed by running the fp32 chain (so one set serves every model and
+personalization), and INT8 builds read those inputs: ONNX Runtime's static
+quantization here, TensorRT's calibrator in :mod:`avatar_app.runtime.trt_build`.
+
+``avatar-app engines calibrate`` records a set from the synthetic driver or a video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputFileError, OutputError
+from ..types import Landmarks, SourcePortrait
+from .engine_cache import EngineCache
+
+log = logging.getLogger(__name__)
+
+FORMAT = "avatar-app-calibration"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "calibration"
+
+
+@dataclass
+class CalibrationSet:
+    """A source and target landmark sets (source crop px), for calibrating INT8 builds."""
+
+    crop: np.ndarray  # (S, S, 3) uint8 BGR
+    points: np.ndarray  # (478, 3) source landmarks, crop px
+    identity: np.ndarray  # (128,)
+    targets: np.ndarray  # (N, 478, 3) target landmarks, crop px
+    description: str = ""
+    _inputs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.crop.shape[0])
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.crop, self.points, self.identity, self.targets):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def split(self, held_out: int) -> tuple[CalibrationSet, CalibrationSet]:
+        """(calibration frames, the last ``held_out`` frames) — judge quality on frames not calibrated on."""
+        if not 0 < held_out < len(self):
+            raise ValueError(f"cannot hold out {held_out} of {len(self)} frames")
+        cut = len(self) - held_out
+        part = lambda t: CalibrationSet(self.crop, self.points, self.identity, t, self.description)  # noqa: E731
+        return part(self.targets[:cut]), part(self.targets[cut:])
+
+    def source(self) -> SourcePortrait:
+        s = self.size
+        return SourcePortrait(crop=self.crop, landmarks=Landmarks(self.points, (s, s)), size=s, image=self.crop,
+                              crop_to_image=np.eye(2, 3))
+
+    def inputs_for(self, model, size: int, network: str) -> list[dict[str, np.ndarray]]:
+        """Network ``network``'s full inputs for every target, from ``model``'s fp32 torch chain."""
+        from .networks import model_hash
+
+        if size != self.size:
+            raise ValueError(f"this calibration set is for {self.size}px avatars, not {size}px")
+        key = model_hash(model)
+        if key not in self._inputs:
+            from .neural_animator import NeuralAnimator
+
+            record: dict = {}
+            anim = NeuralAnimator(self.source(), model=model, identity=self.identity, backend="torch-cpu",
+                                  precision="fp32", record=record)
+            for pts in self.targets:
+                anim.animate(Landmarks(pts, (size, size)))
+            self._inputs = {key: record}
+        return self._inputs[key][network]
+
+    # ---------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.npz")
+            np.savez_compressed(tmp, format=FORMAT, crop=self.crop, points=self.points, identity=self.identity,
+                                targets=self.targets, description=self.description)
+            tmp.replace(path)
+        except OSError as exc:
+            raise OutputError(f"Cannot write the calibration set '{path}' ({exc.strerror or exc}).") from exc
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationSet:
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(f"Calibration set '{path}' does not exist; make one with 'avatar-app engines calibrate'.")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["format"]) != FORMAT:
+                    raise KeyError("format")
+                s = cls(z["crop"], z["points"].astype(np.float32), z["identity"].astype(np.float32),
+                        z["targets"].astype(np.float32), str(z["description"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputFileError(f"'{path}' is not a readable avatar-app calibration set ({exc}).") from exc
+        if s.crop.ndim != 3 or s.crop.shape[0] != s.crop.shape[1] or s.targets.ndim != 3 or not len(s.targets):
+            raise InputFileError(f"Calibration set '{path}' is damaged (crop {s.crop.shape}, targets {s.targets.shape}).")
+        return s
+
+
+def record_calibration(source: SourcePortrait, drivers, identity: np.ndarray, frames: int = 48,
+                       description: str = "") -> CalibrationSet:
+    """A calibration set: ``source`` driven by the first ``frames`` landmark sets of ``drivers``
+    (an iterable of driver :class:`~avatar_app.types.Landmarks`; the first is the neutral face)."""
+    from ..face.retarget import Retargeter
+
+    rt = Retargeter(source.landmarks)
+    targets = []
+    for lm in drivers:
+        if lm is None:
+            continue
+        if not rt.calibrated:
+            rt.calibrate(lm)
+        targets.append(rt(lm).points)
+        if len(targets) >= frames:
+            break
+    if len(targets) < 2:
+        raise InputFileError(f"Only {len(targets)} frame(s) with a face were found; a calibration set needs at least 2.")
+    return CalibrationSet(source.crop, source.landmarks.points, np.asarray(identity, np.float32),
+                          np.stack(targets).astype(np.float32), description)
+
+
+# ---------------------------------------------------------------- ONNX Runtime INT8
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over recorded inputs."""
+
+    def __init__(self, frames: list[dict[str, np.ndarray]]):
+        self.frames, self.i = frames, 0
+
+    def get_next(self):
+        if self.i >= len(self.frames):
+            return None
+        self.i += 1
+        return self.frames[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+#: output convolutions stay fp32: their outputs are flows, masks and colours, where
+#: 1/255 of the activation range is already a visible error
+KEEP_FP32 = ("residual_head", "occlusion_head", "/head/", "/last/")
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, frames: list[dict[str, np.ndarray]]) -> None:
+    """Static INT8 quantization (QDQ; per-channel int8 weights, uint8 activations) of the
+    inner convolutions only: grids, resampling, blends, AdaIN codes and output heads stay fp32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    keep = [n.name for n in onnx.load(str(onnx_path)).graph.node
+            if n.op_type == "Conv" and any(k in n.name for k in KEEP_FP32)]
+    quantize_static(str(onnx_path), str(out_path), _Reader(frames), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv"], nodes_to_exclude=keep, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+def cached_int8(network, onnx_path: Path, calibration: CalibrationSet, cache: EngineCache) -> Path:
+    """The INT8 model of ``network`` from the cache, quantized on first use."""
+    import onnxruntime
+
+    def build(tmp: Path) -> None:
+        frames = calibration.inputs_for(network.model, network.size, network.name)
+        log.info("quantizing %s to int8 on %d calibration frames", network.name, len(frames))
+        quantize_int8(onnx_path, tmp, frames)
+
+    key = network.key("ort", "int8", calib=calibration.digest, ort=onnxruntime.__version__)
+    return cache.get_or_build(key, ".onnx", build, describe=f"INT8 {network.name}, {len(calibration)} frames")
+
