@@ -342,6 +342,76 @@ def test_backend_imports_and_reports_without_torch():
         assert lines[0] == f"unavailable: The tensorrt backend cannot run here: {TRT_REASON}."
 
 
+# ---------------------------------------------------------------- pycuda half (GPU, no TensorRT needed)
+
+
+def _pycuda_reason():
+    from avatar_app.runtime.trt_backend import cuda_device_reason
+
+    return cuda_device_reason()
+
+
+PYCUDA_REASON = _pycuda_reason()
+
+
+class CopyEngine:
+    """Stands in for an ICudaEngine: its execution context copies input ``a`` to output ``out``
+    on the stream it is given (real pycuda work, so the backend's buffers and ordering are tested)."""
+
+    def __init__(self, stream):
+        self.stream, self.addresses, self.runs = stream, {}, 0
+
+    def get_tensor_shape(self, name):
+        return (1, 4)
+
+    def create_execution_context(self):
+        return self
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, handle):
+        import pycuda.driver as cuda
+
+        assert handle == self.stream.handle, "enqueued on the shared stream"
+        cuda.memcpy_dtod_async(self.addresses["out"], self.addresses["a"], 16, self.stream)
+        self.runs += 1
+        return True
+
+
+@pytest.mark.skipif(PYCUDA_REASON is not None, reason=f"pycuda on a GPU: {PYCUDA_REASON}")
+def test_pycuda_buffers_bind_run_and_chain_device_to_device():
+    from avatar_app.runtime.networks import NetworkSpec, TensorSpec
+    from avatar_app.runtime.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
+
+    spec = NetworkSpec("copy", (TensorSpec("a", (1, 4)), TensorSpec("b", (1, 4))), ("out",))
+    stages = []
+    for _ in range(2):
+        b = TensorRTBackend.__new__(TensorRTBackend)  # no TensorRT here: only the engine is stood in for
+        b.spec, b.engine = spec, CopyEngine(_cuda_state()["stream"])
+        b._allocate()
+        stages.append(b)
+    first, second = stages
+    with pytest.raises(ValueError, match="missing input"):
+        first.run({"a": np.ones((1, 4), np.float32)})
+    first.bind({"b": np.zeros((1, 4), np.float32)})
+    second.bind({"b": np.zeros((1, 4), np.float32)})
+    for step in range(3):  # staging buffers are reused: each frame's values must arrive intact
+        value = np.arange(4, dtype=np.float64).reshape(1, 4) + 10 * step
+        out = first.run({"a": value})["out"]
+        assert isinstance(out, DeviceArray) and out.ptr == first.engine.addresses["out"]
+        chained = second.run({"a": out})["out"]  # device to device, no host round trip
+        assert np.array_equal(second.to_numpy(chained), value.astype(np.float32))
+    again = first.run({"a": first.outputs["out"]})["out"]  # its own output fed back (the enhancer's history)
+    assert np.array_equal(first.to_numpy(again), value.astype(np.float32))
+    if torch.cuda.is_available():  # torch shares the primary context: its pointers are valid here
+        t = torch.arange(4, dtype=torch.float32, device="cuda").reshape(1, 4) * 7
+        torch.cuda.synchronize()
+        got = first.to_numpy(first.run({"a": DeviceArray(t.data_ptr(), (1, 4), np.float32)})["out"])
+        assert np.array_equal(got, t.cpu().numpy())
+        assert float((t + 1).sum()) == 46.0, "torch still works after pycuda pushed and popped the context"
+
+
 # ---------------------------------------------------------------- integration (TensorRT + GPU)
 
 
