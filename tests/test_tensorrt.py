@@ -168,6 +168,20 @@ def test_parsed_network_is_read_through_the_tensorrt_network_protocol(networks):
     check_io(spec, *got, "parsed ONNX model")
 
 
+def test_exported_onnx_io_is_what_the_engine_checks_expect(networks, exports):
+    """What TensorRT's parser will see (the ONNX graph's inputs and outputs) passes the spec check."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def rows(values):
+        return [(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim),
+                 tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)) for v in values]
+
+    for name, path in exports.items():
+        graph = onnx.load(str(path)).graph
+        check_io(networks[name].spec, rows(graph.input), rows(graph.output), f"{name} ONNX export")
+
+
 # ---------------------------------------------------------------- calibration
 
 
