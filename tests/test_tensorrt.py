@@ -1,9 +1,8 @@
-"""TensorRT backend: pure logic here; engines where tensorrt, pycuda and a GPU exist.
+"""TensorRT backend, the pure logic: runs everywhere, no TensorRT or GPU needed.
 
-The pure parts (cache keys, I/O checks, calibration batches and tables, weight-name
-mapping on real ONNX exports, explicit Q/DQ quantization, the corrupt-engine path of
-the cache, import without torch) run everywhere.  The integration tests build real
-engines and skip, with the reason ``probe("tensorrt")`` gives, where they cannot.
+Cache keys, I/O checks, calibration batches and tables, weight-name mapping on real
+ONNX exports, explicit Q/DQ quantization, the corrupt-engine path of the cache, and
+import without torch.  Engines themselves are tested in ``test_tensorrt_gpu.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from avatar_app.runtime.trt_refit import map_weight_names, onnx_initializers, re
 
 SIZE = 512
 TRT_REASON = probe("tensorrt")
-needs_trt = pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT integration: {TRT_REASON}")
 
 
 class DataType(enum.Enum):
@@ -76,7 +74,7 @@ def exports(networks, tmp_path_factory):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def trt_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AVATAR_APP_ENGINES", str(tmp_path / "engines"))
     return EngineCache()
 
@@ -215,16 +213,16 @@ def test_calibration_batches_refuse_frames_that_do_not_fit(networks):
         CalibrationBatches(spec, [])
 
 
-def test_calibration_table_is_stored_checked_and_replaced(networks, cache):
+def test_calibration_table_is_stored_checked_and_replaced(networks, trt_cache):
     key = calibration_cache_key(engine_key(networks["warp"], "int8", "g", "9.0", "10.9", calibration_digest="a"))
-    assert read_calibration_cache(cache, key) is None
-    path = write_calibration_cache(cache, key, b"TRT-10900-EntropyCalibration2\nsource: 3c010a14\n")
-    assert read_calibration_cache(cache, key).startswith(b"TRT-10900")
-    assert cache.entries()[path.name]["key"]["kind"] == "tensorrt-calibration"
-    write_calibration_cache(cache, key, b"TRT-10900-EntropyCalibration2\nsource: 3c000000\n")
-    assert read_calibration_cache(cache, key).endswith(b"3c000000\n"), "a new table replaces the old one"
+    assert read_calibration_cache(trt_cache, key) is None
+    path = write_calibration_cache(trt_cache, key, b"TRT-10900-EntropyCalibration2\nsource: 3c010a14\n")
+    assert read_calibration_cache(trt_cache, key).startswith(b"TRT-10900")
+    assert trt_cache.entries()[path.name]["key"]["kind"] == "tensorrt-calibration"
+    write_calibration_cache(trt_cache, key, b"TRT-10900-EntropyCalibration2\nsource: 3c000000\n")
+    assert read_calibration_cache(trt_cache, key).endswith(b"3c000000\n"), "a new table replaces the old one"
     path.write_bytes(b"garbage of another size")
-    assert read_calibration_cache(cache, key) is None, "a damaged table is dropped, so TensorRT recalibrates"
+    assert read_calibration_cache(trt_cache, key) is None, "a damaged table is dropped, so TensorRT recalibrates"
 
 
 def test_explicit_qdq_model_is_symmetric_int8_and_still_the_network(networks, exports, tmp_path):
@@ -304,7 +302,7 @@ def test_refit_plan_fills_folded_constants_from_the_new_export_only_when_needed(
 # ---------------------------------------------------------------- cache and imports
 
 
-def test_a_damaged_engine_is_reported_deleted_and_rebuilt(networks, cache, capsys):
+def test_a_damaged_engine_is_reported_deleted_and_rebuilt(networks, trt_cache, capsys):
     key = engine_key(networks["warp"], "fp16", "g", "9.0", "10.9")
     builds = []
 
@@ -318,11 +316,11 @@ def test_a_damaged_engine_is_reported_deleted_and_rebuilt(networks, cache, capsy
             raise CorruptEngine("TensorRT cannot deserialize it")
         return data
 
-    assert cache.load(key, ".engine", build, open_engine) == b"PLAN" + bytes(64)
+    assert trt_cache.load(key, ".engine", build, open_engine) == b"PLAN" + bytes(64)
     assert len(builds) == 2 and "cannot deserialize it); rebuilding" in capsys.readouterr().out
-    path = cache.lookup(key, ".engine")
+    path = trt_cache.lookup(key, ".engine")
     path.write_bytes(b"PLAN" + bytes(63) + b"\x01")  # same size, other bytes: the checksum catches it
-    assert cache.load(key, ".engine", build, open_engine) == b"PLAN" + bytes(64)
+    assert trt_cache.load(key, ".engine", build, open_engine) == b"PLAN" + bytes(64)
     assert len(builds) == 3 and "checksum does not match" in capsys.readouterr().out
 
 
@@ -356,167 +354,3 @@ def test_backend_imports_and_reports_without_torch():
         assert lines[0] == "constructed"
     else:
         assert lines[0] == f"unavailable: The tensorrt backend cannot run here: {TRT_REASON}."
-
-
-# ---------------------------------------------------------------- pycuda half (GPU, no TensorRT needed)
-
-
-def _pycuda_reason():
-    from avatar_app.runtime.trt_backend import cuda_device_reason
-
-    return cuda_device_reason()
-
-
-PYCUDA_REASON = _pycuda_reason()
-
-
-class CopyEngine:
-    """Stands in for an ICudaEngine: its execution context copies input ``a`` to output ``out``
-    on the stream it is given (real pycuda work, so the backend's buffers and ordering are tested)."""
-
-    def __init__(self, stream):
-        self.stream, self.addresses, self.runs = stream, {}, 0
-
-    def get_tensor_shape(self, name):
-        return (1, 4)
-
-    def create_execution_context(self):
-        return self
-
-    def set_tensor_address(self, name, ptr):
-        self.addresses[name] = ptr
-
-    def execute_async_v3(self, handle):
-        import pycuda.driver as cuda
-
-        assert handle == self.stream.handle, "enqueued on the shared stream"
-        cuda.memcpy_dtod_async(self.addresses["out"], self.addresses["a"], 16, self.stream)
-        self.runs += 1
-        return True
-
-
-@pytest.mark.skipif(PYCUDA_REASON is not None, reason=f"pycuda on a GPU: {PYCUDA_REASON}")
-def test_pycuda_buffers_bind_run_and_chain_device_to_device():
-    from avatar_app.runtime.networks import NetworkSpec, TensorSpec
-    from avatar_app.runtime.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
-
-    spec = NetworkSpec("copy", (TensorSpec("a", (1, 4)), TensorSpec("b", (1, 4))), ("out",))
-    stages = []
-    for _ in range(2):
-        b = TensorRTBackend.__new__(TensorRTBackend)  # no TensorRT here: only the engine is stood in for
-        b.spec, b.engine = spec, CopyEngine(_cuda_state()["stream"])
-        b._allocate()
-        stages.append(b)
-    first, second = stages
-    with pytest.raises(ValueError, match="missing input"):
-        first.run({"a": np.ones((1, 4), np.float32)})
-    first.bind({"b": np.zeros((1, 4), np.float32)})
-    second.bind({"b": np.zeros((1, 4), np.float32)})
-    for step in range(3):  # staging buffers are reused: each frame's values must arrive intact
-        value = np.arange(4, dtype=np.float64).reshape(1, 4) + 10 * step
-        out = first.run({"a": value})["out"]
-        assert isinstance(out, DeviceArray) and out.ptr == first.engine.addresses["out"]
-        chained = second.run({"a": out})["out"]  # device to device, no host round trip
-        assert np.array_equal(second.to_numpy(chained), value.astype(np.float32))
-    again = first.run({"a": first.outputs["out"]})["out"]  # its own output fed back (the enhancer's history)
-    assert np.array_equal(first.to_numpy(again), value.astype(np.float32))
-    if torch.cuda.is_available():  # torch shares the primary context: its pointers are valid here
-        t = torch.arange(4, dtype=torch.float32, device="cuda").reshape(1, 4) * 7
-        torch.cuda.synchronize()
-        got = first.to_numpy(first.run({"a": DeviceArray(t.data_ptr(), (1, 4), np.float32)})["out"])
-        assert np.array_equal(got, t.cpu().numpy())
-        assert float((t + 1).sum()) == 46.0, "torch still works after pycuda pushed and popped the context"
-
-
-# ---------------------------------------------------------------- integration (TensorRT + GPU)
-
-
-def _backend(cache, precision="fp16", **kw):
-    from avatar_app.runtime.trt_backend import TensorRTBackend
-
-    return TensorRTBackend(precision, cache=cache, **kw)
-
-
-@needs_trt
-@pytest.mark.parametrize("name", ["encoder", "flow", "warp", "generator", "enhancer"])
-def test_fp16_engine_matches_torch(networks, cache, name):
-    net = networks[name]
-    b = _backend(cache)
-    b.load(net)
-    inputs = example_inputs(net.spec, 3)
-    got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
-    errors = relative_errors(torch_outputs(net, inputs), got)
-    assert max(errors.values()) < (1e-3 if name == "flow" else 2e-2), errors
-
-
-@needs_trt
-def test_chain_runs_on_device_arrays_and_matches_torch(lite, cache):
-    from avatar_app.runtime.chain import NetworkChain
-    from avatar_app.runtime.trt_backend import DeviceArray
-
-    specs = {n: net.spec for n, net in model_networks(lite, SIZE).items()}
-    enc, gen, warp, enh, flow = (example_inputs(specs[n], 1) for n in ("encoder", "generator", "warp", "enhancer",
-                                                                        "flow"))
-    args = (enc["source"], enc["source_cond"], gen["identity"], flow["source_xy"], enh["source_full"])
-    frame = (warp["target_cond"], flow["target_xy"], flow["tri_ids"], 0.5)
-    outs = {}
-    for backend in ("tensorrt", "torch-cpu"):
-        chain = NetworkChain(lite, SIZE, backend=backend, cache=cache)
-        chain.set_source(*args)
-        value, _ = chain.frame(*frame)
-        if backend == "tensorrt":
-            assert isinstance(value, DeviceArray), "the chain's values stay on the GPU"
-        outs[backend] = chain.frame_numpy(*frame)  # second frame: the history path
-    assert relative_errors({"o": outs["torch-cpu"]}, {"o": outs["tensorrt"]})["o"] < 3e-2
-
-
-@needs_trt
-def test_int8_engine_builds_from_calibration_frames(networks, cache):
-    from avatar_app.runtime.trt_build import weakly_typed
-
-    import tensorrt as trt
-
-    net = networks["warp"]
-    b = _backend(cache, "int8", calibration=StandInCalibration())
-    b.load(net)
-    assert b.built_precision == "int8"
-    inputs = example_inputs(net.spec, 9)
-    got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
-    assert max(relative_errors(torch_outputs(net, inputs), got).values()) < 0.15
-    kinds = [e["key"]["kind"] for e in cache.entries().values()]
-    assert ("tensorrt-calibration" in kinds) == weakly_typed(trt), kinds
-
-
-@needs_trt
-def test_refit_swaps_in_personalized_weights_without_rebuilding(lite, networks, cache, capsys):
-    net = networks["generator"]
-    b = _backend(cache)
-    b.load(net)
-    personal = copy.deepcopy(lite)
-    with torch.no_grad():
-        for p in personal.generator.parameters():
-            p.mul_(1.05).add_(0.01)
-    assert b.refit(personal) > 10
-    assert "rebuilding" not in capsys.readouterr().out
-    new = model_networks(personal, SIZE, names=["generator"])["generator"]
-    inputs = example_inputs(net.spec, 4)
-    got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
-    assert max(relative_errors(torch_outputs(new, inputs), got).values()) < 2e-2
-    assert max(relative_errors(torch_outputs(net, inputs), got).values()) > 2e-2, "still the old weights"
-    assert cache.lookup(b.key(new), ".engine") is not None, "the refitted engine is cached for next time"
-
-
-@needs_trt
-def test_undeserializable_engine_file_is_rebuilt_with_a_message(networks, cache, capsys):
-    net = networks["encoder"]
-    b = _backend(cache)
-    path = b.engine_path(net)
-    path.write_bytes(b"\0" * path.stat().st_size)
-    entries = cache.entries()
-    entries[path.name]["sha256"] = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
-    cache._write_manifest(entries)  # the manifest agrees: only deserialization can tell
-    b.load(net)
-    assert "rebuilding" in capsys.readouterr().out
-    inputs = example_inputs(net.spec, 2)
-    got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
-    assert max(relative_errors(torch_outputs(net, inputs), got).values()) < 2e-2
