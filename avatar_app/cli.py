@@ -1,4 +1,5 @@
-"""Command line: ``avatar-app live | render | prepare | train | evaluate | doctor | bench``.
+"""Command line: ``avatar-app live | render | prepare | train | evaluate | personalize | profiles | export |
+engines | doctor | bench``.
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
 (see :mod:`avatar_app.errors`); ``--debug`` adds the traceback.
@@ -18,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from . import __version__  # noqa: E402
 from .errors import AvatarError  # noqa: E402
+from .runtime.backend import BACKEND_CHOICES  # noqa: E402
 
 log = logging.getLogger("avatar_app")
 
@@ -38,7 +40,12 @@ def _add_animator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="PATH", help="neural model checkpoint (.safetensors)")
     p.add_argument("--preset", choices=("lite", "full"), default="lite",
                    help="network size for --animator neural without --weights (default lite)")
-    p.add_argument("--device", default="cpu", help="torch device for the neural animator (cpu, cuda)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="where the neural networks run; auto tries tensorrt, torch-cuda, onnxruntime, torch-cpu "
+                        "in turn and says why it passed over any (default auto)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
+                   help="network precision (default: fp16 on GPUs, fp32 on CPUs; int8 needs --calibration)")
+    p.add_argument("--calibration", metavar="SET.npz", help="INT8 calibration set (avatar-app engines calibrate)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_personalize_parser(sub)
     add_profiles_parser(sub)
 
+    from .engine_commands import add_bench_backend_args, add_engine_parsers
+
+    add_engine_parsers(sub)
+
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
 
     b = sub.add_parser("bench", help="time each stage of the live path")
@@ -117,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="with --model: torch device (cpu, cuda)")
     b.add_argument("--half", action="store_true", help="with --model: fp16")
     b.add_argument("--runs", type=int, default=10, help="with --model: timed runs per network")
+    add_bench_backend_args(b)
     return parser
 
 
@@ -151,7 +163,17 @@ def make_animator(args, source):
     if not args.weights:
         print(f"avatar-app: note: no --weights given: running the untrained {args.preset} neural model, "
               "which reproduces the geometric avatar", file=sys.stderr)
-    return NeuralAnimator(source, weights=args.weights, preset=args.preset, device=args.device)
+    calibration = None
+    if args.calibration:
+        from .runtime.calibration import CalibrationSet
+
+        calibration = CalibrationSet.load(args.calibration)
+    elif args.precision == "int8":
+        raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
+    animator = NeuralAnimator(source, weights=args.weights, preset=args.preset, backend=args.backend,
+                              precision=args.precision, calibration=calibration)
+    print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)
+    return animator
 
 
 def _open_driver(args):
@@ -269,6 +291,12 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backend:
+        from .engine_commands import run_bench_backend
+
+        if args.frames == 200:  # the geometric default; the chain needs fewer
+            args.frames = 50
+        return run_bench_backend(args)
     if args.model:
         from .runtime.bench_models import bench_model, format_model_figures
 
@@ -308,6 +336,18 @@ def cmd_profiles(args) -> int:
     return run_profiles(args)
 
 
+def cmd_export(args) -> int:
+    from .engine_commands import run_export
+
+    return run_export(args)
+
+
+def cmd_engines(args) -> int:
+    from .engine_commands import run_engines
+
+    return run_engines(args)
+
+
 def cmd_evaluate(args) -> int:
     from .train.evaluate import run_evaluate
 
@@ -316,7 +356,7 @@ def cmd_evaluate(args) -> int:
 
 COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
-            "doctor": cmd_doctor, "bench": cmd_bench}
+            "export": cmd_export, "engines": cmd_engines, "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,7 @@ def make_backend(name: str, precision: str | None = None, cache: EngineCache | N
     if name == "tensorrt":
         from .trt_backend import TensorRTBackend
 
+        TensorRTBackend(precision, calibration=calibration, cache=cache, **extra)  # fail now, not per network
         return lambda: TensorRTBackend(precision, calibration=calibration, cache=cache, **extra)
     raise ValueError(f"unknown backend {name!r}")
 
@@ -119,6 +120,13 @@ class NetworkChain:
             self._bind("enhancer", {"source_full": full,
                                     "history": np.zeros(spec.input("history").shape, np.float32)})
         self.reset()
+
+    def refit(self, model: PortraitModel) -> dict[str, int]:
+        """Swap in ``model``'s weights (e.g. a personalized copy) without rebuilding what
+        can be refitted; rebind the source with :meth:`set_source` afterwards."""
+        counts = {name: b.refit(model) for name, b in self.backends.items()}
+        self.networks = model_networks(model, self.size)
+        return counts
 
     def reset(self) -> None:
         """Forget earlier frames (the enhancer starts its history afresh)."""

@@ -66,29 +66,34 @@ def tracker_check() -> Check:
 
 
 def backend_checks() -> list[Check]:
+    """Each neural backend: usable, or why not; then what ``--backend auto`` picks."""
+    from .backend import AUTO_ORDER, BackendUnavailable, choose_backend, probe
+
     out = [Check("backends", "geometric animator", True, "needs no weights; runs on torch CPU")]
+    details = {"torch-cpu": lambda: f"torch {_version('torch')[1]}",
+               "torch-cuda": _cuda_detail, "onnxruntime": _ort_detail, "tensorrt": lambda: _version("tensorrt")[1]}
+    for name in AUTO_ORDER:
+        reason = probe(name)
+        out.append(Check("backends", name, reason is None, details[name]() if reason is None else reason))
     try:
-        import torch
-
-        out.append(Check("backends", "torch-cpu", True, f"torch {torch.__version__}, {torch.get_num_threads()} threads"))
-        if torch.cuda.is_available():
-            name = torch.cuda.get_device_name(0)
-            cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
-            out.append(Check("backends", "torch-cuda", True, f"{name} (compute capability {cap})"))
-        else:
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            out.append(Check("backends", "torch-cuda", False, why))
-    except ImportError:
-        out.append(Check("backends", "torch-cpu", False, "torch is not installed"))
-    ok, detail = _version("onnxruntime")
-    if ok:
-        import onnxruntime
-
-        detail = f"{detail}, providers: {', '.join(onnxruntime.get_available_providers())}"
-    out.append(Check("backends", "onnxruntime", ok, detail))
-    ok, detail = _version("tensorrt")
-    out.append(Check("backends", "tensorrt", ok, detail if ok else "tensorrt is not installed (NVIDIA GPUs only)"))
+        choice = choose_backend("auto")
+        out.append(Check("backends", "--backend auto", True, choice.explain()))
+    except BackendUnavailable as exc:
+        out.append(Check("backends", "--backend auto", False, str(exc)))
     return out
+
+
+def _cuda_detail() -> str:
+    import torch
+
+    cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return f"{torch.cuda.get_device_name(0)} (compute capability {cap}), torch {torch.__version__}"
+
+
+def _ort_detail() -> str:
+    import onnxruntime
+
+    return f"{onnxruntime.__version__}, providers: {', '.join(onnxruntime.get_available_providers())}"
 
 
 def camera_checks() -> list[Check]:

@@ -94,6 +94,13 @@ class NeuralAnimator:
                               self.identity[None], self._src_pts[None, :, :2].astype(np.float32),
                               bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None)
 
+    def set_model(self, model: PortraitModel) -> None:
+        """Run other weights of the same architecture (a personalized model): refitted in
+        place where the backend can (torch, TensorRT), re-exported where not."""
+        self.chain.refit(model)
+        self.model = model
+        self.set_source(self.source)
+
     def reset(self) -> None:
         """Forget earlier frames (the enhancer's ring buffer)."""
         self.chain.reset()

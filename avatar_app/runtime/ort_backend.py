@@ -66,6 +66,7 @@ class OrtBackend:
         self.device = f"{self.providers[0].replace('ExecutionProvider', '')}, {precision}"
 
     def load(self, network) -> None:
+        self.network = network
         self.spec = network.spec
         path = cached_onnx(network, self.cache)
         if self.precision == "int8" and network.name in INT8_NETWORKS:
@@ -75,6 +76,15 @@ class OrtBackend:
         self.path = path
         self.session = onnx_session(path, self.threads, self.providers)
         self._bound: dict[str, np.ndarray] = {}
+
+    def refit(self, model) -> int:
+        """Run ``model``'s weights: a new export (cached under the new model's hash); keeps bound inputs."""
+        from .export import model_networks
+
+        bound = self._bound
+        self.load(model_networks(model, self.network.size, names=[self.spec.name])[self.spec.name])
+        self._bound = bound
+        return 0
 
     def _convert(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         self.spec.check(inputs, partial=True)
