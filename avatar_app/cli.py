@@ -170,6 +170,8 @@ def make_animator(args, source):
         calibration = CalibrationSet.load(args.calibration)
     elif args.precision == "int8":
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
+    print("avatar-app: preparing the neural networks (on a GPU the first start compiles them: about a minute)",
+          file=sys.stderr, flush=True)
     animator = NeuralAnimator(source, weights=args.weights, preset=args.preset, backend=args.backend,
                               precision=args.precision, calibration=calibration)
     print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)

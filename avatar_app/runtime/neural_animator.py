@@ -62,8 +62,10 @@ class NeuralAnimator:
                 model = PortraitModel(preset)
                 log.warning("no weights given: running the untrained %s model, which reproduces the geometric "
                             "avatar", preset)
-        if backend is None:
+        if backend is None:  # plain eager torch on ``device`` (training and evaluation use this)
             backend = "torch-cuda" if device is not None and str(device).startswith("cuda") else "torch-cpu"
+            chain_options.setdefault("compile", False)
+            chain_options.setdefault("cuda_graphs", False)
         self.model = model
         self.trained = weights is not None
         self.size = source.size
@@ -74,6 +76,10 @@ class NeuralAnimator:
         log.info("neural animator: %s on %s", self.chain.choice.explain(), self.chain.device)
         self._identity_override = identity
         self.set_source(source)
+        t0 = time.perf_counter()  # compile / capture / allocate now, not on the first live frame
+        self.animate(source.landmarks)
+        self.reset()
+        log.info("neural animator warmed up in %.1f s", time.perf_counter() - t0)
 
     def set_source(self, source: SourcePortrait, identity: np.ndarray | None = None) -> None:
         """Prepare a new source (and reset the enhancer's memory of earlier frames)."""
