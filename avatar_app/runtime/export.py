@@ -92,6 +92,9 @@ def onnx_session(path: str | Path, threads: int | None = None, providers=None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    # A chain holds five sessions, each with its own thread pool: threads that spin while
+    # waiting for work would steal the cores the next network needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
