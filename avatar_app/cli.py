@@ -1,4 +1,6 @@
-"""Command line: ``avatar-app live | render | prepare | train | evaluate | doctor | bench``.
+"""Command line: ``avatar-app gui | live | render | prepare | train | evaluate | doctor | bench``.
+
+``avatar-app`` with no command opens the desktop app (``gui``).
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
 (see :mod:`avatar_app.errors`); ``--debug`` adds the traceback.
@@ -103,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_profiles_parser(sub)
 
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
+
+    gui = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
+    gui.add_argument("--source", metavar="IMG", help="the portrait to animate (default: the last one used)")
+    gui.add_argument("--synthetic", action="store_true", help="drive the avatar with the built-in synthetic driver")
+    gui.add_argument("--start", action="store_true", help="start the avatar right away")
 
     b = sub.add_parser("bench", help="time each stage of the live path")
     b.add_argument("--size", type=int, nargs="+", choices=(256, 512), default=[256, 512])
@@ -308,6 +315,13 @@ def cmd_profiles(args) -> int:
     return run_profiles(args)
 
 
+def cmd_gui(args) -> int:
+    from .ui.app import run_app
+
+    return run_app(source=getattr(args, "source", None), synthetic=getattr(args, "synthetic", False),
+                   start=getattr(args, "start", False))
+
+
 def cmd_evaluate(args) -> int:
     from .train.evaluate import run_evaluate
 
@@ -316,7 +330,7 @@ def cmd_evaluate(args) -> int:
 
 COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
-            "doctor": cmd_doctor, "bench": cmd_bench}
+            "doctor": cmd_doctor, "bench": cmd_bench, "gui": cmd_gui}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        parser.print_help()
-        return 0
+        args.command = "gui"  # `avatar-app` alone opens the desktop app
     if not args.debug:  # OpenCV's own warnings (e.g. for a missing camera) repeat what our errors say
         import cv2
 
