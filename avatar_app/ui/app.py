@@ -14,12 +14,22 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "install it with 'pip install \"avatar-app[gui]\"' (or 'pip install PySide6-Essentials')"
 
 
+#: PySide6 releases whose ``Signal.emit()`` drops a reference to ``True`` on every call: on Python
+#: 3.11 (where ``True`` is not immortal) a running app crashes after a few thousand emits.
+BROKEN_PYSIDE = {"6.12.0"}
+
+
 def require_qt() -> None:
-    """Raise :class:`DependencyError` (one sentence) when PySide6 cannot be imported."""
+    """Raise :class:`DependencyError` (one sentence) when PySide6 is missing or a known-broken release."""
     try:
+        import PySide6
         import PySide6.QtWidgets  # noqa: F401
     except ImportError as exc:
         raise DependencyError(f"The desktop app needs PySide6, which is not installed; {INSTALL_HINT}.") from exc
+    if PySide6.__version__ in BROKEN_PYSIDE and sys.version_info < (3, 12):
+        raise DependencyError(f"PySide6 {PySide6.__version__} has a bug that crashes the desktop app on Python "
+                              f"{sys.version_info.major}.{sys.version_info.minor}; install another release with "
+                              "'pip install \"PySide6-Essentials!=6.12.0\"'.")
 
 
 def check_display() -> None:
