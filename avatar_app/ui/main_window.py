@@ -278,7 +278,7 @@ class MainWindow(QMainWindow):
 
     def _on_vcam_status(self, streaming: bool, text: str) -> None:
         self.vcam_label.setText(text)
-        self.vcam_help.setDefault(not streaming and self.settings.virtual_camera)
+        self.vcam_label.setStyleSheet("" if streaming or text == "off" or text.startswith("on:") else "color: #b03a2e")
 
     # -- profiles ----------------------------------------------------------------------------------
     def refresh_profiles(self) -> None:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPro
                                QWizard, QWizardPage)
 
 from ..capture.base import FrameSource
+from ..train.personalize import held_out_indices
 from .recording import Adapter, Recorder, save_adapted
 from .widgets import ImageView
 from .worker import call_reporting, emit_safely, to_qimage
@@ -237,11 +238,12 @@ class ResultPage(QWizardPage):
                 self.grid.addWidget(view, row, col)
                 self.views.append(view)
         m = adapted.result.metrics()
+        held = len(held_out_indices(len(adapted.clip.crops), adapted.clip.reference))
         self.metric_label.setText(
-            f"On {len(adapted.previews)} of the frames it never trained on (shown) and the others held out: PSNR "
+            f"On the {held} recorded frames it never trained on ({len(adapted.previews)} shown): PSNR "
             f"{m['psnr']['before']:.2f} → <b>{m['psnr']['after']:.2f} dB</b> (higher is better), L1 "
-            f"{m['l1']['before']:.4f} → <b>{m['l1']['after']:.4f}</b> (lower is better); "
-            f"{m['steps']} steps in {m['seconds']:.1f} s.")
+            f"{m['l1']['before']:.4f} → <b>{m['l1']['after']:.4f}</b> (lower is better), after "
+            f"{m['steps']} training step{'s' if m['steps'] != 1 else ''} in {m['seconds']:.1f} s.")
 
     def save(self) -> None:
         """Save on a worker thread; the wizard closes once the profile is in place."""

@@ -346,8 +346,9 @@ class LiveController(QObject):
             return
         emit_safely(self.state_changed, "stopping")
         pipeline.stop()
-        emit_safely(self.vcam_status, False, "off (the avatar is stopped)" if self._vcam.sink is None else "closed")
-        self._vcam.set(None)
+        if self._vcam.sink is not None:
+            self._vcam.set(None)
+            emit_safely(self.vcam_status, False, "closed (the avatar is stopped)")
         emit_safely(self.stats_ready, pipeline.stats())
         emit_safely(self.state_changed, "stopped")
         if pipeline.error is not None:
