@@ -47,7 +47,7 @@ def _route_errors(window) -> None:
     def show(exc_type, exc, tb) -> None:
         log.error("unexpected error", exc_info=(exc_type, exc, tb))
         try:
-            from .worker import describe_error
+            from .bridge import describe_error
 
             window.controller.message.emit(describe_error(exc))
         except RuntimeError:  # the window is gone

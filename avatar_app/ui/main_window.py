@@ -272,7 +272,7 @@ class MainWindow(QMainWindow):
 
     def _on_source_ready(self, portrait) -> None:
         if self.state == "stopped":
-            from .worker import to_qimage
+            from .bridge import to_qimage
 
             self.avatar_view.show_image(to_qimage(portrait.crop))
 

@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, Signal
 from ..capture.base import FrameSource
 from ..errors import NoFaceError
 from ..types import Frame, Landmarks, SourcePortrait
-from .worker import FrameRelay, call_reporting, emit_safely
+from .bridge import FrameRelay, call_reporting, emit_safely
 
 log = logging.getLogger(__name__)
 
