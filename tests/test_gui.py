@@ -280,6 +280,51 @@ def test_virtual_camera_streams_through_pyvirtualcam(make_window, qtbot):
         pyvirtualcam.camera.BACKENDS.pop(BACKEND, None)
 
 
+def test_a_virtual_camera_that_fails_is_reported_and_the_avatar_runs_on(make_window, qtbot):
+    import pyvirtualcam
+    from test_virtualcam import RecordingBackend
+
+    class Unplugged(RecordingBackend):
+        def send(self, frame):
+            if len(self.frames) >= 5:
+                raise RuntimeError("the device was unplugged")
+            super().send(frame)
+
+    pyvirtualcam.camera.register_backend("avatar-test-unplugged", Unplugged)
+    try:
+        w = make_window()
+        start(qtbot, w)
+        w.vcam_box.setChecked(True)
+        qtbot.waitUntil(lambda: w.vcam_label.text() == "stopped after an error"
+                        and any("the device was unplugged" in m for m in w.status.messages()), timeout=5000)
+        cam = RecordingBackend.instances[-1]
+        assert len(cam.frames) == 5 and cam.close_calls == 1
+        shown = w.avatar_view.frames_shown
+        qtbot.waitUntil(lambda: w.avatar_view.frames_shown > shown + 5, timeout=5000)
+        stop(qtbot, w)
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop("avatar-test-unplugged", None)
+        RecordingBackend.instances.clear()
+
+
+@pytest.mark.qt_no_exception_capture  # (pytest-qt would take these exceptions itself)
+def test_unexpected_errors_go_to_the_status_area(make_window, qtbot, monkeypatch):
+    from avatar_app.ui.app import route_errors
+
+    w = make_window()
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # put back after the test
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    route_errors(w)
+
+    def broken():
+        raise ValueError("a bug")
+
+    QTimer.singleShot(0, broken)  # in a slot on the UI thread
+    threading.Thread(target=broken).start()  # in a thread
+    qtbot.waitUntil(lambda: sum("ValueError: a bug" in m for m in w.status.messages()) == 2, timeout=5000)
+    assert w.status.messages()[-1].startswith("Something went wrong inside the app")
+
+
 def test_no_command_opens_the_desktop_app(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("AVATAR_APP_CONFIG", str(tmp_path / "config"))
     monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
@@ -315,7 +360,7 @@ def test_signals_keep_reference_counts_balanced():
     (PySide6 6.12.0 did on Python 3.11, and the app crashed; see avatar_app.ui.app.BROKEN_PYSIDE)."""
     from PySide6.QtCore import QObject, Signal
 
-    from avatar_app.ui.worker import FrameRelay
+    from avatar_app.ui.bridge import FrameRelay
 
     class Emitter(QObject):
         plain = Signal()

@@ -41,7 +41,7 @@ def check_display() -> None:
                           "desktop session, or use 'avatar-app live' (e.g. with --virtual-camera) instead.")
 
 
-def _route_errors(window) -> None:
+def route_errors(window) -> None:
     """Unexpected exceptions in slots or threads go to the status area (and the log), never a dialog."""
 
     def show(exc_type, exc, tb) -> None:
@@ -83,7 +83,7 @@ def run_app(source: str | None = None, synthetic: bool = False, start: bool = Fa
     if source:
         window.set_source(os.path.abspath(source))
     saved_hooks = sys.excepthook, threading.excepthook
-    _route_errors(window)
+    route_errors(window)
     window.show()
     if start:
         window.toggle_running()
