@@ -119,3 +119,13 @@ def test_cancelling_adaptation_saves_nothing(make_window, qtbot, clip_images):  
     print(f"\nadaptation stopped {time.monotonic() - t0:.2f} s after Cancel")
     assert not adapt.isComplete() and list_profiles() == []
     wizard.reject()
+
+
+def test_wizard_without_a_camera_says_how_to_get_one(make_window, qtbot):  # noqa: F811
+    w = make_window()  # no cameras here: the driver is the synthetic one, which cannot be recorded
+    wizard = w.open_wizard(countdown_s=0.0)
+    wizard.next()
+    page = wizard.record_page
+    qtbot.waitUntil(lambda: "Recording needs a camera" in page.phase_label.text(), timeout=10000)
+    assert not page.isComplete() and page.again_button.isEnabled()
+    wizard.reject()

@@ -41,16 +41,19 @@ class MainWindow(QMainWindow):
     Args:
         config_dir: where settings live (default: ``$AVATAR_APP_CONFIG`` or the user config folder).
         driver_factory: replaces the chosen camera/synthetic driver (tests).
+        driver_paced: play ``driver_factory``'s frames at their own rate (sources that do not keep time).
         recording_source: what the personalize wizard records from (default: the chosen camera).
         cameras: the camera devices to offer (default: those found on this machine).
     """
 
     def __init__(self, config_dir=None, driver_factory: Callable[[], FrameSource] | None = None,
-                 recording_source: Callable[[], FrameSource] | None = None, cameras: list[str] | None = None):
+                 recording_source: Callable[[], FrameSource] | None = None, cameras: list[str] | None = None,
+                 driver_paced: bool = False):
         super().__init__()
         self.config_dir = config_dir
         self.settings: Settings = load_settings(config_dir)
         self.driver_factory = driver_factory
+        self.driver_paced = driver_paced
         self.recording_source = recording_source
         self.controller = LiveController(self)
         self.state = "stopped"
@@ -193,7 +196,7 @@ class MainWindow(QMainWindow):
 
     # -- the live avatar ------------------------------------------------------------------------
     def live_config(self) -> LiveConfig:
-        return LiveConfig(copy.deepcopy(self.settings), driver_factory=self.driver_factory)
+        return LiveConfig(copy.deepcopy(self.settings), driver_factory=self.driver_factory, pace=self.driver_paced)
 
     def toggle_running(self) -> None:
         if self.state in ("running", "starting"):
