@@ -364,6 +364,31 @@ def test_no_command_opens_the_desktop_app(qtbot, tmp_path, monkeypatch):
     assert (tmp_path / "config" / "settings.json").is_file()  # settings saved on close
 
 
+def test_ctrl_c_in_the_terminal_closes_the_app(tmp_path):
+    """`avatar-app gui --synthetic --start` in a terminal: Ctrl+C (SIGINT) closes the window cleanly."""
+    import signal
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", AVATAR_APP_CONFIG=str(tmp_path / "config"),
+               AVATAR_APP_DATA=str(tmp_path / "data"))
+    app = subprocess.Popen([sys.executable, "-m", "avatar_app", "gui", "--synthetic", "--start"], env=env,
+                           cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    settings = tmp_path / "config" / "settings.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not settings.exists() and app.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the window saves the --synthetic choice as it opens
+        time.sleep(2.0)  # running now
+        assert app.poll() is None, app.communicate()[1].decode()[-2000:]
+        app.send_signal(signal.SIGINT)
+        _, err = app.communicate(timeout=15)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert app.returncode == 0, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    assert json.loads(settings.read_text())["driver"] == SYNTHETIC
+
+
 def test_gui_without_a_display_or_without_qt_says_so(monkeypatch, capsys):
     if sys.platform.startswith("linux"):
         monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)

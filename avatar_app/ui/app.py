@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -68,6 +69,7 @@ def run_app(source: str | None = None, synthetic: bool = False, start: bool = Fa
     """
     require_qt()
     check_display()
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow
@@ -84,10 +86,17 @@ def run_app(source: str | None = None, synthetic: bool = False, start: bool = Fa
         window.set_source(os.path.abspath(source))
     saved_hooks = sys.excepthook, threading.excepthook
     route_errors(window)
+    # Ctrl+C in the terminal closes the window (Qt's loop would otherwise keep Python's handler from running)
+    saved_sigint = signal.signal(signal.SIGINT, lambda *_: window.close())
+    wake = QTimer()
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
     window.show()
     if start:
         window.toggle_running()
     try:
         return app.exec()
     finally:
+        wake.stop()
+        signal.signal(signal.SIGINT, saved_sigint)
         sys.excepthook, threading.excepthook = saved_hooks
