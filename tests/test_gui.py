@@ -177,6 +177,27 @@ def test_tracking_a_real_face_keeps_the_ui_responsive(make_window, qtbot, hopper
     stop(qtbot, w)
 
 
+def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
+    pytest.importorskip("dlib", exc_type=ImportError)
+    w = make_window()
+    w.animator_box.setCurrentIndex(w.animator_box.findData("neural"))
+    w.animator_box.activated.emit(w.animator_box.currentIndex())
+    w.backend_box.setCurrentIndex(w.backend_box.findData("torch-cpu"))
+    w.backend_box.activated.emit(w.backend_box.currentIndex())
+    beat = Heartbeat()
+    start(qtbot, w)
+    starting = beat.stop()
+    beat = Heartbeat()
+    qtbot.waitUntil(lambda: "networks" in w.stats_label.text(), timeout=10000)
+    qtbot.wait(2000)
+    running = beat.stop()
+    print(f"\nneural (untrained lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
+          f"while starting, {running:.1f} ms while running")
+    assert any("untrained lite model" in m for m in w.status.messages())
+    assert running < 50
+    stop(qtbot, w)
+
+
 def test_bad_source_files_show_a_message_and_the_app_keeps_working(make_window, qtbot, tmp_path, hopper_path):
     w = make_window()
     bad = tmp_path / "holiday.jpg"

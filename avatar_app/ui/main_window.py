@@ -141,6 +141,8 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction("Open portrait…", QKeySequence.StandardKey.Open, self.browse_source)
+        file_menu.addAction("Neural weights…", self.browse_weights)
+        file_menu.addAction("Untrained neural model (no weights)", lambda: self.set_weights(None))
         file_menu.addAction("Quit", QKeySequence.StandardKey.Quit, self.close)
         self.profiles_menu = self.menuBar().addMenu("&Profiles")
         help_menu = self.menuBar().addMenu("&Help")
@@ -230,6 +232,19 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Choose a portrait", start, IMAGE_FILTER)
         if path:
             self.set_source(path)
+
+    def browse_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose neural weights", "", "Weights (*.safetensors)")
+        if path:
+            self.set_weights(path)
+
+    def set_weights(self, path: str | None) -> None:
+        """The checkpoint the neural animator (and the personalize wizard) starts from; ``None``: untrained."""
+        self.settings.weights = path
+        self._save()
+        self.status.add(f"Neural weights: {path}." if path else "Neural weights: none (the untrained model).")
+        if self.state == "running" and self.settings.animator == "neural":
+            self.controller.restart(self.live_config())
 
     def _choices_changed(self) -> None:
         s = self.settings

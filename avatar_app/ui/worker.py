@@ -170,6 +170,9 @@ class LiveController(QObject):
         portrait = self._portrait(c.source, c.size, image)
         emit_safely(self.source_ready, portrait)
         animator = make_animator(cfg, portrait, profile)
+        if animator is not None and profile is None and not c.weights:
+            emit_safely(self.message, f"No neural weights chosen (File → Neural weights…): running the untrained "
+                                      f"{c.preset} model, which looks like the geometric avatar.")
         driver, pace = open_driver(cfg)
         self._vcam = SwitchableSink(on_error=self._vcam_failed)
         if c.virtual_camera:
