@@ -39,7 +39,8 @@ def check_display() -> None:
         return
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise OutputError("Cannot open the desktop app: there is no display (DISPLAY is not set); run it in a "
-                          "desktop session, or use 'avatar-app live' (e.g. with --virtual-camera) instead.")
+                          "desktop session, or see 'avatar-app --help' for the commands that need none "
+                          "(e.g. 'avatar-app live --virtual-camera').")
 
 
 def route_errors(window) -> None:
