@@ -73,7 +73,7 @@ class Recorder(QObject):
     Signals:
         phase(str, float): ``countdown`` or ``recording`` and the seconds left in it.
         guidance(object): a :class:`Guidance`, about ten times a second.
-        finished(list): the recorded BGR frames.
+        finished(list): the recorded BGR frames (at :attr:`fps`).
         failed(str): why recording stopped (one sentence).
 
     The live picture goes through :attr:`frames` (a :class:`FrameRelay`).  Frames are read
@@ -82,7 +82,7 @@ class Recorder(QObject):
 
     phase = Signal(str, float)
     guidance = Signal(object)
-    finished = Signal(list)
+    finished = Signal(object)  # (a Python list: not converted to a Qt container)
     failed = Signal(str)
 
     def __init__(self, source_factory: Callable[[], FrameSource], seconds: float = 10.0, countdown: float = 3.0,
@@ -92,6 +92,7 @@ class Recorder(QObject):
         self.seconds = seconds
         self.countdown = countdown
         self.frames = FrameRelay(self)
+        self.fps = 30.0  # the source's frame rate, known once it is open
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -124,7 +125,7 @@ class Recorder(QObject):
         images: list[np.ndarray] = []
         last_guidance = 0.0
         with self.source_factory() as source:
-            fps = source.fps or 30.0
+            fps = self.fps = source.fps or 30.0
             start = time.monotonic()
             for n, frame in enumerate(source):
                 delay = start + n / fps - time.monotonic()
@@ -171,7 +172,7 @@ class Adapter(QObject):
     """
 
     stage = Signal(str)
-    progress = Signal(dict)
+    progress = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
 

@@ -85,18 +85,13 @@ class RecordPage(QWizardPage):
         self.images = None
         self.completeChanged.emit()
         self.again_button.setEnabled(False)
-        self.recorder = r = Recorder(self._source, self.w.record_s, self.w.countdown_s, self)
+        self.recorder = r = Recorder(self.w.source_factory, self.w.record_s, self.w.countdown_s, self)
         r.frames.ready.connect(lambda: self.view.show_image(r.frames.take()))
         r.phase.connect(self._on_phase)
         r.guidance.connect(self._on_guidance)
         r.finished.connect(self._on_finished)
         r.failed.connect(self._on_failed)
         r.start()
-
-    def _source(self) -> FrameSource:
-        source = self.w.source_factory()
-        self.fps = source.fps or 30.0
-        return source
 
     def stop(self) -> None:
         if self.recorder is not None:
@@ -117,6 +112,7 @@ class RecordPage(QWizardPage):
 
     def _on_finished(self, images: list) -> None:
         self.images = images
+        self.fps = self.recorder.fps
         self.phase_label.setText(f"<b>Recorded {len(images)} frames.</b> Press Next to adapt.")
         self.again_button.setEnabled(True)
         self.completeChanged.emit()
