@@ -304,6 +304,8 @@ class MainWindow(QMainWindow):
 
         menu = self.profiles_menu
         menu.clear()
+        if getattr(self, "profile_actions", None) is not None:
+            self.profile_actions.deleteLater()
         self.profile_actions = QActionGroup(self)
         plain = menu.addAction("Plain portrait (no profile)")
         entries = [(plain, None)] + [(None, p.name) for p in list_profiles()]

@@ -23,7 +23,6 @@ class ImageView(QWidget):
         self.placeholder = placeholder
         self._image: QImage | None = None
         self.frames_shown = 0
-        self.first_frame_at: float | None = None  # time.monotonic() of the first image since clear()
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -36,13 +35,10 @@ class ImageView(QWidget):
             return
         self._image = image
         self.frames_shown += 1
-        if self.first_frame_at is None:
-            self.first_frame_at = time.monotonic()
         self.update()
 
     def clear(self, placeholder: str | None = None) -> None:
         self._image = None
-        self.first_frame_at = None
         if placeholder is not None:
             self.placeholder = placeholder
         self.update()

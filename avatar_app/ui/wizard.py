@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPro
 
 from ..capture.base import FrameSource
 from ..train.personalize import held_out_indices
+from .bridge import call_reporting, emit_safely, to_qimage
 from .recording import Adapter, Recorder, save_adapted
 from .widgets import ImageView
-from .bridge import call_reporting, emit_safely, to_qimage
 
 INTRO = (
     "<p>The avatar app can adapt its model to <b>your</b> face in about half a minute, so that the avatar "

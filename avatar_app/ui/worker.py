@@ -74,10 +74,6 @@ class LiveController(QObject):
         self._closed = False
 
     # -- called from the UI thread (each returns at once) --------------------------------
-    @property
-    def running(self) -> bool:
-        return self._pipeline is not None
-
     def prepare(self, path: str, size: int):
         """Prepare a portrait (and swap it into the running avatar); errors go to :attr:`message`."""
         return self._submit(self._prepare, path, size)
