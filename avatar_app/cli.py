@@ -1,6 +1,4 @@
-"""Command line: ``avatar-app gui | live | render | prepare | train | evaluate | doctor | bench``.
-
-``avatar-app`` with no command opens the desktop app (``gui``).
+"""Command line: ``avatar-app live | render | prepare | train | evaluate | doctor | bench``.
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
 (see :mod:`avatar_app.errors`); ``--debug`` adds the traceback.
@@ -262,6 +260,13 @@ def _run_live(args, opts, tracker) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from .ui.app import run_app
+
+    return run_app(source=getattr(args, "source", None), synthetic=getattr(args, "synthetic", False),
+                   start=getattr(args, "start", False))
+
+
 def cmd_doctor(args) -> int:
     from .runtime.doctor import format_checks, run_checks
 
@@ -315,22 +320,15 @@ def cmd_profiles(args) -> int:
     return run_profiles(args)
 
 
-def cmd_gui(args) -> int:
-    from .ui.app import run_app
-
-    return run_app(source=getattr(args, "source", None), synthetic=getattr(args, "synthetic", False),
-                   start=getattr(args, "start", False))
-
-
 def cmd_evaluate(args) -> int:
     from .train.evaluate import run_evaluate
 
     return run_evaluate(args)
 
 
-COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
+COMMANDS = {"gui": cmd_gui, "render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
-            "doctor": cmd_doctor, "bench": cmd_bench, "gui": cmd_gui}
+            "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        args.command = "gui"  # `avatar-app` alone opens the desktop app
+        args.command = "gui"  # `avatar-app` alone opens the desktop app (ui/)
     if not args.debug:  # OpenCV's own warnings (e.g. for a missing camera) repeat what our errors say
         import cv2
 
