@@ -169,6 +169,9 @@ class LiveController(QObject):
         if animator is not None and profile is None and not c.weights:
             emit_safely(self.message, f"No neural weights chosen (File → Neural weights…): running the untrained "
                                       f"{c.preset} model, which looks like the geometric avatar.")
+        chain = getattr(animator, "chain", None)  # the engines' backend chain says what `auto` chose, and why
+        if chain is not None:
+            emit_safely(self.message, f"Neural networks on {chain.choice.explain()}: {chain.device}.")
         driver, pace = open_driver(cfg)
         self._vcam = SwitchableSink(on_error=self._vcam_failed)
         if c.virtual_camera:
