@@ -1,4 +1,4 @@
-"""Command line: ``avatar-app live | render | prepare | train | evaluate | personalize | profiles | export |
+"""Command line: ``avatar-app gui | live | render | prepare | train | evaluate | personalize | profiles | export |
 engines | doctor | bench``.
 
 Errors a user can fix are printed as one sentence with a non-zero exit code
@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_parsers(sub)
 
     sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
+
+    gui = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
+    gui.add_argument("--source", metavar="IMG", help="the portrait to animate (default: the last one used)")
+    gui.add_argument("--synthetic", action="store_true", help="drive the avatar with the built-in synthetic driver")
+    gui.add_argument("--start", action="store_true", help="start the avatar right away")
 
     b = sub.add_parser("bench", help="time each stage of the live path")
     b.add_argument("--size", type=int, nargs="+", choices=(256, 512), default=[256, 512])
@@ -279,6 +284,13 @@ def _run_live(args, opts, tracker) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from .ui.app import run_app
+
+    return run_app(source=getattr(args, "source", None), synthetic=getattr(args, "synthetic", False),
+                   start=getattr(args, "start", False))
+
+
 def cmd_doctor(args) -> int:
     from .runtime.doctor import format_checks, run_checks
 
@@ -356,7 +368,7 @@ def cmd_evaluate(args) -> int:
     return run_evaluate(args)
 
 
-COMMANDS = {"render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
+COMMANDS = {"gui": cmd_gui, "render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
             "export": cmd_export, "engines": cmd_engines, "doctor": cmd_doctor, "bench": cmd_bench}
 
@@ -366,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        parser.print_help()
-        return 0
+        args.command = "gui"  # `avatar-app` alone opens the desktop app (ui/)
     if not args.debug:  # OpenCV's own warnings (e.g. for a missing camera) repeat what our errors say
         import cv2
 

@@ -55,3 +55,7 @@ def astronaut_source(astronaut, still_tracker):
 @pytest.fixture(scope="session")
 def hopper_source(hopper, still_tracker):
     return prepare_source(hopper, 256, tracker=still_tracker)
+
+
+# Qt widgets in tests draw offscreen (no window pops up; CI has no display) unless told otherwise.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

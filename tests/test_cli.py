@@ -167,9 +167,13 @@ def test_bench_prints_stage_times(capsys):
         assert stage in out
 
 
-def test_no_command_prints_help(capsys):
-    assert main([]) == 0
-    assert "render" in capsys.readouterr().out
+def test_help_lists_the_commands(capsys):
+    # (no command opens the desktop app: see test_gui.test_no_command_opens_the_desktop_app)
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "render" in out and "gui" in out
 
 
 def test_bad_size_is_a_usage_error(tmp_path, astronaut_path):

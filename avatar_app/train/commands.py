@@ -140,9 +140,7 @@ def run_personalize(args) -> int:
     portrait = read_image(args.source) if args.source else ref_crop
     if args.source:
         prepare_source(portrait)  # fail now, not at `live`, if the portrait has no face
-    metrics = {"psnr": {"before": result.before["psnr"], "after": result.after["psnr"]},
-               "l1": {"before": result.before["l1"], "after": result.after["l1"]},
-               "steps": result.steps, "seconds": result.seconds}
+    metrics = result.metrics()
     provenance = {"base_weights": args.weights or f"untrained {args.preset}", "budget_s": args.budget,
                   "clip": args.clip or f"recorded {args.record} s from camera {args.camera}", "device": device,
                   "frames": len(clip.crops)}

@@ -64,6 +64,17 @@ class PersonalizeResult:
     cancelled: bool
     curve: list[dict] = field(default_factory=list)  # {"seconds", "step", "psnr", "l1"} on held-out frames
 
+    def metrics(self) -> dict:
+        """Held-out PSNR and L1 before and after, steps and seconds (what a profile records)."""
+        return {"psnr": {"before": self.before["psnr"], "after": self.after["psnr"]},
+                "l1": {"before": self.before["l1"], "after": self.after["l1"]},
+                "steps": self.steps, "seconds": self.seconds}
+
+
+def held_out_indices(n: int, reference: int = 0, every: int = 10) -> list[int]:
+    """The clip frames personalization never trains on (every ``every``-th, never the reference)."""
+    return [i for i in range(n) if i % every == every - 1 and i != reference]
+
 
 def clip_frames(source: FrameSource, tracker: FaceTracker | None = None, max_frames: int = 300,
                 min_frames: int = 10) -> ClipFrames:
@@ -134,7 +145,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     training seconds (evaluation time is not counted against the budget).
     """
     n = len(clip.crops)
-    held = [i for i in range(n) if i % holdout_every == holdout_every - 1 and i != clip.reference]
+    held = held_out_indices(n, clip.reference, holdout_every)
     train_idx = [i for i in range(n) if i not in held]
     if not held or len(train_idx) < 2:
         raise NoFaceError(f"The clip has too few usable frames ({n}) to personalize; record at least 10 s.")

@@ -1,0 +1,277 @@
+"""The live avatar behind the desktop app: a pipeline driven from a worker thread.
+
+Nothing here draws.  :class:`LiveController` runs every slow step (preparing a
+portrait, building an animator, opening the camera or the virtual camera, starting and
+stopping the pipeline) on one background worker, in the order asked, and reports
+through Qt signals; images reach the UI through :class:`~avatar_app.ui.bridge.FrameRelay`,
+a latest-wins hand-over, so a busy UI thread skips frames instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from ..capture.base import FrameSource
+from ..errors import AvatarError, DependencyError, OutputError
+from ..runtime.pipeline import Pipeline
+from ..types import SourcePortrait
+from .bridge import FrameRelay, ObservedSource, SwitchableSink, call_reporting, describe_error, emit_safely
+from .settings import SYNTHETIC, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveConfig:
+    """What to animate and how: the main window's choices, plus test hooks.
+
+    ``driver_factory`` replaces the camera / synthetic driver (tests, video files); set
+    ``pace`` when what it makes does not keep time itself.
+    """
+
+    choices: Settings
+    fps: float = 30.0
+    driver_factory: Callable[[], FrameSource] | None = None
+    pace: bool = False  # play the driver at its own frame rate (video files and image lists)
+
+
+class LiveController(QObject):
+    """Runs the live avatar for the main window; every slow step happens on one worker thread.
+
+    Signals:
+        state_changed(str): ``starting``, ``running``, ``stopping`` or ``stopped``.
+        source_ready(object): a :class:`SourcePortrait` was prepared (shown while stopped).
+        stats_ready(object): a :class:`~avatar_app.runtime.stats.PipelineStats`, twice a second.
+        message(str): an error or note for the status area (one sentence).
+        vcam_status(bool, str): whether the virtual camera is streaming, and a short description.
+    """
+
+    state_changed = Signal(str)
+    source_ready = Signal(object)
+    stats_ready = Signal(object)
+    message = Signal(str)
+    vcam_status = Signal(bool, str)
+
+    def __init__(self, parent: QObject | None = None, stats_every: float = 0.5):
+        super().__init__(parent)
+        self.avatar = FrameRelay(self)
+        self.camera = FrameRelay(self)
+        self.stats_every = stats_every
+        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="avatar-ui-worker")
+        self._pipeline: Pipeline | None = None
+        self._vcam = SwitchableSink(on_error=self._vcam_failed)
+        self._portraits: dict[tuple[str, int], SourcePortrait] = {}
+        self._tracker = None  # still-image tracker, used on the worker thread only
+        self._last_stats = 0.0
+        self._closed = False
+
+    # -- called from the UI thread (each returns at once) --------------------------------
+    def prepare(self, path: str, size: int):
+        """Prepare a portrait (and swap it into the running avatar); errors go to :attr:`message`."""
+        return self._submit(self._prepare, path, size)
+
+    def start(self, cfg: LiveConfig):
+        return self._submit(self._start, cfg)
+
+    def stop(self):
+        return self._submit(self._stop)
+
+    def restart(self, cfg: LiveConfig):
+        """Stop and start again with new settings (animator, size, driver, profile)."""
+        return self._submit(self._restart, cfg)
+
+    def calibrate(self) -> None:
+        """Take the driver's next face as its neutral pose."""
+        if self._pipeline is not None:
+            self._pipeline.calibrate()
+
+    def set_virtual_camera(self, on: bool, fps: float = 30.0, backend: str | None = None):
+        return self._submit(self._set_vcam, on, fps, backend)
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Stop the avatar and the worker (waits up to ``timeout`` s; for window close)."""
+        if self._closed:
+            return
+        done = self._submit(self._stop)
+        self._closed = True
+        try:
+            done.result(timeout)
+        except Exception as exc:  # closing must go on whatever happened
+            log.warning("stopping the avatar on close failed: %s", exc)
+        self._jobs.submit(self._close_tracker)
+        self._jobs.shutdown(wait=False)
+
+    # -- worker thread ----------------------------------------------------------------------
+    def _submit(self, fn, *args):
+        return self._jobs.submit(self._guarded, fn, *args)
+
+    def _guarded(self, fn, *args) -> None:
+        call_reporting(lambda: fn(*args), self.message, fn.__name__)
+
+    def _portrait(self, path: str | None, size: int, image: np.ndarray | None = None) -> SourcePortrait:
+        from ..face.source import prepare_source
+        from ..face.tracker import FaceTracker
+
+        if path is None and image is None:
+            raise AvatarError("Choose a portrait to animate first (Source: Browse…, or drop an image on the window).")
+        key = (path, size)
+        if image is None and key in self._portraits:
+            return self._portraits[key]
+        if self._tracker is None:
+            self._tracker = FaceTracker()
+        portrait = prepare_source(image if image is not None else path, size, tracker=self._tracker)
+        if image is None:
+            self._portraits = {key: portrait}  # keep the newest only
+        return portrait
+
+    def _prepare(self, path: str, size: int) -> None:
+        portrait = self._portrait(path, size)
+        pipeline = self._pipeline
+        if pipeline is not None and portrait.size == pipeline.portrait.size:
+            pipeline.set_source(portrait)
+        emit_safely(self.source_ready, portrait)
+
+    def _start(self, cfg: LiveConfig) -> None:
+        if self._pipeline is not None or self._closed:
+            return
+        emit_safely(self.state_changed, "starting")
+        try:
+            pipeline = self._build(cfg)
+            pipeline.start()
+        except BaseException:
+            self._vcam.set(None)
+            emit_safely(self.state_changed, "stopped")
+            raise
+        self._pipeline = pipeline
+        emit_safely(self.state_changed, "running")
+        threading.Thread(target=self._watch, args=(pipeline,), name="avatar-ui-watch", daemon=True).start()
+
+    def _build(self, cfg: LiveConfig) -> Pipeline:
+        c = cfg.choices
+        profile = None
+        image = None
+        if c.profile:
+            from ..profiles import load_profile, load_source
+
+            profile = load_profile(c.profile)
+            image = load_source(profile)
+        portrait = self._portrait(c.source, c.size, image)
+        emit_safely(self.source_ready, portrait)
+        animator = make_animator(cfg, portrait, profile)
+        if animator is not None and profile is None and not c.weights:
+            emit_safely(self.message, f"No neural weights chosen (File → Neural weights…): running the untrained "
+                                      f"{c.preset} model, which looks like the geometric avatar.")
+        chain = getattr(animator, "chain", None)  # the engines' backend chain says what `auto` chose, and why
+        if chain is not None:
+            emit_safely(self.message, f"Neural networks on {chain.choice.explain()}: {chain.device}.")
+        driver, pace = open_driver(cfg)
+        self._vcam = SwitchableSink(on_error=self._vcam_failed)
+        if c.virtual_camera:
+            self._open_vcam(cfg.fps)
+        pipeline = Pipeline(portrait, ObservedSource(driver, self.camera.put), [self._vcam], fps=cfg.fps,
+                            pace=pace, animator=animator)
+        if profile is not None and profile.neutral is not None and c.driver != SYNTHETIC:
+            pipeline.set_neutral(profile.neutral)  # the face the user calibrated while personalizing
+        pipeline.subscribe(self._on_avatar)
+        return pipeline
+
+    def _on_avatar(self, frame) -> None:  # on the pipeline's sink thread
+        self.avatar.put(frame.image)
+        now = time.monotonic()
+        pipeline = self._pipeline
+        if pipeline is not None and now - self._last_stats >= self.stats_every:
+            self._last_stats = now
+            emit_safely(self.stats_ready, pipeline.stats())
+
+    def _watch(self, pipeline: Pipeline) -> None:
+        """Notice a pipeline that stopped by itself (driver ended, a stage failed)."""
+        pipeline.wait()
+        if self._pipeline is pipeline and not self._closed:
+            self._submit(self._stop_if_current, pipeline)
+
+    def _stop_if_current(self, pipeline: Pipeline) -> None:
+        if self._pipeline is pipeline:
+            self._stop()
+
+    def _stop(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        emit_safely(self.state_changed, "stopping")
+        pipeline.stop()
+        if self._vcam.sink is not None:
+            self._vcam.set(None)
+            emit_safely(self.vcam_status, False, "closed (the avatar is stopped)")
+        emit_safely(self.stats_ready, pipeline.stats())
+        emit_safely(self.state_changed, "stopped")
+        if pipeline.error is not None:
+            emit_safely(self.message, describe_error(pipeline.error))
+
+    def _restart(self, cfg: LiveConfig) -> None:
+        if self._pipeline is not None:
+            self._stop()
+            self._start(cfg)
+
+    def _set_vcam(self, on: bool, fps: float, backend: str | None) -> None:
+        if not on:
+            self._vcam.set(None)
+            emit_safely(self.vcam_status, False, "off")
+        elif self._pipeline is not None:
+            self._open_vcam(fps, backend)
+        else:
+            emit_safely(self.vcam_status, False, "on: opens when the avatar starts")
+
+    def _open_vcam(self, fps: float, backend: str | None = None) -> None:
+        from ..sinks.virtualcam import VirtualCameraSink
+
+        if self._vcam.sink is not None:
+            return
+        try:
+            sink = VirtualCameraSink(1280, 720, fps, backend=backend)
+        except (OutputError, DependencyError) as exc:
+            emit_safely(self.vcam_status, False, "not available")
+            emit_safely(self.message, str(exc))
+            return
+        self._vcam.set(sink)
+        emit_safely(self.vcam_status, True, f"streaming to {sink.device} ({sink.backend})")
+
+    def _vcam_failed(self, text: str) -> None:
+        emit_safely(self.vcam_status, False, "stopped after an error")
+        emit_safely(self.message, text)
+
+    def _close_tracker(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+
+
+def make_animator(cfg: LiveConfig, portrait: SourcePortrait, profile=None):
+    """The animator ``cfg`` asks for (``None``: the pipeline's geometric default)."""
+    c = cfg.choices
+    if profile is None and c.animator == "geometric":
+        return None
+    from ..runtime.neural_animator import NeuralAnimator
+
+    weights = str(profile.weights_path) if profile is not None else c.weights
+    return NeuralAnimator(portrait, weights=weights, preset=c.preset, backend=c.backend)
+
+
+def open_driver(cfg: LiveConfig) -> tuple[FrameSource, bool]:
+    """The driving source and whether the pipeline must pace it (video files decode too fast)."""
+    if cfg.driver_factory is not None:
+        return cfg.driver_factory(), cfg.pace
+    if cfg.choices.driver == SYNTHETIC:
+        from ..capture.synthetic import SyntheticDriver
+
+        return SyntheticDriver(fps=cfg.fps, duration=None, realtime=True), False
+    from ..capture.camera import CameraSource
+
+    return CameraSource(cfg.choices.driver, fps=cfg.fps), False

@@ -1,0 +1,472 @@
+"""The desktop app's main window with real widgets (offscreen), the real pipeline and real mediapipe."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6.QtWidgets", exc_type=ImportError)
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from avatar_app.cli import main  # noqa: E402
+from avatar_app.runtime.backend import BACKEND_CHOICES  # noqa: E402
+from avatar_app.ui.main_window import MainWindow  # noqa: E402
+from avatar_app.ui.settings import SYNTHETIC, Settings, load_settings, save_settings  # noqa: E402
+
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+class Heartbeat:
+    """A 5 ms QTimer on the UI thread; the longest gap between its ticks is the worst event-loop stall."""
+
+    def __init__(self, interval_ms: int = 5):
+        self.gaps: list[float] = []
+        self._last = time.monotonic()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(interval_ms)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def stop(self) -> float:
+        """Stop; the worst stall in ms."""
+        self.timer.stop()
+        return max(self.gaps) * 1e3
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVATAR_APP_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
+
+    def make(**kw) -> MainWindow:
+        kw.setdefault("cameras", [])
+        window = MainWindow(**kw)
+        qtbot.addWidget(window)
+        window.show()
+        return window
+
+    return make
+
+
+def wait_state(qtbot, window: MainWindow, state: str, timeout: int = 15000) -> None:
+    qtbot.waitUntil(lambda: window.state == state, timeout=timeout)
+
+
+def start(qtbot, window: MainWindow) -> int:
+    """Press Start and wait for avatar frames; returns how many frames were shown before."""
+    shown = window.avatar_view.frames_shown
+    qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
+    wait_state(qtbot, window, "running")
+    qtbot.waitUntil(lambda: window.avatar_view.frames_shown >= shown + 5, timeout=15000)
+    return shown
+
+
+def stop(qtbot, window: MainWindow) -> float:
+    """Press Stop; seconds until the pipeline has stopped."""
+    t0 = time.monotonic()
+    qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
+    wait_state(qtbot, window, "stopped", timeout=5000)
+    return time.monotonic() - t0
+
+
+def as_array(qimage) -> np.ndarray:
+    """A QImage as ``(H, W, 3) uint8`` RGB."""
+    from PySide6.QtGui import QImage
+
+    img = qimage.convertToFormat(QImage.Format.Format_RGB888)
+    arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
+    rows = arr.reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
+    return rows.reshape(img.height(), img.width(), 3).copy()  # (the QImage's memory goes with it)
+
+
+def pipeline_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("avatar-") and not t.name.startswith("avatar-ui")]
+
+
+def test_window_opens_with_every_choice(make_window, qtbot, astronaut_source):
+    w = make_window()
+    assert w.windowTitle() == "avatar-app"
+    assert [w.backend_box.itemData(i) for i in range(w.backend_box.count())] == list(BACKEND_CHOICES)
+    assert [w.animator_box.itemData(i) for i in range(w.animator_box.count())] == ["geometric", "neural"]
+    assert [w.size_box.itemData(i) for i in range(w.size_box.count())] == [256, 512]
+    assert w.driver_box.currentData() == SYNTHETIC
+    sources = [w.source_box.itemText(i) for i in range(w.source_box.count())]
+    assert "astronaut (bundled)" in sources and "grace_hopper (bundled)" in sources
+    assert not w.backend_box.isEnabled()  # the geometric animator has no backend to choose
+    # the chosen portrait is prepared in the background and shown until Start
+    qtbot.waitUntil(lambda: w.avatar_view.image is not None, timeout=15000)
+    shown = as_array(w.avatar_view.image)
+    assert shown.shape == (256, 256, 3)
+    assert np.abs(shown[:, :, ::-1].astype(int) - astronaut_source.crop).mean() < 1.0
+
+
+def test_synthetic_driver_animates_without_stalling_the_ui_and_stops_promptly(make_window, qtbot, tmp_path):
+    w = make_window()
+    qtbot.waitUntil(lambda: w.avatar_view.image is not None, timeout=15000)  # the portrait is ready
+    beat = Heartbeat()
+    start(qtbot, w)
+    first_ms = w.first_frame_ms
+    frames = []
+    for _ in range(6):  # 3 s of the synthetic timeline: nods, turns, talking
+        qtbot.wait(500)
+        frames.append(as_array(w.avatar_view.image).astype(int))
+    worst = beat.stop()
+    assert first_ms is not None and first_ms < 3000
+    assert w.camera_view.frames_shown > 10  # the driver's frames are shown too
+    assert max(np.abs(a - b).mean() for a, b in zip(frames, frames[1:])) > 1.0  # it moves
+    assert "fps" in w.stats_label.text() and "animate" in w.stats_label.text()
+    fps = float(w.stats_label.text().split(" fps")[0])
+    assert fps > 5
+    print(f"\nfirst avatar frame {first_ms:.0f} ms after Start; worst event-loop stall {worst:.1f} ms; {fps:.1f} fps")
+    assert worst < 50, f"the UI thread stalled for {worst:.1f} ms"
+
+    # a screenshot of the running window is a real picture, with the avatar where the view is
+    shot = as_array(w.grab().toImage())
+    w.grab().save(str(tmp_path / "gui.png"))
+    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000
+    r = w.avatar_view.image_rect().translated(w.avatar_view.mapTo(w, w.avatar_view.rect().topLeft()))
+    ratio = w.grab().devicePixelRatio()
+    inside = shot[int(r.top() * ratio):int(r.bottom() * ratio), int(r.left() * ratio):int(r.right() * ratio)]
+    assert inside.std() > 30  # a face, not a flat fill
+
+    seconds = stop(qtbot, w)
+    print(f"stop took {seconds * 1e3:.0f} ms")
+    assert seconds < 1.5
+    assert pipeline_threads() == []
+    assert w.start_button.text() == "Start" and w.camera_view.image is None
+
+
+def test_tracking_a_real_face_keeps_the_ui_responsive(make_window, qtbot, hopper_source):
+    """Camera-like 640x480 frames of a real face at 30 fps, tracked by mediapipe in the pipeline."""
+    from test_gui_wizard import framed
+    from test_meta import _animated_clip
+
+    from avatar_app.capture.images import ImageSequenceSource
+
+    frames = [framed(c) for c in _animated_clip(hopper_source, n=45).crops]
+    w = make_window(driver_factory=lambda: ImageSequenceSource(frames, fps=30.0), driver_paced=True)
+    qtbot.waitUntil(lambda: w.avatar_view.image is not None, timeout=15000)
+    beat = Heartbeat()
+    start(qtbot, w)
+    qtbot.wait(3000)
+    worst = beat.stop()
+    text = w.stats_label.text()
+    track_ms = float(text.split("track ")[1].split()[0])
+    print(f"\nworst event-loop stall {worst:.1f} ms while tracking ({text.splitlines()[0]}; track {track_ms} ms)")
+    assert "face: tracking" in text and track_ms > 1.0  # mediapipe really ran on every frame
+    assert worst < 50, f"the UI thread stalled for {worst:.1f} ms"
+    stop(qtbot, w)
+
+
+def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
+    pytest.importorskip("dlib", exc_type=ImportError)
+    w = make_window()
+    w.animator_box.setCurrentIndex(w.animator_box.findData("neural"))
+    w.animator_box.activated.emit(w.animator_box.currentIndex())
+    w.backend_box.setCurrentIndex(w.backend_box.findData("torch-cpu"))
+    w.backend_box.activated.emit(w.backend_box.currentIndex())
+    beat = Heartbeat()
+    start(qtbot, w)
+    starting = beat.stop()
+    beat = Heartbeat()
+    qtbot.waitUntil(lambda: "networks" in w.stats_label.text(), timeout=10000)
+    qtbot.wait(2000)
+    running = beat.stop()
+    print(f"\nneural (untrained lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
+          f"while starting, {running:.1f} ms while running")
+    assert any("untrained lite model" in m for m in w.status.messages())
+    assert running < 50
+    stop(qtbot, w)
+
+
+def test_bad_source_files_show_a_message_and_the_app_keeps_working(make_window, qtbot, tmp_path, hopper_path):
+    w = make_window()
+    bad = tmp_path / "holiday.jpg"
+    bad.write_text("this is a text file, not a photo")
+    w.set_source(str(bad))
+    qtbot.waitUntil(lambda: any("Could not read" in m for m in w.status.messages()), timeout=15000)
+    qtbot.mouseClick(w.start_button, Qt.MouseButton.LeftButton)  # starting with it fails politely
+    qtbot.waitUntil(lambda: len(w.status.messages()) >= 2, timeout=15000)
+    wait_state(qtbot, w, "stopped")
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((300, 300, 3), 128, np.uint8))
+    w.set_source(str(wall))
+    qtbot.waitUntil(lambda: any("No face was found" in m for m in w.status.messages()), timeout=15000)
+    assert all("Traceback" not in m for m in w.status.messages())
+    w.set_source(str(hopper_path))
+    start(qtbot, w)
+    assert stop(qtbot, w) < 1.5
+
+
+def test_calibrate_hotkey_takes_the_current_face_as_neutral(make_window, qtbot):
+    w = make_window()
+    start(qtbot, w)
+    qtbot.wait(1800)  # past the synthetic driver's still first second: the head is moving now
+    pipeline = w.controller._pipeline
+    before = pipeline._retarget.neutral.points.copy()
+    qtbot.keyClick(w, Qt.Key.Key_C)
+    assert "Neutral pose" in w.status.messages()[-1]
+    qtbot.waitUntil(lambda: not np.array_equal(pipeline._retarget.neutral.points, before), timeout=5000)
+    stop(qtbot, w)
+
+
+@pytest.mark.filterwarnings("ignore:Function.*QDragEnterEvent:DeprecationWarning")  # Qt 6 still has only this one
+def test_drop_an_image_on_the_window_to_animate_it(make_window, qtbot, hopper_path):
+    w = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(hopper_path))])
+    enter = QDragEnterEvent(QPoint(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    w.dragEnterEvent(enter)  # (Qt delivers only drags its own drag manager started, so call the handlers)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    w.dropEvent(drop)
+    assert drop.isAccepted()
+    assert w.settings.source == str(hopper_path) and w.settings.recent_sources[0] == str(hopper_path)
+    assert w.source_box.currentText() == "grace_hopper (bundled)"
+    qtbot.waitUntil(lambda: w.avatar_view.image is not None
+                    and as_array(w.avatar_view.image).shape == (256, 256, 3), timeout=15000)
+
+
+def test_settings_round_trip_through_the_window(make_window, qtbot, tmp_path, hopper_path):
+    w = make_window()
+    w.set_source(str(hopper_path))
+    for box, value in ((w.animator_box, "neural"), (w.backend_box, "onnxruntime"), (w.size_box, 512)):
+        box.setCurrentIndex(box.findData(value))
+        box.activated.emit(box.currentIndex())
+    w.vcam_box.setChecked(True)
+    assert w.backend_box.isEnabled()
+    w.close()
+    saved = json.loads((tmp_path / "config" / "settings.json").read_text())
+    assert saved["animator"] == "neural" and saved["size"] == 512 and saved["virtual_camera"] is True
+    again = make_window()
+    assert again.source_box.currentData() == str(hopper_path)
+    assert (again.animator_box.currentData(), again.backend_box.currentData(), again.size_box.currentData()) == \
+        ("neural", "onnxruntime", 512)
+    assert again.vcam_box.isChecked() and again.driver_box.currentData() == SYNTHETIC
+
+
+def test_settings_file_round_trip_and_bad_values(tmp_path, caplog):
+    s = Settings(driver="/dev/video3", animator="neural", backend="tensorrt", preset="full",
+                 weights="/w.safetensors", size=512, virtual_camera=True, profile="me", budget_s=12.5, geometry="ab")
+    s.remember_source("/x/a.jpg")
+    s.remember_source("/x/b.jpg")
+    path = save_settings(s, tmp_path)
+    assert load_settings(tmp_path) == s
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    data = json.loads(path.read_text())
+    data.update(size=300, backend="cuda-magic", virtual_camera="yes", unknown_key=1)
+    path.write_text(json.dumps(data))
+    loaded = load_settings(tmp_path)
+    assert (loaded.size, loaded.backend, loaded.virtual_camera) == (256, "auto", False)  # bad ones: defaults
+    assert loaded.animator == "neural" and loaded.recent_sources == ["/x/b.jpg", "/x/a.jpg"]
+    path.write_text("{ not json")
+    assert load_settings(tmp_path) == Settings()
+    assert "unreadable settings" in caplog.text
+
+
+@pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="this machine has video devices (a real one may open)")
+def test_virtual_camera_toggle_reports_status_and_setup_help(make_window, qtbot):
+    from avatar_app.sinks.virtualcam import setup_help
+
+    w = make_window()
+    start(qtbot, w)
+    w.vcam_box.setChecked(True)
+    qtbot.waitUntil(lambda: w.vcam_label.text() == "not available", timeout=5000)
+    assert setup_help() in w.status.messages()[-1]
+    shown = w.avatar_view.frames_shown
+    qtbot.waitUntil(lambda: w.avatar_view.frames_shown > shown + 5, timeout=5000)  # the avatar runs on
+    stop(qtbot, w)
+
+
+def test_virtual_camera_streams_through_pyvirtualcam(make_window, qtbot):
+    import pyvirtualcam
+    from test_virtualcam import BACKEND, RecordingBackend
+
+    RecordingBackend.instances.clear()
+    pyvirtualcam.camera.register_backend(BACKEND, RecordingBackend)
+    try:
+        w = make_window()
+        w.vcam_box.setChecked(True)  # on before Start: opens with the avatar
+        start(qtbot, w)
+        qtbot.waitUntil(lambda: w.vcam_label.text().startswith("streaming to avatar-test-0"), timeout=5000)
+        cam = RecordingBackend.instances[-1]
+        qtbot.waitUntil(lambda: len(cam.frames) > 10, timeout=5000)
+        assert (cam.width, cam.height) == (1280, 720) and cam.decoded().std() > 20
+        w.vcam_box.setChecked(False)
+        qtbot.waitUntil(lambda: cam.close_calls == 1 and w.vcam_label.text() == "off", timeout=5000)
+        sent = len(cam.frames)
+        qtbot.wait(300)
+        assert len(cam.frames) == sent and w.state == "running"
+        stop(qtbot, w)
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop(BACKEND, None)
+
+
+def test_a_virtual_camera_that_fails_is_reported_and_the_avatar_runs_on(make_window, qtbot):
+    import pyvirtualcam
+    from test_virtualcam import RecordingBackend
+
+    class Unplugged(RecordingBackend):
+        def send(self, frame):
+            if len(self.frames) >= 5:
+                raise RuntimeError("the device was unplugged")
+            super().send(frame)
+
+    pyvirtualcam.camera.register_backend("avatar-test-unplugged", Unplugged)
+    try:
+        w = make_window()
+        start(qtbot, w)
+        w.vcam_box.setChecked(True)
+        qtbot.waitUntil(lambda: w.vcam_label.text() == "stopped after an error"
+                        and any("the device was unplugged" in m for m in w.status.messages()), timeout=5000)
+        cam = RecordingBackend.instances[-1]
+        assert len(cam.frames) == 5 and cam.close_calls == 1
+        shown = w.avatar_view.frames_shown
+        qtbot.waitUntil(lambda: w.avatar_view.frames_shown > shown + 5, timeout=5000)
+        stop(qtbot, w)
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop("avatar-test-unplugged", None)
+        RecordingBackend.instances.clear()
+
+
+@pytest.mark.qt_no_exception_capture  # (pytest-qt would take these exceptions itself)
+def test_unexpected_errors_go_to_the_status_area(make_window, qtbot, monkeypatch):
+    from avatar_app.ui.app import route_errors
+
+    w = make_window()
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # put back after the test
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    route_errors(w)
+
+    def broken():
+        raise ValueError("a bug")
+
+    QTimer.singleShot(0, broken)  # in a slot on the UI thread
+    threading.Thread(target=broken).start()  # in a thread
+    qtbot.waitUntil(lambda: sum("ValueError: a bug" in m for m in w.status.messages()) == 2, timeout=5000)
+    assert w.status.messages()[-1].startswith("Something went wrong inside the app")
+
+
+def test_no_command_opens_the_desktop_app(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVATAR_APP_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
+    seen = []
+
+    def look_and_close():
+        windows = [x for x in QApplication.topLevelWidgets() if isinstance(x, MainWindow) and x.isVisible()]
+        seen.extend(windows)
+        for x in windows:
+            x.close()
+
+    QTimer.singleShot(1500, look_and_close)
+    assert main([]) == 0
+    assert len(seen) == 1 and seen[0].windowTitle() == "avatar-app"
+    assert (tmp_path / "config" / "settings.json").is_file()  # settings saved on close
+
+
+def test_ctrl_c_in_the_terminal_closes_the_app(tmp_path):
+    """`avatar-app gui --synthetic --start` in a terminal: Ctrl+C (SIGINT) closes the window cleanly."""
+    import signal
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", AVATAR_APP_CONFIG=str(tmp_path / "config"),
+               AVATAR_APP_DATA=str(tmp_path / "data"))
+    app = subprocess.Popen([sys.executable, "-m", "avatar_app", "gui", "--synthetic", "--start"], env=env,
+                           cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    settings = tmp_path / "config" / "settings.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not settings.exists() and app.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the window saves the --synthetic choice as it opens
+        time.sleep(2.0)  # running now
+        assert app.poll() is None, app.communicate()[1].decode()[-2000:]
+        app.send_signal(signal.SIGINT)
+        _, err = app.communicate(timeout=15)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert app.returncode == 0, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+    assert json.loads(settings.read_text())["driver"] == SYNTHETIC
+
+
+def test_gui_without_a_display_or_without_qt_says_so(monkeypatch, capsys):
+    if sys.platform.startswith("linux"):
+        monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+        monkeypatch.delenv("DISPLAY", raising=False)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+        assert main(["gui"]) == 7
+        assert "no display" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "PySide6.QtWidgets", None)  # as if PySide6 were not installed
+    assert main(["gui"]) == 6
+    err = capsys.readouterr().err
+    assert "needs PySide6" in err and "pip install" in err and "Traceback" not in err
+
+
+def test_signals_keep_reference_counts_balanced():
+    """Thousands of emits (a running app makes ~60 a second) must not wear down True's or None's count
+    (PySide6 6.12.0 did on Python 3.11, and the app crashed; see avatar_app.ui.app.BROKEN_PYSIDE)."""
+    from PySide6.QtCore import QObject, Signal
+
+    from avatar_app.ui.bridge import FrameRelay
+
+    class Emitter(QObject):
+        plain = Signal()
+        payload = Signal(object)
+
+    e, relay, got = Emitter(), FrameRelay(), []
+    e.plain.connect(lambda: None)
+    e.payload.connect(got.append)
+    before = sys.getrefcount(True), sys.getrefcount(None)
+    for _ in range(200):
+        e.plain.emit()
+        e.payload.emit(None)
+        relay.put(np.zeros((4, 4, 3), np.uint8))
+        relay.take()
+    assert (sys.getrefcount(True), sys.getrefcount(None)) == (before[0], before[1] + 200)  # + got's 200 Nones
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (no X server for a real window)")
+def test_screenshot_of_the_running_app_under_xvfb(tmp_path):
+    """tools/gui_screenshot.py (which makes README's docs/gui.png) on a real X server: a picture, not blank."""
+    display = ":96"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        env = dict(os.environ, DISPLAY=display, AVATAR_APP_CONFIG=str(tmp_path / "config"))
+        env.pop("QT_QPA_PLATFORM", None)
+        env.pop("WAYLAND_DISPLAY", None)
+        out = tmp_path / "gui.png"
+        result = subprocess.run([sys.executable, str(TOOLS / "gui_screenshot.py"), str(out), "--seconds", "2"],
+                                env=env, capture_output=True, text=True, timeout=90)
+        if "platform plugin" in result.stderr and "xcb" in result.stderr:
+            pytest.skip("Qt's xcb plugin cannot load here (Debian: apt install libxcb-icccm4 libxcb-keysyms1)")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "platform xcb" in result.stdout
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+    shot = cv2.imread(str(out))
+    assert shot.shape[0] >= 400 and shot.shape[1] >= 600
+    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000
