@@ -223,3 +223,29 @@ def test_soak_memory_stays_flat(astronaut_source):
         p.stop()
     assert p.error is None
     assert grown < 50, f"resident memory grew {grown:.1f} MB"
+
+
+def test_a_slow_animator_does_not_hold_up_tracking_or_the_sinks(astronaut_source):
+    """A neural frame on a CPU can take 100+ ms: tracking, retargeting and the sinks must not wait for it."""
+    from avatar_app.runtime.animator import GeometricAnimator
+
+    class Slow(GeometricAnimator):
+        def animate(self, target):
+            time.sleep(0.25)
+            return super().animate(target)
+
+    sink = CollectSink()
+    p = Pipeline(astronaut_source, SyntheticDriver(fps=30, duration=None, realtime=True), [sink], fps=30,
+                 animator=Slow(astronaut_source))
+    p.start()
+    try:
+        assert _wait_for(lambda: p.stats().frames_animated >= 5)
+        p.set_source(astronaut_source)  # swapping mid-run waits for the frame in flight, then goes on
+        assert _wait_for(lambda: p.stats().frames_animated >= 8)
+        stats = p.stats()
+    finally:
+        p.stop()
+    assert p.error is None
+    assert stats.stage_ms["animate"][0] >= 250
+    assert stats.stage_ms["retarget"][1] < 50, stats.stage_ms  # p95: no waiting on the animator
+    assert stats.stage_ms["sinks"][1] < 50, stats.stage_ms

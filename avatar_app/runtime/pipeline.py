@@ -69,7 +69,10 @@ class Pipeline:
         self._retarget = Retargeter(portrait.landmarks, self._options)
         self._animator = animator if animator is not None else GeometricAnimator(portrait)
         self._face_loss = face_loss or FaceLossSmoother()
-        self._lock = threading.Lock()  # guards portrait/retargeter/animator swaps
+        self._lock = threading.Lock()  # guards portrait/retargeter/sinks (held briefly)
+        # Serialises the animator's own use (animate vs. set_source / swap), so a slow neural
+        # frame never blocks tracking or the sinks.  Taken before ``_lock`` when both are needed.
+        self._animate_lock = threading.Lock()
         self._calibrate_next = False
         self._subscribers: list[Callable[[AvatarFrame], None]] = []
         self._sink_errors: dict[str, str] = {}
@@ -158,18 +161,19 @@ class Pipeline:
 
     def set_source(self, portrait: SourcePortrait) -> None:
         """Animate another portrait (same crop size); the driver's neutral is kept."""
-        with self._lock:
-            neutral = self._retarget.neutral
-            self.portrait = portrait
-            self._retarget = Retargeter(portrait.landmarks, self._options)
-            if neutral is not None:
-                self._retarget.calibrate(neutral)
+        with self._animate_lock:
+            with self._lock:
+                neutral = self._retarget.neutral
+                self.portrait = portrait
+                self._retarget = Retargeter(portrait.landmarks, self._options)
+                if neutral is not None:
+                    self._retarget.calibrate(neutral)
+                self._face_loss.reset()
             self._animator.set_source(portrait)
-            self._face_loss.reset()
 
     def set_animator(self, animator) -> None:
         """Swap the animator (anything with ``animate(Landmarks) -> image`` and ``timings``)."""
-        with self._lock:
+        with self._animate_lock:
             self._animator = animator
 
     def add_sink(self, sink: Sink) -> None:
@@ -262,7 +266,7 @@ class Pipeline:
                 continue
             target, captured_at, index, face_state = item
             t0 = time.perf_counter()
-            with self._lock:
+            with self._animate_lock:
                 image = self._animator.animate(target)
                 timings = dict(getattr(self._animator, "timings", {}))
             self._timings.add("animate", (time.perf_counter() - t0) * 1e3)
