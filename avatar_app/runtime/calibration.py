@@ -173,10 +173,14 @@ def quantize_int8(onnx_path: Path, out_path: Path, frames: list[dict[str, np.nda
 
     keep = [n.name for n in onnx.load(str(onnx_path)).graph.node
             if n.op_type == "Conv" and any(k in n.name for k in KEEP_FP32)]
-    quantize_static(str(onnx_path), str(out_path), _Reader(frames), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["Conv"], nodes_to_exclude=keep, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, logged on the root logger
+    try:
+        quantize_static(str(onnx_path), str(out_path), _Reader(frames), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=keep, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def cached_int8(network, onnx_path: Path, calibration: CalibrationSet, cache: EngineCache) -> Path:
