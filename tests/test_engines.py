@@ -211,6 +211,11 @@ def test_cli_render_picks_and_reports_a_backend(tmp_path, capsys, astronaut_path
     assert main(args) == 0  # auto
     err = capsys.readouterr().err
     assert "neural networks on backend" in err
+    assert main(args + ["--backend", "torch-cpu", "--precision", "int8", "--calibration", "missing.npz"]) == 3
+    capsys.readouterr()
+    assert main(args + ["--backend", "onnxruntime", "--precision", "fp16"]) == 1
+    assert "The onnxruntime backend runs fp32, int8, not fp16; fp16 runs on tensorrt or torch-cuda or torch-cpu" \
+        in capsys.readouterr().err
     code = main(args + ["--backend", "torch-cuda"])
     if code:
         assert code == 6 and "torch-cuda backend cannot run here" in capsys.readouterr().err

@@ -15,12 +15,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import AvatarError
 from ..models.portrait import NET_SIZE, PortraitModel
 from .backend import Backend, Choice, choose_backend
 from .engine_cache import EngineCache
 from .export import model_networks
 
 log = logging.getLogger(__name__)
+
+
+#: what each backend can run
+PRECISIONS = {"tensorrt": ("fp32", "fp16", "int8"), "torch-cuda": ("fp32", "fp16", "bf16"),
+              "onnxruntime": ("fp32", "int8"), "torch-cpu": ("fp32", "fp16", "bf16")}
 
 
 def default_precision(backend: str) -> str:
@@ -31,11 +37,13 @@ def make_backend(name: str, precision: str | None = None, cache: EngineCache | N
                  compile: bool | None = None, cuda_graphs: bool | None = None, **extra) -> Callable[[], Backend]:
     """A factory of backends ``name`` (one instance per network) with these options."""
     precision = precision or default_precision(name)
+    if precision not in PRECISIONS.get(name, (precision,)):
+        runs = [b for b, p in PRECISIONS.items() if precision in p]
+        raise AvatarError(f"The {name} backend runs {', '.join(PRECISIONS[name])}, not {precision}; "
+                          f"{precision} runs on {' or '.join(runs) or 'no backend'} (--backend).")
     if name in ("torch-cpu", "torch-cuda"):
         from .torch_backend import TorchBackend
 
-        if precision == "int8":
-            raise ValueError("int8 runs on the onnxruntime and tensorrt backends, not torch")
         gpu = name == "torch-cuda"
         options = dict(device="cuda" if gpu else "cpu", precision=precision,
                        compile=gpu if compile is None else compile,
