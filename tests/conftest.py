@@ -7,7 +7,7 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 # Engines and ONNX exports built by tests go to a throw-away folder, never the checkout's engines/.
-os.environ.setdefault("AVATAR_APP_ENGINES", __import__("tempfile").mkdtemp(prefix="avatar-engines-"))
+os.environ["AVATAR_APP_ENGINES"] = __import__("tempfile").mkdtemp(prefix="avatar-engines-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

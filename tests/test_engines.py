@@ -8,6 +8,7 @@ hide precision loss.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,47 @@ def test_cli_render_picks_and_reports_a_backend(tmp_path, capsys, astronaut_path
     code = main(args + ["--backend", "torch-cuda"])
     if code:
         assert code == 6 and "torch-cuda backend cannot run here" in capsys.readouterr().err
+
+
+def _build_in_child(root: str, i: int) -> None:
+    cache = EngineCache(root)
+    cache.get_or_build({"network": f"n{i}", "kind": "test", "precision": "fp32"}, ".bin",
+                       lambda tmp: (time.sleep(0.05), Path(tmp).write_bytes(bytes([i]) * 1000)))
+
+
+def test_concurrent_builds_keep_every_manifest_entry(tmp_path):
+    """Processes and threads building at once: no entry lost, nothing rebuilt, no temp-file clashes."""
+    import multiprocessing
+    import threading
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), i)) for i in range(6)]
+    threads = [threading.Thread(target=_build_in_child, args=(str(tmp_path), 100 + i)) for i in range(6)]
+    for w in procs + threads:
+        w.start()
+    for w in procs + threads:
+        w.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    cache = EngineCache(tmp_path)
+    assert len(cache.entries()) == 12
+    for i in list(range(6)) + [100 + i for i in range(6)]:
+        path = cache.lookup({"network": f"n{i}", "kind": "test", "precision": "fp32"}, ".bin")
+        assert path is not None and path.read_bytes() == bytes([i]) * 1000
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_reset_ignores_whatever_the_old_history_held(trained, hopper, still_tracker):
+    """``reset`` must select fresh features, not multiply old ones by 0 (0 * inf = NaN)."""
+    from avatar_app.runtime.networks import weights_of
+
+    source = prepare_source(hopper, 512, tracker=still_tracker)
+    anim = NeuralAnimator(source, model=trained, identity=np.zeros(128, np.float32), backend="torch-cpu")
+    spec = anim.chain.networks["enhancer"].spec
+    anim.chain.backends["enhancer"].bind({"history": np.full(spec.input("history").shape, np.inf, np.float32)})
+    anim.reset()
+    out = anim.chain.frame_numpy(*anim.network_inputs(source.landmarks))
+    assert np.isfinite(out).all()
+    trained.train()
+    weights_of(trained, "warp")  # reading weights leaves the caller's model as it was
+    assert trained.training
+    trained.eval()

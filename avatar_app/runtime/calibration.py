@@ -165,6 +165,18 @@ class _Reader:
 KEEP_FP32 = ("residual_head", "occlusion_head", "/head/", "/last/")
 
 
+QUANTIZER = "qdq-conv-perchannel-u8s8-minmax-v1"  # the settings below; part of INT8 cache keys
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def quantize_int8(onnx_path: Path, out_path: Path, frames: list[dict[str, np.ndarray]]) -> None:
     """Static INT8 quantization (QDQ; per-channel int8 weights, uint8 activations) of the
     inner convolutions only: grids, resampling, blends, AdaIN codes and output heads stay fp32."""
@@ -173,14 +185,15 @@ def quantize_int8(onnx_path: Path, out_path: Path, frames: list[dict[str, np.nda
 
     keep = [n.name for n in onnx.load(str(onnx_path)).graph.node
             if n.op_type == "Conv" and any(k in n.name for k in KEEP_FP32)]
-    logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, logged on the root logger
+    advice = _DropMessages("pre-processing")  # the quantizer's advice, logged on the root logger
+    logging.getLogger().addFilter(advice)
     try:
         quantize_static(str(onnx_path), str(out_path), _Reader(frames), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["Conv"], nodes_to_exclude=keep, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.getLogger().removeFilter(advice)
 
 
 def cached_int8(network, onnx_path: Path, calibration: CalibrationSet, cache: EngineCache) -> Path:
@@ -192,6 +205,7 @@ def cached_int8(network, onnx_path: Path, calibration: CalibrationSet, cache: En
         log.info("quantizing %s to int8 on %d calibration frames", network.name, len(frames))
         quantize_int8(onnx_path, tmp, frames)
 
-    key = network.key("ort", "int8", calib=calibration.digest, ort=onnxruntime.__version__)
+    key = network.key("ort", "int8", calib=calibration.digest, ort=onnxruntime.__version__, quantizer=QUANTIZER,
+                      keep_fp32=",".join(KEEP_FP32))
     return cache.get_or_build(key, ".onnx", build, describe=f"INT8 {network.name}, {len(calibration)} frames")
 

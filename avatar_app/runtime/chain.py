@@ -100,14 +100,14 @@ class NetworkChain:
 
     def _run(self, name: str, inputs: dict) -> dict:
         b = self.backends[name]
+        if self.record is not None:  # before running: backends may reuse buffers for outputs
+            full = {**self._bound[name], **{k: b.to_numpy(v).copy() for k, v in inputs.items()}}
+            self.record.setdefault(name, []).append(full)
         t0 = time.perf_counter()
         out = b.run(inputs)
         if self.sync_timings:
             b.synchronize()
             self.timings[name] = (time.perf_counter() - t0) * 1e3
-        if self.record is not None:
-            full = {**self._bound[name], **{k: b.to_numpy(v) for k, v in inputs.items()}}
-            self.record.setdefault(name, []).append(full)
         return out
 
     # ---------------------------------------------------------------- API
@@ -132,6 +132,7 @@ class NetworkChain:
     def refit(self, model: PortraitModel) -> dict[str, int]:
         """Swap in ``model``'s weights (e.g. a personalized copy) without rebuilding what
         can be refitted; rebind the source with :meth:`set_source` afterwards."""
+        self.reset()  # the history belongs to the old weights (and maybe to freed buffers)
         counts = {name: b.refit(model) for name, b in self.backends.items()}
         self.networks = model_networks(model, self.size)
         return counts

@@ -6,23 +6,36 @@ precision, and for TensorRT the GPU name, compute capability and TensorRT versio
 Change any field and the key (and the file name) changes; keep them and the cached
 file is reused.  Each file's size and SHA-256 are in ``manifest.json``; a file that
 no longer matches (a crash mid-copy, a disk error, a hand edit) is reported, deleted
-and rebuilt.  Writes go to a temporary file first and are renamed into place.
+and rebuilt.  Writes go to a temporary file first and are renamed into place.  Lookups,
+builds and manifest updates hold a lock (a lock file between processes, a re-entrant lock
+between threads), so two apps building at once neither lose manifest entries nor build the
+same engine twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+try:  # POSIX: one lock file serialises builds and manifest updates between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: threads of one process are still serialised
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 ENV_DIR = "AVATAR_APP_ENGINES"
+STALE_TMP_S = 6 * 3600  # temporary files older than this are left-overs of a crashed build
 
 
 def default_engine_dir() -> Path:
@@ -60,8 +73,35 @@ class CorruptEngine(Exception):
 class EngineCache:
     """Artifacts under ``root`` (created on first write)."""
 
+    _thread_lock = threading.RLock()
+    _depth = threading.local()
+
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_engine_dir()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive use of the cache (re-entrant within a thread)."""
+        with self._thread_lock:
+            depths = self._depth.__dict__.setdefault("by_root", {})
+            root = str(self.root.resolve())
+            depth = depths.get(root, 0)
+            handle = None
+            if depth == 0 and fcntl is not None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                handle = open(self.root / LOCK, "a+")
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            depths[root] = depth + 1
+            try:
+                yield
+            finally:
+                depths[root] = depth
+                if handle is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()
+
+    def _tmp(self, name: str) -> Path:
+        return self.root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
     # ---------------------------------------------------------------- manifest
 
@@ -79,7 +119,7 @@ class EngineCache:
 
     def _write_manifest(self, entries: dict[str, dict]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp = self._tmp(MANIFEST)
         tmp.write_text(json.dumps({"format": 1, "entries": entries}, indent=1, sort_keys=True))
         os.replace(tmp, self.root / MANIFEST)
 
@@ -91,6 +131,12 @@ class EngineCache:
 
     def lookup(self, key: Mapping[str, object], suffix: str) -> Path | None:
         """The cached file for ``key`` if it is present and intact; a damaged one is deleted."""
+        if not self.root.is_dir():
+            return None
+        with self._locked():
+            return self._lookup(key, suffix)
+
+    def _lookup(self, key: Mapping[str, object], suffix: str) -> Path | None:
         name = self.file_name(key, suffix)
         path = self.root / name
         entry = self.entries().get(name)
@@ -106,12 +152,16 @@ class EngineCache:
         elif file_sha256(path) != entry.get("sha256"):
             problem = "its checksum does not match the manifest"
         if problem:
-            self.invalidate(name, problem)
+            self._invalidate(name, problem)
             return None
         return path
 
     def invalidate(self, name: str, reason: str) -> None:
         """Delete a cached file (and its manifest entry), saying why."""
+        with self._locked():
+            self._invalidate(name, reason)
+
+    def _invalidate(self, name: str, reason: str) -> None:
         path = self.root / name
         log.warning("engine %s is damaged (%s); it will be rebuilt", path, reason)
         print(f"avatar-app: cached engine {path.name} is damaged ({reason}); rebuilding it", flush=True)
@@ -122,13 +172,19 @@ class EngineCache:
 
     def get_or_build(self, key: Mapping[str, object], suffix: str, build: Callable[[Path], None],
                      describe: str = "") -> Path:
-        """The cached file for ``key``, building it with ``build(tmp_path)`` when needed."""
-        path = self.lookup(key, suffix)
+        """The cached file for ``key``, building it with ``build(tmp_path)`` when needed
+        (another process building the same key meanwhile is waited for, not repeated)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            return self._get_or_build(key, suffix, build, describe)
+
+    def _get_or_build(self, key, suffix, build, describe) -> Path:
+        path = self._lookup(key, suffix)
         if path is not None:
             return path
         self.root.mkdir(parents=True, exist_ok=True)
         name = self.file_name(key, suffix)
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
+        tmp = self._tmp(name)
         t0 = time.perf_counter()
         log.info("building %s%s", name, f" ({describe})" if describe else "")
         try:
@@ -158,15 +214,20 @@ class EngineCache:
             return open_fn(self.get_or_build(key, suffix, build, describe))
 
     def clean(self, match: Callable[[dict], bool] = lambda entry: True) -> list[str]:
-        """Delete the entries ``match`` accepts (and stray temporary files); their names."""
-        entries = self.entries()
-        removed = [n for n, e in entries.items() if match(e)]
-        for name in removed:
-            (self.root / name).unlink(missing_ok=True)
-            del entries[name]
-        if self.root.is_dir():
+        """Delete the entries ``match`` accepts (and temporary files crashed builds left); their names."""
+        if not self.root.is_dir():
+            return []
+        with self._locked():
+            entries = self.entries()
+            removed = [n for n, e in entries.items() if match(e)]
+            for name in removed:
+                (self.root / name).unlink(missing_ok=True)
+                del entries[name]
+            now = time.time()
             for stray in self.root.glob(".*.tmp"):
-                stray.unlink(missing_ok=True)
-        if removed:
-            self._write_manifest(entries)
-        return removed
+                with contextlib.suppress(OSError):
+                    if now - stray.stat().st_mtime > STALE_TMP_S:
+                        stray.unlink()
+            if removed:
+                self._write_manifest(entries)
+            return removed

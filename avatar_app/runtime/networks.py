@@ -18,6 +18,7 @@ and the temporal enhancer's ring buffer goes in as ``history`` and comes back as
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from ..models.layers import resize_grid
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode
 
 #: bump when a network's inputs, outputs or maths change: cached exports are keyed by it
-NETWORKS_VERSION = 1
+NETWORKS_VERSION = 2
 PER_FRAME = ("flow", "warp", "generator", "enhancer")
 
 
@@ -145,8 +146,8 @@ class EnhancerStage(_Stage):
         base = m * generated + (1 - m) * base
         enh = self.enhancer
         current = enh.features(image, base)
-        r = reset.reshape(1, 1, 1, 1, 1)
-        history = history * (1 - r) + current.unsqueeze(1) * r
+        fresh = current.unsqueeze(1).expand_as(history)
+        history = torch.where(reset.reshape(1, 1, 1, 1, 1) > 0.5, fresh, history)  # no 0 * inf from old history
         return enh._decode(current, history, base), torch.cat([history[:, 1:], current.unsqueeze(1)], 1)
 
 
@@ -207,9 +208,8 @@ def model_hash(model: PortraitModel) -> str:
 
 def weights_of(model: PortraitModel, name: str, size: int = NET_SIZE) -> dict[str, np.ndarray]:
     """Network ``name``'s float weights by state-dict name (what a TensorRT refit replaces)."""
-    stage = build_stage(model, name, size)
-    return {k: v.detach().to("cpu", torch.float32).numpy() for k, v in stage.state_dict().items()
-            if v.is_floating_point()}
+    stage = build_stage(copy.deepcopy(model).to("cpu"), name, size)  # the caller's model keeps its device and mode
+    return {k: v.detach().to(torch.float32).numpy() for k, v in stage.state_dict().items() if v.is_floating_point()}
 
 
 def example_inputs(spec: NetworkSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -236,7 +236,8 @@ def example_inputs(spec: NetworkSpec, seed: int = 0) -> dict[str, np.ndarray]:
         elif "grid" in t.name:
             out[t.name] = rng.uniform(-1, 1, size=t.shape).astype(np.float32)
         elif t.name in ("mouth_amount", "reset"):
-            out[t.name] = np.ones(t.shape, np.float32) * 0.5 if t.name == "mouth_amount" else np.ones(t.shape, np.float32)
+            value = 0.5 if t.name == "mouth_amount" else float(seed % 2 == 0)  # odd seeds: history is used
+            out[t.name] = np.full(t.shape, value, np.float32)
         elif t.name in ("identity", "code") or t.name.startswith("feat") or t.name == "history":
             out[t.name] = rng.standard_normal(t.shape).astype(np.float32) * 0.5
         else:

@@ -75,6 +75,8 @@ class OrtBackend:
             path = cached_int8(network, path, self.calibration, self.cache)
         self.path = path
         self.session = onnx_session(path, self.threads, self.providers)
+        used = self.session.get_providers()[0].replace("ExecutionProvider", "")  # after any fallback
+        self.device = f"{used}, {self.precision}"
         self._bound: dict[str, np.ndarray] = {}
 
     def refit(self, model) -> int:

@@ -119,7 +119,7 @@ class TorchBackend:
                         self._fn(*self._args)
                 torch.cuda.current_stream(self.torch_device).wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA
                     outs = self._fn(*self._args)
                 self._graph, self._outputs = graph, outs
             elif self.compile:

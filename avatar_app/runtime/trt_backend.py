@@ -295,7 +295,7 @@ class TensorRTBackend:
         if new.model_hash == old.model_hash:
             return 0
         try:
-            count = self._refit_from(new, weights_of(model, old.name, old.size))
+            count = self._refit_from(new, weights_of(new.model, old.name, old.size))
         except RefitMismatch as exc:
             print(f"avatar-app: cannot refit the {old.name} engine ({exc}); rebuilding it", flush=True)
             log.warning("refit of %s failed (%s); rebuilding", old.name, exc)
