@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -93,6 +94,10 @@ def run_app(source: str | None = None, synthetic: bool = False, start: bool = Fa
     wake.timeout.connect(lambda: None)
     wake.start(200)
     window.show()
+    # Everything loaded so far (torch, mediapipe, Qt) lives as long as the app: keep it out of
+    # the garbage collector's scans, whose full passes hold the GIL and would stall the UI.
+    gc.collect()
+    gc.freeze()
     if start:
         window.toggle_running()
     try:
