@@ -27,7 +27,7 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
 
 def bgr_to_rgb_chw(image: np.ndarray) -> np.ndarray:
     """``(H, W, 3) uint8`` BGR -> ``(3, H, W) float32`` RGB in [0, 1] (the networks' layout)."""
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
 
 
 def rgb_chw_to_bgr(image: np.ndarray) -> np.ndarray:

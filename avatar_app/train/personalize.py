@@ -23,6 +23,7 @@ from ..capture.base import FrameSource
 from ..errors import NoFaceError
 from ..face.align import face_crop_box, transform_points, warp_to_crop
 from ..face.tracker import FaceTracker
+from ..imaging import bgr_to_rgb_chw
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
 from .config import TrainConfig
@@ -115,8 +116,7 @@ class _FramePairs(torch.utils.data.Dataset):
                  pairs: list[tuple[int, int]] | None = None):
         self.clip, self.indices, self.seed, self.pairs = clip, indices, seed, pairs
         self.identity = torch.from_numpy(np.asarray(identity, np.float32))
-        self._rgb = {i: torch.from_numpy(np.ascontiguousarray(clip.crops[i][:, :, ::-1])).permute(2, 0, 1).float() / 255
-                     for i in set(indices) | {clip.reference}}
+        self._rgb = {i: torch.from_numpy(bgr_to_rgb_chw(clip.crops[i])) for i in set(indices) | {clip.reference}}
 
     def __len__(self) -> int:
         return len(self.pairs) if self.pairs is not None else 10**9
