@@ -326,51 +326,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_prepare(args) -> int:
-    from .train.prepare import run_prepare
+def _delegate(module: str, function: str):
+    """A command run by ``function`` of ``module`` (imported only when that command runs)."""
 
-    return run_prepare(args)
+    def run(args) -> int:
+        import importlib
 
+        return getattr(importlib.import_module(module, __package__), function)(args)
 
-def cmd_train(args) -> int:
-    from .train.commands import run_train
-
-    return run_train(args)
-
-
-def cmd_personalize(args) -> int:
-    from .train.commands import run_personalize
-
-    return run_personalize(args)
+    return run
 
 
-def cmd_profiles(args) -> int:
-    from .profile_commands import run_profiles
-
-    return run_profiles(args)
-
-
-def cmd_export(args) -> int:
-    from .engine_commands import run_export
-
-    return run_export(args)
-
-
-def cmd_engines(args) -> int:
-    from .engine_commands import run_engines
-
-    return run_engines(args)
-
-
-def cmd_evaluate(args) -> int:
-    from .train.evaluate import run_evaluate
-
-    return run_evaluate(args)
-
-
-COMMANDS = {"gui": cmd_gui, "render": cmd_render, "live": cmd_live, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "personalize": cmd_personalize, "profiles": cmd_profiles,
-            "export": cmd_export, "engines": cmd_engines, "doctor": cmd_doctor, "bench": cmd_bench}
+COMMANDS = {"gui": cmd_gui, "render": cmd_render, "live": cmd_live,
+            "prepare": _delegate(".train.prepare", "run_prepare"), "train": _delegate(".train.commands", "run_train"),
+            "evaluate": _delegate(".train.evaluate", "run_evaluate"),
+            "personalize": _delegate(".train.commands", "run_personalize"),
+            "profiles": _delegate(".profile_commands", "run_profiles"),
+            "export": _delegate(".engine_commands", "run_export"), "engines": _delegate(".engine_commands", "run_engines"),
+            "doctor": cmd_doctor, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
