@@ -18,7 +18,7 @@ from avatar_app.capture.synthetic import SyntheticDriver
 from avatar_app.cli import main
 from avatar_app.face.source import prepare_source
 from avatar_app.models.portrait import PortraitModel, load_checkpoint
-from avatar_app.runtime.backend import BackendUnavailable, backend_report, choose_backend
+from avatar_app.runtime.backend import BackendUnavailable, choose_backend
 from avatar_app.runtime.calibration import CalibrationSet, record_calibration
 from avatar_app.runtime.engine_cache import EngineCache
 from avatar_app.runtime.export import PARITY_TOLERANCE, cached_onnx, export_all, model_networks, onnx_session
@@ -123,8 +123,13 @@ def test_backend_choice_explains_each_option_passed_over():
         choose_backend("auto", lambda name: "gone")
     with pytest.raises(BackendUnavailable, match="Unknown backend"):
         choose_backend("metal", missing.get)
-    report = backend_report(missing.get)
-    assert report[-1].startswith("auto ->") and report[-1].endswith("onnxruntime")
+    from avatar_app.runtime.doctor import backend_checks
+
+    report = backend_checks(missing.get)  # what `avatar-app doctor` prints
+    assert [(c.name, c.ok) for c in report[1:5]] == [("tensorrt", False), ("torch-cuda", False), ("onnxruntime", True),
+                                                     ("torch-cpu", True)]
+    assert report[-1].name == "--backend auto" and report[-1].ok
+    assert report[-1].detail.startswith("backend onnxruntime")
 
 
 def test_real_probe_on_this_machine():

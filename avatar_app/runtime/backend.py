@@ -132,15 +132,3 @@ def choose_backend(requested: str = "auto", probe_fn: Callable[[str], str | None
         rejected.append((name, reason))
     raise BackendUnavailable("No inference backend can run here: " + "; ".join(f"{n}: {r}" for n, r in rejected) + ".")
 
-
-def backend_report(probe_fn: Callable[[str], str | None] = probe) -> list[str]:
-    """One line per backend for ``doctor``: usable or why not, and what ``auto`` picks."""
-    lines = []
-    for name in AUTO_ORDER:
-        reason = probe_fn(name)
-        lines.append(f"{name:12s} {'ok' if reason is None else 'unavailable: ' + reason}")
-    try:
-        lines.append(f"auto ->      {choose_backend('auto', probe_fn).name}")
-    except BackendUnavailable as exc:
-        lines.append(f"auto ->      none ({exc})")
-    return lines

@@ -65,18 +65,21 @@ def tracker_check() -> Check:
     )
 
 
-def backend_checks() -> list[Check]:
-    """Each neural backend: usable, or why not; then what ``--backend auto`` picks."""
+def backend_checks(probe_fn=None) -> list[Check]:
+    """Each neural backend: usable, or why not; then what ``--backend auto`` picks
+    (``probe_fn``: :func:`~avatar_app.runtime.backend.probe` unless given)."""
     from .backend import AUTO_ORDER, BackendUnavailable, choose_backend, probe
+
+    probe_fn = probe_fn or probe
 
     out = [Check("backends", "geometric animator", True, "needs no weights; runs on torch CPU")]
     details = {"torch-cpu": lambda: f"torch {_version('torch')[1]}",
                "torch-cuda": _cuda_detail, "onnxruntime": _ort_detail, "tensorrt": lambda: _version("tensorrt")[1]}
     for name in AUTO_ORDER:
-        reason = probe(name)
+        reason = probe_fn(name)
         out.append(Check("backends", name, reason is None, details[name]() if reason is None else reason))
     try:
-        choice = choose_backend("auto")
+        choice = choose_backend("auto", probe_fn)
         out.append(Check("backends", "--backend auto", True, choice.explain()))
     except BackendUnavailable as exc:
         out.append(Check("backends", "--backend auto", False, str(exc)))
