@@ -36,6 +36,10 @@ class Backend(Protocol):
     def load(self, network) -> None:
         """Prepare ``network`` (a :class:`~avatar_app.runtime.engines.Network`) to run."""
 
+    def refit(self, network) -> int:
+        """Run ``network``'s weights (the same network of another model, e.g. a personalized one)
+        without rebuilding what can be kept; the number of weights swapped in place (0 if none)."""
+
     def bind(self, inputs: Mapping[str, Any]) -> None:
         """Set inputs that keep their value across :meth:`run` calls."""
 

@@ -133,9 +133,8 @@ class NetworkChain:
         """Swap in ``model``'s weights (e.g. a personalized copy) without rebuilding what
         can be refitted; rebind the source with :meth:`set_source` afterwards."""
         self.reset()  # the history belongs to the old weights (and maybe to freed buffers)
-        counts = {name: b.refit(model) for name, b in self.backends.items()}
-        self.networks = model_networks(model, self.size)
-        return counts
+        self.networks = model_networks(model, self.size)  # one CPU copy and hash for every backend
+        return {name: b.refit(self.networks[name]) for name, b in self.backends.items()}
 
     def reset(self) -> None:
         """Forget earlier frames (the enhancer starts its history afresh)."""

@@ -79,12 +79,11 @@ class OrtBackend:
         self.device = f"{used}, {self.precision}"
         self._bound: dict[str, np.ndarray] = {}
 
-    def refit(self, model) -> int:
-        """Run ``model``'s weights: a new export (cached under the new model's hash); keeps bound inputs."""
-        from .export import model_networks
-
+    def refit(self, network) -> int:
+        """Run ``network`` (the same network of a personalized model): a new export, cached
+        under the new model's hash; bound inputs are kept."""
         bound = self._bound
-        self.load(model_networks(model, self.network.size, names=[self.spec.name])[self.spec.name])
+        self.load(network)
         self._bound = bound
         return 0
 

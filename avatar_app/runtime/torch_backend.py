@@ -85,17 +85,15 @@ class TorchBackend:
             self._fn = torch.compile(self._fn, dynamic=False)
         self._graph, self._outputs, self._ready = None, None, False
 
-    def refit(self, model) -> int:
-        """Copy ``model``'s weights into the loaded network in place: the compiled code and
-        CUDA graph keep running, now on the new weights.  Returns the number of tensors copied."""
-        from .export import model_networks
-
-        new = model_networks(model, self.network.size, names=[self.network.name])[self.network.name]
-        state = new.module.state_dict()
+    def refit(self, network) -> int:
+        """Copy ``network``'s weights (the same network of a personalized model) into the
+        loaded one in place: the compiled code and CUDA graph keep running, now on the new
+        weights.  Returns the number of tensors copied."""
+        state = network.module.state_dict()
         with torch.no_grad():
             for name, tensor in self.module.state_dict().items():
                 tensor.copy_(state[name])
-        self.network = new
+        self.network = network
         return len(state)
 
     def _autocast(self, module):

@@ -279,19 +279,17 @@ class TensorRTBackend:
 
     # ---------------------------------------------------------------- personalization
 
-    def refit(self, model) -> int:
-        """Swap ``model``'s weights (a personalized copy of the loaded one) into the engine.
+    def refit(self, network) -> int:
+        """Swap ``network``'s weights (the same network of a personalized model) into the engine.
 
         Returns the number of weights refitted; when the engine cannot be refitted (not
         built refittable, a strongly typed reduced-precision or INT8 build, a weight
         TensorRT renamed or folded) it says why and rebuilds instead, returning 0.
         The refitted engine is stored in the cache under the new model's key.
         """
-        from .export import model_networks
         from .networks import weights_of
 
-        old = self.network
-        new = model_networks(model, old.size, names=[old.name])[old.name]
+        old, new = self.network, network
         if new.model_hash == old.model_hash:
             return 0
         try:
