@@ -177,9 +177,8 @@ def run_bench_backend(args) -> int:
             variants.append(Variant("tensorrt int8", "tensorrt", dict(precision="int8", calibration=calibration)))
     else:
         raise AvatarError(f"Unknown --backend '{kind}'; choose cuda, cpu, tensorrt or auto.")
-    sizes = args.size if isinstance(args.size, list) else [args.size]
     for preset in args.preset:
-        for size in sizes:
+        for size in args.size:
             print(f"{preset} {size}px:", file=sys.stderr)
             rows, prep = bench_backends(variants, preset, size, frames=args.frames, weights=args.weights,
                                         progress=lambda s: print(s, file=sys.stderr, flush=True))

@@ -85,7 +85,7 @@ class NetworkChain:
             b.load(net)
             self.backends[name] = b
         self.name = self.choice.name
-        self.device = self.backends["flow"].device if "flow" in self.backends else ""
+        self.device = self.backends["flow"].device  # every chain has a flow network
         self.record = record
         self._bound: dict[str, dict] = {n: {} for n in self.networks}
         self.timings: dict[str, float] = {}
