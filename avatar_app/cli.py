@@ -36,10 +36,12 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 
 def _add_animator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--animator", choices=("geometric", "neural"), default="geometric",
-                   help="geometric: analytic flow, no weights (default); neural: MetaPortrait's networks")
-    p.add_argument("--weights", metavar="PATH", help="neural model checkpoint (.safetensors)")
-    p.add_argument("--preset", choices=("lite", "full"), default="lite",
-                   help="network size for --animator neural without --weights (default lite)")
+                   help="geometric: analytic flow, no weights (default); neural: MetaPortrait's networks "
+                        "(the shipped weights trained on real faces unless --weights says otherwise)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="neural model checkpoint (.safetensors; default: the shipped weights of --preset)")
+    p.add_argument("--preset", choices=("lite", "full"), default=None,
+                   help="network size for --animator neural without --weights (default: full on a GPU, lite on a CPU)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="where the neural networks run; auto tries tensorrt, torch-cuda, onnxruntime, torch-cpu "
                         "in turn and says why it passed over any (default auto)")
@@ -163,11 +165,19 @@ def make_animator(args, source):
         if args.weights:
             raise AvatarError("--weights only applies to --animator neural.")
         return None
+    from .models.shipped import default_preset, shipped_weights
     from .runtime.neural_animator import NeuralAnimator
 
+    args.preset = args.preset or default_preset()
     if not args.weights:
-        print(f"avatar-app: note: no --weights given: running the untrained {args.preset} neural model, "
-              "which reproduces the geometric avatar", file=sys.stderr)
+        shipped = shipped_weights(args.preset)
+        if shipped is None:
+            print(f"avatar-app: note: the trained {args.preset} weights are not installed: running the untrained "
+                  f"{args.preset} neural model, which reproduces the geometric avatar", file=sys.stderr)
+        else:
+            args.weights = str(shipped)
+            print(f"avatar-app: note: running the shipped {args.preset} weights, trained on real faces ({shipped})",
+                  file=sys.stderr)
     calibration = None
     if args.calibration:
         from .runtime.calibration import CalibrationSet

@@ -59,3 +59,23 @@ def hopper_source(hopper, still_tracker):
 
 # Qt widgets in tests draw offscreen (no window pops up; CI has no display) unless told otherwise.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def three_portrait_dataset(tmp_path_factory, frames: int, sizes=(256,)) -> Path:
+    """A synthetic prepared dataset of three people (astronaut, Grace Hopper, a mirrored astronaut),
+    two clips of ``frames`` frames each."""
+    import shutil
+
+    import cv2
+
+    from avatar_app.train.synthetic import generate_synthetic_dataset
+
+    portraits = tmp_path_factory.mktemp("portraits")
+    shutil.copy(PORTRAITS / "astronaut.jpg", portraits / "astronaut.jpg")
+    shutil.copy(PORTRAITS / "grace_hopper.jpg", portraits / "grace_hopper.jpg")
+    cv2.imwrite(str(portraits / "mirrored.png"), cv2.imread(str(PORTRAITS / "astronaut.jpg"))[:, ::-1])
+    out = tmp_path_factory.mktemp("data") / "prepared"
+    report = generate_synthetic_dataset(portraits, out, clips_per_portrait=2, frames=frames, sizes=sizes,
+                                        progress=False)
+    assert len(report.clips_done) == 6 and not report.clips_skipped
+    return out

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,22 +13,13 @@ from torch.utils.data import DataLoader
 from avatar_app.errors import InputFileError
 from avatar_app.face.mesh import topology
 from avatar_app.train.data import PreparedDataset, split_clips
-from avatar_app.train.synthetic import generate_synthetic_dataset
 
-PORTRAITS = Path(__file__).resolve().parents[1] / "assets" / "portraits"
+from conftest import three_portrait_dataset
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    portraits = tmp_path_factory.mktemp("portraits")
-    shutil.copy(PORTRAITS / "astronaut.jpg", portraits / "astronaut.jpg")
-    shutil.copy(PORTRAITS / "grace_hopper.jpg", portraits / "grace_hopper.jpg")
-    cv2.imwrite(str(portraits / "mirrored.png"), cv2.imread(str(PORTRAITS / "astronaut.jpg"))[:, ::-1])
-    out = tmp_path_factory.mktemp("data") / "prepared"
-    report = generate_synthetic_dataset(portraits, out, clips_per_portrait=2, frames=8, sizes=(256, 512),
-                                        progress=False)
-    assert len(report.clips_done) == 6 and not report.clips_skipped
-    return out
+    return three_portrait_dataset(tmp_path_factory, frames=8, sizes=(256, 512))
 
 
 def test_pairs_items(root):

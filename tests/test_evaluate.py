@@ -172,7 +172,7 @@ def _chosen_clips(monkeypatch, tmp_path, entries: list[dict], split: str = "val"
         tried.append(entry["key"])
         return None, "not loaded in this test"
 
-    monkeypatch.setattr(evaluate_module, "_load_clip", load)
+    monkeypatch.setattr(evaluate_module, "load_clip", load)
     with pytest.raises(InputFileError, match=f"no usable clip for the '{split}' split"):
         evaluate(tmp_path, tmp_path / "out", split=split, clips=1000, progress=False)
     return tried

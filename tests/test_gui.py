@@ -201,9 +201,9 @@ def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
     qtbot.waitUntil(lambda: "networks" in w.stats_label.text(), timeout=10000)
     qtbot.wait(2000)
     running = beat.stop()
-    print(f"\nneural (untrained lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
+    print(f"\nneural (shipped lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
           f"while starting, {running:.1f} ms while running")
-    assert any("untrained lite model" in m for m in w.status.messages())
+    assert any("shipped lite model, trained on real faces" in m for m in w.status.messages())
     assert running < 50
     stop(qtbot, w)
 

@@ -51,8 +51,15 @@ def test_source_swap_resets_the_enhancer(astronaut, hopper, still_tracker):
     assert np.abs(out.astype(int) - b.crop.astype(int)).mean() < 1.0
 
 
-def test_cli_neural_with_and_without_weights(tmp_path, capsys, astronaut_path):
+def test_cli_neural_with_and_without_weights(tmp_path, capsys, astronaut_path, monkeypatch):
     out = tmp_path / "n.mp4"
+    assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "0.4", "--fps", "10",
+                 "--animator", "neural", "-o", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err  # no --weights on a CPU: the shipped lite weights
+    assert "shipped lite weights" in err and "lite-real.safetensors" in err and "untrained" not in err
+    from avatar_app.models import shipped
+
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "not-installed")
     assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "0.4", "--fps", "10",
                  "--animator", "neural", "-o", str(out), "--no-progress"]) == 0
     assert "untrained lite neural model" in capsys.readouterr().err

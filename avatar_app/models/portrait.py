@@ -123,15 +123,21 @@ class PortraitModel(nn.Module):
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("warp", "generator", "enhancer")}
 
 
-def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` to a ``.safetensors`` file atomically (temp file, fsync, rename)."""
+def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` to a ``.safetensors`` file atomically (temp file, fsync, rename);
+    ``dtype`` (e.g. ``torch.float16``, for shipping) converts the floating-point weights."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config)}
-    meta.update(metadata or {})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    reserved = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config)}
+    clash = sorted(set(metadata or {}) & set(reserved))
+    if clash:
+        raise ValueError(f"checkpoint metadata keys {clash} are reserved for the format")
+    meta = {**(metadata or {}), **reserved}
+    state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:

@@ -61,6 +61,30 @@ def size_affine(affine_256: np.ndarray, size: int) -> np.ndarray:
     return a
 
 
+def inside_frame_mask(crop: dict, frame_size, size: int = BASE_SIZE) -> np.ndarray:
+    """``(size, size) uint8`` 1 where a crop pixel's centre maps inside the source frame.
+
+    ``crop`` is a clip's ``meta.json`` crop (centre, side, angle); ``frame_size`` (W, H).
+    """
+    box = CropBox(tuple(crop["center"]), float(crop["side"]), float(crop["angle"]))
+    inv = box.crop_to_image(size)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    w, h = frame_size
+    return ((x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)).astype(np.uint8)
+
+
+def clip_frame_mask(meta: dict, size: int = BASE_SIZE) -> np.ndarray | None:
+    """:func:`inside_frame_mask` of a clip from its ``meta.json``; ``None`` when the whole crop lies
+    inside the frame or the clip does not record its frame (synthetic clips)."""
+    try:
+        mask = inside_frame_mask(meta["crop"], meta["frame_size"], size)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if mask.all() else mask
+
+
 def read_image_file(path: str | Path) -> np.ndarray | None:
     """BGR ``uint8`` image, or ``None`` if the file is missing or not an image (unicode-safe)."""
     try:
@@ -112,6 +136,11 @@ def _read_json(path: Path) -> dict | None:
 
 def _is_complete(meta: dict | None) -> bool:
     return meta is not None and all(k in meta for k in ENTRY_KEYS)
+
+
+def set_identity(clip_dir: Path, meta: dict, identity: str) -> None:
+    """Re-label a complete clip's person (``meta.json`` rewritten atomically)."""
+    _write_json_atomic(Path(clip_dir) / "meta.json", {**meta, "identity": identity})
 
 
 def complete_meta(clip_dir: Path, sizes: tuple[int, ...]) -> dict | None:

@@ -21,6 +21,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per step and device (overrides the config)")
     p.add_argument("--preset", choices=("lite", "full"), help="model preset (overrides the config)")
     p.add_argument("--init-weights", metavar="PATH", help="start from this checkpoint (e.g. the warp stage's)")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="train for about this many seconds: steps are set from the speed of the first steps")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -34,7 +36,8 @@ def run_train(args) -> int:
     from .config import TrainConfig
 
     cfg = TrainConfig.load(args.config, stage=args.stage, steps=args.steps, batch_size=args.batch_size,
-                           preset=args.preset, init_weights=args.init_weights)
+                           preset=args.preset, init_weights=args.init_weights,
+                           time_budget_s=getattr(args, "time_budget", None))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,8 +57,10 @@ def run_train(args) -> int:
             trainer.resume()
         trainer.fit(progress=not args.no_progress)
         if int(os.environ.get("RANK", 0)) == 0:
+            rate = getattr(trainer, "samples_per_s", None)
             print(f"trained {cfg.stage} to step {trainer.step}; weights: {out / 'model.safetensors'} "
-                  f"(metrics in {out / 'metrics.jsonl'})")
+                  f"(metrics in {out / 'metrics.jsonl'})"
+                  + (f"; {rate:.0f} samples/s after warm-up" if rate else ""))
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()

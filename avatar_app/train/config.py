@@ -24,6 +24,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # a full model config overriding the preset (tests, experiments)
     init_weights: str = ""  # start from this checkpoint (e.g. the warp stage's model for the full stage)
     steps: int = 1000
+    time_budget_s: float = 0.0  # > 0: after a few timed steps, set `steps` to what fits in this many seconds
     batch_size: int = 4
     lr: float = 2e-4
     d_lr: float = 2e-4
@@ -32,15 +33,21 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    amp: bool = True  # CUDA only (fp16 with a gradient scaler); ignored on the CPU
+    amp: bool = True  # CUDA only; ignored on the CPU
+    amp_dtype: str = "fp16"  # fp16 (with a gradient scaler) | bf16
+    compile: bool = False  # torch.compile the trained networks (CUDA)
+    resident: bool = False  # pairs stage data held and drawn on the GPU (train.resident); CUDA only
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64
     val_fraction: float = 0.1
     window: int = 3  # enhancer stage: consecutive frames per sample
+    enhancer_min_crop_side: float = 0.0  # enhancer stage: only clips cropped from at least this many source px
     # losses
     w_l1: float = 1.0
     w_perceptual: float = 1.0
+    w_ssim: float = 0.0  # multi-scale SSIM (1 - SSIM), works without any downloaded weights
+    w_warped: float = 0.0  # full stage: L1 of the warped source too, so the warp keeps doing the moving
     perceptual_weights: str = ""  # local VGG19 weights (.safetensors or .pth); empty = perceptual loss off
     w_gan: float = 0.1
     w_feature_matching: float = 1.0
@@ -63,6 +70,8 @@ class TrainConfig:
         if self.stage not in STAGES:
             raise InputFileError(f"Unknown training stage '{self.stage}'; choose one of {', '.join(STAGES)}.")
         self.betas = tuple(self.betas)  # TOML gives lists
+        if self.amp_dtype not in ("fp16", "bf16"):
+            raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":

@@ -167,6 +167,9 @@ class PreparedDataset(Dataset):
         augment: random horizontal flip (landmarks mirrored and re-indexed) and
             brightness/contrast, the same for every image of a sample; never applied to
             ``split="val"``.
+        min_crop_side: use only clips whose crop spans at least this many source pixels
+            (the enhancer learns detail only from video sharper than its 256 input; a
+            512 crop of a 256 px video is an upsampled copy).
 
     Items (all tensors):
 
@@ -183,7 +186,7 @@ class PreparedDataset(Dataset):
 
     def __init__(self, root: str | Path, size: int = 256, split: str = "train", val_fraction: float = 0.1,
                  mode: str = "pairs", window: int = 3, samples_per_clip: int = 64, seed: int = 0,
-                 augment: bool = True):
+                 augment: bool = True, min_crop_side: float = 0.0):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', not {split!r}")
         if mode not in ("pairs", "window"):
@@ -220,6 +223,11 @@ class PreparedDataset(Dataset):
                                      f"in '{folder}'; run `avatar-app prepare` again into '{self.root}' to redo it.")
         self._train_keys, self._val_keys = split_clips(list(entries.values()), self.val_fraction)
         keys = {"train": self._train_keys, "val": self._val_keys, "all": sorted(entries)}[split]
+        if min_crop_side > 0:
+            keys = [k for k in keys if _crop_side(self.root / "clips" / k) >= min_crop_side]
+            if not keys:
+                raise InputFileError(f"No {split} clip of '{self.root}' was cropped from at least {min_crop_side:g} source "
+                                     "pixels across; the enhancer needs video sharper than its 256 input.")
         self._entries = entries
         self._clips = [self._load_clip(entries[k]) for k in keys]
 
@@ -375,6 +383,14 @@ class PreparedDataset(Dataset):
             "valid": torch.from_numpy(clip.valid[idx].copy()),
             "frame_indices": torch.from_numpy(idx.astype(np.int64)),
         }
+
+
+def _crop_side(folder: Path) -> float:
+    """Side of a clip's crop in source-video pixels (0 when its meta.json says nothing)."""
+    try:
+        return float(json.loads((folder / "meta.json").read_text(encoding="utf-8"))["crop"]["side"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def collate(batch: list[dict]) -> dict:

@@ -6,7 +6,9 @@ prepared landmarks — same person, same crop, so they are used directly as targ
 and the **ground truth** is that later frame's crop. Each animator animates the
 source with those targets and is scored against the ground truth:
 
-* PSNR (dB), SSIM (grey, 11×11 Gaussian window) and L1 (0..1) per frame;
+* PSNR (dB), SSIM (grey, 11×11 Gaussian window) and L1 (0..1) per frame, over the
+  crop pixels that lie inside the clip's video frame (tight face crops reach past the
+  frame edge, where the replicated border is neither truth nor anyone's output);
 * landmark follow error: the output re-detected with mediapipe (still-image mode)
   against the driving landmarks, in % of the inter-ocular distance; frames where no
   face is re-detected are counted and left out;
@@ -39,7 +41,8 @@ import numpy as np
 
 from ..errors import InputFileError, OutputError
 from .clipio import BASE_SIZE as CROP
-from .clipio import embed_identity, frame_name, identity_encoder, read_image_file
+from .clipio import embed_identity, identity_encoder
+from .eval_clips import EvalClip, load_clip
 from .report import finite_or_none, format_table, jsonable, write_evaluation
 
 VAL_FRACTION = 0.1  # as TrainConfig.val_fraction's default
@@ -47,54 +50,6 @@ IDENTITY_SAMPLES = 4  # outputs per clip and animator that get a dlib embedding
 SHEET_CLIPS = 2  # clips shown in the contact sheet
 
 METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "identity_distance", "jitter", "ms_per_frame")
-
-
-# -- reading the clips -----------------------------------------------------------------------------
-@dataclass
-class _Clip:
-    key: str
-    identity: str
-    folder: Path
-    landmarks: np.ndarray  # (N, 478, 3) float32, 256-crop px
-    valid: np.ndarray  # (N,) bool
-    embedding: np.ndarray | None  # identity.npy
-
-    def image(self, index: int) -> np.ndarray:
-        path = self.folder / str(CROP) / frame_name(index)
-        img = read_image_file(path)
-        if img is None:
-            raise InputFileError(f"Frame '{path}' is missing or unreadable; prepare clip '{self.key}' again.")
-        if img.shape[:2] != (CROP, CROP):
-            raise InputFileError(f"Frame '{path}' is {img.shape[1]}x{img.shape[0]}, not {CROP}x{CROP}; "
-                                 f"prepare clip '{self.key}' again.")
-        return img
-
-
-def _load_clip(data: Path, entry: dict) -> tuple[_Clip | None, str]:
-    """The clip, or ``None`` and why it cannot be used."""
-    key = str(entry["key"])
-    folder = data / "clips" / key
-    if not (folder / "meta.json").is_file():
-        return None, "not completely prepared (no meta.json)"
-    try:
-        landmarks = np.load(folder / "landmarks.npy", allow_pickle=False)
-        valid = np.load(folder / "valid.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        return None, f"landmarks.npy or valid.npy unreadable ({exc})"
-    if landmarks.ndim != 3 or landmarks.shape[1:] != (478, 3) or valid.shape != (landmarks.shape[0],):
-        return None, f"landmarks {landmarks.shape} and valid {valid.shape} do not match the format"
-    if not (folder / str(CROP)).is_dir():
-        return None, f"no {CROP} crops"
-    valid = valid.astype(bool) & np.isfinite(landmarks).all(axis=(1, 2))
-    if int(valid.sum()) < 2:
-        return None, "fewer than 2 frames with a face"
-    embedding = None
-    if (folder / "identity.npy").is_file():
-        try:
-            embedding = np.load(folder / "identity.npy", allow_pickle=False).astype(np.float32).reshape(-1)
-        except (OSError, ValueError):
-            embedding = None
-    return _Clip(key, str(entry.get("identity") or key), folder, landmarks.astype(np.float32), valid, embedding), ""
 
 
 # -- animators ----------------------------------------------------------------------------------------
@@ -125,6 +80,7 @@ class _Context:
     device: str
     include_geometric: bool
     notes: list[str] = field(default_factory=list)
+    spread: bool = False  # driving frames spread over the whole clip instead of the ones after the source
 
 
 def _mean(values) -> float | None:
@@ -145,7 +101,7 @@ def _identity_distance(ctx: _Context, src_emb, images, points, picks) -> float |
     return _mean(dists)
 
 
-def _score(ctx: _Context, outputs, gt, targets, src_emb, picks, times: list[float]) -> dict:
+def _score(ctx: _Context, outputs, gt, targets, src_emb, picks, times: list[float], mask=None) -> dict:
     from .metrics import l1, landmark_follow_error, psnr, ssim, temporal_jitter
 
     errors, missed = [], 0
@@ -156,19 +112,19 @@ def _score(ctx: _Context, outputs, gt, targets, src_emb, picks, times: list[floa
         else:
             missed += 1
     return {
-        "psnr": _mean(psnr(o, g) for o, g in zip(outputs, gt)),
-        "ssim": _mean(ssim(o, g) for o, g in zip(outputs, gt)),
-        "l1": _mean(l1(o, g) for o, g in zip(outputs, gt)),
+        "psnr": _mean(psnr(o, g, mask) for o, g in zip(outputs, gt)),
+        "ssim": _mean(ssim(o, g, mask) for o, g in zip(outputs, gt)),
+        "l1": _mean(l1(o, g, mask) for o, g in zip(outputs, gt)),
         "landmark_error": _mean(errors),
         "faces_missed": missed,
         "frames": len(outputs),
         "identity_distance": _identity_distance(ctx, src_emb, outputs, targets, picks),
-        "jitter": finite_or_none(temporal_jitter(outputs, gt)),
+        "jitter": None if ctx.spread else finite_or_none(temporal_jitter(outputs, gt)),
         "ms_per_frame": float(np.median(times)) * 1e3,  # median: the first call warms caches up
     }
 
 
-def _evaluate_clip(ctx: _Context, clip: _Clip, frames: int) -> tuple[dict, dict]:
+def _evaluate_clip(ctx: _Context, clip: EvalClip, frames: int) -> tuple[dict, dict]:
     """Metrics of every animator on one clip, and the images kept for the contact sheet."""
     from ..runtime.animator import GeometricAnimator
     from ..runtime.neural_animator import NeuralAnimator
@@ -177,7 +133,11 @@ def _evaluate_clip(ctx: _Context, clip: _Clip, frames: int) -> tuple[dict, dict]
 
     valid_idx = np.flatnonzero(clip.valid)
     src_i = int(valid_idx[0])
-    drive = [int(i) for i in valid_idx[1:frames + 1]]
+    if ctx.spread:  # the whole clip's range of motion, not its first second
+        picks_idx = np.unique(np.linspace(1, len(valid_idx) - 1, min(frames, len(valid_idx) - 1)).round().astype(int))
+        drive = [int(valid_idx[i]) for i in picks_idx]
+    else:
+        drive = [int(i) for i in valid_idx[1:frames + 1]]
     src_img = clip.image(src_i)
     source = _source_portrait(src_img, clip.landmarks[src_i])
     gt = [clip.image(i) for i in drive]
@@ -217,7 +177,7 @@ def _evaluate_clip(ctx: _Context, clip: _Clip, frames: int) -> tuple[dict, dict]
             t0 = time.perf_counter()
             outputs.append(anim.animate(Landmarks(t, (CROP, CROP))))
             times.append(time.perf_counter() - t0)
-        result["animators"][anim.name] = _score(ctx, outputs, gt, targets, src_emb, picks, times)
+        result["animators"][anim.name] = _score(ctx, outputs, gt, targets, src_emb, picks, times, clip.mask)
         if anim.name != "static":
             images[anim.name] = outputs
     return result, images
@@ -242,7 +202,7 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
 # -- entry points ---------------------------------------------------------------------------------------------
 def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "lite", device: str = "cpu",
              clips: int = 4, frames: int = 32, split: str = "val", include_geometric: bool = True,
-             progress: bool = True, val_fraction: float = VAL_FRACTION) -> dict:
+             progress: bool = True, val_fraction: float = VAL_FRACTION, spread: bool = False) -> dict:
     """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
 
     ``split="val"`` takes the validation clips exactly as training splits them
@@ -265,6 +225,9 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         include_geometric: also evaluate the geometric animator.
         progress: show a progress bar over clips.
         val_fraction: share of identities held out for validation (as in training).
+        spread: drive with ``frames`` frames spread evenly over each whole clip (its full range
+            of motion) instead of the ``frames`` frames that follow the source; jitter, which
+            needs consecutive frames, is then not measured.
 
     Returns:
         The aggregate: ``{animator: {"psnr", "ssim", "l1", "landmark_error", "faces_missed",
@@ -292,7 +255,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     for key in keys:
         if len(usable) >= clips:
             break
-        clip, reason = _load_clip(data, entries[key])
+        clip, reason = load_clip(data, entries[key])
         if clip is None:
             skipped.append({"key": key, "reason": reason})
         else:
@@ -338,7 +301,9 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
 
     results, shown = [], []
     tracker = FaceTracker(max_faces=1)
-    ctx = _Context(tracker, identity, model, device, include_geometric, notes)
+    ctx = _Context(tracker, identity, model, device, include_geometric, notes, spread)
+    if spread:
+        notes.append("driving frames spread over each whole clip: temporal jitter is not measured")
     try:
         for clip in tqdm(usable, desc="evaluate", unit="clip", disable=not progress, leave=False):
             try:
@@ -363,7 +328,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
                          f"{entry['frames']} outputs; those frames are left out of the landmark error")
     metrics = jsonable({
         "settings": {"data": str(data), "weights": weights, "preset": preset, "device": device, "clips": clips,
-                     "frames": frames, "split": split, "val_fraction": val_fraction,
+                     "frames": frames, "split": split, "val_fraction": val_fraction, "spread": spread,
                      "include_geometric": include_geometric, "neural": neural_desc,
                      "identity_samples": IDENTITY_SAMPLES},
         "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
@@ -400,6 +365,11 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive_int, default=32, help="most driven frames per clip (default 32)")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val: held-out identities, as training splits them (default); all: every clip")
+    p.add_argument("--spread", action="store_true",
+                   help="drive with frames spread over each whole clip (its full range of motion) instead of the "
+                        "frames right after the source")
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
+                   help=f"share of people held out, as in training (default {VAL_FRACTION}; configs/real-*.toml: 0.15)")
     p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default: PREPARED/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -409,7 +379,8 @@ def run_evaluate(args) -> int:
     """Run ``avatar-app evaluate``: print the table and where the files are."""
     out = Path(args.out) if args.out else Path(args.data) / "eval"
     aggregate = evaluate(Path(args.data), out, weights=args.weights, preset=args.preset, device=args.device,
-                         clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress)
+                         clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress,
+                         val_fraction=args.val_fraction, spread=args.spread)
     labels = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["labels"]
     print(format_table(aggregate, labels))
     print(f"\nwrote {out / 'report.md'}, {out / 'metrics.json'} and {out / 'contact_sheet.jpg'}")

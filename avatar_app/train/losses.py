@@ -1,4 +1,4 @@
-"""Training losses: pixel pyramid, perceptual (VGG19, local weights only), GAN, regions, temporal.
+"""Training losses: pixel pyramid, multi-scale SSIM, perceptual (VGG19, local weights only), GAN, regions, temporal.
 
 Images are ``(B, 3, H, W)`` in [0, 1].  Nothing here downloads anything: the
 perceptual loss reads VGG19 weights from a local file named in the config and,
@@ -17,21 +17,79 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def pyramid_l1(output: torch.Tensor, target: torch.Tensor, scales: int = 4) -> torch.Tensor:
-    """Mean L1 over an image pyramid (full, 1/2, 1/4, ...)."""
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x (B, C, H, W)`` over the pixels where ``mask (B, 1, H, W)`` is 1 (all when None)."""
+    if mask is None:
+        return x.mean()
+    return (x * mask).sum() / (mask.sum() * x.shape[1]).clamp(min=1.0)
+
+
+def pyramid_l1(output: torch.Tensor, target: torch.Tensor, scales: int = 4,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 over an image pyramid (full, 1/2, 1/4, ...), inside ``mask (B, 1, H, W)`` if given
+    (pixels a crop took from outside its video frame carry no information)."""
     total = output.new_zeros(())
     for i in range(scales):
         if i:
             output, target = F.avg_pool2d(output, 2), F.avg_pool2d(target, 2)
-        total = total + (output - target).abs().mean()
+            mask = (F.avg_pool2d(mask, 2) > 0.999).to(mask.dtype) if mask is not None else None
+        total = total + _masked_mean((output - target).abs(), mask)
     return total / scales
 
 
-def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = 7) -> torch.Tensor:
-    """L1 inside a (dilated) region mask ``(B, 1, H, W)``, normalised by each sample's region
-    area, then averaged over the batch (so it splits across data-parallel ranks exactly)."""
+def _gauss_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11) -> torch.Tensor:
+    """Per-pixel SSIM ``(B, C, H, W)`` of images in [0, 1] (Gaussian window, sigma 1.5,
+    reflect-padded so the map keeps the image size)."""
+    c = x.shape[1]
+    g = _gauss_window(window, device=x.device).to(x.dtype)
+    kx, ky = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    pad = window // 2
+
+    def blur(t):
+        t = F.pad(t, (pad, pad, pad, pad), mode="reflect")
+        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
+def ms_ssim_loss(output: torch.Tensor, target: torch.Tensor, scales: int = 3,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 − SSIM`` averaged over ``scales`` resolutions (full, 1/2, 1/4), inside ``mask``.
+
+    Always float32, autocast or not: its local variances are differences of near-equal
+    squares, which half precision cannot resolve (a bf16 SSIM drove training off a cliff
+    within 200 steps).
+    """
+    with torch.autocast(output.device.type, enabled=False):
+        output, target = output.float(), target.float()
+        mask = mask.float() if mask is not None else None
+        total = output.new_zeros(())
+        for i in range(scales):
+            if i:
+                output, target = F.avg_pool2d(output, 2), F.avg_pool2d(target, 2)
+                mask = (F.avg_pool2d(mask, 2) > 0.999).float() if mask is not None else None
+            total = total + 1.0 - _masked_mean(ssim_map(output, target), mask)
+        return total / scales
+
+
+def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = 7,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 inside a (dilated) region mask ``(B, 1, H, W)`` (and inside ``valid``, if given),
+    normalised by each sample's region area, then averaged over the batch (so it splits
+    across data-parallel ranks exactly)."""
     if grow > 1:
         mask = F.max_pool2d(mask, grow, stride=1, padding=grow // 2)
+    if valid is not None:
+        mask = mask * valid
     area = mask.flatten(1).sum(1).clamp(min=1.0)
     per_sample = ((output - target).abs() * mask).flatten(1).sum(1) / (area * output.shape[1])
     return per_sample.mean()

@@ -52,20 +52,33 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return img.astype(np.float64)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB for 8-bit images (peak 255), over all channels.
+def _region_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
+    """Mean of ``values (H, W[, C])`` over the pixels where ``mask (H, W)`` is non-zero (all when None)."""
+    if mask is None:
+        return float(np.mean(values))
+    m = np.asarray(mask).astype(bool)
+    if m.shape != values.shape[:2]:
+        raise ValueError(f"mask {m.shape} does not match the image {values.shape[:2]}")
+    if not m.any():
+        raise ValueError("the mask selects no pixel")
+    return float(np.mean(values[m]))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for 8-bit images (peak 255), over all channels
+    (and only the pixels where ``mask (H, W)`` is non-zero, if given).
 
     ``10 · log10(255² / MSE)``; identical images (MSE 0) and anything above score
     :data:`PSNR_CAP_DB` (100 dB), so the value is always finite.
     """
     a, b = _pair(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    mse = _region_mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, mask)
     if mse <= 0.0:
         return PSNR_CAP_DB
     return float(min(PSNR_CAP_DB, 10.0 * math.log10(_PEAK * _PEAK / mse)))
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
+def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Structural similarity (Wang et al. 2004) of the grey levels, -1..1 (1 = identical).
 
     Colour images are converted to grey (OpenCV's BT.601 weights) first. Local
@@ -74,7 +87,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     The SSIM map is averaged without its 5-px border, where the window would reach
     outside the image — the same convention as
     ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=255)``.
+    use_sample_covariance=False, data_range=255)``. With ``mask (H, W)`` the map is
+    averaged over the masked pixels only.
     """
     a, b = _pair(a, b)
     x, y = _grey(a), _grey(b)
@@ -93,13 +107,15 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     pad = _SSIM_WINDOW[0] // 2
     if smap.shape[0] > 2 * pad and smap.shape[1] > 2 * pad:
         smap = smap[pad:-pad, pad:-pad]
-    return float(smap.mean())
+        mask = None if mask is None else np.asarray(mask)[pad:-pad, pad:-pad]
+    return _region_mean(smap, mask)
 
 
-def l1(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference over all pixels and channels, in [0, 1] (255 grey levels = 1)."""
+def l1(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute difference over all pixels (where ``mask`` is non-zero) and channels, in
+    [0, 1] (255 grey levels = 1)."""
     a, b = _pair(a, b)
-    return float(np.mean(np.abs(a.astype(np.float64) - b.astype(np.float64))) / _PEAK)
+    return _region_mean(np.abs(a.astype(np.float64) - b.astype(np.float64)), mask) / _PEAK
 
 
 def _points(p) -> np.ndarray:

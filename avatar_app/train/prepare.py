@@ -35,7 +35,9 @@ from ..errors import AvatarError, InputFileError, NoFaceError
 from ..face.align import CropBox, face_crop_box, transform_points, warp_to_crop
 from ..types import NUM_LANDMARKS, Frame
 from .clipio import (BASE_SIZE, FORMAT, SIZES, VERSION, ClipWriter, PrepareReport, check_sizes, clip_meta, close_run,
-                     complete_meta, embed_identity, frame_name, open_run, points_for_size, read_image_file, size_affine)
+                     complete_meta, embed_identity, frame_name, open_run, points_for_size, read_image_file, set_identity,
+                     size_affine)
+from .people import person_of, read_people
 from .synthetic import generate_synthetic_dataset
 
 # the format helpers live in .clipio; avatar_app.train.data imports them from here
@@ -63,13 +65,15 @@ class ClipJob:
 
 
 
-def discover_clips(src: str | Path, exclude: str | Path | None = None) -> list[ClipJob]:
+def discover_clips(src: str | Path, exclude: str | Path | None = None,
+                   people: dict[str, str] | None = None) -> list[ClipJob]:
     """Videos and frame folders below ``src`` (or ``src`` itself, a video), sorted by key.
 
     A frame folder is any folder with ``.jpg``/``.png`` files (one clip, frames in name
-    order).  Identity = the first folder level below ``src``; a video or frame folder
-    directly in ``src`` is its own identity.  Hidden entries and ``exclude`` (the output
-    folder, if it lies inside ``src``) are not searched.
+    order).  Identity = the person ``people`` (:func:`.people.read_people`) names for the
+    clip, else the first folder level below ``src``; a video or frame folder directly in
+    ``src`` is its own identity.  Hidden entries and ``exclude`` (the output folder, if it
+    lies inside ``src``) are not searched.
     """
     src = Path(src).resolve()
     excl = Path(exclude).resolve() if exclude is not None else None
@@ -105,7 +109,8 @@ def discover_clips(src: str | Path, exclude: str | Path | None = None) -> list[C
                 key, n = f"{job.key}_{n}", n + 1
             job = ClipJob(key, job.identity, job.source, job.path, job.kind)
         seen[key] = 1
-        unique.append(job)
+        person = person_of(job.source, people) if people else None
+        unique.append(job if person is None else ClipJob(job.key, person, job.source, job.path, job.kind))
     return sorted(unique, key=lambda j: j.key)
 
 
@@ -260,7 +265,8 @@ def _prepare_clip(job: ClipJob, clip_dir: Path, sizes, min_valid, min_frames, ma
 
 # -- the whole dataset ---------------------------------------------------------------------------------
 def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int = 2, min_valid: float = 0.5,
-                    min_frames: int = 8, max_frames: int | None = None, progress: bool = True) -> PrepareReport:
+                    min_frames: int = 8, max_frames: int | None = None, progress: bool = True,
+                    people: str | Path | None = None) -> PrepareReport:
     """Prepare every video and frame folder below ``src`` into ``out`` (see docs/DATASET.md).
 
     Args:
@@ -273,6 +279,8 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
         min_frames: skip a clip with fewer frames showing a face.
         max_frames: use at most this many frames of each clip.
         progress: show a progress bar over clips.
+        people: a people file (:mod:`.people`) saying who each clip shows; clips already
+            prepared take the person it names too.
 
     Clips that cannot be used (undecodable, too few faces) are skipped and listed with
     the reason in the manifest and report.md; complete clips are not prepared again.
@@ -293,7 +301,7 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
         raise InputFileError(f"The output folder must differ from the source folder '{src}'; choose a new folder "
                              "for the prepared dataset.")
     sizes = check_sizes(sizes)
-    jobs = discover_clips(src, exclude=out)
+    jobs = discover_clips(src, exclude=out, people=read_people(people) if people else None)
     if not jobs:
         raise InputFileError(
             f"'{src}' holds no videos ({' '.join(VIDEO_EXTENSIONS)}) and no folders of frame images; put one video "
@@ -301,7 +309,10 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
     report, earlier_skips, want_identity = open_run(out, synthetic=False)
     todo = []
     for job in jobs:
-        if complete_meta(out / "clips" / job.key, sizes) is not None:
+        done = complete_meta(out / "clips" / job.key, sizes)
+        if done is not None:
+            if done["identity"] != job.identity:
+                set_identity(out / "clips" / job.key, done, job.identity)
             report.clips_already_done.append(job.key)
         else:
             todo.append(job)
@@ -366,6 +377,9 @@ def add_prepare_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", choices=SIZES, default=[256],
                    help="crop sizes to write (default 256; 512 is needed for the temporal enhancer)")
     p.add_argument("--workers", type=int, default=2, help="clips prepared in parallel (default 2)")
+    p.add_argument("--people", metavar="FILE.tsv", default=None,
+                   help="who each clip shows, for a split by person when the videos are not in one folder per "
+                        "person: a tab-separated file with 'file' and 'person' columns (or person=TAG in 'notes')")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames of each clip")
     p.add_argument("--min-frames", type=int, default=8, metavar="N",
                    help="skip clips with fewer than N frames showing a face (default 8)")
@@ -389,7 +403,8 @@ def run_prepare(args) -> int:
     else:
         report = prepare_dataset(Path(args.src), Path(args.out), sizes=args.sizes, workers=args.workers,
                                  min_valid=getattr(args, "min_valid", 0.5), min_frames=getattr(args, "min_frames", 8),
-                                 max_frames=args.max_frames, progress=not args.no_progress)
+                                 max_frames=args.max_frames, progress=not args.no_progress,
+                                 people=getattr(args, "people", None))
     print(report.summary())
     for note in report.notes:
         print(f"avatar-app: note: {note}", file=sys.stderr)

@@ -33,7 +33,7 @@ from ..models.flow import AnalyticFlow, rasterize_triangles
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
 from ..runtime.animator import mouth_fill_amount
 from .config import TrainConfig
-from .losses import (PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, pyramid_l1, region_l1,
+from .losses import (PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1, region_l1,
                      temporal_l1)
 from .state import load_training_state, save_training_state
 
@@ -65,6 +65,16 @@ class FlowInputs(Dataset):
         item["driving_cond"] = torch.from_numpy(landmark_image(dp, NET_SIZE))
         item["mouth_amount"] = torch.tensor(mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), NET_SIZE))
         return item
+
+
+def masked_psnr(out: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` PSNR (dB) of images in [0, 1], over the pixels where ``mask (B, 1, H, W)`` is 1."""
+    err = (out.float().clamp(0, 1) - gt.float()) ** 2
+    if mask is None:
+        mse = err.flatten(1).mean(1)
+    else:
+        mse = (err * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) * err.shape[1]).clamp(min=1)
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
 def build_model(cfg: TrainConfig) -> PortraitModel:
@@ -105,20 +115,29 @@ class Trainer:
         trained = {"warp": [self.model.warp], "full": [self.model.warp, self.model.generator],
                    "meta": [self.model.warp, self.model.generator], "enhancer": [self.model.enhancer]}[cfg.stage]
         self.params = [p for m in trained for p in m.parameters()]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas, **fused)
         self.disc = None
         self.opt_d = None
         if cfg.stage == "full" and cfg.w_gan > 0:
             width = 64 if self.model.preset == "full" else 32
             self.disc = MultiScaleDiscriminator(3, cond_channels=6, scales=2, channels=width).to(self.device)
-            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=cfg.betas)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=cfg.betas, **fused)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.perceptual = PerceptualLoss(cfg.perceptual_weights).to(self.device)
         self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
+        self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
+        if cfg.resident and not self.resident:
+            log.warning("resident data serves the warp and full stages only; the %s stage uses the loader",
+                        cfg.stage)
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
+        if cfg.compile and self.device.type == "cuda":
+            for m in trained + ([self.disc] if self.disc is not None else []):
+                m.compile()
         self._writer = None
         if self.rank == 0 and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,10 +147,15 @@ class Trainer:
     def _dataset(self, data, split: str) -> Dataset:
         from .data import PreparedDataset
 
+        if self.resident:
+            from .resident import ResidentPairs
+
+            return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train")
+
         mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
         ds = PreparedDataset(data, size=NET_SIZE, split=split, val_fraction=self.cfg.val_fraction, mode=mode,
                              window=self.cfg.window, samples_per_clip=self.cfg.samples_per_clip, seed=self.cfg.seed,
-                             augment=split == "train")
+                             augment=split == "train", min_crop_side=self.cfg.enhancer_min_crop_side * (mode == "window"))
         return FlowInputs(ds) if mode == "pairs" else ds
 
     def _loader(self, epoch: int) -> DataLoader:
@@ -145,6 +169,10 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return max(1, (len(self.train_set) // self.world) // self.cfg.batch_size)
 
+    def _resident_batch(self, step: int) -> dict:
+        """Step ``step``'s batch of this rank, drawn on the device (a pure function of seed, rank, step)."""
+        return self.train_set.batch(self.cfg.batch_size, np.random.default_rng((self.cfg.seed, self.rank, step)))
+
     # -- one step ---------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -157,27 +185,34 @@ class Trainer:
         src = model.encode_source(b["source"], b["source_cond"], b["identity"])
         return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
 
-    def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None) -> dict:
+    def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None,
+                      mask: torch.Tensor | None = None) -> dict:
+        """``mask (B, 1, H, W)``: where the ground truth is real (None: everywhere)."""
         c = self.cfg
-        parts = {"l1": c.w_l1 * pyramid_l1(out, gt)}
+        parts = {"l1": c.w_l1 * pyramid_l1(out, gt, mask=mask)}
+        if c.w_ssim:
+            parts["ssim"] = c.w_ssim * ms_ssim_loss(out, gt, mask=mask)
         if self.perceptual.active and c.w_perceptual:
             parts["perceptual"] = c.w_perceptual * self.perceptual(out, gt)
         if cond is not None:
-            parts["eyes"] = c.w_eyes * region_l1(out, gt, cond[:, 3:4])
-            parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5])
+            parts["eyes"] = c.w_eyes * region_l1(out, gt, cond[:, 3:4], valid=mask)
+            parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5], valid=mask)
         return parts
 
     def compute_losses(self, batch: dict, model: PortraitModel | None = None) -> tuple[torch.Tensor, dict]:
         """Generator-side loss of a batch (no optimizer step), for ``model`` (default: the trained one)."""
         model = model if model is not None else self.model
         b = self._to_device(batch)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             if self.cfg.stage == "enhancer":
                 parts = self._enhancer_losses(b)
             else:
                 out = self._frame(model, b)
                 image = out["warped"] if self.cfg.stage == "warp" else out["image"]
-                parts = self._image_losses(image, b["driving"], b["driving_cond"])
+                mask = b.get("mask")
+                parts = self._image_losses(image, b["driving"], b["driving_cond"], mask)
+                if self.cfg.stage != "warp" and self.cfg.w_warped:
+                    parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.disc is not None:
                     fake = self.disc(image, b["driving_cond"])
                     with torch.no_grad():
@@ -244,7 +279,7 @@ class Trainer:
     def _disc_step(self) -> torch.Tensor:
         b = self._last_batch
         self.opt_d.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             loss = gan_d_loss(self.disc(b["driving"], b["driving_cond"]), self.disc(self._last_fake, b["driving_cond"]),
                               self.cfg.gan)
         self.scaler.scale(loss).backward()
@@ -268,6 +303,11 @@ class Trainer:
         bar = tqdm(total=target, initial=self.step, unit="step", desc=f"train {self.cfg.stage}",
                    disable=not progress or self.rank != 0)
         t0, done0 = time.perf_counter(), self.step
+        while self.resident and self.step < target:
+            losses = self.train_step(self._resident_batch(self.step))
+            self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size)
+            if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
+                target = self._fit_budget(t0, done0, bar)
         while self.step < target:
             epoch, skip = divmod(self.step, spe)
             for i, batch in enumerate(self._loader(epoch)):
@@ -275,17 +315,41 @@ class Trainer:
                     continue  # resuming mid-epoch: the same batches, in the same order
                 losses = self.train_step(batch)
                 self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size)
+                if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
+                    target = self._fit_budget(t0, done0, bar)
                 if self.step >= target:
                     break
         bar.close()
         self.save()
 
+    def _fit_budget(self, t0: float, done0: int, bar) -> int:
+        """Set ``cfg.steps`` so that the run ends within ``time_budget_s`` of ``t0``, timed over the steps
+        after the first 10 (compilation); the learning-rate schedule follows from here on."""
+        if not hasattr(self, "_t10"):
+            return self.cfg.steps
+        per_step = (time.perf_counter() - self._t10) / (self.step - done0 - 10)
+        left = self.cfg.time_budget_s - (time.perf_counter() - t0)
+        self.cfg.steps = max(self.step + 1, self.step + int(0.97 * left / per_step))
+        bar.total = self.cfg.steps
+        log.info("time budget %.0f s: %.3f s/step, training to step %d", self.cfg.time_budget_s, per_step,
+                 self.cfg.steps)
+        if self.rank == 0 and self.run_dir is not None:
+            self.cfg.save(self.run_dir / "config.toml")
+        return self.cfg.steps
+
     def _bookkeeping(self, losses: dict, bar, t0: float, done0: int, samples_per_step: int) -> None:
         """Progress, logging, validation and checkpoints after a step."""
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total']:.4f}")
+        if self.step - done0 == 10:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._t10 = time.perf_counter()
         if self.rank == 0 and self.step % self.cfg.log_every == 0:
             rate = (self.step - done0) * samples_per_step * self.world / (time.perf_counter() - t0)
+            if hasattr(self, "_t10") and self.step - done0 > 10:  # after compilation and warm-up
+                self.samples_per_s = (self.step - done0 - 10) * samples_per_step * self.world / (
+                    time.perf_counter() - self._t10)
             self._log({**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": rate,
                        "train/lr": self.opt.param_groups[0]["lr"]})
         if self.val_set is not None and self.step % self.cfg.val_every == 0:
@@ -293,15 +357,30 @@ class Trainer:
         if self.step % self.cfg.ckpt_every == 0:
             self.save()
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """L1 and PSNR of the EMA model on the first ``val_batches`` validation batches."""
+    def _val_batches(self):
+        """The first ``val_batches`` validation batches, on the device (the same ones every time)."""
+        if self.resident:
+            rng = np.random.default_rng((self.cfg.seed, 1))  # val: no augmentation, fixed draws
+            for _ in range(self.cfg.val_batches):
+                yield self.val_set.batch(self.cfg.batch_size, rng)
+            return
         loader = DataLoader(self.val_set, batch_size=self.cfg.batch_size, shuffle=False, num_workers=0)
-        l1s, psnrs = [], []
         for i, batch in enumerate(loader):
             if i >= self.cfg.val_batches:
                 break
-            b = self._to_device(batch)
+            yield self._to_device(batch)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """L1 and PSNR of the EMA model on the first ``val_batches`` validation batches, inside
+        each frame's ``mask`` where the batch has one; pairs stages also report
+        ``psnr_geometric``, the analytic warp (what users get without weights) on the same pairs."""
+        l1s, psnrs, geo = [], [], []
+        if self.cfg.stage != "enhancer" and getattr(self, "_geometric", None) is None:
+            with torch.random.fork_rng(devices=[]):  # training's random stream stays as it was (exact resume)
+                self._geometric = PortraitModel(config=self.model.config).to(self.device).eval()  # zero residual
+        for b in self._val_batches():
+            mask = b.get("mask")
             if self.cfg.stage == "enhancer":
                 first = b["frames_256"][:, 0]
                 base = F.interpolate(first, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -311,10 +390,15 @@ class Trainer:
                 res = self._frame(self.ema, b)
                 out = res["warped"] if self.cfg.stage == "warp" else res["image"]
                 gt = b["driving"]
-            mse = ((out.clamp(0, 1) - gt) ** 2).flatten(1).mean(1)
-            psnrs += (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).tolist()
-            l1s.append(float((out - gt).abs().mean()))
-        return {"l1": float(np.mean(l1s)) if l1s else float("nan"), "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
+                geo += masked_psnr(self._frame(self._geometric, b)["warped"], gt, mask).tolist()
+            psnrs += masked_psnr(out, gt, mask).tolist()
+            m = mask if mask is not None else torch.ones_like(gt[:, :1])
+            l1s.append(float(((out - gt).abs() * m).sum() / (m.sum() * 3).clamp(min=1)))
+        result = {"l1": float(np.mean(l1s)) if l1s else float("nan"),
+                  "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
+        if geo:
+            result["psnr_geometric"] = float(np.mean(geo))
+        return result
 
     def _log(self, values: dict) -> None:
         if self.rank != 0 or self.run_dir is None:
@@ -341,6 +425,8 @@ class Trainer:
         if self.rank != 0 or self.run_dir is None:
             return
         save_checkpoint(self.ema, self.run_dir / "model.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
+        save_checkpoint(self.ema, self.run_dir / "model_fp16.safetensors", {"step": str(self.step),
+                                                                            "stage": self.cfg.stage}, torch.float16)
         save_checkpoint(self.model, self.run_dir / "raw.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
         modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
         optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})

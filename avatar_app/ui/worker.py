@@ -167,8 +167,10 @@ class LiveController(QObject):
         emit_safely(self.source_ready, portrait)
         animator = make_animator(cfg, portrait, profile)
         if animator is not None and profile is None and not c.weights:
-            emit_safely(self.message, f"No neural weights chosen (File → Neural weights…): running the untrained "
-                                      f"{c.preset} model, which looks like the geometric avatar.")
+            emit_safely(self.message, f"Neural weights: the shipped {c.preset} model, trained on real faces."
+                        if getattr(animator, "trained", False) else
+                        f"No neural weights installed or chosen (File → Neural weights…): running the untrained "
+                        f"{c.preset} model, which looks like the geometric avatar.")
         chain = getattr(animator, "chain", None)  # the engines' backend chain says what `auto` chose, and why
         if chain is not None:
             emit_safely(self.message, f"Neural networks on {chain.choice.explain()}: {chain.device}.")
@@ -260,8 +262,10 @@ def make_animator(cfg: LiveConfig, portrait: SourcePortrait, profile=None):
         return None
     from ..runtime.neural_animator import NeuralAnimator
 
-    weights = str(profile.weights_path) if profile is not None else c.weights
-    return NeuralAnimator(portrait, weights=weights, preset=c.preset, backend=c.backend)
+    from ..models.shipped import shipped_weights
+
+    weights = str(profile.weights_path) if profile is not None else (c.weights or shipped_weights(c.preset))
+    return NeuralAnimator(portrait, weights=weights and str(weights), preset=c.preset, backend=c.backend)
 
 
 def open_driver(cfg: LiveConfig) -> tuple[FrameSource, bool]:

@@ -1,0 +1,304 @@
+"""Self-reenactment pairs drawn on the GPU from a prepared dataset held in device memory.
+
+The loader path (:class:`~.data.PreparedDataset` + ``FlowInputs`` in DataLoader workers)
+decodes JPEGs and rasterises the landmark images and triangle maps on the CPU for every
+sample, so a GPU waits on it (about 100 samples/s).  Here everything a pair needs is
+computed once and kept on the device:
+
+* every 256 crop as ``uint8`` ``(N, 3, 256, 256)`` (the corpus of 23k frames is 4.6 GB);
+* every frame's landmark image (``uint8``, the exact OpenCV rasterisation inference uses)
+  and triangle-id map (``int16``), for the frame and for its mirror image (flip
+  augmentation with mirrored landmark indices), made once by a process pool;
+* landmarks, mouth openings, identity embeddings, and per clip the mask of crop pixels
+  that lie inside the source video's frame (tight face crops reach past the frame edge,
+  where :func:`~avatar_app.face.align.warp_to_crop` replicates the border: losses and
+  metrics ignore those pixels).
+
+A batch is then a handful of gathers: a person is drawn uniformly (so people with many
+clips do not dominate), a clip of theirs, two frames with a face; on the training split
+a flip, a colour change shared by the pair, and a small scale/shift/rotation per image
+(landmarks, landmark images, triangle maps and masks follow it).  Batch keys match
+``trainer.FlowInputs`` plus ``mask (B, 1, S, S)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputFileError
+from ..face.mesh import mouth_opening, topology
+from ..models.conditioning import COND_CHANNELS, landmark_image
+from ..models.flow import rasterize_triangles
+from ..models.identity import IDENTITY_DIM
+from ..runtime.animator import mouth_fill_amount
+from .clipio import BASE_SIZE, clip_frame_mask, frame_name, read_image_file
+from .data import read_manifest, split_clips
+
+log = logging.getLogger(__name__)
+
+S = BASE_SIZE
+
+
+def mirror_points(points: np.ndarray, size: int = S) -> np.ndarray:
+    """Landmarks of the horizontally flipped crop: x mirrored, left/right indices swapped."""
+    out = np.array(points, np.float32, copy=True)
+    out[..., 0] = size - 1 - out[..., 0]
+    return out[..., topology().mirror, :]
+
+
+def _render_clip(args) -> None:
+    """Worker: landmark images and triangle maps of frames ``[lo, hi)`` (and their mirrors) into
+    the shared memmaps."""
+    cond_path, tri_path, total, lo, points = args
+    cond = np.memmap(cond_path, np.uint8, "r+", shape=(2, total, COND_CHANNELS, S, S))
+    tri = np.memmap(tri_path, np.int16, "r+", shape=(2, total, S, S))
+    triangles = topology().triangles
+    for m, pts in enumerate((points, mirror_points(points))):
+        for i, p in enumerate(pts):
+            cond[m, lo + i] = np.rint(landmark_image(p, S) * 255.0).astype(np.uint8)
+            tri[m, lo + i] = rasterize_triangles(p, triangles, S).astype(np.int16)
+    cond.flush()
+    tri.flush()
+
+
+class ResidentPairs:
+    """A split of a prepared dataset on one device, drawing pairs as whole batches.
+
+    Args:
+        root: the prepared dataset (``avatar-app prepare``).
+        split: ``"train"``, ``"val"`` or ``"all"`` (:data:`~.data.SPLIT_RULE`).
+        val_fraction: share of people held out.
+        device: where the tensors live.
+        augment: flip, colour and small geometric jitter (never on ``"val"``).
+        workers: processes for the one-off rasterisation (default: all cores).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", val_fraction: float = 0.1, device="cuda",
+                 augment: bool = True, workers: int | None = None):
+        t0 = time.perf_counter()
+        self.root = Path(root)
+        self.device = torch.device(device)
+        self.split = split
+        self.augment = augment and split != "val"
+        manifest = read_manifest(self.root)
+        entries = {str(e["key"]): e for e in manifest["clips"]}
+        train, val = split_clips(list(entries.values()), val_fraction)
+        keys = {"train": train, "val": val, "all": sorted(entries)}[split]
+        if not keys:
+            raise InputFileError(f"The {split} split of '{self.root}' holds no clips; use more people or another "
+                                 "val_fraction.")
+        clips, starts, n = [], [], 0
+        for key in keys:
+            folder = self.root / "clips" / key
+            meta = json.loads((folder / "meta.json").read_text())
+            valid = np.load(folder / "valid.npy").astype(bool)
+            emb = folder / "identity.npy"
+            clips.append({"key": key, "identity": str(entries[key].get("identity") or key), "folder": folder,
+                          "meta": meta, "valid": valid, "frames": len(valid),
+                          "embedding": np.load(emb).astype(np.float32).reshape(IDENTITY_DIM) if emb.is_file() else None})
+            starts.append(n)
+            n += len(valid)
+        self.clips, self.total = clips, n
+        self.people = sorted({c["identity"] for c in clips})
+        missing = [c["key"] for c in clips if c["embedding"] is None]
+        if missing:
+            log.warning("%d of %d clips have no identity embedding (dlib was missing when they were prepared); "
+                        "they train with a zero identity: %s", len(missing), len(clips), ", ".join(missing[:5]))
+        points = np.concatenate([np.load(c["folder"] / "landmarks.npy").astype(np.float32) for c in clips])
+        images = self._read_images(clips, n)
+        cond, tri = self._render(points, starts, workers)
+        dev = self.device
+        self.images = torch.from_numpy(images).to(dev)  # (N, 3, S, S) uint8 RGB
+        self.cond = cond  # (2, N, 6, S, S) uint8; [1] = mirrored
+        self.tri = tri  # (2, N, S, S) int16
+        self.points = torch.from_numpy(np.stack([points, mirror_points(points)])).to(dev)  # (2, N, 478, 3)
+        self.opening = np.array([mouth_opening(p) for p in points], np.float64)
+        full = np.ones((S, S), np.uint8)
+        self.masks = torch.from_numpy(np.stack([m if (m := clip_frame_mask(c["meta"], S)) is not None else full
+                                                for c in clips])).to(dev)  # (C, S, S) uint8
+        self.identity = torch.from_numpy(np.stack([c["embedding"] if c["embedding"] is not None
+                                                   else np.zeros(IDENTITY_DIM, np.float32) for c in clips])).to(dev)
+        self.has_identity = torch.tensor([c["embedding"] is not None for c in clips], device=dev)
+        self._valid = [s + np.flatnonzero(c["valid"]) if c["valid"].any() else s + np.arange(c["frames"])
+                       for s, c in zip(starts, clips)]
+        self._clips_of = [np.array([i for i, c in enumerate(clips) if c["identity"] == p]) for p in self.people]
+        log.info("resident %s split: %d people, %d clips, %d frames on %s in %.1f s", split, len(self.people),
+                 len(clips), n, dev, time.perf_counter() - t0)
+
+    def __len__(self) -> int:
+        return self.total
+
+    # -- one-off loading ----------------------------------------------------------------------------
+    @staticmethod
+    def _read_images(clips: list[dict], n: int) -> np.ndarray:
+        images = np.empty((n, 3, S, S), np.uint8)
+        jobs, i = [], 0
+        for c in clips:
+            for f in range(c["frames"]):
+                jobs.append((i, c["folder"] / str(S) / frame_name(f)))
+                i += 1
+
+        def read(job):
+            k, path = job
+            image = read_image_file(path)
+            if image is None or image.shape[:2] != (S, S):
+                raise InputFileError(f"Frame '{path}' of the prepared dataset is missing or damaged; delete its clip "
+                                     "folder and run `avatar-app prepare` again to redo it.")
+            images[k] = image[:, :, ::-1].transpose(2, 0, 1)
+
+        with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:  # imdecode releases the GIL
+            list(pool.map(read, jobs))
+        return images
+
+    def _render(self, points: np.ndarray, starts: list[int], workers: int | None):
+        n = self.total
+        need = 2 * n * S * S * (COND_CHANNELS + 2) * 1.05
+        roots = [r for r in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(r) and shutil.disk_usage(r).free > need]
+        if not roots:
+            raise InputFileError(f"Preparing the resident dataset needs {need / 2**30:.1f} GiB of scratch space in "
+                                 f"/dev/shm or {tempfile.gettempdir()}; free some, or point TMPDIR elsewhere.")
+        scratch = Path(tempfile.mkdtemp(prefix="avatar-resident-", dir=roots[0]))
+        cond_path, tri_path = scratch / "cond.u8", scratch / "tri.i16"
+        np.memmap(cond_path, np.uint8, "w+", shape=(2, n, COND_CHANNELS, S, S)).flush()
+        np.memmap(tri_path, np.int16, "w+", shape=(2, n, S, S)).flush()
+        bounds = [(s, s + c["frames"]) for s, c in zip(starts, self.clips)]
+        step = 64  # frames per task: even load over the pool
+        tasks = [(str(cond_path), str(tri_path), n, lo, points[lo:min(lo + step, hi)])
+                 for a, hi in bounds for lo in range(a, hi, step)]
+        workers = workers or os.cpu_count() or 1
+        try:
+            if workers > 1:
+                import multiprocessing
+
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    list(pool.map(_render_clip, tasks))
+            else:
+                for t in tasks:
+                    _render_clip(t)
+            dev = self.device  # straight from the scratch files to the device, no second host copy
+            cond = torch.from_numpy(np.memmap(cond_path, np.uint8, "r+", shape=(2, n, COND_CHANNELS, S, S))).to(dev)
+            tri = torch.from_numpy(np.memmap(tri_path, np.int16, "r+", shape=(2, n, S, S))).to(dev)
+        finally:
+            for p in (cond_path, tri_path):
+                p.unlink(missing_ok=True)
+            scratch.rmdir()
+        return cond, tri
+
+    # -- batches ----------------------------------------------------------------------------------
+    def draw(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(clip, source frame, driving frame)`` indices of ``batch`` pairs (frames global)."""
+        people = rng.integers(len(self.people), size=batch)
+        clip = np.array([rng.choice(self._clips_of[p]) for p in people])
+        src, drv = np.empty(batch, np.int64), np.empty(batch, np.int64)
+        for k, c in enumerate(clip):
+            choices = self._valid[c]
+            pick = rng.choice(choices, size=2, replace=len(choices) < 2)
+            src[k], drv[k] = pick
+        return clip, src, drv
+
+    def batch(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """A batch of pairs on the device (see the module docstring for the keys)."""
+        clip, src, drv = self.draw(batch, rng)
+        return self.assemble(clip, src, drv, rng)
+
+    def assemble(self, clip: np.ndarray, src: np.ndarray, drv: np.ndarray,
+                 rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        dev = self.device
+        b = len(clip)
+        aug = self.augment and rng is not None
+        flip = (rng.random(b) < 0.5) if aug else np.zeros(b, bool)
+        f = torch.from_numpy(flip).to(dev)
+        fi = f.long()
+        si, di, ci = (torch.from_numpy(np.asarray(a, np.int64)).to(dev) for a in (src, drv, clip))
+
+        def image(idx):
+            x = self.images[idx].float().div_(255.0)
+            return torch.where(f[:, None, None, None], x.flip(-1), x)
+
+        mask = self.masks[ci].float()[:, None]
+        mask = torch.where(f[:, None, None, None], mask.flip(-1), mask)
+        out = {
+            "source": image(si), "driving": image(di),
+            "source_points": self.points[fi, si].clone(), "driving_points": self.points[fi, di].clone(),
+            "source_cond": self.cond[fi, si].float().div_(255.0), "driving_cond": self.cond[fi, di].float().div_(255.0),
+            "tri_ids": self.tri[fi, di].long(), "mask": mask, "source_mask": mask.clone(),
+            "identity": self.identity[ci], "has_identity": self.has_identity[ci],
+        }
+        if aug:
+            self._colour(out, rng)
+            self._jitter(out, "source", rng)
+            self._jitter(out, "driving", rng)
+        amount = [mouth_fill_amount(self.opening[s], self.opening[d], S) for s, d in zip(src, drv)]
+        out["mouth_amount"] = torch.tensor(amount, dtype=torch.float32, device=dev)
+        return out
+
+    def _colour(self, out: dict, rng: np.random.Generator) -> None:
+        """Brightness, contrast, saturation and gamma, the same for both images of a pair."""
+        b = out["source"].shape[0]
+
+        def col(lo, hi):
+            return torch.tensor(rng.uniform(lo, hi, b), dtype=torch.float32, device=self.device)[:, None, None, None]
+
+        bright, contrast, sat, gamma = col(-0.08, 0.08), col(0.8, 1.2), col(0.7, 1.3), col(0.8, 1.25)
+        for key in ("source", "driving"):
+            x = out[key]
+            grey = x.mean(1, keepdim=True)
+            x = grey + (x - grey) * sat
+            x = (x - 0.5) * contrast + 0.5 + bright
+            out[key] = x.clamp_(0.0, 1.0).pow_(gamma)
+
+    def _jitter(self, out: dict, side: str, rng: np.random.Generator, scale=0.06, shift=0.04, degrees=4.0) -> None:
+        """A random similarity per sample applied to one image of each pair and all that describes it."""
+        b, dev = out[side].shape[0], self.device
+        s = np.exp(rng.uniform(-scale, scale, b))
+        a = np.deg2rad(rng.uniform(-degrees, degrees, b))
+        t = rng.uniform(-shift, shift, (b, 2)) * 2.0  # norm units
+        rot = np.stack([np.stack([np.cos(a), -np.sin(a)], -1), np.stack([np.sin(a), np.cos(a)], -1)], -2)  # (b,2,2)
+        fwd = rot * s[:, None, None]  # input norm -> output norm: n' = fwd n + t
+        inv = np.linalg.inv(fwd)
+        theta = torch.tensor(np.concatenate([inv, -(inv @ t[:, :, None])], 2), dtype=torch.float32, device=dev)
+        grid = F.affine_grid(theta, (b, 1, S, S), align_corners=False)
+
+        def warp(x, mode="bilinear", pad="zeros"):
+            return F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
+
+        cond_key, mask_key = f"{side}_cond", ("mask" if side == "driving" else "source_mask")
+        out[side] = warp(out[side], pad="border")
+        out[cond_key] = warp(out[cond_key])
+        out[mask_key] = (warp(out[mask_key]) > 0.999).float()  # pixels that left the crop or the frame
+        if side == "driving":
+            tri = warp(out["tri_ids"][:, None].float() + 1.0, mode="nearest")
+            out["tri_ids"] = tri[:, 0].long() - 1
+        pts = out[f"{side}_points"]
+        fwd_t = torch.tensor(fwd, dtype=torch.float32, device=dev)
+        t_t = torch.tensor(t, dtype=torch.float32, device=dev)
+        norm = (pts[..., :2] + 0.5) * (2.0 / S) - 1.0
+        moved = torch.einsum("bij,bnj->bni", fwd_t, norm) + t_t[:, None]
+        pts = pts.clone()
+        pts[..., :2] = (moved + 1.0) * (S / 2.0) - 0.5
+        pts[..., 2] = pts[..., 2] * torch.tensor(s, dtype=torch.float32, device=dev)[:, None]
+        out[f"{side}_points"] = pts
+
+
+def people_split_summary(root: str | Path, val_fraction: float) -> dict:
+    """Who is in which split of a prepared dataset: ``{"train": {...}, "val": {...}}`` with people,
+    clips and frames each (for docs/DATASET.md and the training log)."""
+    manifest = read_manifest(root)
+    entries = {str(e["key"]): e for e in manifest["clips"]}
+    train, val = split_clips(list(entries.values()), val_fraction)
+    out = {}
+    for name, keys in (("train", train), ("val", val)):
+        people = sorted({str(entries[k].get("identity") or k) for k in keys})
+        out[name] = {"people": people, "clips": len(keys), "frames": int(sum(int(entries[k]["frames"]) for k in keys))}
+    return out

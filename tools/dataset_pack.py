@@ -1,0 +1,119 @@
+"""Carry a prepared dataset to another machine as its source videos plus what tracking found.
+
+A prepared dataset of real video is mostly JPEG crops (the 114-clip corpus: 1.4 GB);
+the videos it came from are 35 MB.  ``pack`` keeps the videos, each clip's crop box,
+valid flags and identity embedding, and the landmarks (1/16 px for x and y, 1/4 px for
+depth, delta-coded along time, xz-compressed: about 20 MB for 23k frames).  ``unpack``
+decodes the videos again and writes the same crops (same affine, same code path as
+``avatar-app prepare``), so the GPU machine needs neither mediapipe nor dlib.
+
+    python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK
+    python tools/dataset_pack.py unpack PACK OUT [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avatar_app.face.align import CropBox, warp_to_crop  # noqa: E402
+from avatar_app.train.clipio import BASE_SIZE, ClipWriter, size_affine  # noqa: E402
+from avatar_app.types import NUM_LANDMARKS  # noqa: E402
+
+QUANT = np.array([16.0, 16.0, 4.0], np.float32)  # steps per px of x, y, z
+
+
+def pack(prepared: Path, videos: Path, out: Path) -> None:
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "videos").mkdir(exist_ok=True)
+    clips, deltas, idents = [], [], []
+    for entry in manifest["clips"]:
+        folder = prepared / "clips" / entry["key"]
+        meta = json.loads((folder / "meta.json").read_text())
+        shutil.copyfile(videos / meta["source"], out / "videos" / Path(meta["source"]).name)
+        q = np.rint(np.load(folder / "landmarks.npy") * QUANT).astype(np.int32)
+        deltas.append(np.concatenate([q[:1], np.diff(q, axis=0)]))
+        emb = folder / "identity.npy"
+        idents.append(np.load(emb).astype(np.float32) if emb.is_file() else np.zeros(128, np.float32))
+        clips.append({"meta": meta, "valid": np.load(folder / "valid.npy").astype(int).tolist(),
+                      "has_identity": emb.is_file()})
+    stream = np.ascontiguousarray(np.concatenate(deltas).astype(np.int16).transpose(2, 1, 0))
+    (out / "landmarks.xz").write_bytes(lzma.compress(stream.tobytes(), preset=6))
+    np.save(out / "identity.npy", np.stack(idents))
+    (out / "pack.json").write_text(json.dumps({"manifest": manifest, "clips": clips,
+                                               "frames": int(stream.shape[2])}))
+    print(f"packed {len(clips)} clips, {stream.shape[2]} frames into {out}")
+
+
+def _unpack_clip(args) -> str:
+    pack_dir, out, clip, points, identity = args
+    import cv2
+
+    meta = clip["meta"]
+    sizes = tuple(meta["sizes"])
+    box = CropBox(tuple(meta["crop"]["center"]), float(meta["crop"]["side"]), float(meta["crop"]["angle"]))
+    affines = {s: size_affine(box.image_to_crop(BASE_SIZE), s) for s in sizes}
+    writer = ClipWriter(Path(out) / "clips" / meta["key"], sizes)
+    cap = cv2.VideoCapture(str(Path(pack_dir) / "videos" / Path(meta["source"]).name))
+    for index in range(meta["frames"]):
+        ok, image = cap.read()
+        if not ok:
+            raise RuntimeError(f"{meta['source']}: only {index} of {meta['frames']} frames decoded")
+        for s in sizes:
+            writer.frame(index, s, warp_to_crop(image, affines[s], s))
+    cap.release()
+    writer.finish(points, np.asarray(clip["valid"], bool), identity if clip["has_identity"] else None, meta)
+    return meta["key"]
+
+
+def unpack(pack_dir: Path, out: Path, workers: int) -> None:
+    t0 = time.perf_counter()
+    info = json.loads((pack_dir / "pack.json").read_text())
+    n = info["frames"]
+    stream = np.frombuffer(lzma.decompress((pack_dir / "landmarks.xz").read_bytes()), np.int16)
+    deltas = stream.reshape(3, NUM_LANDMARKS, n).transpose(2, 1, 0).astype(np.int32)
+    idents = np.load(pack_dir / "identity.npy")
+    jobs, lo = [], 0
+    for k, clip in enumerate(info["clips"]):
+        f = clip["meta"]["frames"]
+        points = (np.cumsum(deltas[lo:lo + f], axis=0) / QUANT).astype(np.float32)
+        jobs.append((str(pack_dir), str(out), clip, points, idents[k]))
+        lo += f
+    out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(workers) as pool:
+        done = list(pool.map(_unpack_clip, jobs))
+    (out / "manifest.json").write_text(json.dumps(info["manifest"], indent=1))
+    print(f"unpacked {len(done)} clips, {n} frames into {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("pack")
+    a.add_argument("prepared", type=Path)
+    a.add_argument("videos", type=Path)
+    a.add_argument("out", type=Path)
+    b = sub.add_parser("unpack")
+    b.add_argument("pack", type=Path)
+    b.add_argument("out", type=Path)
+    b.add_argument("--workers", type=int, default=8)
+    args = p.parse_args()
+    if args.cmd == "pack":
+        pack(args.prepared, args.videos, args.out)
+    else:
+        unpack(args.pack, args.out, args.workers)
+
+
+if __name__ == "__main__":
+    main()
