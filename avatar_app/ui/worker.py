@@ -260,12 +260,11 @@ def make_animator(cfg: LiveConfig, portrait: SourcePortrait, profile=None):
     c = cfg.choices
     if profile is None and c.animator == "geometric":
         return None
+    from ..models.shipped import shipped_weights
     from ..runtime.neural_animator import NeuralAnimator
 
-    from ..models.shipped import shipped_weights
-
-    weights = str(profile.weights_path) if profile is not None else (c.weights or shipped_weights(c.preset))
-    return NeuralAnimator(portrait, weights=weights and str(weights), preset=c.preset, backend=c.backend)
+    weights = profile.weights_path if profile is not None else (c.weights or shipped_weights(c.preset))
+    return NeuralAnimator(portrait, weights=str(weights) if weights else None, preset=c.preset, backend=c.backend)
 
 
 def open_driver(cfg: LiveConfig) -> tuple[FrameSource, bool]:
