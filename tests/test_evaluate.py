@@ -235,3 +235,39 @@ def test_run_evaluate_on_the_val_split(prepared, tmp_path, capsys):
     assert metrics["settings"]["split"] == "val"
     sheet = cv2.imread(str(tmp_path / "ev" / "contact_sheet.jpg"))
     assert sheet.shape == (3 * 256, 3 * 256, 3)  # 1 clip × 3 rows, all 3 driven frames
+
+
+def test_cross_identity_keeps_the_source_and_follows_the_driver(prepared, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        aggregate = evaluate(prepared, tmp_path / "cross", split="all", clips=2, frames=8, progress=False,
+                             cross=True)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((tmp_path / "cross" / "metrics.json").read_text())
+    pairs = {(c["key"], c["source_clip"]) for c in metrics["clips"]}
+    assert pairs == {("astronaut__clip01", "hopper__clip01"), ("hopper__clip01", "astronaut__clip01")}
+    geo, static = aggregate["geometric"], aggregate["static"]
+    assert geo["psnr"] is None and geo["ssim"] is None  # no ground truth across people
+    assert geo["faces_missed"] == 0 and geo["landmark_error"] < 5.0 < static["landmark_error"]
+    # the driver's mouth stays closed in these frames: how well it is followed is not defined
+    assert geo["mouth_r"] is None
+    if geo["identity_distance"] is not None:  # the output is still the source person, not the driver
+        assert geo["identity_distance"] < 0.45
+    report = (tmp_path / "cross" / "report.md").read_text()
+    assert "cross-identity reenactment" in report and "mouth follow" in report
+
+
+def test_mouth_follow_is_the_correlation_of_mouth_openings():
+    from avatar_app.train.eval_clips import _mouth_follow
+
+    talking = [synthetic_landmarks(timeline_pose(5.0 + i / 10)).points for i in range(10)]  # the mouth moves
+    rng = np.random.default_rng(0)
+    noisy = [p + rng.normal(0, 0.3, p.shape) for p in talking]
+    assert _mouth_follow(talking, noisy) > 0.95
+    swapped = [noisy[i ^ 1] for i in range(10)]  # the same openings, each pair of frames swapped
+    assert _mouth_follow(talking, swapped) < 0.0
+    assert _mouth_follow(talking, [None] * 8 + noisy[8:]) is None  # too few re-detected faces
+    closed = [synthetic_landmarks(timeline_pose(1.0 + i / 10)).points for i in range(10)]
+    assert _mouth_follow(closed, closed) is None

@@ -17,7 +17,7 @@ from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.meta import ADAPTED, MetaTrainer
 from avatar_app.train.personalize import CancelToken, ClipFrames, clip_frames, personalize
-from avatar_app.train.trainer import FlowInputs
+from avatar_app.train.inputs import FlowInputs
 
 from test_trainer import TINY, ShiftedPairs
 

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from avatar_app.errors import InputFileError
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.losses import PerceptualLoss, pyramid_l1, temporal_l1, vgg19_features
-from avatar_app.train.trainer import FlowInputs, Trainer
+from avatar_app.train.inputs import FlowInputs
+from avatar_app.train.trainer import Trainer
 
 TINY = {
     "warp": {"channels": 4, "levels": 2, "code_dim": 8, "resolution": 64},

@@ -43,6 +43,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     window: int = 3  # enhancer stage: consecutive frames per sample
     enhancer_min_crop_side: float = 0.0  # enhancer stage: only clips cropped from at least this many source px
+    enhancer_app_path: bool = True  # enhancer stage: refine the app's 512 base (frozen warp + generator), not an upscale
     # losses
     w_l1: float = 1.0
     w_perceptual: float = 1.0

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from ..errors import InputFileError
 from ..face.mesh import topology
 from ..models.identity import IDENTITY_DIM
+from .clipio import clip_frame_mask
 from .prepare import BASE_SIZE, FORMAT, VERSION, frame_name, points_for_size, read_image_file
 
 _BUCKETS = 1000
@@ -124,6 +125,15 @@ class _Clip:
         lm = np.load(self.folder / "landmarks.npy", mmap_mode="r")
         return points_for_size(np.asarray(lm[np.asarray(indices)]), size)
 
+    def frame_mask(self, size: int) -> np.ndarray:
+        """``(size, size) float32`` 1 where the crop shows the clip's video (all 1 when unknown)."""
+        try:
+            meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        mask = clip_frame_mask(meta, size) if isinstance(meta, dict) else None
+        return np.ones((size, size), np.float32) if mask is None else mask.astype(np.float32)
+
     def image(self, index: int, size: int) -> np.ndarray:
         path = self.folder / str(size) / frame_name(int(index))
         image = read_image_file(path)
@@ -170,6 +180,10 @@ class PreparedDataset(Dataset):
         min_crop_side: use only clips whose crop spans at least this many source pixels
             (the enhancer learns detail only from video sharper than its 256 input; a
             512 crop of a 256 px video is an upsampled copy).
+        window_source: window samples also carry a random source frame of the clip
+            (``source_512``, ``source_256``, ``source_points``) and ``mask_512 (1, 512, 512)``,
+            the crop pixels that show the video: what the enhancer needs to be trained on
+            the app's own 512 path.
 
     Items (all tensors):
 
@@ -186,7 +200,7 @@ class PreparedDataset(Dataset):
 
     def __init__(self, root: str | Path, size: int = 256, split: str = "train", val_fraction: float = 0.1,
                  mode: str = "pairs", window: int = 3, samples_per_clip: int = 64, seed: int = 0,
-                 augment: bool = True, min_crop_side: float = 0.0):
+                 augment: bool = True, min_crop_side: float = 0.0, window_source: bool = False):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', not {split!r}")
         if mode not in ("pairs", "window"):
@@ -209,6 +223,7 @@ class PreparedDataset(Dataset):
         self.val_fraction = float(val_fraction)
         self.mode = mode
         self.window = int(window)
+        self.window_source = bool(window_source)
         self.samples_per_clip = int(samples_per_clip)
         self.seed = int(seed) % 2**63
         self.augment = bool(augment) and split != "val"
@@ -376,13 +391,23 @@ class PreparedDataset(Dataset):
         else:
             idx = np.minimum(np.arange(t), n - 1)
         aug = self._draw_augment(rng)
-        return {
+        item = {
             "frames_512": torch.from_numpy(np.stack([self._image(clip, k, 512, aug) for k in idx])),
             "frames_256": torch.from_numpy(np.stack([self._image(clip, k, BASE_SIZE, aug) for k in idx])),
             "points_256": self._points(clip, idx, BASE_SIZE, aug),
             "valid": torch.from_numpy(clip.valid[idx].copy()),
             "frame_indices": torch.from_numpy(idx.astype(np.int64)),
         }
+        if self.window_source:  # what the app's 512 path needs: a source frame of the same clip, and the mask
+            s = int(rng.choice(clip.valid_indices))
+            mask = clip.frame_mask(512)
+            if aug is not None and aug.flip:
+                mask = mask[:, ::-1]
+            item.update(source_512=torch.from_numpy(self._image(clip, s, 512, aug)),
+                        source_256=torch.from_numpy(self._image(clip, s, BASE_SIZE, aug)),
+                        source_points=self._points(clip, [s], BASE_SIZE, aug)[0],
+                        mask_512=torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None])
+        return item
 
 
 def _crop_side(folder: Path) -> float:

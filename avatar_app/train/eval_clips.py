@@ -1,17 +1,20 @@
-"""The clips ``avatar-app evaluate`` reads: a prepared clip's landmarks, valid flags, identity
-embedding, 256 crops, and the mask of crop pixels that show its video (docs/DATASET.md)."""
+"""The clips ``avatar-app evaluate`` reads — a prepared clip's landmarks, valid flags, identity
+embedding, 256 crops, and the mask of crop pixels that show its video (docs/DATASET.md) — and
+how an animator's outputs on them are scored (shared by self- and cross-reenactment)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputFileError
 from .clipio import BASE_SIZE as CROP
-from .clipio import clip_frame_mask, frame_name, read_image_file
+from .clipio import clip_frame_mask, embed_identity, frame_name, read_image_file
+from .report import finite_or_none
 
 
 @dataclass
@@ -72,3 +75,95 @@ def _frame_mask(folder: Path) -> np.ndarray | None:
         return None
     mask = clip_frame_mask(meta, CROP) if isinstance(meta, dict) else None
     return None if mask is None or not mask.any() else mask
+
+
+def source_portrait(image: np.ndarray, points: np.ndarray):
+    from ..types import Landmarks, SourcePortrait
+
+    return SourcePortrait(crop=image, landmarks=Landmarks(points, (CROP, CROP)), size=CROP, image=image,
+                          crop_to_image=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float64))
+
+
+@dataclass
+class Context:
+    tracker: object
+    identity: bool  # dlib is there: identity distances are measured
+    model: object
+    device: str
+    include_geometric: bool
+    notes: list[str] = field(default_factory=list)
+    spread: bool = False  # driving frames spread over the whole clip instead of the ones after the source
+
+
+def mean_of(values) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def identity_distance_of(ctx: Context, src_emb, images, points, picks) -> float | None:
+    if not ctx.identity or src_emb is None:
+        return None
+    from ..models.identity import identity_distance
+
+    dists = []
+    for i in picks:
+        emb, _ = embed_identity(images[i], points[i])
+        if emb is not None:
+            dists.append(identity_distance(src_emb, emb))
+    return mean_of(dists)
+
+
+def drive_indices(ctx: Context, valid_idx: np.ndarray, frames: int) -> list[int]:
+    """The frames that drive: ``frames`` spread over the clip after its first valid frame
+    (``ctx.spread``), or the ``frames`` right after it."""
+    if ctx.spread:  # the whole clip's range of motion, not its first second
+        picks = np.unique(np.linspace(1, len(valid_idx) - 1, min(frames, len(valid_idx) - 1)).round().astype(int))
+        return [int(valid_idx[i]) for i in picks]
+    return [int(i) for i in valid_idx[1:frames + 1]]
+
+
+def _mouth_follow(targets, detected) -> float | None:
+    """Pearson r between the targets' and the re-detected outputs' mouth openings (each over its own
+    inter-ocular distance): how well the mouth follows; ``None`` when the targets' mouth hardly
+    moves (its opening varies by under 2 % of the inter-ocular distance) or the output's does not at all."""
+    from ..face.mesh import mouth_opening
+    from .metrics import inter_ocular_distance
+
+    pairs = [(mouth_opening(t) / inter_ocular_distance(t), mouth_opening(d) / inter_ocular_distance(d))
+             for t, d in zip(targets, detected) if d is not None]
+    if len(pairs) < 3:
+        return None
+    a, b = np.array(pairs).T
+    if a.std() < 0.02 or b.std() < 1e-6:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def score(ctx: Context, outputs, gt, targets, src_emb, picks, times: list[float], mask=None,
+          reference=None) -> dict:
+    """One animator's metrics on one clip. ``gt`` None (cross-identity: no ground truth) leaves
+    PSNR, SSIM and L1 out; jitter is then measured against ``reference`` (the driving frames)."""
+    from .metrics import l1, landmark_follow_error, psnr, ssim, temporal_jitter
+
+    errors, missed, detected = [], 0, []
+    for out, tgt in zip(outputs, targets):
+        faces = ctx.tracker.detect_faces(out)
+        detected.append(np.asarray(faces[0].points) if faces else None)
+        if faces:
+            errors.append(landmark_follow_error(faces[0].points, tgt))
+        else:
+            missed += 1
+    truth = gt is not None
+    jitter_ref = gt if truth else reference
+    return {
+        "psnr": mean_of(psnr(o, g, mask) for o, g in zip(outputs, gt)) if truth else None,
+        "ssim": mean_of(ssim(o, g, mask) for o, g in zip(outputs, gt)) if truth else None,
+        "l1": mean_of(l1(o, g, mask) for o, g in zip(outputs, gt)) if truth else None,
+        "landmark_error": mean_of(errors),
+        "mouth_r": _mouth_follow([np.asarray(t) for t in targets], detected),
+        "faces_missed": missed,
+        "frames": len(outputs),
+        "identity_distance": identity_distance_of(ctx, src_emb, outputs, targets, picks),
+        "jitter": None if ctx.spread or jitter_ref is None else finite_or_none(temporal_jitter(outputs, jitter_ref)),
+        "ms_per_frame": float(np.median(times)) * 1e3,  # median: the first call warms caches up
+    }

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +40,16 @@ import numpy as np
 from ..errors import InputFileError, OutputError
 from .clipio import BASE_SIZE as CROP
 from .clipio import embed_identity, identity_encoder
-from .eval_clips import EvalClip, load_clip
+from .eval_cross import cross_clip, partner
+from .eval_clips import (Context, EvalClip, drive_indices, identity_distance_of, load_clip, mean_of, score,
+                         source_portrait)
 from .report import finite_or_none, format_table, jsonable, write_evaluation
 
 VAL_FRACTION = 0.1  # as TrainConfig.val_fraction's default
 IDENTITY_SAMPLES = 4  # outputs per clip and animator that get a dlib embedding
 SHEET_CLIPS = 2  # clips shown in the contact sheet
 
-METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "identity_distance", "jitter", "ms_per_frame")
+METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "mouth_r", "identity_distance", "jitter", "ms_per_frame")
 
 
 # -- animators ----------------------------------------------------------------------------------------
@@ -65,81 +65,29 @@ class _StaticAnimator:
         return self.source.crop.copy()
 
 
-def _source_portrait(image: np.ndarray, points: np.ndarray):
-    from ..types import Landmarks, SourcePortrait
-
-    return SourcePortrait(crop=image, landmarks=Landmarks(points, (CROP, CROP)), size=CROP, image=image,
-                          crop_to_image=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float64))
-
-
-@dataclass
-class _Context:
-    tracker: object
-    identity: bool  # dlib is there: identity distances are measured
-    model: object
-    device: str
-    include_geometric: bool
-    notes: list[str] = field(default_factory=list)
-    spread: bool = False  # driving frames spread over the whole clip instead of the ones after the source
-
-
-def _mean(values) -> float | None:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(vals)) if vals else None
-
-
-def _identity_distance(ctx: _Context, src_emb, images, points, picks) -> float | None:
-    if not ctx.identity or src_emb is None:
-        return None
-    from ..models.identity import identity_distance
-
-    dists = []
-    for i in picks:
-        emb, _ = embed_identity(images[i], points[i])
-        if emb is not None:
-            dists.append(identity_distance(src_emb, emb))
-    return _mean(dists)
-
-
-def _score(ctx: _Context, outputs, gt, targets, src_emb, picks, times: list[float], mask=None) -> dict:
-    from .metrics import l1, landmark_follow_error, psnr, ssim, temporal_jitter
-
-    errors, missed = [], 0
-    for out, tgt in zip(outputs, targets):
-        faces = ctx.tracker.detect_faces(out)
-        if faces:
-            errors.append(landmark_follow_error(faces[0].points, tgt))
-        else:
-            missed += 1
-    return {
-        "psnr": _mean(psnr(o, g, mask) for o, g in zip(outputs, gt)),
-        "ssim": _mean(ssim(o, g, mask) for o, g in zip(outputs, gt)),
-        "l1": _mean(l1(o, g, mask) for o, g in zip(outputs, gt)),
-        "landmark_error": _mean(errors),
-        "faces_missed": missed,
-        "frames": len(outputs),
-        "identity_distance": _identity_distance(ctx, src_emb, outputs, targets, picks),
-        "jitter": None if ctx.spread else finite_or_none(temporal_jitter(outputs, gt)),
-        "ms_per_frame": float(np.median(times)) * 1e3,  # median: the first call warms caches up
-    }
-
-
-def _evaluate_clip(ctx: _Context, clip: EvalClip, frames: int) -> tuple[dict, dict]:
-    """Metrics of every animator on one clip, and the images kept for the contact sheet."""
+def _animators(ctx: Context, source, identity) -> list:
+    """Geometric (when asked), neural and static animators of one source portrait."""
     from ..runtime.animator import GeometricAnimator
     from ..runtime.neural_animator import NeuralAnimator
+
+    if identity is None:
+        from ..models.identity import IDENTITY_DIM
+
+        identity = np.zeros(IDENTITY_DIM, np.float32)
+    return ([GeometricAnimator(source, device=ctx.device)] if ctx.include_geometric else []) + [
+        NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=identity), _StaticAnimator(source)]
+
+
+def _evaluate_clip(ctx: Context, clip: EvalClip, frames: int) -> tuple[dict, dict]:
+    """Metrics of every animator on one clip, and the images kept for the contact sheet."""
     from ..types import Landmarks
     from .metrics import temporal_jitter
 
     valid_idx = np.flatnonzero(clip.valid)
     src_i = int(valid_idx[0])
-    if ctx.spread:  # the whole clip's range of motion, not its first second
-        picks_idx = np.unique(np.linspace(1, len(valid_idx) - 1, min(frames, len(valid_idx) - 1)).round().astype(int))
-        drive = [int(valid_idx[i]) for i in picks_idx]
-    else:
-        drive = [int(i) for i in valid_idx[1:frames + 1]]
+    drive = drive_indices(ctx, valid_idx, frames)
     src_img = clip.image(src_i)
-    source = _source_portrait(src_img, clip.landmarks[src_i])
+    source = source_portrait(src_img, clip.landmarks[src_i])
     gt = [clip.image(i) for i in drive]
     targets = [clip.landmarks[i] for i in drive]
     picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(IDENTITY_SAMPLES, len(drive)))})
@@ -151,22 +99,14 @@ def _evaluate_clip(ctx: _Context, clip: EvalClip, frames: int) -> tuple[dict, di
             ctx.notes.append(f"clip {clip.key}: no identity embedding of the source frame (face box too small)")
     net_identity = src_emb if src_emb is not None else clip.embedding
     if net_identity is None:
-        from ..models.identity import IDENTITY_DIM
-
-        net_identity = np.zeros(IDENTITY_DIM, np.float32)
         ctx.notes.append(f"clip {clip.key}: the neural animator got a zero identity embedding (no dlib, no identity.npy)")
-
-    animators = []
-    if ctx.include_geometric:
-        animators.append(GeometricAnimator(source, device=ctx.device))
-    animators.append(NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=net_identity))
-    animators.append(_StaticAnimator(source))
+    animators = _animators(ctx, source, net_identity)
 
     result = {
         "key": clip.key, "identity": clip.identity, "source_frame": src_i, "frames": drive,
         "ground_truth": {
             "jitter": finite_or_none(temporal_jitter(gt)),
-            "identity_distance": _identity_distance(ctx, src_emb, gt, targets, picks),
+            "identity_distance": identity_distance_of(ctx, src_emb, gt, targets, picks),
         },
         "animators": {},
     }
@@ -177,7 +117,7 @@ def _evaluate_clip(ctx: _Context, clip: EvalClip, frames: int) -> tuple[dict, di
             t0 = time.perf_counter()
             outputs.append(anim.animate(Landmarks(t, (CROP, CROP))))
             times.append(time.perf_counter() - t0)
-        result["animators"][anim.name] = _score(ctx, outputs, gt, targets, src_emb, picks, times, clip.mask)
+        result["animators"][anim.name] = score(ctx, outputs, gt, targets, src_emb, picks, times, clip.mask)
         if anim.name != "static":
             images[anim.name] = outputs
     return result, images
@@ -190,19 +130,20 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
     agg = {}
     for name in names:
         per = [c["animators"][name] for c in clip_results if name in c["animators"]]
-        entry = {k: _mean(p[k] for p in per) for k in METRIC_KEYS}
+        entry = {k: mean_of(p[k] for p in per) for k in METRIC_KEYS}
         entry["faces_missed"] = int(sum(p["faces_missed"] for p in per))
         entry["frames"] = int(sum(p["frames"] for p in per))
         entry["clips"] = len(per)
         agg[name] = entry
-    gt = {k: _mean(c["ground_truth"][k] for c in clip_results) for k in ("jitter", "identity_distance")}
+    gt = {k: mean_of(c["ground_truth"][k] for c in clip_results) for k in ("jitter", "identity_distance")}
     return agg, gt
 
 
 # -- entry points ---------------------------------------------------------------------------------------------
 def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "lite", device: str = "cpu",
              clips: int = 4, frames: int = 32, split: str = "val", include_geometric: bool = True,
-             progress: bool = True, val_fraction: float = VAL_FRACTION, spread: bool = False) -> dict:
+             progress: bool = True, val_fraction: float = VAL_FRACTION, spread: bool = False,
+             cross: bool = False) -> dict:
     """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
 
     ``split="val"`` takes the validation clips exactly as training splits them
@@ -228,6 +169,9 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         spread: drive with ``frames`` frames spread evenly over each whole clip (its full range
             of motion) instead of the ``frames`` frames that follow the source; jitter, which
             needs consecutive frames, is then not measured.
+        cross: cross-identity reenactment (:mod:`.eval_cross`): each clip drives the first
+            frame of the next clip of another person; no ground truth, so identity distance to
+            the source, landmark error against the retargeted targets and mouth follow.
 
     Returns:
         The aggregate: ``{animator: {"psnr", "ssim", "l1", "landmark_error", "faces_missed",
@@ -297,17 +241,24 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     except OSError as exc:
         raise OutputError(f"Could not create the output folder '{out}' ({exc}); choose another --out.") from exc
     labels = {"geometric": "geometric", "neural": neural_label, "static": "static source (baseline)",
-              "ground truth": "ground truth"}
+              "ground truth": "ground truth", "driver": "driver (another person)"}
 
     results, shown = [], []
     tracker = FaceTracker(max_faces=1)
-    ctx = _Context(tracker, identity, model, device, include_geometric, notes, spread)
+    ctx = Context(tracker, identity, model, device, include_geometric, notes, spread)
     if spread:
         notes.append("driving frames spread over each whole clip: temporal jitter is not measured")
     try:
-        for clip in tqdm(usable, desc="evaluate", unit="clip", disable=not progress, leave=False):
+        for k, clip in enumerate(tqdm(usable, desc="evaluate", unit="clip", disable=not progress, leave=False)):
             try:
-                res, images = _evaluate_clip(ctx, clip, frames)
+                if cross:
+                    other = partner(usable, k)
+                    if other is None:
+                        skipped.append({"key": clip.key, "reason": "no clip of another person to drive"})
+                        continue
+                    res, images = cross_clip(ctx, clip, other, frames, lambda p, e: _animators(ctx, p, e))
+                else:
+                    res, images = _evaluate_clip(ctx, clip, frames)
             except InputFileError as exc:  # a frame file missing or damaged: skip the clip, say so
                 skipped.append({"key": clip.key, "reason": str(exc)})
                 continue
@@ -328,7 +279,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
                          f"{entry['frames']} outputs; those frames are left out of the landmark error")
     metrics = jsonable({
         "settings": {"data": str(data), "weights": weights, "preset": preset, "device": device, "clips": clips,
-                     "frames": frames, "split": split, "val_fraction": val_fraction, "spread": spread,
+                     "frames": frames, "split": split, "val_fraction": val_fraction, "spread": spread, "cross": cross,
                      "include_geometric": include_geometric, "neural": neural_desc,
                      "identity_samples": IDENTITY_SAMPLES},
         "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
@@ -365,6 +316,9 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive_int, default=32, help="most driven frames per clip (default 32)")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val: held-out identities, as training splits them (default); all: every clip")
+    p.add_argument("--cross", action="store_true",
+                   help="cross-identity: each clip drives another person's first frame (identity kept, motion "
+                        "followed; no ground truth)")
     p.add_argument("--spread", action="store_true",
                    help="drive with frames spread over each whole clip (its full range of motion) instead of the "
                         "frames right after the source")
@@ -380,7 +334,7 @@ def run_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(args.data) / "eval"
     aggregate = evaluate(Path(args.data), out, weights=args.weights, preset=args.preset, device=args.device,
                          clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress,
-                         val_fraction=args.val_fraction, spread=args.spread)
+                         val_fraction=args.val_fraction, spread=args.spread, cross=args.cross)
     labels = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["labels"]
     print(format_table(aggregate, labels))
     print(f"\nwrote {out / 'report.md'}, {out / 'metrics.json'} and {out / 'contact_sheet.jpg'}")

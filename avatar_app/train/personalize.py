@@ -28,7 +28,8 @@ from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
 from .config import TrainConfig
 from .meta import inner_optimizer
-from .trainer import FlowInputs, Trainer
+from .inputs import FlowInputs
+from .trainer import Trainer
 
 
 class CancelToken:

@@ -22,12 +22,13 @@ _COLUMNS = (  # (key, header) of the report table
     ("ssim", "SSIM ↑"),
     ("l1", "L1 (0–1) ↓"),
     ("landmark_error", "landmark error (% IOD) ↓"),
+    ("mouth_r", "mouth follow (r) ↑"),
     ("faces_missed", "no face re-detected (frames)"),
     ("identity_distance", "identity distance (dlib) ↓"),
     ("jitter", "jitter excess (grey levels) ↓"),
     ("ms_per_frame", "ms / frame (median)"),
 )
-_DIGITS = {"ssim": 4, "l1": 4, "identity_distance": 3, "ms_per_frame": 0}  # others: 2
+_DIGITS = {"ssim": 4, "l1": 4, "mouth_r": 3, "identity_distance": 3, "ms_per_frame": 0}  # others: 2
 
 
 def finite_or_none(v) -> float | None:
@@ -76,7 +77,11 @@ def _report_text(metrics: dict) -> str:
     lines = [
         "# Animator evaluation",
         "",
-        (f"Dataset `{s['data']}`, split `{s['split']}`: self-reenactment on {len(metrics['clips'])} clip(s), "
+        (f"Dataset `{s['data']}`, split `{s['split']}`: cross-identity reenactment on {len(metrics['clips'])} "
+         f"clip(s), up to {s['frames']} driven frames each (each clip's motion, relative to its first frame, "
+         f"retargeted onto the first frame of another person's clip; no ground truth). Neural: {s['neural']}."
+         if s.get("cross") else
+         f"Dataset `{s['data']}`, split `{s['split']}`: self-reenactment on {len(metrics['clips'])} clip(s), "
          f"up to {s['frames']} driven frames each (source = the clip's first valid frame, ground truth = the "
          f"later valid frames' 256 crops, driven by their prepared landmarks). Neural: {s['neural']}."),
         "",
@@ -99,6 +104,8 @@ def _report_text(metrics: dict) -> str:
          "spaced outputs (Euclidean; below 0.6 = same person by dlib's threshold)."),
         ("* Jitter excess: mean |f[t+1] − 2 f[t] + f[t−1]| of the output minus that of the ground truth, in "
          "grey levels (0 = as smooth as the real video, negative = smoother, e.g. the static baseline)."),
+        ("* Mouth follow: Pearson r between the target's and the re-detected output's mouth openings (each over "
+         "its inter-ocular distance) over the driven frames; – where either hardly moves."),
         "* static: the unmoved source crop for every frame — the baseline to beat.",
         "",
         "## Split rule",

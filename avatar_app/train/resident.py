@@ -18,7 +18,7 @@ A batch is then a handful of gathers: a person is drawn uniformly (so people wit
 clips do not dominate), a clip of theirs, two frames with a face; on the training split
 a flip, a colour change shared by the pair, and a small scale/shift/rotation per image
 (landmarks, landmark images, triangle maps and masks follow it).  Batch keys match
-``trainer.FlowInputs`` plus ``mask (B, 1, S, S)``.
+``inputs.FlowInputs`` plus ``mask (B, 1, S, S)``.
 """
 
 from __future__ import annotations

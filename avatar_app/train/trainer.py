@@ -26,55 +26,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..face.mesh import mouth_opening, topology
-from ..models.conditioning import landmark_image
 from ..models.discriminator import MultiScaleDiscriminator
-from ..models.flow import AnalyticFlow, rasterize_triangles
+from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
-from ..runtime.animator import mouth_fill_amount
+from ..runtime.networks import EnhancerStage
 from .config import TrainConfig
+from .enhancer_path import enhanced_window
+from .inputs import FlowInputs, WindowFlowInputs
 from .losses import (PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1, region_l1,
                      temporal_l1)
 from .state import load_training_state, save_training_state
+from .validation import validate
 
 log = logging.getLogger(__name__)
-
-
-class FlowInputs(Dataset):
-    """Adds what the analytic flow and the networks need to each self-reenactment pair,
-    computed in the loader's workers: ``tri_ids (S, S)``, ``source_cond``/``driving_cond``
-    ``(6, S, S)`` and ``mouth_amount`` (how much of the mouth to paint)."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-        self._tri = topology().triangles
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.base[i])
-        sp = item["source_points"].numpy()
-        dp = item["driving_points"].numpy()
-        item["tri_ids"] = torch.from_numpy(rasterize_triangles(dp, self._tri, NET_SIZE))
-        item["source_cond"] = torch.from_numpy(landmark_image(sp, NET_SIZE))
-        item["driving_cond"] = torch.from_numpy(landmark_image(dp, NET_SIZE))
-        item["mouth_amount"] = torch.tensor(mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), NET_SIZE))
-        return item
-
-
-def masked_psnr(out: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B,)`` PSNR (dB) of images in [0, 1], over the pixels where ``mask (B, 1, H, W)`` is 1."""
-    err = (out.float().clamp(0, 1) - gt.float()) ** 2
-    if mask is None:
-        mse = err.flatten(1).mean(1)
-    else:
-        mse = (err * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) * err.shape[1]).clamp(min=1)
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
 def build_model(cfg: TrainConfig) -> PortraitModel:
@@ -153,10 +117,14 @@ class Trainer:
             return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train")
 
         mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
+        app_path = mode == "window" and self.cfg.enhancer_app_path
         ds = PreparedDataset(data, size=NET_SIZE, split=split, val_fraction=self.cfg.val_fraction, mode=mode,
                              window=self.cfg.window, samples_per_clip=self.cfg.samples_per_clip, seed=self.cfg.seed,
-                             augment=split == "train", min_crop_side=self.cfg.enhancer_min_crop_side * (mode == "window"))
-        return FlowInputs(ds) if mode == "pairs" else ds
+                             augment=split == "train", min_crop_side=self.cfg.enhancer_min_crop_side * (mode == "window"),
+                             window_source=app_path)
+        if mode == "pairs":
+            return FlowInputs(ds)
+        return WindowFlowInputs(ds) if app_path else ds
 
     def _loader(self, epoch: int) -> DataLoader:
         if hasattr(self.train_set, "set_epoch"):
@@ -227,6 +195,12 @@ class Trainer:
     def _enhancer_losses(self, b: dict) -> dict:
         frames, gts = b["frames_256"], b["frames_512"]
         t_len = frames.shape[1]
+        if "source_512" in b:  # the app's own 512 path (train.enhancer_path)
+            outs_t = enhanced_window(self.model, self.flow, EnhancerStage(self.model, 512), b)
+            mask = b["mask_512"].repeat_interleave(t_len, 0)
+            parts = self._image_losses(outs_t.flatten(0, 1), gts.flatten(0, 1), None, mask)
+            parts["temporal"] = self.cfg.w_temporal * temporal_l1(outs_t, gts)
+            return parts
         enh = self.model.enhancer
         bases = [F.interpolate(frames[:, t], scale_factor=2.0, mode="bilinear", align_corners=False) for t in range(t_len)]
         history = enh.start_history(frames[:, 0], bases[0])
@@ -357,48 +331,9 @@ class Trainer:
         if self.step % self.cfg.ckpt_every == 0:
             self.save()
 
-    def _val_batches(self):
-        """The first ``val_batches`` validation batches, on the device (the same ones every time)."""
-        if self.resident:
-            rng = np.random.default_rng((self.cfg.seed, 1))  # val: no augmentation, fixed draws
-            for _ in range(self.cfg.val_batches):
-                yield self.val_set.batch(self.cfg.batch_size, rng)
-            return
-        loader = DataLoader(self.val_set, batch_size=self.cfg.batch_size, shuffle=False, num_workers=0)
-        for i, batch in enumerate(loader):
-            if i >= self.cfg.val_batches:
-                break
-            yield self._to_device(batch)
-
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """L1 and PSNR of the EMA model on the first ``val_batches`` validation batches, inside
-        each frame's ``mask`` where the batch has one; pairs stages also report
-        ``psnr_geometric``, the analytic warp (what users get without weights) on the same pairs."""
-        l1s, psnrs, geo = [], [], []
-        if self.cfg.stage != "enhancer" and getattr(self, "_geometric", None) is None:
-            with torch.random.fork_rng(devices=[]):  # training's random stream stays as it was (exact resume)
-                self._geometric = PortraitModel(config=self.model.config).to(self.device).eval()  # zero residual
-        for b in self._val_batches():
-            mask = b.get("mask")
-            if self.cfg.stage == "enhancer":
-                first = b["frames_256"][:, 0]
-                base = F.interpolate(first, scale_factor=2.0, mode="bilinear", align_corners=False)
-                out, _ = self.ema.enhancer(first, base, self.ema.enhancer.start_history(first, base))
-                gt = b["frames_512"][:, 0]
-            else:
-                res = self._frame(self.ema, b)
-                out = res["warped"] if self.cfg.stage == "warp" else res["image"]
-                gt = b["driving"]
-                geo += masked_psnr(self._frame(self._geometric, b)["warped"], gt, mask).tolist()
-            psnrs += masked_psnr(out, gt, mask).tolist()
-            m = mask if mask is not None else torch.ones_like(gt[:, :1])
-            l1s.append(float(((out - gt).abs() * m).sum() / (m.sum() * 3).clamp(min=1)))
-        result = {"l1": float(np.mean(l1s)) if l1s else float("nan"),
-                  "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
-        if geo:
-            result["psnr_geometric"] = float(np.mean(geo))
-        return result
+        """The EMA model on the first ``val_batches`` validation batches (:func:`.validation.validate`)."""
+        return validate(self)
 
     def _log(self, values: dict) -> None:
         if self.rank != 0 or self.run_dir is None:

@@ -1,0 +1,40 @@
+"""Training the temporal enhancer on the app's own 512 path.
+
+At run time the enhancer refines a ``base`` that :class:`~avatar_app.runtime.networks.EnhancerStage`
+builds: the 512 source warped with the final flow (mouth painted), the generator's 256 output
+blended in where its mask says.  Training it on a bilinear upscale of the 256 ground truth
+instead taught it to sharpen images it never sees (measured: it made the 512 output worse,
+README).  Here the frozen warp network and generator animate a source frame of the clip to
+each frame of a window (inputs from :class:`.inputs.WindowFlowInputs`), and the enhancer — the very ``EnhancerStage`` the app runs, history
+and reset included — is trained against the real 512 frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.flow import AnalyticFlow
+from ..models.portrait import PortraitModel
+from ..runtime.networks import EnhancerStage
+
+
+def enhanced_window(model: PortraitModel, flow: AnalyticFlow, stage: EnhancerStage, b: dict) -> torch.Tensor:
+    """``(B, T, 3, 512, 512)``: the app's 512 output for each frame of a batch of windows, the
+    warp network and generator frozen (no gradient), the enhancer trained through ``stage``."""
+    enh = model.enhancer
+    t_len = b["points_256"].shape[1]
+    with torch.no_grad():
+        src = model.encode_source(b["source_256"], b["source_cond"], b["identity"])
+    outs, history = [], None
+    for t in range(t_len):
+        with torch.no_grad():
+            grid, mouth, coord = flow(b["source_points"][..., :2], b["points_256"][:, t, :, :2], b["tri_ids"][:, t])
+            f = model.forward_frame(src, b["driving_cond"][:, t], grid, mouth, coord, b["mouth_amount"][:, t])
+        if history is None:  # the first frame starts the ring buffer afresh (reset), as the app's first frame does
+            n = b["points_256"].shape[0]
+            history = f["image"].new_zeros(n, enh.neighbours, enh.channels, enh.feature_size, enh.feature_size)
+        reset = f["image"].new_tensor(1.0 if t == 0 else 0.0)
+        out, history = stage(f["image"], f["mask"], f["grid"], mouth, coord, b["mouth_amount"][:, t],
+                             b["source_512"], history, reset)
+        outs.append(out)
+    return torch.stack(outs, 1)

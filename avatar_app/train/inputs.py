@@ -1,0 +1,72 @@
+"""What the networks need beside the images, computed per sample in DataLoader workers.
+
+:class:`FlowInputs` serves self-reenactment pairs (warp, full and meta stages, personalization);
+:class:`WindowFlowInputs` serves the enhancer's windows on the app's own 512 path
+(:mod:`.enhancer_path`).  Both rasterise with the same code inference uses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from ..face.mesh import mouth_opening, topology
+from ..models.conditioning import landmark_image
+from ..models.flow import rasterize_triangles
+from ..models.portrait import NET_SIZE
+from ..runtime.animator import mouth_fill_amount
+
+
+class FlowInputs(Dataset):
+    """Adds what the analytic flow and the networks need to each self-reenactment pair,
+    computed in the loader's workers: ``tri_ids (S, S)``, ``source_cond``/``driving_cond``
+    ``(6, S, S)`` and ``mouth_amount`` (how much of the mouth to paint)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self._tri = topology().triangles
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        sp = item["source_points"].numpy()
+        dp = item["driving_points"].numpy()
+        item["tri_ids"] = torch.from_numpy(rasterize_triangles(dp, self._tri, NET_SIZE))
+        item["source_cond"] = torch.from_numpy(landmark_image(sp, NET_SIZE))
+        item["driving_cond"] = torch.from_numpy(landmark_image(dp, NET_SIZE))
+        item["mouth_amount"] = torch.tensor(mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), NET_SIZE))
+        return item
+
+
+class WindowFlowInputs(Dataset):
+    """Adds to window samples (``PreparedDataset(mode="window", window_source=True)``) what the
+    frozen networks need, computed in the loader's workers: ``source_cond (6, S, S)``,
+    ``driving_cond (T, 6, S, S)``, ``tri_ids (T, S, S)`` and ``mouth_amount (T,)``."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self._tri = topology().triangles
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        sp = item["source_points"].numpy()
+        pts = item["points_256"].numpy()
+        item["source_cond"] = torch.from_numpy(landmark_image(sp, NET_SIZE))
+        item["driving_cond"] = torch.stack([torch.from_numpy(landmark_image(p, NET_SIZE)) for p in pts])
+        item["tri_ids"] = torch.stack([torch.from_numpy(rasterize_triangles(p, self._tri, NET_SIZE)) for p in pts])
+        gap = mouth_opening(sp)
+        item["mouth_amount"] = torch.tensor([mouth_fill_amount(gap, mouth_opening(p), NET_SIZE) for p in pts],
+                                            dtype=torch.float32)
+        return item
