@@ -44,20 +44,10 @@ class FlowInputs(Dataset):
         return item
 
 
-class WindowFlowInputs(Dataset):
+class WindowFlowInputs(FlowInputs):
     """Adds to window samples (``PreparedDataset(mode="window", window_source=True)``) what the
     frozen networks need, computed in the loader's workers: ``source_cond (6, S, S)``,
     ``driving_cond (T, 6, S, S)``, ``tri_ids (T, S, S)`` and ``mouth_amount (T,)``."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-        self._tri = topology().triangles
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
