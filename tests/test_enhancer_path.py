@@ -66,4 +66,7 @@ def test_enhancer_stage_trains_on_the_app_path_and_validates_against_its_base(ro
     trainer.fit(progress=False)
     assert trainer.step == 2
     assert all(torch.equal(w, p) for w, p in zip(weights, trainer.model.warp.parameters()))  # frozen
-    assert float(trainer.model.enhancer.last.weight.abs().max()) > 0  # the enhancer moved
+    assert float(trainer.model.enhancer.last.weight.detach().abs().max()) > 0  # the enhancer moved
+    trainer.ema.load_state_dict(trainer.model.state_dict())
+    after = trainer.validate()
+    assert after["psnr"] != pytest.approx(after["psnr_base"], abs=1e-6)  # validation sees the enhancer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.cli import main
@@ -52,6 +53,7 @@ def test_source_swap_resets_the_enhancer(astronaut, hopper, still_tracker):
 
 
 def test_cli_neural_with_and_without_weights(tmp_path, capsys, astronaut_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine: the lite preset
     out = tmp_path / "n.mp4"
     assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "0.4", "--fps", "10",
                  "--animator", "neural", "-o", str(out), "--no-progress"]) == 0

@@ -41,7 +41,8 @@ def pack(prepared: Path, videos: Path, out: Path) -> None:
     for entry in manifest["clips"]:
         folder = prepared / "clips" / entry["key"]
         meta = json.loads((folder / "meta.json").read_text())
-        shutil.copyfile(videos / meta["source"], out / "videos" / Path(meta["source"]).name)
+        (out / "videos" / meta["source"]).parent.mkdir(parents=True, exist_ok=True)  # the path below SRC: unique
+        shutil.copyfile(videos / meta["source"], out / "videos" / meta["source"])
         q = np.rint(np.load(folder / "landmarks.npy") * QUANT).astype(np.int32)
         deltas.append(np.concatenate([q[:1], np.diff(q, axis=0)]))
         emb = folder / "identity.npy"
@@ -65,7 +66,7 @@ def _unpack_clip(args) -> str:
     box = CropBox(tuple(meta["crop"]["center"]), float(meta["crop"]["side"]), float(meta["crop"]["angle"]))
     affines = {s: size_affine(box.image_to_crop(BASE_SIZE), s) for s in sizes}
     writer = ClipWriter(Path(out) / "clips" / meta["key"], sizes)
-    cap = cv2.VideoCapture(str(Path(pack_dir) / "videos" / Path(meta["source"]).name))
+    cap = cv2.VideoCapture(str(Path(pack_dir) / "videos" / meta["source"]))
     for index in range(meta["frames"]):
         ok, image = cap.read()
         if not ok:

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avatar_app.models.enhancer import TemporalEnhancer  # noqa: E402
 from avatar_app.models.portrait import load_checkpoint  # noqa: E402
 from avatar_app.runtime.neural_animator import NeuralAnimator  # noqa: E402
-from avatar_app.train.clipio import clip_frame_mask, frame_name, points_for_size, read_image_file  # noqa: E402
+from avatar_app.train.clipio import (clip_frame_mask, clip_meta_of, frame_name, points_for_size,  # noqa: E402
+                                     read_image_file)
 from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
 from avatar_app.train.metrics import psnr, temporal_jitter  # noqa: E402
 from avatar_app.types import Landmarks, SourcePortrait  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
     rows = {}
     for key in val:
         folder = args.data / "clips" / key
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = clip_meta_of(folder)
         if meta["crop"]["side"] < args.min_side:
             continue
         lm = np.load(folder / "landmarks.npy")

@@ -23,14 +23,14 @@ gpu=0
 for job in "${jobs[@]}"; do
     IFS=: read -r name stage init <<<"$job"
     CUDA_VISIBLE_DEVICES=$gpu python3 -m avatar_app train --stage "$stage" --config "configs/real-$name.toml" \
-        --data "$DATA" --out "runs/$name" --time-budget "$BUDGET" --no-progress ${init:+--init-weights "$init"} \
+        --data "$DATA" --out "runs/$mode-$name" --time-budget "$BUDGET" --no-progress ${init:+--init-weights "$init"} \
         > "$out/$name.log" 2>&1 &
     gpu=$((gpu + 1))
 done
 wait
 for job in "${jobs[@]}"; do
     name=${job%%:*}
-    cp "runs/$name/model_fp16.safetensors" "$out/${name}_model_fp16.safetensors" || echo "$name: no weights"
-    cp "runs/$name/metrics.jsonl" "$out/${name}_metrics.jsonl" || true
+    cp "runs/$mode-$name/model_fp16.safetensors" "$out/${name}_model_fp16.safetensors" || echo "$name: no weights"
+    cp "runs/$mode-$name/metrics.jsonl" "$out/${name}_metrics.jsonl" || true
 done
 tail -n 5 "$out"/*.log

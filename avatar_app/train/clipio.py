@@ -67,12 +67,17 @@ def inside_frame_mask(crop: dict, frame_size, size: int = BASE_SIZE) -> np.ndarr
     ``crop`` is a clip's ``meta.json`` crop (centre, side, angle); ``frame_size`` (W, H).
     """
     box = CropBox(tuple(crop["center"]), float(crop["side"]), float(crop["angle"]))
-    inv = box.crop_to_image(size)
+    inv = cv2.invertAffineTransform(size_affine(box.image_to_crop(BASE_SIZE), size))  # as the crops were cut
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
     w, h = frame_size
     return ((x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)).astype(np.uint8)
+
+
+def clip_meta_of(folder: str | Path) -> dict:
+    """A clip folder's ``meta.json`` (``{}`` when it is missing or unreadable)."""
+    return _read_json(Path(folder) / "meta.json") or {}
 
 
 def clip_frame_mask(meta: dict, size: int = BASE_SIZE) -> np.ndarray | None:

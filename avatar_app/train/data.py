@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ..errors import InputFileError
 from ..face.mesh import topology
 from ..models.identity import IDENTITY_DIM
-from .clipio import clip_frame_mask
+from .clipio import clip_frame_mask, clip_meta_of
 from .prepare import BASE_SIZE, FORMAT, VERSION, frame_name, points_for_size, read_image_file
 
 _BUCKETS = 1000
@@ -127,11 +127,7 @@ class _Clip:
 
     def frame_mask(self, size: int) -> np.ndarray:
         """``(size, size) float32`` 1 where the crop shows the clip's video (all 1 when unknown)."""
-        try:
-            meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        mask = clip_frame_mask(meta, size) if isinstance(meta, dict) else None
+        mask = clip_frame_mask(clip_meta_of(self.folder), size)
         return np.ones((size, size), np.float32) if mask is None else mask.astype(np.float32)
 
     def image(self, index: int, size: int) -> np.ndarray:
@@ -255,9 +251,15 @@ class PreparedDataset(Dataset):
             raise InputFileError(f"'{folder / 'valid.npy'}' cannot be read ({exc}); delete '{folder}' and run "
                                  "`avatar-app prepare` again to redo that clip.") from exc
         frames = int(entry["frames"])
-        if len(valid) != frames:
-            raise InputFileError(f"Clip '{key}' has {len(valid)} entries in valid.npy but {frames} frames in the "
-                                 f"manifest; delete '{folder}' and run `avatar-app prepare` again to redo it.")
+        try:
+            shape = np.load(folder / "landmarks.npy", mmap_mode="r").shape
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"'{folder / 'landmarks.npy'}' cannot be read ({exc}); delete '{folder}' and run "
+                                 "`avatar-app prepare` again to redo that clip.") from exc
+        if len(valid) != frames or shape[0] != frames:
+            raise InputFileError(f"Clip '{key}' has {len(valid)} entries in valid.npy and {shape[0]} in landmarks.npy "
+                                 f"but {frames} frames in the manifest; delete '{folder}' and run `avatar-app prepare` "
+                                 "again to redo it.")
         emb_path = folder / "identity.npy"
         embedding = np.zeros(IDENTITY_DIM, np.float32)
         has = emb_path.is_file()
@@ -274,6 +276,11 @@ class PreparedDataset(Dataset):
     def clips(self) -> list[str]:
         """Keys of this split's clips; a sample's ``clip`` indexes this list."""
         return [c.key for c in self._clips]
+
+    @property
+    def clip_records(self) -> list[_Clip]:
+        """This split's clips, checked: landmarks, valid flags, identity embedding and frame access."""
+        return list(self._clips)
 
     @property
     def identities(self) -> list[str]:
@@ -413,8 +420,8 @@ class PreparedDataset(Dataset):
 def _crop_side(folder: Path) -> float:
     """Side of a clip's crop in source-video pixels (0 when its meta.json says nothing)."""
     try:
-        return float(json.loads((folder / "meta.json").read_text(encoding="utf-8"))["crop"]["side"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(clip_meta_of(folder)["crop"]["side"])
+    except (KeyError, TypeError, ValueError):
         return 0.0
 
 

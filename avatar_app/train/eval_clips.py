@@ -4,7 +4,6 @@ how an animator's outputs on them are scored (shared by self- and cross-reenactm
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 
 from ..errors import InputFileError
 from .clipio import BASE_SIZE as CROP
-from .clipio import clip_frame_mask, embed_identity, frame_name, read_image_file
+from .clipio import clip_frame_mask, clip_meta_of, embed_identity, frame_name, read_image_file
 from .report import finite_or_none
 
 
@@ -69,11 +68,7 @@ def load_clip(data: Path, entry: dict) -> tuple[EvalClip | None, str]:
 def _frame_mask(folder: Path) -> np.ndarray | None:
     """Where a clip's crop shows its video (a tight crop reaches past the frame edge, where the border is
     replicated: not scored); ``None`` when the whole crop does, or the clip says nothing of its frame."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    mask = clip_frame_mask(meta, CROP) if isinstance(meta, dict) else None
+    mask = clip_frame_mask(clip_meta_of(folder), CROP)
     return None if mask is None or not mask.any() else mask
 
 

@@ -269,6 +269,9 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         tracker.close()
 
     if not results:
+        if cross:
+            raise InputFileError(f"Cross-identity evaluation needs clips of at least two people in the '{split}' split "
+                                 f"of '{data}' ({skipped[-1]['key']}: {skipped[-1]['reason']}); allow more --clips.")
         raise InputFileError(
             f"Every clip selected from the prepared dataset '{data}' for the '{split}' split has missing or "
             f"damaged frame files (e.g. '{skipped[-1]['key']}'); prepare the dataset again.")

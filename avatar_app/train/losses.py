@@ -17,7 +17,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``x (B, C, H, W)`` over the pixels where ``mask (B, 1, H, W)`` is 1 (all when None)."""
     if mask is None:
         return x.mean()
@@ -33,7 +33,7 @@ def pyramid_l1(output: torch.Tensor, target: torch.Tensor, scales: int = 4,
         if i:
             output, target = F.avg_pool2d(output, 2), F.avg_pool2d(target, 2)
             mask = (F.avg_pool2d(mask, 2) > 0.999).to(mask.dtype) if mask is not None else None
-        total = total + _masked_mean((output - target).abs(), mask)
+        total = total + masked_mean((output - target).abs(), mask)
     return total / scales
 
 
@@ -77,7 +77,7 @@ def ms_ssim_loss(output: torch.Tensor, target: torch.Tensor, scales: int = 3,
             if i:
                 output, target = F.avg_pool2d(output, 2), F.avg_pool2d(target, 2)
                 mask = (F.avg_pool2d(mask, 2) > 0.999).float() if mask is not None else None
-            total = total + 1.0 - _masked_mean(ssim_map(output, target), mask)
+            total = total + 1.0 - masked_mean(ssim_map(output, target), mask)
         return total / scales
 
 

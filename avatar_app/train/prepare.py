@@ -311,7 +311,7 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
     for job in jobs:
         done = complete_meta(out / "clips" / job.key, sizes)
         if done is not None:
-            if done["identity"] != job.identity:
+            if people and done["identity"] != job.identity:  # without --people earlier labels stand
                 set_identity(out / "clips" / job.key, done, job.identity)
             report.clips_already_done.append(job.key)
         else:

@@ -17,13 +17,13 @@ computed once and kept on the device:
 A batch is then a handful of gathers: a person is drawn uniformly (so people with many
 clips do not dominate), a clip of theirs, two frames with a face; on the training split
 a flip, a colour change shared by the pair, and a small scale/shift/rotation per image
-(landmarks, landmark images, triangle maps and masks follow it).  Batch keys match
+(landmarks move exactly; landmark images, triangle maps and masks are resampled with the
+image, so their lines scale with it by at most 6 %).  Batch keys match
 ``inputs.FlowInputs`` plus ``mask (B, 1, S, S)``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -40,10 +40,9 @@ from ..errors import InputFileError
 from ..face.mesh import mouth_opening, topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
-from ..models.identity import IDENTITY_DIM
 from ..runtime.animator import mouth_fill_amount
-from .clipio import BASE_SIZE, clip_frame_mask, frame_name, read_image_file
-from .data import read_manifest, split_clips
+from .clipio import BASE_SIZE
+from .data import PreparedDataset, read_manifest, split_clips
 
 log = logging.getLogger(__name__)
 
@@ -91,31 +90,20 @@ class ResidentPairs:
         self.device = torch.device(device)
         self.split = split
         self.augment = augment and split != "val"
-        manifest = read_manifest(self.root)
-        entries = {str(e["key"]): e for e in manifest["clips"]}
-        train, val = split_clips(list(entries.values()), val_fraction)
-        keys = {"train": train, "val": val, "all": sorted(entries)}[split]
-        if not keys:
+        ds = PreparedDataset(self.root, size=S, split=split, val_fraction=val_fraction, augment=False)
+        clips = ds.clip_records  # checked: files there, lengths agreeing, embeddings readable
+        if not clips:
             raise InputFileError(f"The {split} split of '{self.root}' holds no clips; use more people or another "
                                  "val_fraction.")
-        clips, starts, n = [], [], 0
-        for key in keys:
-            folder = self.root / "clips" / key
-            meta = json.loads((folder / "meta.json").read_text())
-            valid = np.load(folder / "valid.npy").astype(bool)
-            emb = folder / "identity.npy"
-            clips.append({"key": key, "identity": str(entries[key].get("identity") or key), "folder": folder,
-                          "meta": meta, "valid": valid, "frames": len(valid),
-                          "embedding": np.load(emb).astype(np.float32).reshape(IDENTITY_DIM) if emb.is_file() else None})
-            starts.append(n)
-            n += len(valid)
+        starts = np.cumsum([0] + [c.frames for c in clips])[:-1].tolist()
+        n = int(sum(c.frames for c in clips))
         self.clips, self.total = clips, n
-        self.people = sorted({c["identity"] for c in clips})
-        missing = [c["key"] for c in clips if c["embedding"] is None]
+        self.people = ds.identities
+        missing = [c.key for c in clips if not c.has_embedding]
         if missing:
             log.warning("%d of %d clips have no identity embedding (dlib was missing when they were prepared); "
                         "they train with a zero identity: %s", len(missing), len(clips), ", ".join(missing[:5]))
-        points = np.concatenate([np.load(c["folder"] / "landmarks.npy").astype(np.float32) for c in clips])
+        points = np.concatenate([c.points(np.arange(c.frames), S) for c in clips]).astype(np.float32)
         images = self._read_images(clips, n)
         cond, tri = self._render(points, starts, workers)
         dev = self.device
@@ -124,15 +112,11 @@ class ResidentPairs:
         self.tri = tri  # (2, N, S, S) int16
         self.points = torch.from_numpy(np.stack([points, mirror_points(points)])).to(dev)  # (2, N, 478, 3)
         self.opening = np.array([mouth_opening(p) for p in points], np.float64)
-        full = np.ones((S, S), np.uint8)
-        self.masks = torch.from_numpy(np.stack([m if (m := clip_frame_mask(c["meta"], S)) is not None else full
-                                                for c in clips])).to(dev)  # (C, S, S) uint8
-        self.identity = torch.from_numpy(np.stack([c["embedding"] if c["embedding"] is not None
-                                                   else np.zeros(IDENTITY_DIM, np.float32) for c in clips])).to(dev)
-        self.has_identity = torch.tensor([c["embedding"] is not None for c in clips], device=dev)
-        self._valid = [s + np.flatnonzero(c["valid"]) if c["valid"].any() else s + np.arange(c["frames"])
-                       for s, c in zip(starts, clips)]
-        self._clips_of = [np.array([i for i, c in enumerate(clips) if c["identity"] == p]) for p in self.people]
+        self.masks = torch.from_numpy(np.stack([c.frame_mask(S) for c in clips]).astype(np.uint8)).to(dev)  # (C, S, S)
+        self.identity = torch.from_numpy(np.stack([c.embedding for c in clips])).to(dev)
+        self.has_identity = torch.tensor([c.has_embedding for c in clips], device=dev)
+        self._valid = [s + c.valid_indices for s, c in zip(starts, clips)]
+        self._clips_of = [np.array([i for i, c in enumerate(clips) if c.identity == p]) for p in self.people]
         log.info("resident %s split: %d people, %d clips, %d frames on %s in %.1f s", split, len(self.people),
                  len(clips), n, dev, time.perf_counter() - t0)
 
@@ -141,43 +125,40 @@ class ResidentPairs:
 
     # -- one-off loading ----------------------------------------------------------------------------
     @staticmethod
-    def _read_images(clips: list[dict], n: int) -> np.ndarray:
+    def _read_images(clips: list, n: int) -> np.ndarray:
         images = np.empty((n, 3, S, S), np.uint8)
-        jobs, i = [], 0
-        for c in clips:
-            for f in range(c["frames"]):
-                jobs.append((i, c["folder"] / str(S) / frame_name(f)))
-                i += 1
+        jobs = [(c, f) for c in clips for f in range(c.frames)]
 
-        def read(job):
-            k, path = job
-            image = read_image_file(path)
-            if image is None or image.shape[:2] != (S, S):
-                raise InputFileError(f"Frame '{path}' of the prepared dataset is missing or damaged; delete its clip "
-                                     "folder and run `avatar-app prepare` again to redo it.")
-            images[k] = image[:, :, ::-1].transpose(2, 0, 1)
+        def read(k: int) -> None:
+            clip, f = jobs[k]
+            images[k] = clip.image(f, S)[:, :, ::-1].transpose(2, 0, 1)  # raises a clear error for a bad file
 
         with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:  # imdecode releases the GIL
-            list(pool.map(read, jobs))
+            list(pool.map(read, range(len(jobs))))
         return images
 
     def _render(self, points: np.ndarray, starts: list[int], workers: int | None):
+        """Every frame's landmark image and triangle map, and their mirrors, by a process pool writing into
+        scratch files, then moved to the device. Under torchrun each rank of a machine renders its own copy
+        at the same time, so the cores and the scratch space are shared out between them."""
         n = self.total
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         need = 2 * n * S * S * (COND_CHANNELS + 2) * 1.05
-        roots = [r for r in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(r) and shutil.disk_usage(r).free > need]
+        roots = [r for r in ("/dev/shm", tempfile.gettempdir())
+                 if os.path.isdir(r) and shutil.disk_usage(r).free > need * ranks_here]
         if not roots:
-            raise InputFileError(f"Preparing the resident dataset needs {need / 2**30:.1f} GiB of scratch space in "
-                                 f"/dev/shm or {tempfile.gettempdir()}; free some, or point TMPDIR elsewhere.")
+            raise InputFileError(f"Preparing the resident dataset needs {need * ranks_here / 2**30:.1f} GiB of scratch "
+                                 f"space in /dev/shm or {tempfile.gettempdir()}; free some, or point TMPDIR elsewhere.")
         scratch = Path(tempfile.mkdtemp(prefix="avatar-resident-", dir=roots[0]))
         cond_path, tri_path = scratch / "cond.u8", scratch / "tri.i16"
-        np.memmap(cond_path, np.uint8, "w+", shape=(2, n, COND_CHANNELS, S, S)).flush()
-        np.memmap(tri_path, np.int16, "w+", shape=(2, n, S, S)).flush()
-        bounds = [(s, s + c["frames"]) for s, c in zip(starts, self.clips)]
-        step = 64  # frames per task: even load over the pool
-        tasks = [(str(cond_path), str(tri_path), n, lo, points[lo:min(lo + step, hi)])
-                 for a, hi in bounds for lo in range(a, hi, step)]
-        workers = workers or os.cpu_count() or 1
+        workers = workers or max(1, (os.cpu_count() or 1) // ranks_here)
         try:
+            np.memmap(cond_path, np.uint8, "w+", shape=(2, n, COND_CHANNELS, S, S)).flush()
+            np.memmap(tri_path, np.int16, "w+", shape=(2, n, S, S)).flush()
+            bounds = [(s, s + c.frames) for s, c in zip(starts, self.clips)]
+            step = 64  # frames per task: even load over the pool
+            tasks = [(str(cond_path), str(tri_path), n, lo, points[lo:min(lo + step, hi)])
+                     for a, hi in bounds for lo in range(a, hi, step)]
             if workers > 1:
                 import multiprocessing
 
@@ -189,10 +170,8 @@ class ResidentPairs:
             dev = self.device  # straight from the scratch files to the device, no second host copy
             cond = torch.from_numpy(np.memmap(cond_path, np.uint8, "r+", shape=(2, n, COND_CHANNELS, S, S))).to(dev)
             tri = torch.from_numpy(np.memmap(tri_path, np.int16, "r+", shape=(2, n, S, S))).to(dev)
-        finally:
-            for p in (cond_path, tri_path):
-                p.unlink(missing_ok=True)
-            scratch.rmdir()
+        finally:  # nothing is left in /dev/shm, also on errors and Ctrl-C (an open CPU mapping stays valid)
+            shutil.rmtree(scratch, ignore_errors=True)
         return cond, tri
 
     # -- batches ----------------------------------------------------------------------------------
@@ -232,7 +211,7 @@ class ResidentPairs:
             "source": image(si), "driving": image(di),
             "source_points": self.points[fi, si].clone(), "driving_points": self.points[fi, di].clone(),
             "source_cond": self.cond[fi, si].float().div_(255.0), "driving_cond": self.cond[fi, di].float().div_(255.0),
-            "tri_ids": self.tri[fi, di].long(), "mask": mask, "source_mask": mask.clone(),
+            "tri_ids": self.tri[fi, di].long(), "mask": mask,
             "identity": self.identity[ci], "has_identity": self.has_identity[ci],
         }
         if aug:
@@ -273,11 +252,11 @@ class ResidentPairs:
         def warp(x, mode="bilinear", pad="zeros"):
             return F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
 
-        cond_key, mask_key = f"{side}_cond", ("mask" if side == "driving" else "source_mask")
+        cond_key = f"{side}_cond"
         out[side] = warp(out[side], pad="border")
-        out[cond_key] = warp(out[cond_key])
-        out[mask_key] = (warp(out[mask_key]) > 0.999).float()  # pixels that left the crop or the frame
-        if side == "driving":
+        out[cond_key] = warp(out[cond_key])  # resampled with the image (lines scale with it by at most 6 %)
+        if side == "driving":  # the source's own mask is not used: losses compare with the driving frame
+            out["mask"] = (warp(out["mask"]) > 0.999).float()  # pixels that left the crop or the frame
             tri = warp(out["tri_ids"][:, None].float() + 1.0, mode="nearest")
             out["tri_ids"] = tri[:, 0].long() - 1
         pts = out[f"{side}_points"]

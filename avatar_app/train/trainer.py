@@ -93,6 +93,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
+        self._resumed = False
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
         if cfg.resident and not self.resident:
             log.warning("resident data serves the warp and full stages only; the %s stage uses the loader",
@@ -297,13 +298,20 @@ class Trainer:
         self.save()
 
     def _fit_budget(self, t0: float, done0: int, bar) -> int:
-        """Set ``cfg.steps`` so that the run ends within ``time_budget_s`` of ``t0``, timed over the steps
-        after the first 10 (compilation); the learning-rate schedule follows from here on."""
-        if not hasattr(self, "_t10"):
+        """Set ``cfg.steps`` so that the run ends within ``time_budget_s`` of ``t0``, timed over steps
+        11–40 (the first 10 compile); the learning-rate schedule follows from here on. Rank 0's
+        figure holds for every rank; a resumed run keeps the steps saved with it."""
+        if not hasattr(self, "_t10") or self._resumed:  # a resumed run keeps the steps its budget set
             return self.cfg.steps
         per_step = (time.perf_counter() - self._t10) / (self.step - done0 - 10)
         left = self.cfg.time_budget_s - (time.perf_counter() - t0)
-        self.cfg.steps = max(self.step + 1, self.step + int(0.97 * left / per_step))
+        steps = max(self.step + 1, self.step + int(0.97 * left / per_step))
+        if self.world > 1:  # every rank must stop at the same step (all_reduce, barriers): rank 0 decides
+            shared = torch.tensor([steps], dtype=torch.int64, device=self.device if dist.get_backend() == "nccl"
+                                  else "cpu")
+            dist.broadcast(shared, 0)
+            steps = int(shared.item())
+        self.cfg.steps = steps
         bar.total = self.cfg.steps
         log.info("time budget %.0f s: %.3f s/step, training to step %d", self.cfg.time_budget_s, per_step,
                  self.cfg.steps)
@@ -366,7 +374,7 @@ class Trainer:
         modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
         optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})
         save_training_state(self.run_dir / "training_state.safetensors", step=self.step, modules=modules,
-                            optimizers=optimizers, extra={"scaler": self.scaler.state_dict()})
+                            optimizers=optimizers, extra={"scaler": self.scaler.state_dict(), "steps": self.cfg.steps})
 
     def resume(self) -> None:
         """Continue from the last checkpoint in ``run_dir`` (weights, optimizers, step, RNG)."""
@@ -378,3 +386,6 @@ class Trainer:
         self.step = int(meta["step"])
         if meta["extra"].get("scaler"):
             self.scaler.load_state_dict(meta["extra"]["scaler"])
+        if meta["extra"].get("steps") and self.cfg.time_budget_s > 0:  # the budget already chose the length
+            self.cfg.steps = int(meta["extra"]["steps"])
+            self._resumed = True

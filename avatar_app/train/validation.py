@@ -16,6 +16,7 @@ from ..models.enhancer import TemporalEnhancer
 from ..models.portrait import PortraitModel
 from ..runtime.networks import EnhancerStage
 from .enhancer_path import enhanced_window
+from .losses import masked_mean
 
 
 def masked_psnr(out: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,8 +72,7 @@ def validate(trainer) -> dict[str, float]:
             gt = b["driving"]
             geo += masked_psnr(trainer._frame(trainer._geometric, b)["warped"], gt, mask).tolist()
         psnrs += masked_psnr(out, gt, mask).tolist()
-        m = mask if mask is not None else torch.ones_like(gt[:, :1])
-        l1s.append(float(((out - gt).abs() * m).sum() / (m.sum() * 3).clamp(min=1)))
+        l1s.append(float(masked_mean((out - gt).abs(), mask)))
     result = {"l1": float(np.mean(l1s)) if l1s else float("nan"),
               "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
     if geo:  # the enhancer stage compares with no enhancer (its base), the others with the geometric avatar
