@@ -215,3 +215,20 @@ def test_bench_model_reports_budgets(capsys):
     for network in ("warp network", "generator", "enhancer (256->512)", "per-frame chain"):
         assert network in out
     assert "lite: per-frame chain" in out and "within the 6 GFLOPs budget" in out
+
+
+def test_a_driver_without_frames_writes_nothing(tmp_path, astronaut_source):
+    """A driver that gives no frame is an error; the partial file is not moved into place (it was: an
+    empty mp4 replaced the output)."""
+    from avatar_app.capture.images import ImageSequenceSource
+    from avatar_app.errors import InputFileError
+    from avatar_app.runtime.render import render_video
+
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"earlier good video")
+    empty = ImageSequenceSource([astronaut_source.crop], fps=25.0, loop=False, count=0)
+    assert list(ImageSequenceSource([astronaut_source.crop], fps=25.0, loop=False, count=0)) == []
+    with pytest.raises(InputFileError, match="gave no frames"):
+        render_video(astronaut_source, empty, out, progress=False, driver_name="the test driver")
+    assert out.read_bytes() == b"earlier good video"
+    assert not list(tmp_path.glob(".keep.partial*"))

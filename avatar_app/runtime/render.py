@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..capture.base import FrameSource
-from ..errors import NoFaceError
+from ..errors import InputFileError, NoFaceError
 from ..face.align import paste_back
 from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
@@ -59,7 +59,8 @@ def render_video(
 
     Frames where the driver shows no face hold the last good pose (the source's own
     pose before the first face).  A driver in which no face is ever found raises
-    :class:`NoFaceError` and writes nothing.
+    :class:`NoFaceError`, and one that gives no frames at all :class:`InputFileError`; neither
+    writes anything (an earlier ``output`` stays as it was).
     """
     output = Path(output)
     partial = output.with_name(f".{output.stem}.partial{output.suffix or '.mp4'}")
@@ -92,7 +93,10 @@ def render_video(
                 recorder.send(avatar)
                 frames += 1
                 bar.update(1)
-        if frames and not with_face:
+        if not frames:
+            raise InputFileError(f"{driver_name[:1].upper()}{driver_name[1:]} gave no frames, so no video was written; "
+                                 "check that it plays, or that --max-frames is above 0.")
+        if not with_face:
             raise NoFaceError(
                 f"No face was found in any frame of {driver_name}; use a video where the face is visible and well lit."
             )
