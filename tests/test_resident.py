@@ -14,7 +14,8 @@ from avatar_app.errors import InputFileError
 from avatar_app.face.align import CropBox
 from avatar_app.models.conditioning import landmark_image
 from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
-from avatar_app.face.mesh import topology
+from avatar_app.face.mesh import mouth_opening, topology
+from avatar_app.runtime.animator import mouth_fill_amount
 from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
 from avatar_app.train.clipio import clip_frame_mask, inside_frame_mask
 from avatar_app.train.config import TrainConfig
@@ -58,6 +59,11 @@ def test_split_by_person_and_batch_layout(root, train_set):
     assert b["mask"].shape == (5, 1, 256, 256) and b["identity"].shape == (5, 128)
     assert b["source_points"].shape == (5, 478, 3) and b["mouth_amount"].shape == (5,)
     assert 0.0 <= float(b["source"].min()) and float(b["source"].max()) <= 1.0
+    # how much mouth to paint, from the landmarks as augmented, exactly as the app's animator computes it
+    for k in range(5):
+        sp, dp = b["source_points"][k].numpy(), b["driving_points"][k].numpy()
+        assert float(b["mouth_amount"][k]) == pytest.approx(
+            mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), 256), abs=1e-5)
     # validation pairs are not augmented: a batch is exactly the plain pairs it drew
     assert not val.augment and train_set.augment
     drawn = val.draw(2, np.random.default_rng(3))

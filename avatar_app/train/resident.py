@@ -9,7 +9,7 @@ computed once and kept on the device:
 * every frame's landmark image (``uint8``, the exact OpenCV rasterisation inference uses)
   and triangle-id map (``int16``), for the frame and for its mirror image (flip
   augmentation with mirrored landmark indices), made once by a process pool;
-* landmarks, mouth openings, identity embeddings, and per clip the mask of crop pixels
+* landmarks, identity embeddings, and per clip the mask of crop pixels
   that lie inside the source video's frame (tight face crops reach past the frame edge,
   where :func:`~avatar_app.face.align.warp_to_crop` replicates the border: losses and
   metrics ignore those pixels).
@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputFileError
-from ..face.mesh import mouth_opening, topology
+from ..face.mesh import topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
-from ..runtime.animator import mouth_fill_amount
 from .clipio import BASE_SIZE
 from .data import PreparedDataset, read_manifest, split_clips
 
@@ -111,7 +110,9 @@ class ResidentPairs:
         self.cond = cond  # (2, N, 6, S, S) uint8; [1] = mirrored
         self.tri = tri  # (2, N, S, S) int16
         self.points = torch.from_numpy(np.stack([points, mirror_points(points)])).to(dev)  # (2, N, 478, 3)
-        self.opening = np.array([mouth_opening(p) for p in points], np.float64)
+        topo = topology()
+        self._lips = (torch.as_tensor(topo.lips_inner_upper[1:-1], device=dev),
+                      torch.as_tensor(topo.lips_inner_lower[1:-1], device=dev))
         self.masks = torch.from_numpy(np.stack([c.frame_mask(S) for c in clips]).astype(np.uint8)).to(dev)  # (C, S, S)
         self.identity = torch.from_numpy(np.stack([c.embedding for c in clips])).to(dev)
         self.has_identity = torch.tensor([c.has_embedding for c in clips], device=dev)
@@ -218,9 +219,15 @@ class ResidentPairs:
             self._colour(out, rng)
             self._jitter(out, "source", rng)
             self._jitter(out, "driving", rng)
-        amount = [mouth_fill_amount(self.opening[s], self.opening[d], S) for s, d in zip(src, drv)]
-        out["mouth_amount"] = torch.tensor(amount, dtype=torch.float32, device=dev)
+        # from the landmarks as augmented (the jitter scales the mouth too), as the app measures its own
+        gap_s, gap_d = (self._mouth_gap(out[k]) for k in ("source_points", "driving_points"))
+        out["mouth_amount"] = ((gap_d - gap_s) / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = mouth_fill_amount
         return out
+
+    def _mouth_gap(self, points: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` mean gap between the inner lips of ``(B, 478, 3)`` landmarks (:func:`~avatar_app.face.mesh.mouth_opening`)."""
+        up, lo = points[:, self._lips[0], :2], points[:, self._lips[1], :2]
+        return (up - lo).norm(dim=-1).mean(-1)
 
     def _colour(self, out: dict, rng: np.random.Generator) -> None:
         """Brightness, contrast, saturation and gamma, the same for both images of a pair."""
