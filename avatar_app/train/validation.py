@@ -49,18 +49,22 @@ def validate(trainer) -> dict[str, float]:
     each frame's ``mask`` where the batch has one; pairs stages also report
     ``psnr_geometric``, the analytic warp (what users get without weights) on the same pairs."""
     l1s, psnrs, geo = [], [], []
-    if trainer.cfg.stage != "enhancer" and getattr(trainer, "_geometric", None) is None:
+    # the validation batches are the same every time, and so is the baseline on them (the geometric avatar;
+    # for the enhancer, its base from the frozen warp network and generator): scored once per run
+    baseline = getattr(trainer, "_val_baseline", None)
+    geometric = None
+    if trainer.cfg.stage != "enhancer" and baseline is None:
         with torch.random.fork_rng(devices=[]):  # training's random stream stays as it was (exact resume)
-            trainer._geometric = PortraitModel(config=trainer.model.config).to(trainer.device).eval()  # zero residual
+            geometric = PortraitModel(config=trainer.model.config).to(trainer.device).eval()  # zero residual
     for b in _val_batches(trainer):
         mask = b.get("mask", b.get("mask_512"))
         if trainer.cfg.stage == "enhancer" and "source_512" in b:  # last frame of the window, history built up
             stage = EnhancerStage(trainer.ema, 512)
             out = enhanced_window(trainer.ema, trainer.flow, stage, b)[:, -1]
-            stage.enhancer = TemporalEnhancer(**trainer.ema.config["enhancer"]).to(trainer.device)  # returns its base
-            geo += masked_psnr(enhanced_window(trainer.ema, trainer.flow, stage, b)[:, -1], b["frames_512"][:, -1],
-                               mask).tolist()
             gt = b["frames_512"][:, -1]
+            if baseline is None:
+                stage.enhancer = TemporalEnhancer(**trainer.ema.config["enhancer"]).to(trainer.device)  # its base
+                geo += masked_psnr(enhanced_window(trainer.ema, trainer.flow, stage, b)[:, -1], gt, mask).tolist()
         elif trainer.cfg.stage == "enhancer":
             first = b["frames_256"][:, 0]
             base = F.interpolate(first, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -70,11 +74,14 @@ def validate(trainer) -> dict[str, float]:
             res = trainer._frame(trainer.ema, b)
             out = res["warped"] if trainer.cfg.stage == "warp" else res["image"]
             gt = b["driving"]
-            geo += masked_psnr(trainer._frame(trainer._geometric, b)["warped"], gt, mask).tolist()
+            if geometric is not None:
+                geo += masked_psnr(trainer._frame(geometric, b)["warped"], gt, mask).tolist()
         psnrs += masked_psnr(out, gt, mask).tolist()
         l1s.append(float(masked_mean((out - gt).abs(), mask)))
     result = {"l1": float(np.mean(l1s)) if l1s else float("nan"),
               "psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
-    if geo:  # the enhancer stage compares with no enhancer (its base), the others with the geometric avatar
-        result["psnr_base" if trainer.cfg.stage == "enhancer" else "psnr_geometric"] = float(np.mean(geo))
+    if geo:
+        trainer._val_baseline = baseline = float(np.mean(geo))
+    if baseline is not None:  # the enhancer stage compares with no enhancer (its base), the others with the warp
+        result["psnr_base" if trainer.cfg.stage == "enhancer" else "psnr_geometric"] = baseline
     return result
