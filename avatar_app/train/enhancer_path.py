@@ -5,8 +5,9 @@ builds: the 512 source warped with the final flow (mouth painted), the generator
 blended in where its mask says.  Training it on a bilinear upscale of the 256 ground truth
 instead taught it to sharpen images it never sees (measured: it made the 512 output worse,
 README).  Here the frozen warp network and generator animate a source frame of the clip to
-each frame of a window (inputs from :class:`.inputs.WindowFlowInputs`), and the enhancer — the very ``EnhancerStage`` the app runs, history
-and reset included — is trained against the real 512 frames.
+each frame of a window (inputs from :class:`.inputs.WindowFlowInputs`), and the enhancer —
+the very ``EnhancerStage`` the app runs, history and reset included — is trained against the
+real 512 frames.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..runtime.networks import EnhancerStage
 def enhanced_window(model: PortraitModel, flow: AnalyticFlow, stage: EnhancerStage, b: dict) -> torch.Tensor:
     """``(B, T, 3, 512, 512)``: the app's 512 output for each frame of a batch of windows, the
     warp network and generator frozen (no gradient), the enhancer trained through ``stage``."""
-    enh = model.enhancer
+    enh = stage.enhancer  # the one that runs (validation swaps in an untrained one for its baseline)
     t_len = b["points_256"].shape[1]
     with torch.no_grad():
         src = model.encode_source(b["source_256"], b["source_cond"], b["identity"])
