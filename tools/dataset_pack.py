@@ -2,12 +2,13 @@
 
 A prepared dataset of real video is mostly JPEG crops (the 114-clip corpus: 1.4 GB);
 the videos it came from are 35 MB.  ``pack`` keeps the videos, each clip's crop box,
-valid flags and identity embedding, and the landmarks (1/16 px for x and y, 1/4 px for
-depth, delta-coded along time, xz-compressed: about 20 MB for 23k frames).  ``unpack``
+valid flags and identity embedding, and the landmarks (by default 1/4 px for x and y, 1 px
+for depth: well below mediapipe's own frame-to-frame jitter; delta-coded along time,
+xz-compressed: about 8 MB for 23k frames; pack.json records the steps).  ``unpack``
 decodes the videos again and writes the same crops (same affine, same code path as
 ``avatar-app prepare``), so the GPU machine needs neither mediapipe nor dlib.
 
-    python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK
+    python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK [--steps 4 4 1]
     python tools/dataset_pack.py unpack PACK OUT [--workers N]
 """
 
@@ -30,10 +31,12 @@ from avatar_app.face.align import CropBox, warp_to_crop  # noqa: E402
 from avatar_app.train.clipio import BASE_SIZE, ClipWriter, size_affine  # noqa: E402
 from avatar_app.types import NUM_LANDMARKS  # noqa: E402
 
-QUANT = np.array([16.0, 16.0, 4.0], np.float32)  # steps per px of x, y, z
+STEPS = (4.0, 4.0, 1.0)  # quantisation steps per px of x, y, z
+OLD_STEPS = (16.0, 16.0, 4.0)  # packs written before pack.json recorded its steps
 
 
-def pack(prepared: Path, videos: Path, out: Path) -> None:
+def pack(prepared: Path, videos: Path, out: Path, steps=STEPS) -> None:
+    quant = np.asarray(steps, np.float32)
     manifest = json.loads((prepared / "manifest.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(exist_ok=True)
@@ -43,7 +46,7 @@ def pack(prepared: Path, videos: Path, out: Path) -> None:
         meta = json.loads((folder / "meta.json").read_text())
         (out / "videos" / meta["source"]).parent.mkdir(parents=True, exist_ok=True)  # the path below SRC: unique
         shutil.copyfile(videos / meta["source"], out / "videos" / meta["source"])
-        q = np.rint(np.load(folder / "landmarks.npy") * QUANT).astype(np.int32)
+        q = np.rint(np.load(folder / "landmarks.npy") * quant).astype(np.int32)
         deltas.append(np.concatenate([q[:1], np.diff(q, axis=0)]))
         emb = folder / "identity.npy"
         idents.append(np.load(emb).astype(np.float32) if emb.is_file() else np.zeros(128, np.float32))
@@ -53,7 +56,8 @@ def pack(prepared: Path, videos: Path, out: Path) -> None:
     (out / "landmarks.xz").write_bytes(lzma.compress(stream.tobytes(), preset=6))
     np.save(out / "identity.npy", np.stack(idents))
     (out / "pack.json").write_text(json.dumps({"manifest": manifest, "clips": clips,
-                                               "frames": int(stream.shape[2])}))
+                                               "frames": int(stream.shape[2]),
+                                               "steps": [float(v) for v in quant]}))
     print(f"packed {len(clips)} clips, {stream.shape[2]} frames into {out}")
 
 
@@ -85,10 +89,11 @@ def unpack(pack_dir: Path, out: Path, workers: int) -> None:
     stream = np.frombuffer(lzma.decompress((pack_dir / "landmarks.xz").read_bytes()), np.int16)
     deltas = stream.reshape(3, NUM_LANDMARKS, n).transpose(2, 1, 0).astype(np.int32)
     idents = np.load(pack_dir / "identity.npy")
+    quant = np.asarray(info.get("steps", OLD_STEPS), np.float32)
     jobs, lo = [], 0
     for k, clip in enumerate(info["clips"]):
         f = clip["meta"]["frames"]
-        points = (np.cumsum(deltas[lo:lo + f], axis=0) / QUANT).astype(np.float32)
+        points = (np.cumsum(deltas[lo:lo + f], axis=0) / quant).astype(np.float32)
         jobs.append((str(pack_dir), str(out), clip, points, idents[k]))
         lo += f
     out.mkdir(parents=True, exist_ok=True)
@@ -105,13 +110,15 @@ def main() -> None:
     a.add_argument("prepared", type=Path)
     a.add_argument("videos", type=Path)
     a.add_argument("out", type=Path)
+    a.add_argument("--steps", type=float, nargs=3, default=STEPS, metavar=("X", "Y", "Z"),
+                   help="landmark quantisation steps per pixel (default %(default)s)")
     b = sub.add_parser("unpack")
     b.add_argument("pack", type=Path)
     b.add_argument("out", type=Path)
     b.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     if args.cmd == "pack":
-        pack(args.prepared, args.videos, args.out)
+        pack(args.prepared, args.videos, args.out, args.steps)
     else:
         unpack(args.pack, args.out, args.workers)
 

@@ -23,6 +23,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init-weights", metavar="PATH", help="start from this checkpoint (e.g. the warp stage's)")
     p.add_argument("--time-budget", type=float, metavar="S",
                    help="train for about this many seconds: steps are set from the speed of the first steps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config setting (TOML value), e.g. --set w_gan=0.3; repeatable")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -35,9 +37,10 @@ def run_train(args) -> int:
 
     from .config import TrainConfig
 
-    cfg = TrainConfig.load(args.config, stage=args.stage, steps=args.steps, batch_size=args.batch_size,
-                           preset=args.preset, init_weights=args.init_weights,
-                           time_budget_s=getattr(args, "time_budget", None))
+    named = dict(stage=args.stage, steps=args.steps, batch_size=args.batch_size, preset=args.preset,
+                 init_weights=args.init_weights, time_budget_s=getattr(args, "time_budget", None))
+    settings = TrainConfig.parse_settings(getattr(args, "set", None))
+    cfg = TrainConfig.load(args.config, **{**settings, **{k: v for k, v in named.items() if v is not None}})
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -49,6 +49,7 @@ class TrainConfig:
     w_perceptual: float = 1.0
     w_ssim: float = 0.0  # multi-scale SSIM (1 - SSIM), works without any downloaded weights
     w_warped: float = 0.0  # full stage: L1 of the warped source too, so the warp keeps doing the moving
+    w_blend: float = 0.0  # full stage: mean of the generator's blend mask, so the sharp warped source is kept where it fits
     perceptual_weights: str = ""  # local VGG19 weights (.safetensors or .pth); empty = perceptual loss off
     w_gan: float = 0.1
     w_feature_matching: float = 1.0
@@ -92,6 +93,21 @@ class TrainConfig:
             raise InputFileError(f"Training config has unknown setting(s): {', '.join(unknown)}; check the spelling.")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    @classmethod
+    def parse_settings(cls, pairs: list[str] | None) -> dict:
+        """``["w_gan=0.3", 'amp_dtype="fp16"']`` (TOML values; a bare word is a string) → overrides."""
+        known, out = {f.name for f in fields(cls)}, {}
+        for pair in pairs or []:
+            key, sep, text = pair.partition("=")
+            key = key.strip()
+            if not sep or key not in known:
+                raise InputFileError(f"'--set {pair}' is not KEY=VALUE with a known setting; check the spelling.")
+            try:
+                out[key] = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key] = text.strip()
+        return out
 
     def to_toml(self) -> str:
         return dump_toml(asdict(self))

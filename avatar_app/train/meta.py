@@ -110,5 +110,7 @@ class MetaTrainer(Trainer):
         while self.step < target:
             losses = self.reptile_step(self.task_batches(self.step))
             self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size * self.cfg.inner_steps)
+            if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
+                target = self._fit_budget(t0, done0, bar)
         bar.close()
         self.save()

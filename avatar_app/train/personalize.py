@@ -138,12 +138,14 @@ class _FramePairs(torch.utils.data.Dataset):
 def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, budget_s: float = 30.0,
                 batch_size: int = 4, lr: float = 1e-4, warp_lr_scale: float = 0.1, holdout_every: int = 10,
                 progress: Callable[[dict], None] | None = None, cancel: CancelToken | None = None,
-                device: str = "cpu", seed: int = 0, curve_every_s: float | None = None) -> PersonalizeResult:
+                device: str = "cpu", seed: int = 0, curve_every_s: float | None = None,
+                also_score: dict[str, list[dict]] | None = None) -> PersonalizeResult:
     """Fine-tune a copy of ``base`` on ``clip`` for at most ``budget_s`` seconds of training.
 
     ``progress`` receives ``{"step", "elapsed", "eta", "loss"}`` after every step; ``cancel``
     stops at the next step.  ``curve_every_s`` also scores the held-out frames every so many
-    training seconds (evaluation time is not counted against the budget).
+    training seconds (evaluation time is not counted against the budget), and each set of
+    :func:`frame_items` in ``also_score`` beside them (keys ``<name>_psnr``, ``<name>_l1``).
     """
     n = len(clip.crops)
     held = held_out_indices(n, clip.reference, holdout_every)
@@ -153,10 +155,15 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=False, seed=seed)
     model = copy.deepcopy(base)
     pairs = FlowInputs(_FramePairs(clip, train_idx, identity, seed))
-    held_set = FlowInputs(_FramePairs(clip, held, identity, seed, pairs=[(clip.reference, i) for i in held]))
-    held_items = [held_set[k] for k in range(len(held_set))]
+    held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
-    before = _score(trainer, model, held_items)
+    def scores() -> dict:
+        out = _score(trainer, model, held_items)
+        for name, items in (also_score or {}).items():
+            out.update({f"{name}_{k}": v for k, v in _score(trainer, model, items).items()})
+        return out
+
+    before = scores()
     opt = inner_optimizer(model, lr, warp_lr_scale)
     params = [p for g in opt.param_groups for p in g["params"]]
     curve = [{"seconds": 0.0, "step": 0, **before}] if curve_every_s else []
@@ -179,10 +186,16 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
             progress({"step": step, "elapsed": trained_s, "eta": max(0.0, budget_s - trained_s),
                       "loss": float(loss.detach())})
         if trained_s >= next_curve:
-            curve.append({"seconds": trained_s, "step": step, **_score(trainer, model, held_items)})
+            curve.append({"seconds": trained_s, "step": step, **scores()})
             next_curve += curve_every_s
-    after = _score(trainer, model, held_items)
+    after = scores()
     return PersonalizeResult(model.eval(), step, trained_s, before, after, cancelled, curve)
+
+
+def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.ndarray) -> list[dict]:
+    """Scoring samples: each ``(source, driver)`` index pair of ``clip``, with its conditioning."""
+    items = FlowInputs(_FramePairs(clip, sorted({i for p in pairs for i in p}), identity, pairs=pairs))
+    return [items[k] for k in range(len(items))]
 
 
 @torch.no_grad()

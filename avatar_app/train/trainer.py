@@ -182,6 +182,8 @@ class Trainer:
                 parts = self._image_losses(image, b["driving"], b["driving_cond"], mask)
                 if self.cfg.stage != "warp" and self.cfg.w_warped:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
+                if self.cfg.stage != "warp" and self.cfg.w_blend:
+                    parts["blend"] = self.cfg.w_blend * out["mask"].float().mean()
                 if self.disc is not None:
                     fake = self.disc(image, b["driving_cond"])
                     with torch.no_grad():

@@ -1,0 +1,103 @@
+"""The personalization curve (issue 12): how fast each starting point adapts to a person it never saw.
+
+For each clip (default: the longest clips of the validation people, split as training splits them):
+the first ``--record`` seconds are what personalization gets, as the app would record them (every 10th
+frame held out and scored: "interleaved"); the seconds after it, up to as many again, are the *later*,
+unseen segment, scored on ``--later-frames`` frames spread over it.  Each start (``NAME=WEIGHTS``;
+``NAME=`` for the untrained model) is personalized for ``--budget`` seconds on ``--device`` with the
+app's own :func:`~avatar_app.train.personalize.personalize`, scored every ``--every`` training seconds.
+Frames are the prepared 256 crops and landmarks; PSNR over the whole crop, as personalization scores.
+
+    python tools/personalize_curve.py --data PREPARED --start meta=M.safetensors base=B.safetensors untrained= \
+        --budget 30 --every 3 --device cuda --out curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E402
+from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
+from avatar_app.train.eval_clips import load_clip  # noqa: E402
+from avatar_app.train.personalize import ClipFrames, frame_items, personalize  # noqa: E402
+
+
+def segments(clip, fps: float, record_s: float, later_frames: int) -> tuple[list[int], list[int]]:
+    """Valid frame indices of the recording (at most ``record_s``, at most half the clip) and of the later
+    segment (as long again at most), ``later_frames`` of them spread evenly."""
+    valid = np.flatnonzero(clip.valid)
+    n = min(int(round(record_s * fps)), len(valid) // 2)
+    record, rest = valid[:n], valid[n:2 * n]
+    picks = np.linspace(0, len(rest) - 1, min(later_frames, len(rest))).round().astype(int)
+    return record.tolist(), rest[picks].tolist()
+
+
+def start_model(weights: str, preset: str) -> PortraitModel:
+    if not weights:
+        torch.manual_seed(0)
+        return PortraitModel(preset)
+    return load_checkpoint(weights)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="a prepared dataset")
+    p.add_argument("--start", nargs="+", required=True, metavar="NAME=WEIGHTS", help="starting points ('NAME=': untrained)")
+    p.add_argument("--clips", nargs="*", help="clip keys (default: the --count longest validation clips)")
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--preset", default="full", choices=("lite", "full"))
+    p.add_argument("--record", type=float, default=10.0, help="seconds recorded for personalization (default 10)")
+    p.add_argument("--later-frames", type=int, default=48)
+    p.add_argument("--budget", type=float, default=30.0)
+    p.add_argument("--every", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+
+    manifest = read_manifest(args.data)
+    entries = {c["key"]: c for c in manifest["clips"]}
+    keys = args.clips or sorted(split_clips(list(entries.values()), args.val_fraction)[1],
+                                key=lambda k: -int(entries[k]["frames"]))[:args.count]
+    starts = dict(s.split("=", 1) for s in args.start)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for key in keys:
+        clip, why = load_clip(args.data, entries[key])
+        if clip is None:
+            print(f"{key}: skipped ({why})")
+            continue
+        record, later = segments(clip, float(entries[key].get("fps") or 25.0), args.record, args.later_frames)
+        frames = record + later
+        local = {f: k for k, f in enumerate(frames)}
+        whole = ClipFrames([clip.image(f) for f in frames], [clip.landmarks[f] for f in frames], reference=0)
+        recording = ClipFrames(whole.crops[:len(record)], whole.points[:len(record)], reference=0)
+        identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
+        later_items = frame_items(whole, [(0, local[f]) for f in later], identity)
+        for name, weights in starts.items():
+            t0 = time.perf_counter()
+            res = personalize(recording, start_model(weights, args.preset).to(args.device), identity,
+                              budget_s=args.budget, batch_size=args.batch_size, device=args.device,
+                              curve_every_s=args.every, also_score={"later": later_items})
+            results.setdefault(key, {})[name] = {
+                "weights": weights or f"untrained {args.preset}", "record_frames": len(record),
+                "later_frames": len(later), "steps": res.steps, "curve": res.curve}
+            c0, c1 = res.curve[0], res.curve[-1]
+            print(f"{key} {name}: {res.steps} steps in {res.seconds:.1f} s ({time.perf_counter() - t0:.0f} s wall); "
+                  f"interleaved {c0['psnr']:.2f} -> {c1['psnr']:.2f} dB, later {c0['later_psnr']:.2f} -> "
+                  f"{c1['later_psnr']:.2f} dB", flush=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
