@@ -217,8 +217,14 @@ def test_perceptual_loss_without_weights_warns_and_is_zero(caplog, tmp_path):
     assert not loss.active and "perceptual loss off" in caplog.text
     x = torch.rand(1, 3, 32, 32)
     assert float(loss(x, x * 0.5)) == 0.0
-    with caplog.at_level("WARNING"):
-        assert not PerceptualLoss(tmp_path / "vgg19.safetensors").active
+
+
+def test_perceptual_loss_with_a_configured_but_missing_or_wrong_file_stops(tmp_path):
+    with pytest.raises(InputFileError, match="vgg19.safetensors' .*does not exist"):
+        PerceptualLoss(tmp_path / "vgg19.safetensors")
+    (tmp_path / "damaged.safetensors").write_bytes(b"not weights")
+    with pytest.raises(InputFileError, match="not the VGG19"):
+        PerceptualLoss(tmp_path / "damaged.safetensors")
 
 
 def test_perceptual_loss_with_local_weights(tmp_path):
