@@ -82,11 +82,51 @@ def test_works_at_512(astronaut, still_tracker):
     assert mouth_opening(_redetect(still_tracker, out)) > mouth_opening(_redetect(still_tracker, source.crop))
 
 
-def test_paste_back_returns_the_whole_portrait(astronaut_source):
-    out = _animate(astronaut_source, FacePose(jaw=0.8))
-    full = paste_back(out, astronaut_source.image, astronaut_source.crop_to_image)
-    assert full.shape == astronaut_source.image.shape
-    assert not np.array_equal(full, astronaut_source.image)
+def _crop_edge_distance(source, size: int) -> np.ndarray:
+    """``(H, W)``: each image pixel's distance (crop px) inside the crop's nearest edge (negative outside)."""
+    import cv2
+
+    h, w = source.image.shape[:2]
+    inv = cv2.invertAffineTransform(source.crop_to_image)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    cy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    return np.minimum.reduce([cx, cy, size - cx, size - cy])
+
+
+def test_paste_back_keeps_the_background_and_the_avatar_inside(astronaut_source):
+    import cv2
+
+    src = astronaut_source
+    out = _animate(src, FacePose(jaw=0.8))
+    full = paste_back(out, src.image, src.crop_to_image)
+    assert full.shape == src.image.shape
+    edge = _crop_edge_distance(src, out.shape[0])
+    changed = np.abs(full.astype(int) - src.image).max(axis=2)
+    assert (edge < -2).sum() > 10_000 and changed[edge < -2].max() == 0  # outside the crop: untouched
+    warped = cv2.warpAffine(out, src.crop_to_image, src.image.shape[1::-1], flags=cv2.INTER_LINEAR)
+    inner = edge > 0.12 * out.shape[0] + 2  # past the feather: the avatar itself
+    assert np.abs(full[inner].astype(int) - warped[inner]).max() <= 1
+    assert changed[inner].max() > 40  # and the avatar differs from the photo there (the mouth opened)
+
+
+def test_paste_back_blends_over_a_soft_edge(astronaut_source):
+    src = astronaut_source
+    size, feather = 256, 0.12
+    white = np.full((size, size, 3), 255, np.uint8)  # a crop that differs from the photo everywhere
+    full = paste_back(white, src.image, src.crop_to_image, feather).astype(np.float64)
+    image = src.image.astype(np.float64)
+    gap = (255.0 - image).sum(axis=2)
+    weight = (full - image).sum(axis=2) / np.maximum(gap, 1.0)  # how much of the crop each pixel shows
+    edge = _crop_edge_distance(src, size)
+    ramp = feather * size
+    medians = []
+    for lo in np.linspace(0, ramp, 5)[:-1]:  # four bands across the feather, outside to inside
+        band = (edge >= lo) & (edge < lo + ramp / 4) & (gap > 120)
+        assert band.sum() > 100
+        medians.append(float(np.median(weight[band])))
+    assert medians == sorted(medians), medians  # rises steadily, no step
+    assert medians[0] < 0.2 and 0.2 < medians[1] < 0.8 and 0.2 < medians[2] < 0.8 and medians[3] > 0.8, medians
 
 
 def test_mouth_fill_amount():
