@@ -34,14 +34,19 @@ def test_personalize_saves_a_profile_that_render_uses(tmp_path, monkeypatch, cap
     assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == 4
 
 
+def _first_profile(tmp_path, monkeypatch, clip_video):
+    """Personalize profile 'me' once (1 s); its folder."""
+    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
+    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "1", "--no-progress"]) == 0
+    return tmp_path / "data" / "profiles" / "me"
+
+
 def test_cancelled_personalization_keeps_the_old_profile(tmp_path, monkeypatch, capsys, clip_video):
     import signal
 
     import avatar_app.train.personalize as mod
 
-    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
-    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "1", "--no-progress"]) == 0
-    folder = tmp_path / "data" / "profiles" / "me"
+    folder = _first_profile(tmp_path, monkeypatch, clip_video)
     before = _files(folder)
 
     real = mod.personalize
@@ -70,9 +75,7 @@ def test_ctrl_c_while_the_profile_is_swapped_in_keeps_the_old_one(tmp_path, monk
 
     import avatar_app.profiles as profiles
 
-    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
-    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "1", "--no-progress"]) == 0
-    folder = tmp_path / "data" / "profiles" / "me"
+    folder = _first_profile(tmp_path, monkeypatch, clip_video)
     before = _files(folder)
     real_rename = os.rename
 
