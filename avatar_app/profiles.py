@@ -46,6 +46,7 @@ SOURCE_FILE = "source.png"
 NEUTRAL_FILE = "neutral.npy"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9 _.\-]{1,64}")
+_TRASH_RE = re.compile(r"\.(?P<name>[A-Za-z0-9 _.\-]{1,64})\.trash-.+")
 NAME_RULE = ("Profile names may only use letters, digits, spaces, '-', '_' and '.', must be 1 to 64 characters long "
              "and must not start with '.' or start or end with a space")
 
@@ -244,10 +245,12 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
             os.rename(final, trash)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C between the two renames too: the old profile goes back
         if trash is not None and trash.exists() and not final.exists():
             os.rename(trash, final)
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
         raise OutputError(f"Could not put profile '{name}' into place in '{root}' ({exc}); check the folder's "
                           "permissions and that no other program is using it, then try again.") from exc
     if trash is not None:
@@ -342,9 +345,25 @@ def load_source(profile: Profile) -> np.ndarray:
     return read_image(profile.source_path)
 
 
+def _interrupted_saves(root: Path) -> list[str]:
+    """Names whose profile sits only in a ``.<name>.trash-*`` folder (a save killed between its renames)."""
+    names = {m["name"] for p in root.iterdir() if (m := _TRASH_RE.fullmatch(p.name)) and p.is_dir()}
+    return sorted(n for n in names if not (root / n).exists())
+
+
 def list_profiles(root: str | os.PathLike | None = None) -> list[Profile]:
-    """Every readable profile, sorted by name; broken ones are skipped with a logged warning each."""
+    """Every readable profile, sorted by name; broken ones are skipped with a logged warning each.
+
+    A profile left in its hidden trash folder by a save that was killed between its two renames
+    is put back first (with a logged warning), so it never vanishes from the list.
+    """
     root = _root(root)
+    if root.is_dir():
+        for name in _interrupted_saves(root):
+            try:
+                _recover(root, name)
+            except OSError as exc:
+                log.warning("could not restore profile '%s' from its interrupted save in '%s': %s", name, root, exc)
     profiles = []
     for name in _folder_names(root):
         try:

@@ -56,16 +56,32 @@ def test_render_synthetic_writes_a_playable_video(tmp_path, astronaut_path):
     assert np.std(frames[0]) > 20  # a real picture, not a blank frame
 
 
-def test_render_from_a_driving_video_with_paste_back(tmp_path, astronaut_path, hopper):
+def test_render_from_a_driving_video_with_paste_back(tmp_path, astronaut_path, astronaut, astronaut_source, hopper):
     drive = camera_frame(hopper)
     driving = _write_video(tmp_path / "drive.mp4", [drive] * 6)
-    out = tmp_path / "pasted.mp4"
-    code = main(["render", "--source", str(astronaut_path), "--driving", str(driving), "--paste-back",
-                 "-o", str(out), "--no-progress"])
-    assert code == 0
-    frames = _read_video(out)
-    assert len(frames) == 6
-    assert frames[0].shape == (512, 512, 3)  # the whole astronaut portrait
+    out, crop_only = tmp_path / "pasted.mp4", tmp_path / "crop.mp4"
+    args = ["render", "--source", str(astronaut_path), "--driving", str(driving), "--no-progress"]
+    assert main(args + ["--paste-back", "-o", str(out)]) == 0
+    assert main(args + ["-o", str(crop_only)]) == 0
+    frames, crops = _read_video(out), _read_video(crop_only)
+    assert len(frames) == 6 == len(crops)
+    assert frames[0].shape == astronaut.shape == (512, 512, 3)  # the whole astronaut portrait
+    # where the crop lies in the portrait (crop px from its nearest edge; negative outside)
+    size = astronaut_source.size
+    inv = cv2.invertAffineTransform(astronaut_source.crop_to_image)
+    ys, xs = np.mgrid[0:512, 0:512].astype(np.float64)
+    cx, cy = (inv[i, 0] * xs + inv[i, 1] * ys + inv[i, 2] for i in range(2))
+    edge = np.minimum.reduce([cx, cy, size - cx, size - cy])
+    pasted = frames[-1].astype(np.float64)
+    background = np.abs(pasted - astronaut).mean(axis=2)[edge < -2]
+    # the codec's own error on the untouched portrait
+    floor = _read_video(_write_video(tmp_path / "still.mp4", [astronaut] * 6))[-1].astype(np.float64)
+    codec = np.abs(floor - astronaut).mean(axis=2)[edge < -2]
+    assert background.size > 10_000 and background.mean() < codec.mean() + 0.5  # untouched but for the codec
+    # inside the soft edge, the portrait holds the avatar that a render without --paste-back makes
+    back = cv2.warpAffine(frames[-1], inv, (size, size), flags=cv2.INTER_LINEAR)
+    inner = slice(int(0.15 * size), int(0.85 * size))
+    assert np.abs(back[inner, inner].astype(np.float64) - crops[-1][inner, inner]).mean() < 4.0
 
 
 def test_console_script_renders(tmp_path, astronaut_path):

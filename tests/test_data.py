@@ -170,3 +170,22 @@ def test_unusable_datasets(root, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "sizes": [256], "clips": []}))
     with pytest.raises(InputFileError, match="512"):
         PreparedDataset(tmp_path, mode="window")
+
+
+def test_clips_without_identity_are_named_in_a_warning(root, tmp_path, caplog):
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(root, copy)
+    with caplog.at_level("WARNING", logger="avatar_app.train.data"):
+        PreparedDataset(copy, split="all")
+    assert "identity.npy" not in caplog.text  # every clip has one
+    gone = sorted(copy.glob("clips/*/identity.npy"))[:2]
+    for path in gone:
+        path.unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avatar_app.train.data"):
+        ds = PreparedDataset(copy, split="all")
+    assert "2 of 6 all clips" in caplog.text and "zero identity embedding" in caplog.text
+    assert gone[0].parent.name in caplog.text
+    assert sum(not c.has_embedding for c in ds.clip_records) == 2

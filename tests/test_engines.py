@@ -18,7 +18,7 @@ from avatar_app.capture.synthetic import SyntheticDriver
 from avatar_app.cli import main
 from avatar_app.face.source import prepare_source
 from avatar_app.models.portrait import PortraitModel, load_checkpoint
-from avatar_app.runtime.backend import BackendUnavailable, choose_backend
+from avatar_app.runtime.backend import BackendUnavailable, choose_backend, probe
 from avatar_app.runtime.calibration import CalibrationSet, record_calibration
 from avatar_app.runtime.engine_cache import EngineCache
 from avatar_app.runtime.export import PARITY_TOLERANCE, cached_onnx, export_all, model_networks, onnx_session
@@ -198,7 +198,12 @@ def test_cli_export_engines_and_bench(tmp_path, capsys, monkeypatch):
     assert main(["engines", "list"]) == 0
     listing = capsys.readouterr().out
     assert "4 file(s)" in listing and "warp-onnx-fp32-" in listing
-    assert main(["engines", "build", "--backend", "tensorrt"]) in (0, 6)  # 6 = cannot run here (says why)
+    why = probe("tensorrt")  # None where TensorRT can build here
+    code = main(["engines", "build", "--backend", "tensorrt"])
+    if why is None:
+        assert code == 0
+    else:  # 6 (DependencyError): cannot run here, and the sentence says why
+        assert code == 6 and f"The tensorrt backend cannot run here: {why}." in capsys.readouterr().err
     assert main(["engines", "build", "--backend", "onnxruntime", "--precision", "int8"]) == 1
     assert "needs --calibration" in capsys.readouterr().err
     assert main(["engines", "clean"]) == 0
@@ -269,3 +274,25 @@ def test_reset_ignores_whatever_the_old_history_held(trained, hopper, still_trac
     weights_of(trained, "warp")  # reading weights leaves the caller's model as it was
     assert trained.training
     trained.eval()
+
+
+def test_onnxruntime_falling_back_from_cuda_says_so(tmp_path, caplog):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: its fall-back to CPU cannot be seen here")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with caplog.at_level("WARNING"):
+        session = onnx_session(path)  # CPU asked for: nothing to say
+        assert not caplog.records
+        session = onnx_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert session.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and "could not start CUDA for relu.onnx" in said[0] and "runs it on CPU" in said[0]

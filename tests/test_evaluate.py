@@ -271,3 +271,22 @@ def test_mouth_follow_is_the_correlation_of_mouth_openings():
     assert _mouth_follow(talking, [None] * 8 + noisy[8:]) is None  # too few re-detected faces
     closed = [synthetic_landmarks(timeline_pose(1.0 + i / 10)).points for i in range(10)]
     assert _mouth_follow(closed, closed) is None
+
+
+def test_a_damaged_identity_embedding_skips_the_clip_and_says_why(prepared, tmp_path):
+    from avatar_app.train.eval_clips import load_clip
+
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    entry = next(c for c in manifest["clips"] if c["key"] == "hopper__clip01")
+    shutil.copytree(prepared / "clips" / "hopper__clip01", tmp_path / "clips" / "hopper__clip01")
+    identity = tmp_path / "clips" / "hopper__clip01" / "identity.npy"
+    identity.unlink(missing_ok=True)
+    clip, reason = load_clip(tmp_path, entry)  # no identity.npy: allowed
+    assert clip is not None and clip.embedding is None and not reason
+    for damaged in (b"\x93NUMPY garbage", None):
+        if damaged is None:
+            np.save(identity, np.ones(64, np.float32))  # a readable array of the wrong size
+        else:
+            identity.write_bytes(damaged)
+        clip, reason = load_clip(tmp_path, entry)
+        assert clip is None and "identity.npy is damaged" in reason and "prepare" in reason

@@ -228,15 +228,32 @@ def test_bad_source_files_show_a_message_and_the_app_keeps_working(make_window, 
 
 
 def test_calibrate_hotkey_takes_the_current_face_as_neutral(make_window, qtbot):
+    from avatar_app.capture.synthetic import SyntheticDriver
+
     w = make_window()
+    clicked = time.monotonic()
     start(qtbot, w)
+    running = time.monotonic()
     qtbot.wait(1800)  # past the synthetic driver's still first second: the head is moving now
     pipeline = w.controller._pipeline
     before = pipeline._retarget.neutral.points.copy()
+    pressed = time.monotonic()
     qtbot.keyClick(w, Qt.Key.Key_C)
     assert "Neutral pose" in w.status.messages()[-1]
     qtbot.waitUntil(lambda: not np.array_equal(pipeline._retarget.neutral.points, before), timeout=5000)
+    seen = time.monotonic()
+    neutral = pipeline._retarget.neutral.points[:, :2]
     stop(qtbot, w)
+    # Which of the driver's frames is the new neutral?  Its true landmarks are known (the driver draws them).
+    driver = SyntheticDriver(fps=pipeline.driver.fps, duration=None, size=pipeline.driver.frame_size)
+    last = int((seen - clicked) * driver.fps) + 1
+    errors = [np.abs(driver.frame_at(i).landmarks.xy - neutral).mean() for i in range(last + 1)]
+    best = int(np.argmin(errors))
+    assert errors[best] < 0.5, errors[best]  # exactly one real frame's face (the synthetic driver's own landmarks)
+    # and a frame the driver showed between the key press and the change (its clock started between
+    # the Start click and 'running'; 0.3 s for the frame to reach the tracker)
+    assert pressed - running - 0.3 <= best / driver.fps <= seen - clicked, (best / driver.fps, pressed - running)
+    assert np.abs(before[:, :2] - neutral).mean() > 3 * errors[best]  # not the first second's still face
 
 
 @pytest.mark.filterwarnings("ignore:Function.*QDragEnterEvent:DeprecationWarning")  # Qt 6 still has only this one

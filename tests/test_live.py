@@ -16,40 +16,11 @@ pyvirtualcam = pytest.importorskip("pyvirtualcam")
 
 from avatar_app.capture.synthetic import SyntheticDriver  # noqa: E402
 from avatar_app.cli import main  # noqa: E402
+from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
 from avatar_app.runtime.pipeline import Pipeline  # noqa: E402
-from avatar_app.sinks.virtualcam import VirtualCameraSink, layout_frame  # noqa: E402
+from avatar_app.sinks.virtualcam import PIXEL_FORMATS, VirtualCameraSink, layout_frame  # noqa: E402
 
-
-class MemoryCamera:
-    """An in-process pyvirtualcam backend: keeps every frame the real Camera API hands it."""
-
-    instances: list["MemoryCamera"] = []
-
-    def __init__(self, *, width, height, fps, fourcc, device, **kw):
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "memory0"
-        self.frames: list[np.ndarray] = []
-        MemoryCamera.instances.append(self)
-
-    def send(self, frame):
-        self.frames.append(frame.copy())
-
-    def close(self):
-        pass
-
-    def device(self):
-        return self._device
-
-    def native_fourcc(self):
-        return None
-
-
-@pytest.fixture()
-def memory_backend():
-    pyvirtualcam.camera.register_backend("memory", MemoryCamera)
-    MemoryCamera.instances.clear()
-    yield MemoryCamera
-    pyvirtualcam.camera.BACKENDS.pop("memory", None)
+from test_virtualcam import BACKEND, backend, mad  # noqa: E402,F401  (backend: the in-process pyvirtualcam fixture)
 
 
 def _frame_count(path) -> int:
@@ -60,23 +31,82 @@ def _frame_count(path) -> int:
     return n
 
 
-def test_pipeline_streams_its_own_output_to_the_virtual_camera(astronaut_source, memory_backend):
-    sink = VirtualCameraSink(640, 480, 30, device="mem-test", backend="memory")
-    own: dict[int, np.ndarray] = {}
-    p = Pipeline(astronaut_source, SyntheticDriver(fps=30, duration=None, realtime=True), [sink], fps=30)
-    p.subscribe(lambda f: own.__setitem__(len(own), f.image))
+# Frame-index stamps: 12 blocks of 20 x 20 px across the top of each 256 avatar: 10 bits of the
+# avatar's number, then a white and a black marker block (a frame without them has no stamp).
+BITS, BLOCK = 10, 20
+
+
+class StampingAnimator:
+    """The real geometric animator, each avatar stamped with its number (0, 1, 2 ...)."""
+
+    def __init__(self, source):
+        self.inner = GeometricAnimator(source)
+        self.made = 0
+        self.timings: dict[str, float] = {}
+
+    def set_source(self, portrait) -> None:
+        self.inner.set_source(portrait)
+
+    def animate(self, target) -> np.ndarray:
+        image = self.inner.animate(target).copy()
+        blocks = [(self.made >> b) & 1 for b in range(BITS)] + [1, 0]
+        for k, on in enumerate(blocks):
+            image[2:2 + BLOCK, 8 + k * BLOCK:8 + (k + 1) * BLOCK] = 255 if on else 0
+        self.made += 1
+        self.timings = self.inner.timings
+        return image
+
+
+def _block_centres(width: int, height: int) -> list[tuple[int, int]]:
+    """Where each stamp block's centre lands in a ``width x height`` camera frame (found by laying out probes)."""
+    centres = []
+    for k in range(BITS + 2):
+        probe = np.zeros((256, 256, 3), np.uint8)
+        probe[2:2 + BLOCK, 8 + k * BLOCK:8 + (k + 1) * BLOCK] = 255
+        ys, xs = np.nonzero(layout_frame(probe, width, height)[..., 0] > 128)
+        centres.append((int(ys.mean()), int(xs.mean())))
+    return centres
+
+
+def _stamp(image: np.ndarray, centres) -> int | None:
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    on = [grey[y - 2:y + 3, x - 2:x + 3].mean() > 128 for y, x in centres]
+    if not (on[BITS] and not on[BITS + 1]):
+        return None
+    return sum(1 << b for b in range(BITS) if on[b])
+
+
+@pytest.mark.parametrize("fmt", PIXEL_FORMATS)
+def test_pipeline_streams_every_avatar_to_the_virtual_camera_in_order(astronaut_source, backend, fmt):
+    w, h = 640, 480
+    sink = VirtualCameraSink(w, h, 30, device="mem-test", pixel_format=fmt, backend=BACKEND)
+    animator = StampingAnimator(astronaut_source)
+    own: list[np.ndarray] = []  # every avatar the sink thread took, in its order
+    p = Pipeline(astronaut_source, SyntheticDriver(fps=30, duration=None, realtime=True), [sink], fps=30,
+                 animator=animator)
+    p.subscribe(lambda f: own.append(f.image))
     p.start()
     time.sleep(1.2)
     p.stop()
-    cam = memory_backend.instances[-1]
-    assert sink.device == "mem-test" and cam.width == 640 and cam.height == 480
-    assert len(cam.frames) >= 25
-    got = [f.reshape(480, 640, 3) for f in cam.frames]  # BGR, as the sink sends by default
-    expected = [layout_frame(img, 640, 480) for img in own.values()]
-    # every fresh pipeline output reached the camera, byte for byte, in order
-    matches = [next((i for i, g in enumerate(got) if np.array_equal(g, e)), None) for e in expected]
-    assert all(m is not None for m in matches)
-    assert matches == sorted(matches)
+    cam = backend.instances[-1]
+    assert sink.device == "mem-test" and (cam.width, cam.height) == (w, h)
+    centres = _block_centres(w, h)
+    sent = [_stamp(img, [(2 + BLOCK // 2, 8 + k * BLOCK + BLOCK // 2) for k in range(BITS + 2)]) for img in own]
+    got = [_stamp(cam.decoded(i), centres) for i in range(len(cam.frames))]
+    assert len(sent) >= 20 and sent == sorted(set(sent))  # distinct avatars, numbered in the order made
+    first = next(i for i, s in enumerate(got) if s is not None)
+    assert all(s is None for s in got[:first])  # before the first avatar: the unstamped portrait
+    stamps = got[first:]
+    assert None not in stamps and stamps == sorted(stamps)  # nothing reordered
+    assert sorted(set(stamps)) == sent  # nothing dropped, nothing unknown (repeats only of the last one)
+    # and the pixels are the avatar's: exact for BGR/RGB, YUV within its round trip
+    by_stamp = dict(zip(sent, own))
+    for i in range(first, len(cam.frames), 7):
+        expected = layout_frame(by_stamp[got[i]], w, h)
+        if fmt in ("bgr", "rgb"):
+            np.testing.assert_array_equal(cam.decoded(i), expected)
+        else:
+            assert mad(cam.decoded(i), expected) < 4.0
 
 
 def test_live_records_and_prints_fps_and_latency(tmp_path, capsys, astronaut_path):

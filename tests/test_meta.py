@@ -64,20 +64,39 @@ def test_one_reptile_step_moves_towards_the_adapted_weights(tmp_path, astronaut_
     assert moved > 0 and len(losses) == 3
 
 
-def test_personalization_lowers_heldout_loss_within_budget(astronaut_source):
-    clip = _animated_clip(astronaut_source)
+def _cast_clip(source) -> ClipFrames:
+    clip = _animated_clip(source)
     # The clip is made by the analytic flow itself, which the untrained model reproduces
     # exactly; give the reference (source) frame a colour cast the rest of the clip lacks,
     # so there is a person-specific mapping to learn, as with real footage.
     clip.crops[0] = np.clip(clip.crops[0].astype(np.float32) * [1.15, 0.95, 0.8], 0, 255).astype(np.uint8)
+    return clip
+
+
+def test_personalization_lowers_heldout_loss(astronaut_source):
+    # a fixed number of steps (not seconds), so the result does not depend on how busy the machine is;
+    # measured here: l1 0.0740 -> 0.0729 (-1.5 %), PSNR +0.11 dB after 30 steps
+    token = CancelToken()
+
+    def progress(info):
+        if info["step"] == 30:
+            token.cancel()
+
+    result = personalize(_cast_clip(astronaut_source), _tiny(), np.zeros(128, np.float32), budget_s=600,
+                         batch_size=2, lr=3e-3, progress=progress, cancel=token)
+    assert result.steps == 30
+    assert result.after["l1"] < 0.99 * result.before["l1"], (result.before, result.after)
+    assert result.after["psnr"] > result.before["psnr"] + 0.05, (result.before, result.after)
+
+
+def test_personalization_stops_at_its_budget(astronaut_source):
     steps: list[dict] = []
-    result = personalize(clip, _tiny(), np.zeros(128, np.float32), budget_s=4.0, batch_size=2, lr=3e-3,
-                         progress=steps.append)
+    result = personalize(_cast_clip(astronaut_source), _tiny(), np.zeros(128, np.float32), budget_s=2.0,
+                         batch_size=2, lr=3e-3, progress=steps.append)
     assert result.steps > 3 and not result.cancelled
-    assert result.after["l1"] < result.before["l1"], (result.before, result.after)
     slowest = max(b["elapsed"] - a["elapsed"] for a, b in zip(steps, steps[1:]))
-    assert result.seconds <= 4.0 + slowest + 0.05  # stops at the budget (at most one step over)
-    assert steps[-1]["eta"] == pytest.approx(max(0.0, 4.0 - steps[-1]["elapsed"]))
+    assert result.seconds <= 2.0 + slowest + 0.05  # stops at the budget (at most one step over)
+    assert steps[-1]["eta"] == pytest.approx(max(0.0, 2.0 - steps[-1]["elapsed"]))
 
 
 def test_cancel_stops_at_the_next_step(astronaut_source):

@@ -34,22 +34,63 @@ def test_personalize_saves_a_profile_that_render_uses(tmp_path, monkeypatch, cap
     assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == 4
 
 
-def test_cancelled_personalization_keeps_the_old_profile(tmp_path, monkeypatch, capsys, clip_video):
+def _first_profile(tmp_path, monkeypatch, clip_video):
+    """Personalize profile 'me' once (1 s); its folder."""
     monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
     assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "1", "--no-progress"]) == 0
-    folder = tmp_path / "data" / "profiles" / "me"
-    before = _files(folder)
+    return tmp_path / "data" / "profiles" / "me"
+
+
+def test_cancelled_personalization_keeps_the_old_profile(tmp_path, monkeypatch, capsys, clip_video):
+    import signal
 
     import avatar_app.train.personalize as mod
 
-    def interrupted(*args, progress=None, **kwargs):
-        progress({"step": 1, "elapsed": 0.5, "eta": 0.5, "loss": 0.1})
-        raise KeyboardInterrupt  # the user pressed Ctrl-C mid-way
+    folder = _first_profile(tmp_path, monkeypatch, clip_video)
+    before = _files(folder)
 
-    monkeypatch.setattr(mod, "personalize", interrupted)
-    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "5", "--no-progress"]) == 130
+    real = mod.personalize
+    steps: list[int] = []
+
+    def ctrl_c_at_step_2(*args, progress=None, **kwargs):
+        """The real adaptation loop; a real SIGINT (what Ctrl-C sends) arrives after its second step."""
+        def hook(info):
+            progress(info)
+            steps.append(info["step"])
+            if info["step"] == 2:
+                signal.raise_signal(signal.SIGINT)
+        return real(*args, progress=hook, **kwargs)
+
+    monkeypatch.setattr(mod, "personalize", ctrl_c_at_step_2)
+    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "30", "--no-progress"]) == 130
+    assert steps == [1, 2]  # stopped inside the loop: no third step
     assert "nothing was saved" in capsys.readouterr().err
     assert _files(folder) == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["me"]  # no work folders left behind
+
+
+def test_ctrl_c_while_the_profile_is_swapped_in_keeps_the_old_one(tmp_path, monkeypatch, capsys, clip_video):
+    import os
+    from pathlib import Path
+
+    import avatar_app.profiles as profiles
+
+    folder = _first_profile(tmp_path, monkeypatch, clip_video)
+    before = _files(folder)
+    real_rename = os.rename
+
+    def rename(src, dst):  # Ctrl-C after 'old -> trash', before 'new -> me'
+        if Path(dst) == folder and ".tmp-" in Path(src).name:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(profiles.os, "rename", rename)
+    assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "1", "--no-progress"]) == 130
+    monkeypatch.setattr(profiles.os, "rename", real_rename)
+    capsys.readouterr()
+    assert _files(folder) == before
+    assert main(["profiles", "list"]) == 0
+    assert "me" in capsys.readouterr().out
 
 
 def test_profile_errors(tmp_path, monkeypatch, capsys):

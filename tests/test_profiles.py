@@ -220,6 +220,33 @@ def test_interrupted_swap_is_recovered(model, image, tmp_path):
     assert snapshot(tmp_path / "me") == before and hidden(tmp_path) == []
 
 
+def test_ctrl_c_between_the_two_renames_keeps_the_old_profile(model, model2, image, tmp_path, monkeypatch):
+    prof.save_profile("me", model, image, root=tmp_path)
+    before = snapshot(tmp_path / "me")
+    real_rename = prof.os.rename
+
+    def rename(src, dst):  # the old profile is already in its trash folder when Ctrl-C arrives
+        if Path(dst) == tmp_path / "me" and ".tmp-" in Path(src).name:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+    monkeypatch.setattr(prof.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        prof.save_profile("me", model2, image, root=tmp_path)
+    monkeypatch.undo()
+    assert snapshot(tmp_path / "me") == before and hidden(tmp_path) == []
+    assert [p.name for p in prof.list_profiles(tmp_path)] == ["me"]
+
+
+def test_list_restores_a_profile_left_in_its_trash_folder(saved, tmp_path, caplog):
+    """A save killed (no chance to clean up) between 'old -> trash' and 'new -> name'."""
+    before = snapshot(saved)
+    saved.rename(tmp_path / ".me.trash-0a1b2c3d")
+    with caplog.at_level(logging.WARNING, logger="avatar_app.profiles"):
+        assert [p.name for p in prof.list_profiles(tmp_path)] == ["me", "other"]
+    assert "restoring profile 'me'" in caplog.text
+    assert snapshot(saved) == before and hidden(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------- load errors
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +16,7 @@ from avatar_app.errors import OutputError
 from avatar_app.sinks import VideoRecorder
 
 W, H = 64, 48
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def encode_index(i: int, w: int = W, h: int = H) -> np.ndarray:
@@ -93,3 +98,56 @@ def test_recorder_unwritable_target(tmp_path: Path) -> None:
     target.mkdir()  # a folder where the file should go: the writer cannot open it
     with pytest.raises(OutputError, match="Could not write output video"):
         VideoRecorder(target, fps=10.0, frame_size=(W, H))
+
+
+def test_recorder_stops_with_a_playable_file_when_the_disk_is_nearly_full(tmp_path: Path) -> None:
+    out = tmp_path / "nearly_full.mp4"
+    rec = VideoRecorder(out, fps=10.0, frame_size=(W, H))
+    for i in range(40):
+        rec.send(encode_index(i))
+    rec.min_free_bytes = shutil.disk_usage(tmp_path).total + 1  # more than this disk can ever have free
+    with pytest.raises(OutputError, match="nearly full.*60 frames so far were kept"):
+        for i in range(40, 100):
+            rec.send(encode_index(i))
+    assert rec.closed and rec.frames_written == 60 == i
+    frames, _ = read_back(out)
+    assert [decode_index(f) for f in frames] == list(range(60))  # every frame sent is in the file, in order
+
+
+def test_recorder_nearly_full_before_the_first_frame_leaves_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "nothing.mp4"
+    rec = VideoRecorder(out, fps=10.0, frame_size=(W, H), min_free_bytes=shutil.disk_usage(tmp_path).total + 1)
+    with pytest.raises(OutputError, match="nothing was recorded"):
+        rec.send(encode_index(0))
+    assert not out.exists()
+
+
+# A child process whose files may not grow past 40 kB (what a full disk does to a write: it fails);
+# SIGXFSZ is ignored so that the write returns an error instead of killing the process.
+_FULL_DISK_CHILD = """
+import resource, signal, sys
+import numpy as np
+from avatar_app.errors import OutputError
+from avatar_app.sinks import VideoRecorder
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+rng = np.random.default_rng(0)
+rec = VideoRecorder(sys.argv[1], fps=10.0, frame_size=(64, 48))
+for _ in range(60):
+    rec.send(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # noise: several kB a frame
+try:
+    rec.close()
+except OutputError as exc:
+    print("OutputError:", exc)
+"""
+
+
+def test_recorder_reports_failed_writes_and_removes_the_unplayable_file(tmp_path: Path) -> None:
+    out = tmp_path / "full.mp4"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, str(out)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "OutputError: Writing" in done.stdout and "of 60 frames could be read back" in done.stdout, done.stdout
+    assert "is the disk full?" in done.stdout
+    assert not out.exists()

@@ -12,6 +12,7 @@ from avatar_app.errors import InputFileError, NoFaceError
 from avatar_app.face.align import transform_points
 from avatar_app.face.mesh import eye_centers
 from avatar_app.face.source import prepare_source, read_image
+from avatar_app.face.tracker import FaceTracker
 from avatar_app.types import SourcePortrait
 
 # -- read_image ---------------------------------------------------------------------------------
@@ -204,10 +205,25 @@ def test_path_input_records_path(astronaut_path, astronaut_source, still_tracker
     assert src2.path == str(astronaut_path)
 
 
-def test_prepare_source_makes_and_closes_its_own_tracker(hopper, hopper_source):
+def test_prepare_source_makes_and_closes_its_own_tracker(hopper, hopper_source, monkeypatch):
+    import avatar_app.face.source as source_module
+
+    made: list[FaceTracker] = []
+
+    class Recorded(FaceTracker):  # the real tracker, remembered so that the test can look at it afterwards
+        def detect_faces(self, image):
+            made.append(self)
+            faces = super().detect_faces(image)
+            assert not self.closed  # a mediapipe graph was open while it worked
+            return faces
+
+    monkeypatch.setattr(source_module, "FaceTracker", Recorded)
     src = prepare_source(hopper)  # no tracker given
     check_portrait(src, 256)
     np.testing.assert_allclose(src.landmarks.xy, hopper_source.landmarks.xy, atol=0.5)
+    with pytest.raises(NoFaceError):
+        prepare_source(np.full((200, 200, 3), 128, np.uint8))  # the failing path closes it too
+    assert len(made) == 2 and made[0] is not made[1] and all(t.closed for t in made)
 
 
 def test_crop_scale_widens_the_framing(hopper, hopper_source, still_tracker):

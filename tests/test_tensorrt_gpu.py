@@ -21,6 +21,7 @@ from avatar_app.runtime.networks import example_inputs
 SIZE, TRT_REASON, StandInCalibration = pure.SIZE, pure.TRT_REASON, pure.StandInCalibration
 lite, networks, trt_cache = pure.lite, pure.networks, pure.trt_cache  # the same fixtures
 needs_trt = pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT integration: {TRT_REASON}")
+pytestmark = pytest.mark.gpu  # python -m pytest -q -m gpu runs these too
 
 
 # ---------------------------------------------------------------- pycuda half (GPU, no TensorRT needed)

@@ -217,8 +217,14 @@ def test_perceptual_loss_without_weights_warns_and_is_zero(caplog, tmp_path):
     assert not loss.active and "perceptual loss off" in caplog.text
     x = torch.rand(1, 3, 32, 32)
     assert float(loss(x, x * 0.5)) == 0.0
-    with caplog.at_level("WARNING"):
-        assert not PerceptualLoss(tmp_path / "vgg19.safetensors").active
+
+
+def test_perceptual_loss_with_a_configured_but_missing_or_wrong_file_stops(tmp_path):
+    with pytest.raises(InputFileError, match="vgg19.safetensors' .*does not exist"):
+        PerceptualLoss(tmp_path / "vgg19.safetensors")
+    (tmp_path / "damaged.safetensors").write_bytes(b"not weights")
+    with pytest.raises(InputFileError, match="not the VGG19"):
+        PerceptualLoss(tmp_path / "damaged.safetensors")
 
 
 def test_perceptual_loss_with_local_weights(tmp_path):
@@ -238,3 +244,17 @@ def test_small_losses():
     assert float(pyramid_l1(a, a + 0.5)) == pytest.approx(0.5)
     seq = torch.rand(1, 4, 3, 8, 8)
     assert float(temporal_l1(seq, seq)) == 0.0 and float(temporal_l1(seq, seq.flip(1))) > 0.0
+
+
+def test_missing_tensorboard_is_a_warning_the_cli_shows(tmp_path, pairs, caplog):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here: its absence cannot be seen")
+    trainer = Trainer(_cfg("warp"), tmp_path, train_set=pairs)
+    with caplog.at_level("WARNING"):  # the CLI logs WARNING and above without --debug
+        trainer._log({"train/total": 1.0})
+        trainer._log({"train/total": 0.5})
+    said = [r for r in caplog.records if "tensorboard" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING" and "metrics.jsonl" in said[0].getMessage()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

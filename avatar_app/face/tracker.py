@@ -199,6 +199,11 @@ class FaceTracker:
             self._filter.reset()
         self._last_ts_ms = -1
 
+    @property
+    def closed(self) -> bool:
+        """True when no mediapipe graph is open: after :meth:`close` (or before the first frame)."""
+        return self._static is None and self._video is None
+
     def close(self) -> None:
         self.reset()
         if self._static is not None:

@@ -6,7 +6,7 @@ enhancer) and ``lite-real.safetensors`` (warp network and generator for CPUs).  
 found next to the package in a source checkout (``pip install -e .``); a wheel without
 them falls back to the untrained networks, and says so.  They are what ``--animator neural``
 runs without ``--weights``; the geometric animator stays the default until a model beats it
-on the validation people (README, "Trained on real faces").
+on the validation people (docs/BENCHMARKS.md, "Real faces (issue 12)").
 """
 
 from __future__ import annotations

@@ -84,7 +84,11 @@ def export_onnx(network: Network, path: str | Path) -> Path:
 
 
 def onnx_session(path: str | Path, threads: int | None = None, providers=None):
-    """An ONNX Runtime session (CPU unless ``providers`` says otherwise)."""
+    """An ONNX Runtime session (CPU unless ``providers`` says otherwise).
+
+    ONNX Runtime drops a provider it cannot start (CUDA without its libraries, say) and runs on
+    the next one without a word; that fall-back is logged here as a warning with what was asked.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -95,7 +99,17 @@ def onnx_session(path: str | Path, threads: int | None = None, providers=None):
     # A chain holds five sessions, each with its own thread pool: threads that spin while
     # waiting for work would steal the cores the next network needs.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    wanted = list(providers or ["CPUExecutionProvider"])
+    with warnings.catch_warnings():  # its own "not in available provider names" note: said below, once
+        warnings.simplefilter("ignore", UserWarning)
+        session = ort.InferenceSession(str(path), opts, providers=wanted)
+    used = session.get_providers()
+    dropped = [p.replace("ExecutionProvider", "") for p in wanted if p not in used]
+    if dropped:
+        log.warning("ONNX Runtime could not start %s for %s (not in this onnxruntime build, or its libraries did not "
+                    "load) and runs it on %s instead; `avatar-app doctor` shows what is available",
+                    " and ".join(dropped), Path(path).name, used[0].replace("ExecutionProvider", ""))
+    return session
 
 
 def relative_errors(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:

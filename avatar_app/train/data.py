@@ -19,6 +19,7 @@ the same rule ``avatar-app evaluate`` uses for two or more identities.
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from ..face.mesh import topology
 from ..models.identity import IDENTITY_DIM
 from .clipio import clip_frame_mask, clip_meta_of
 from .prepare import BASE_SIZE, FORMAT, VERSION, frame_name, points_for_size, read_image_file
+
+log = logging.getLogger(__name__)
 
 _BUCKETS = 1000
 
@@ -241,6 +244,12 @@ class PreparedDataset(Dataset):
                                      "pixels across; the enhancer needs video sharper than its 256 input.")
         self._entries = entries
         self._clips = [self._load_clip(entries[k]) for k in keys]
+        without = [c.key for c in self._clips if not c.has_embedding]
+        if without:
+            log.warning("%d of %d %s clips of '%s' have no identity.npy (prepared without dlib), e.g. '%s': the "
+                        "generator gets a zero identity embedding for them; install avatar-app[neural] and run "
+                        "`avatar-app prepare` again to give them one", len(without), len(self._clips), split,
+                        self.root, without[0])
 
     def _load_clip(self, entry: dict) -> _Clip:
         key = str(entry["key"])

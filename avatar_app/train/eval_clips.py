@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError
+from ..models.identity import IDENTITY_DIM
 from .clipio import BASE_SIZE as CROP
 from .clipio import clip_frame_mask, clip_meta_of, embed_identity, frame_name, read_image_file
 from .report import finite_or_none
@@ -55,12 +56,13 @@ def load_clip(data: Path, entry: dict) -> tuple[EvalClip | None, str]:
     valid = valid.astype(bool) & np.isfinite(landmarks).all(axis=(1, 2))
     if int(valid.sum()) < 2:
         return None, "fewer than 2 frames with a face"
-    embedding = None
+    embedding = None  # absent: allowed (prepared without dlib)
     if (folder / "identity.npy").is_file():
         try:
-            embedding = np.load(folder / "identity.npy", allow_pickle=False).astype(np.float32).reshape(-1)
-        except (OSError, ValueError):
-            embedding = None
+            embedding = np.load(folder / "identity.npy", allow_pickle=False).astype(np.float32).reshape(IDENTITY_DIM)
+        except (OSError, ValueError) as exc:
+            return None, (f"identity.npy is damaged ({exc}); delete '{folder}' and run `avatar-app prepare` again "
+                          "to redo that clip")
     return EvalClip(key, str(entry.get("identity") or key), folder, landmarks.astype(np.float32), valid, embedding,
                  _frame_mask(folder)), ""
 

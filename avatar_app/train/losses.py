@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputFileError
+
 log = logging.getLogger(__name__)
 
 
@@ -155,8 +157,9 @@ class PerceptualLoss(nn.Module):
     Args:
         weights: a ``.safetensors`` (or ``.pth``, loaded with ``weights_only=True``) state
             dict of the VGG19 ``features`` block in torchvision's layout (keys ``0.weight``,
-            ``0.bias``, ... or ``features.0.weight``, ...).  ``None`` or a missing file
-            disables the loss with one warning.
+            ``0.bias``, ... or ``features.0.weight``, ...).  ``None`` or ``""`` disables the
+            loss with one warning; a named file that is missing or not VGG19 weights raises
+            :class:`~avatar_app.errors.InputFileError`.
     """
 
     _MEAN = (0.485, 0.456, 0.406)
@@ -174,18 +177,22 @@ class PerceptualLoss(nn.Module):
             return
         path = Path(weights)
         if not path.is_file():
-            log.warning("perceptual loss off: VGG19 weights '%s' not found; training continues with the other losses",
-                        path)
-            return
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier")}
+            raise InputFileError(f"The VGG19 weights file '{path}' (perceptual_weights in the training config) does "
+                                 "not exist; fix the path, or set perceptual_weights = \"\" to train without the "
+                                 "perceptual loss.")
         net = vgg19_features()
-        net.load_state_dict(state, strict=True)
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier")}
+            net.load_state_dict(state, strict=True)
+        except Exception as exc:  # safetensors, pickle and shape errors have no common type
+            raise InputFileError(f"'{path}' is not the VGG19 'features' weights the perceptual loss needs ({exc}); "
+                                 "point perceptual_weights at torchvision's vgg19 weights, or set it to \"\".") from exc
         for p in net.parameters():
             p.requires_grad_(False)
         self.net = net.eval()

@@ -357,7 +357,9 @@ class Trainer:
                 self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
                 self._writer = False
-                log.info("tensorboard is not installed: scalars go to metrics.jsonl only")
+                log.warning("tensorboard is not installed, so scalars go to %s only; install it with "
+                            "pip install 'avatar-app[train]' to see them in TensorBoard",
+                            self.run_dir / "metrics.jsonl")
         if self._writer:
             for k, v in values.items():
                 self._writer.add_scalar(k, v, self.step)

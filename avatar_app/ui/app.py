@@ -53,8 +53,11 @@ def route_errors(window) -> None:
             from .bridge import describe_error
 
             window.controller.message.emit(describe_error(exc))
-        except RuntimeError:  # the window is gone
-            pass
+        except RuntimeError as gone:
+            from .bridge import is_deleted_error
+
+            if not is_deleted_error(gone):  # the window is gone: the log above has the error
+                raise
 
     sys.excepthook = show
     threading.excepthook = lambda args: show(args.exc_type, args.exc_value, args.exc_traceback)

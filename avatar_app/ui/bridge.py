@@ -156,8 +156,18 @@ class SwitchableSink(Sink):
 
 
 def emit_safely(signal, *args) -> None:
-    """Emit from a worker thread; nothing happens once the receiving window is gone."""
+    """Emit from a worker thread; nothing happens once the object that owns ``signal`` is gone.
+
+    Only that case is quiet: any other error (a RuntimeError from elsewhere included) is raised.
+    """
     try:
         signal.emit(*args)
-    except RuntimeError:  # the Qt object behind the signal was deleted
-        pass
+    except RuntimeError as exc:
+        if not is_deleted_error(exc):
+            raise
+
+
+def is_deleted_error(exc: BaseException) -> bool:
+    """True when ``exc`` is Qt saying the object behind a signal or widget was deleted."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("has been deleted" in text or "already deleted" in text)
