@@ -141,3 +141,35 @@ def test_the_neural_animator_gets_the_gaze_through_its_prior(astronaut_source, s
     finally:
         torch.set_num_threads(threads)
     assert g_right - g_left > 0.05
+
+
+def test_eye_follow_is_the_correlation_and_slope_against_the_driver():
+    from avatar_app.train.eval_eyes import eye_follow
+
+    looks = np.linspace(-0.4, 0.4, 9)
+    driver = [synthetic_landmarks(FacePose(gaze=(x, 0.0), blink_left=b, blink_right=b)).points
+              for x, b in zip(looks, np.abs(looks))]
+    half = [synthetic_landmarks(FacePose(gaze=(x / 2, 0.0), blink_left=b, blink_right=b)).points
+            for x, b in zip(looks, np.abs(looks))]
+    rest = synthetic_landmarks(FacePose()).points
+    m = eye_follow(driver, half, rest)
+    assert m["gaze_r"] > 0.99 and m["gaze_amp"] == pytest.approx(0.5, abs=0.05)
+    assert m["open_r"] > 0.99 and m["open_amp"] == pytest.approx(1.0, abs=0.05)
+    assert m["gaze_hold"] > 0.02
+    still = eye_follow([rest] * 9, driver, rest)  # the driver's eyes do not move: nothing to follow
+    assert still["gaze_r"] is None and still["open_amp"] is None
+    frozen = eye_follow(driver, [rest] * 9, rest)
+    assert frozen["gaze_r"] == 0.0 and frozen["gaze_hold"] == pytest.approx(0.0)
+    missing = eye_follow(driver, [None] * 9, rest)  # no face re-detected in any output
+    assert all(v is None for v in missing.values())
+
+
+def test_eye_contact_flags():
+    from avatar_app.cli import build_parser
+
+    parser = build_parser()
+    assert not parser.parse_args(["live", "--synthetic", "--source", "a.jpg"]).eye_contact
+    assert parser.parse_args(["live", "--synthetic", "--source", "a.jpg", "--eye-contact"]).eye_contact
+    assert parser.parse_args(["render", "--synthetic", "--source", "a.jpg", "-o", "o.mp4", "--eye-contact"]).eye_contact
+    args = parser.parse_args(["evaluate", "--data", "d", "--eye-contact", "--size", "512"])
+    assert args.eye_contact and args.size == 512

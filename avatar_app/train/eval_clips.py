@@ -93,6 +93,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     spread: bool = False  # driving frames spread over the whole clip instead of the ones after the source
     eye_contact: bool = False  # targets' gaze held at the source's (face.eyes.hold_gaze)
+    include_neural: bool = True
 
 
 def mean_of(values) -> float | None:

@@ -77,8 +77,9 @@ def _animators(ctx: Context, source, identity) -> list:
         from ..models.identity import IDENTITY_DIM
 
         identity = np.zeros(IDENTITY_DIM, np.float32)
-    return ([GeometricAnimator(source, device=ctx.device)] if ctx.include_geometric else []) + [
-        NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=identity), _StaticAnimator(source)]
+    return ([GeometricAnimator(source, device=ctx.device)] if ctx.include_geometric else []) + (
+        [NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=identity)] if ctx.include_neural else []
+    ) + [_StaticAnimator(source)]
 
 
 def _evaluate_clip(ctx: Context, clip: EvalClip, frames: int) -> tuple[dict, dict]:
@@ -158,7 +159,7 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
 def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "lite", device: str = "cpu",
              clips: int = 4, frames: int = 32, split: str = "val", include_geometric: bool = True,
              progress: bool = True, val_fraction: float = VAL_FRACTION, spread: bool = False,
-             cross: bool = False, size: int = CROP, eye_contact: bool = False) -> dict:
+             cross: bool = False, size: int = CROP, eye_contact: bool = False, include_neural: bool = True) -> dict:
     """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
 
     ``split="val"`` takes the validation clips exactly as training splits them
@@ -179,6 +180,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         frames: most driven frames per clip.
         split: ``"val"`` or ``"all"``.
         include_geometric: also evaluate the geometric animator.
+        include_neural: also evaluate the neural animator (slow on a CPU, above all at 512).
         progress: show a progress bar over clips.
         val_fraction: share of identities held out for validation (as in training).
         spread: drive with ``frames`` frames spread evenly over each whole clip (its full range
@@ -254,7 +256,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
             model = PortraitModel(preset)
         neural_desc = f"untrained {preset} model (no --weights; reproduces the geometric avatar by construction)"
         neural_label = f"neural (untrained {preset})"
-        notes.append(f"the neural animator ran the untrained {preset} model because no weights were given")
+        if include_neural:
+            notes.append(f"the neural animator ran the untrained {preset} model because no weights were given")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -264,7 +267,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
 
     results, shown = [], []
     tracker = FaceTracker(max_faces=1)
-    ctx = Context(tracker, identity, model, device, include_geometric, notes, spread, eye_contact)
+    ctx = Context(tracker, identity, model, device, include_geometric, notes, spread, eye_contact, include_neural)
     if spread:
         notes.append("driving frames spread over each whole clip: temporal jitter is not measured")
     try:
@@ -303,7 +306,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         "settings": {"data": str(data), "weights": weights, "preset": preset, "device": device, "clips": clips,
                      "frames": frames, "split": split, "val_fraction": val_fraction, "spread": spread, "cross": cross,
                      "size": size, "eye_contact": eye_contact,
-                     "include_geometric": include_geometric, "neural": neural_desc,
+                     "include_geometric": include_geometric,
+                     "include_neural": include_neural, "neural": neural_desc,
                      "identity_samples": IDENTITY_SAMPLES},
         "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
         "labels": labels,
@@ -349,6 +353,7 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
                    help="animate and score the prepared crops of this size (default 256; 512 needs them prepared)")
     p.add_argument("--eye-contact", action="store_true",
                    help="hold the avatar's gaze at the source's while lids follow (measures the eye-contact option)")
+    p.add_argument("--no-neural", action="store_true", help="geometric and static animators only (fast on a CPU)")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
                    help=f"share of people held out, as in training (default {VAL_FRACTION}; configs/real-*.toml: 0.15)")
     p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default: PREPARED/eval)")
@@ -362,7 +367,7 @@ def run_evaluate(args) -> int:
     aggregate = evaluate(Path(args.data), out, weights=args.weights, preset=args.preset, device=args.device,
                          clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress,
                          val_fraction=args.val_fraction, spread=args.spread, cross=args.cross,
-                         size=args.size, eye_contact=args.eye_contact)
+                         size=args.size, eye_contact=args.eye_contact, include_neural=not args.no_neural)
     labels = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["labels"]
     print(format_table(aggregate, labels))
     print(f"\nwrote {out / 'report.md'}, {out / 'metrics.json'} and {out / 'contact_sheet.jpg'}")
