@@ -50,6 +50,12 @@ def _add_animator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", metavar="SET.npz", help="INT8 calibration set (avatar-app engines calibrate)")
 
 
+def _add_eye_contact_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eye-contact", action="store_true",
+                   help="the avatar keeps looking into the camera (its portrait's gaze) while blinks and expressions "
+                        "follow the driver (default: the gaze follows)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar-app", description="Animate a portrait with your face.")
     parser.add_argument("--version", action="version", version=f"avatar-app {__version__}")
@@ -68,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative: the portrait keeps its face shape and copies your motion (default); "
                         "absolute: it takes your face shape too")
     r.add_argument("--paste-back", action="store_true", help="put the animated face back into the whole portrait")
+    _add_eye_contact_arg(r)
     r.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     r.add_argument("--tracker-model", metavar="TASK", default=None,
                    help="a mediapipe face_landmarker.task file (default: the bundled face mesh)")
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30)")
     lv.add_argument("--face", type=int, default=None, metavar="INDEX", help="which face of the source (0 = largest)")
     lv.add_argument("--mode", choices=("relative", "absolute"), default="relative")
+    _add_eye_contact_arg(lv)
     lv.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     lv.add_argument("--stats-every", type=float, default=2.0, metavar="S", help="print stats every S s (0: never)")
     lv.add_argument("--tracker-model", metavar="TASK", default=None, help="a mediapipe face_landmarker.task file")
@@ -219,7 +227,8 @@ def cmd_render(args) -> int:
         driver, name, limit = _open_driver(args)
         max_frames = min(x for x in (limit, args.max_frames) if x is not None) if (limit or args.max_frames) else None
         report = render_video(
-            source, driver, args.output, tracker=tracker, options=RetargetOptions(mode=args.mode),
+            source, driver, args.output, tracker=tracker,
+            options=RetargetOptions(mode=args.mode, eye_contact=args.eye_contact),
             paste=args.paste_back, max_frames=max_frames, progress=not args.no_progress, driver_name=name,
             animator=make_animator(args, source),
         )
@@ -283,7 +292,8 @@ def _run_live(args, opts, tracker) -> int:
         print("avatar-app: note: no output chosen (--virtual-camera, --record, --preview); running to show stats only",
               file=sys.stderr)
     pipeline = Pipeline(source, driver, sinks, fps=args.fps, tracker=tracker,
-                        options=RetargetOptions(mode=args.mode), pace=pace, animator=animator)
+                        options=RetargetOptions(mode=args.mode, eye_contact=args.eye_contact), pace=pace,
+                        animator=animator)
     ref.append(pipeline)
     if profile is not None and profile.neutral is not None and args.camera is not None:
         pipeline.set_neutral(profile.neutral)  # the face the user calibrated while personalizing

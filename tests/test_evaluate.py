@@ -168,7 +168,7 @@ def _chosen_clips(monkeypatch, tmp_path, entries: list[dict], split: str = "val"
     _write_manifest(tmp_path, [dict(e, frames=FRAMES) for e in entries])
     tried = []
 
-    def load(data, entry):
+    def load(data, entry, size=256):
         tried.append(entry["key"])
         return None, "not loaded in this test"
 

@@ -497,3 +497,22 @@ def test_screenshot_of_the_running_app_under_xvfb(tmp_path):
     shot = cv2.imread(str(out))
     assert shot.shape[0] >= 400 and shot.shape[1] >= 600
     assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_window, qtbot, tmp_path):
+    """The Eye contact box (issue 16): off by default; ticked while running, the pipeline's retargeting
+    holds the gaze from then on; the choice is saved and restored."""
+    w = make_window()
+    assert not w.eye_contact_box.isChecked() and not w.settings.eye_contact
+    start(qtbot, w)
+    pipeline = w.controller._pipeline
+    assert pipeline is not None and not pipeline._retarget.options.eye_contact
+    w.eye_contact_box.setChecked(True)
+    assert pipeline._retarget.options.eye_contact
+    shown = w.avatar_view.frames_shown
+    qtbot.waitUntil(lambda: w.avatar_view.frames_shown > shown + 5, timeout=5000)  # the avatar runs on
+    stop(qtbot, w)
+    w.close()
+    assert json.loads((tmp_path / "config" / "settings.json").read_text())["eye_contact"] is True
+    again = make_window()
+    assert again.eye_contact_box.isChecked()

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..types import Landmarks
 from .align import similarity_fit
+from .eyes import hold_gaze
 from .mesh import topology
 
 
@@ -34,6 +35,9 @@ class RetargetOptions:
         rotation_scale: 0..1, how much head rotation is transferred.
         translation_scale: how much head translation (in face sizes) is transferred.
         transfer_scale: transfer the driver moving closer/farther as zoom.
+        eye_contact: hold the avatar's gaze at its neutral (the source's own, in
+            ``relative`` mode: a portrait looking into the camera keeps doing so) while
+            lids, brows and everything else follow the driver.
     """
 
     mode: str = "relative"
@@ -41,6 +45,7 @@ class RetargetOptions:
     rotation_scale: float = 1.0
     translation_scale: float = 1.0
     transfer_scale: bool = True
+    eye_contact: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
@@ -119,6 +124,8 @@ class Retargeter:
         else:
             base = self.source.points.astype(np.float64)
         shape = base + expr_src
+        if opt.eye_contact:  # before the head motion, which then carries the held irises along
+            shape = hold_gaze(shape, base)
 
         rot_src = r_ns @ _scaled_rotation(rot, opt.rotation_scale) @ r_ns.T
         scale = s if opt.transfer_scale else 1.0

@@ -12,7 +12,9 @@ The geometric animator and the neural warp network's prior (MetaPortrait's
   still;
 * **inside an opened mouth**: flagged, with a coordinate running from the upper
   to the lower inner lip, so :func:`fill_mouth_interior` paints a mouth cavity
-  instead of stretching lip texture.
+  instead of stretching lip texture;
+* **inside an eye opening**: piecewise-affine as well, plus a shift along the eye
+  that moves the iris by the target's gaze (:mod:`.eye_flow`), the lids occluding it.
 
 Which triangle covers which pixel is found by :func:`rasterize_triangles` (OpenCV,
 CPU, nearest triangle wins).  Everything after that is plain torch in
@@ -34,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
+from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_EYE, REGION_MOUTH, MeshTopology, topology
+from .eye_flow import eye_indices, gaze_shift
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -115,6 +118,8 @@ class AnalyticFlow(nn.Module):
         self.register_buffer(
             "is_mouth", torch.as_tensor(topo.triangle_region == REGION_MOUTH, dtype=torch.float32), persistent=False
         )
+        self.register_buffer("is_eye", _eye_sides(topo), persistent=False)  # (F, 2): right, left eye opening
+        self.register_buffer("eye_idx", eye_indices(), persistent=False)
         self.register_buffer("oval", torch.tensor(topo.face_oval, dtype=torch.long), persistent=False)
         lip_coord = torch.zeros(topo.neutral.shape[0])
         lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
@@ -167,15 +172,18 @@ class AnalyticFlow(nn.Module):
         translate = torch.cat([translate, torch.zeros_like(affine[:, :, 2:])], -2)
         translate[:, :, 2, 2] = 0.5
         affine = torch.where(degenerate[..., None, None], translate, affine)
-        # Channel-first table (10, B*F) so each per-pixel gather lands contiguous.
-        table = torch.cat([affine.reshape(b, nf, 9).to(src_xy.dtype), self.is_mouth.expand(b, nf)[..., None]], -1)
-        table = table.reshape(b * nf, 10).t()
+        # Channel-first table (12, B*F) so each per-pixel gather lands contiguous.
+        table = torch.cat([affine.reshape(b, nf, 9).to(src_xy.dtype), self.is_mouth.expand(b, nf)[..., None],
+                           self.is_eye.expand(b, nf, 2)], -1)
+        table = table.reshape(b * nf, 12).t()
 
         covered = (tri_ids >= 0).to(src_xy.dtype).unsqueeze(1)  # (B, 1, H, W)
         flat = tri_ids.clamp(min=0) + (torch.arange(b, device=tri_ids.device) * nf).view(b, 1, 1)
-        g = table.index_select(1, flat.reshape(-1)).reshape(10, b, h, w)
+        g = table.index_select(1, flat.reshape(-1)).reshape(12, b, h, w)
         x, y = self.pixels[0, :h, :w], self.pixels[1, :h, :w]
         inside = torch.stack([g[0] * x + g[1] * y + g[2], g[3] * x + g[4] * y + g[5]], 1)  # (B, 2, H, W)
+        eyes = g[10:12].transpose(0, 1) * covered  # (B, 2, H, W)
+        inside = inside + gaze_shift(src_xy, tgt_xy, self.pixels[:, :h, :w], eyes, self.eye_idx, tri_ids, table)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
         outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
@@ -210,6 +218,14 @@ class AnalyticFlow(nn.Module):
         field = d_out.reshape(-1, c, c, 2).permute(0, 3, 1, 2)
         field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
         return self.pixels[:, :h, :w].unsqueeze(0) + field
+
+
+def _eye_sides(topo: MeshTopology) -> torch.Tensor:
+    """``(F, 2) float32``: 1 where a triangle fills the subject's right / left eye opening."""
+    eye = topo.triangle_region == REGION_EYE
+    right = np.isin(topo.triangles, topo.right_eye).all(axis=1) & eye
+    left = np.isin(topo.triangles, topo.left_eye).all(axis=1) & eye
+    return torch.as_tensor(np.stack([right, left], 1), dtype=torch.float32)
 
 
 def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ from ..models.layers import resize_grid
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode
 
 #: bump when a network's inputs, outputs or maths change: cached exports are keyed by it
-NETWORKS_VERSION = 2
+NETWORKS_VERSION = 3  # 3: the flow moves the irises (gaze)
 PER_FRAME = ("flow", "warp", "generator", "enhancer")
 
 

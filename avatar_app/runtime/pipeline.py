@@ -14,6 +14,7 @@ pipeline never imports GUI code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -158,6 +159,12 @@ class Pipeline:
         """Use these landmarks (driver px) as the driver's neutral pose, e.g. a profile's."""
         with self._lock:
             self._retarget.calibrate(neutral)
+
+    def set_eye_contact(self, on: bool) -> None:
+        """Hold the avatar's gaze at its neutral (eye contact) or let it follow the driver's, from the next frame."""
+        with self._lock:
+            self._options = dataclasses.replace(self._options, eye_contact=bool(on))
+            self._retarget.options = self._options
 
     def set_source(self, portrait: SourcePortrait) -> None:
         """Animate another portrait (same crop size); the driver's neutral is kept."""

@@ -1,5 +1,5 @@
 """The clips ``avatar-app evaluate`` reads — a prepared clip's landmarks, valid flags, identity
-embedding, 256 crops, and the mask of crop pixels that show its video (docs/DATASET.md) — and
+embedding, 256 (or 512) crops, and the mask of crop pixels that show its video (docs/DATASET.md) — and
 how an animator's outputs on them are scored (shared by self- and cross-reenactment)."""
 
 from __future__ import annotations
@@ -22,24 +22,25 @@ class EvalClip:
     key: str
     identity: str
     folder: Path
-    landmarks: np.ndarray  # (N, 478, 3) float32, 256-crop px
+    landmarks: np.ndarray  # (N, 478, 3) float32, px of the `size` crop
     valid: np.ndarray  # (N,) bool
     embedding: np.ndarray | None  # identity.npy
-    mask: np.ndarray | None = None  # (256, 256) uint8: crop pixels inside the source video's frame (None: all)
+    mask: np.ndarray | None = None  # (size, size) uint8: crop pixels inside the source video's frame (None: all)
+    size: int = CROP  # the crops evaluated: 256 or 512
 
     def image(self, index: int) -> np.ndarray:
-        path = self.folder / str(CROP) / frame_name(index)
+        path = self.folder / str(self.size) / frame_name(index)
         img = read_image_file(path)
         if img is None:
             raise InputFileError(f"Frame '{path}' is missing or unreadable; prepare clip '{self.key}' again.")
-        if img.shape[:2] != (CROP, CROP):
-            raise InputFileError(f"Frame '{path}' is {img.shape[1]}x{img.shape[0]}, not {CROP}x{CROP}; "
+        if img.shape[:2] != (self.size, self.size):
+            raise InputFileError(f"Frame '{path}' is {img.shape[1]}x{img.shape[0]}, not {self.size}x{self.size}; "
                                  f"prepare clip '{self.key}' again.")
         return img
 
 
-def load_clip(data: Path, entry: dict) -> tuple[EvalClip | None, str]:
-    """The clip, or ``None`` and why it cannot be used."""
+def load_clip(data: Path, entry: dict, size: int = CROP) -> tuple[EvalClip | None, str]:
+    """The clip at ``size`` (its landmarks in px of that crop), or ``None`` and why it cannot be used."""
     key = str(entry["key"])
     folder = data / "clips" / key
     if not (folder / "meta.json").is_file():
@@ -51,8 +52,8 @@ def load_clip(data: Path, entry: dict) -> tuple[EvalClip | None, str]:
         return None, f"landmarks.npy or valid.npy unreadable ({exc})"
     if landmarks.ndim != 3 or landmarks.shape[1:] != (478, 3) or valid.shape != (landmarks.shape[0],):
         return None, f"landmarks {landmarks.shape} and valid {valid.shape} do not match the format"
-    if not (folder / str(CROP)).is_dir():
-        return None, f"no {CROP} crops"
+    if not (folder / str(size)).is_dir():
+        return None, f"no {size} crops"
     valid = valid.astype(bool) & np.isfinite(landmarks).all(axis=(1, 2))
     if int(valid.sum()) < 2:
         return None, "fewer than 2 frames with a face"
@@ -63,21 +64,24 @@ def load_clip(data: Path, entry: dict) -> tuple[EvalClip | None, str]:
         except (OSError, ValueError) as exc:
             return None, (f"identity.npy is damaged ({exc}); delete '{folder}' and run `avatar-app prepare` again "
                           "to redo that clip")
-    return EvalClip(key, str(entry.get("identity") or key), folder, landmarks.astype(np.float32), valid, embedding,
-                 _frame_mask(folder)), ""
+    from ..face.align import rescale_points
+
+    return EvalClip(key, str(entry.get("identity") or key), folder, rescale_points(landmarks, CROP, size), valid,
+                    embedding, _frame_mask(folder, size), size), ""
 
 
-def _frame_mask(folder: Path) -> np.ndarray | None:
+def _frame_mask(folder: Path, size: int = CROP) -> np.ndarray | None:
     """Where a clip's crop shows its video (a tight crop reaches past the frame edge, where the border is
     replicated: not scored); ``None`` when the whole crop does, or the clip says nothing of its frame."""
-    mask = clip_frame_mask(clip_meta_of(folder), CROP)
+    mask = clip_frame_mask(clip_meta_of(folder), size)
     return None if mask is None or not mask.any() else mask
 
 
 def source_portrait(image: np.ndarray, points: np.ndarray):
     from ..types import Landmarks, SourcePortrait
 
-    return SourcePortrait(crop=image, landmarks=Landmarks(points, (CROP, CROP)), size=CROP, image=image,
+    size = image.shape[0]
+    return SourcePortrait(crop=image, landmarks=Landmarks(points, (size, size)), size=size, image=image,
                           crop_to_image=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float64))
 
 
@@ -90,6 +94,8 @@ class Context:
     include_geometric: bool
     notes: list[str] = field(default_factory=list)
     spread: bool = False  # driving frames spread over the whole clip instead of the ones after the source
+    eye_contact: bool = False  # targets' gaze held at the source's (face.eyes.hold_gaze)
+    include_neural: bool = True
 
 
 def mean_of(values) -> float | None:
@@ -137,9 +143,11 @@ def _mouth_follow(targets, detected) -> float | None:
 
 
 def score(ctx: Context, outputs, gt, targets, src_emb, picks, times: list[float], mask=None,
-          reference=None) -> dict:
+          reference=None, eyes: tuple | None = None) -> dict:
     """One animator's metrics on one clip. ``gt`` None (cross-identity: no ground truth) leaves
-    PSNR, SSIM and L1 out; jitter is then measured against ``reference`` (the driving frames)."""
+    PSNR, SSIM and L1 out; jitter is then measured against ``reference`` (the driving frames).
+    ``eyes``: ``(driver's re-detected landmarks per frame, the source's)`` for :mod:`.eval_eyes`."""
+    from .eval_eyes import EYE_KEYS, eye_follow
     from .metrics import l1, landmark_follow_error, psnr, ssim, temporal_jitter
 
     errors, missed, detected = [], 0, []
@@ -163,4 +171,5 @@ def score(ctx: Context, outputs, gt, targets, src_emb, picks, times: list[float]
         "identity_distance": identity_distance_of(ctx, src_emb, outputs, targets, picks),
         "jitter": None if ctx.spread or jitter_ref is None else finite_or_none(temporal_jitter(outputs, jitter_ref)),
         "ms_per_frame": float(np.median(times)) * 1e3,  # median: the first call warms caches up
+        **(eye_follow(eyes[0], detected, eyes[1]) if eyes is not None else dict.fromkeys(EYE_KEYS)),
     }

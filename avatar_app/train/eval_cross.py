@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from .clipio import BASE_SIZE as CROP
 from .clipio import embed_identity
+from .eval_eyes import detect_all
 from .eval_clips import Context, EvalClip, drive_indices, score, source_portrait
 
 
@@ -33,7 +33,7 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
 
     ``animators_for(portrait, identity)`` builds the animators (as self-reenactment does).
     """
-    from ..face.retarget import Retargeter
+    from ..face.retarget import RetargetOptions, Retargeter
     from ..types import Landmarks
 
     valid = np.flatnonzero(driver.valid)
@@ -41,10 +41,12 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
     s_i = int(np.flatnonzero(source.valid)[0])
     src_img = source.image(s_i)
     portrait = source_portrait(src_img, source.landmarks[s_i])
-    retarget = Retargeter(portrait.landmarks)
-    retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (CROP, CROP)))
-    targets = [retarget(Landmarks(driver.landmarks[i], (CROP, CROP))).points for i in drive]
+    retarget = Retargeter(portrait.landmarks, RetargetOptions(eye_contact=ctx.eye_contact))
+    size = source.size
+    retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (size, size)))
+    targets = [retarget(Landmarks(driver.landmarks[i], (size, size))).points for i in drive]
     reference = [driver.image(i) for i in drive]
+    eyes = (detect_all(ctx.tracker, reference), detect_all(ctx.tracker, [src_img])[0])
     picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(4, len(drive)))})
     src_emb = embed_identity(src_img, source.landmarks[s_i])[0] if ctx.identity else None
     identity = src_emb if src_emb is not None else source.embedding
@@ -56,10 +58,10 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
         outputs, times = [], []
         for t in targets:
             t0 = time.perf_counter()
-            outputs.append(anim.animate(Landmarks(t, (CROP, CROP))))
+            outputs.append(anim.animate(Landmarks(t, (size, size))))
             times.append(time.perf_counter() - t0)
         result["animators"][anim.name] = score(ctx, outputs, None, targets, src_emb, picks, times,
-                                               reference=reference)
+                                               reference=reference, eyes=eyes)
         if anim.name != "static":
             images[anim.name] = outputs
     return result, images

@@ -40,7 +40,9 @@ import numpy as np
 from ..errors import InputFileError, OutputError
 from .clipio import BASE_SIZE as CROP
 from .clipio import embed_identity, identity_encoder
+from ..face.eyes import hold_gaze
 from .eval_cross import cross_clip, partner
+from .eval_eyes import EYE_KEYS, detect_all
 from .eval_clips import (Context, EvalClip, drive_indices, identity_distance_of, load_clip, mean_of, score,
                          source_portrait)
 from .report import finite_or_none, format_table, jsonable, write_evaluation
@@ -49,7 +51,8 @@ VAL_FRACTION = 0.1  # as TrainConfig.val_fraction's default
 IDENTITY_SAMPLES = 4  # outputs per clip and animator that get a dlib embedding
 SHEET_CLIPS = 2  # clips shown in the contact sheet
 
-METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "mouth_r", "identity_distance", "jitter", "ms_per_frame")
+METRIC_KEYS = ("psnr", "ssim", "l1", "landmark_error", "mouth_r", *EYE_KEYS, "identity_distance", "jitter",
+               "ms_per_frame")
 
 
 # -- animators ----------------------------------------------------------------------------------------
@@ -74,8 +77,9 @@ def _animators(ctx: Context, source, identity) -> list:
         from ..models.identity import IDENTITY_DIM
 
         identity = np.zeros(IDENTITY_DIM, np.float32)
-    return ([GeometricAnimator(source, device=ctx.device)] if ctx.include_geometric else []) + [
-        NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=identity), _StaticAnimator(source)]
+    return ([GeometricAnimator(source, device=ctx.device)] if ctx.include_geometric else []) + (
+        [NeuralAnimator(source, model=ctx.model, device=ctx.device, identity=identity)] if ctx.include_neural else []
+    ) + [_StaticAnimator(source)]
 
 
 def _evaluate_clip(ctx: Context, clip: EvalClip, frames: int) -> tuple[dict, dict]:
@@ -90,6 +94,9 @@ def _evaluate_clip(ctx: Context, clip: EvalClip, frames: int) -> tuple[dict, dic
     source = source_portrait(src_img, clip.landmarks[src_i])
     gt = [clip.image(i) for i in drive]
     targets = [clip.landmarks[i] for i in drive]
+    eyes = (detect_all(ctx.tracker, gt), _first_face(ctx, src_img, clip.landmarks[src_i]))
+    if ctx.eye_contact:
+        targets = [hold_gaze(t, clip.landmarks[src_i]) for t in targets]
     picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(IDENTITY_SAMPLES, len(drive)))})
 
     src_emb = None
@@ -115,12 +122,19 @@ def _evaluate_clip(ctx: Context, clip: EvalClip, frames: int) -> tuple[dict, dic
         outputs, times = [], []
         for t in targets:
             t0 = time.perf_counter()
-            outputs.append(anim.animate(Landmarks(t, (CROP, CROP))))
+            outputs.append(anim.animate(Landmarks(t, (clip.size, clip.size))))
             times.append(time.perf_counter() - t0)
-        result["animators"][anim.name] = score(ctx, outputs, gt, targets, src_emb, picks, times, clip.mask)
+        result["animators"][anim.name] = score(ctx, outputs, gt, targets, src_emb, picks, times, clip.mask,
+                                               eyes=eyes)
         if anim.name != "static":
             images[anim.name] = outputs
     return result, images
+
+
+def _first_face(ctx: Context, image, fallback):
+    """The landmarks re-detected on ``image`` (as outputs are), else ``fallback``."""
+    found = detect_all(ctx.tracker, [image])[0]
+    return fallback if found is None else found
 
 
 def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
@@ -134,6 +148,8 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
         entry["faces_missed"] = int(sum(p["faces_missed"] for p in per))
         entry["frames"] = int(sum(p["frames"] for p in per))
         entry["clips"] = len(per)
+        entry["gaze_clips"] = sum(p["gaze_r"] is not None for p in per)  # clips with clear eye movement
+        entry["open_clips"] = sum(p["open_r"] is not None for p in per)
         agg[name] = entry
     gt = {k: mean_of(c["ground_truth"][k] for c in clip_results) for k in ("jitter", "identity_distance")}
     return agg, gt
@@ -143,7 +159,7 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
 def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "lite", device: str = "cpu",
              clips: int = 4, frames: int = 32, split: str = "val", include_geometric: bool = True,
              progress: bool = True, val_fraction: float = VAL_FRACTION, spread: bool = False,
-             cross: bool = False) -> dict:
+             cross: bool = False, size: int = CROP, eye_contact: bool = False, include_neural: bool = True) -> dict:
     """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
 
     ``split="val"`` takes the validation clips exactly as training splits them
@@ -164,6 +180,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         frames: most driven frames per clip.
         split: ``"val"`` or ``"all"``.
         include_geometric: also evaluate the geometric animator.
+        include_neural: also evaluate the neural animator (slow on a CPU, above all at 512).
         progress: show a progress bar over clips.
         val_fraction: share of identities held out for validation (as in training).
         spread: drive with ``frames`` frames spread evenly over each whole clip (its full range
@@ -172,6 +189,10 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         cross: cross-identity reenactment (:mod:`.eval_cross`): each clip drives the first
             frame of the next clip of another person; no ground truth, so identity distance to
             the source, landmark error against the retargeted targets and mouth follow.
+        size: the prepared crops to animate and score (256, or 512 where prepared; metrics are in
+            units of the face, so sizes compare).
+        eye_contact: hold the targets' gaze at the source's (as ``live --eye-contact`` does) to
+            measure that gaze stays put while the lids follow.
 
     Returns:
         The aggregate: ``{animator: {"psnr", "ssim", "l1", "landmark_error", "faces_missed",
@@ -199,7 +220,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     for key in keys:
         if len(usable) >= clips:
             break
-        clip, reason = load_clip(data, entries[key])
+        clip, reason = load_clip(data, entries[key], size)
         if clip is None:
             skipped.append({"key": key, "reason": reason})
         else:
@@ -235,7 +256,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
             model = PortraitModel(preset)
         neural_desc = f"untrained {preset} model (no --weights; reproduces the geometric avatar by construction)"
         neural_label = f"neural (untrained {preset})"
-        notes.append(f"the neural animator ran the untrained {preset} model because no weights were given")
+        if include_neural:
+            notes.append(f"the neural animator ran the untrained {preset} model because no weights were given")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -245,7 +267,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
 
     results, shown = [], []
     tracker = FaceTracker(max_faces=1)
-    ctx = Context(tracker, identity, model, device, include_geometric, notes, spread)
+    ctx = Context(tracker, identity, model, device, include_geometric, notes, spread, eye_contact, include_neural)
     if spread:
         notes.append("driving frames spread over each whole clip: temporal jitter is not measured")
     try:
@@ -283,7 +305,9 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     metrics = jsonable({
         "settings": {"data": str(data), "weights": weights, "preset": preset, "device": device, "clips": clips,
                      "frames": frames, "split": split, "val_fraction": val_fraction, "spread": spread, "cross": cross,
-                     "include_geometric": include_geometric, "neural": neural_desc,
+                     "size": size, "eye_contact": eye_contact,
+                     "include_geometric": include_geometric,
+                     "include_neural": include_neural, "neural": neural_desc,
                      "identity_samples": IDENTITY_SAMPLES},
         "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
         "labels": labels,
@@ -325,6 +349,11 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--spread", action="store_true",
                    help="drive with frames spread over each whole clip (its full range of motion) instead of the "
                         "frames right after the source")
+    p.add_argument("--size", type=int, choices=(256, 512), default=CROP,
+                   help="animate and score the prepared crops of this size (default 256; 512 needs them prepared)")
+    p.add_argument("--eye-contact", action="store_true",
+                   help="hold the avatar's gaze at the source's while lids follow (measures the eye-contact option)")
+    p.add_argument("--no-neural", action="store_true", help="geometric and static animators only (fast on a CPU)")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
                    help=f"share of people held out, as in training (default {VAL_FRACTION}; configs/real-*.toml: 0.15)")
     p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default: PREPARED/eval)")
@@ -337,7 +366,8 @@ def run_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(args.data) / "eval"
     aggregate = evaluate(Path(args.data), out, weights=args.weights, preset=args.preset, device=args.device,
                          clips=args.clips, frames=args.frames, split=args.split, progress=not args.no_progress,
-                         val_fraction=args.val_fraction, spread=args.spread, cross=args.cross)
+                         val_fraction=args.val_fraction, spread=args.spread, cross=args.cross,
+                         size=args.size, eye_contact=args.eye_contact, include_neural=not args.no_neural)
     labels = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["labels"]
     print(format_table(aggregate, labels))
     print(f"\nwrote {out / 'report.md'}, {out / 'metrics.json'} and {out / 'contact_sheet.jpg'}")

@@ -23,12 +23,18 @@ _COLUMNS = (  # (key, header) of the report table
     ("l1", "L1 (0–1) ↓"),
     ("landmark_error", "landmark error (% IOD) ↓"),
     ("mouth_r", "mouth follow (r) ↑"),
+    ("gaze_r", "gaze follow (r) ↑"),
+    ("gaze_amp", "gaze amplitude (× driver)"),
+    ("open_r", "eye openness follow (r) ↑"),
+    ("open_amp", "openness amplitude (× driver)"),
+    ("gaze_hold", "gaze off neutral (eye widths)"),
     ("faces_missed", "no face re-detected (frames)"),
     ("identity_distance", "identity distance (dlib) ↓"),
     ("jitter", "jitter excess (grey levels) ↓"),
     ("ms_per_frame", "ms / frame (median)"),
 )
-_DIGITS = {"ssim": 4, "l1": 4, "mouth_r": 3, "identity_distance": 3, "ms_per_frame": 0}  # others: 2
+_DIGITS = {"ssim": 4, "l1": 4, "mouth_r": 3, "gaze_r": 3, "open_r": 3, "gaze_hold": 3, "identity_distance": 3,
+           "ms_per_frame": 0}  # others: 2
 
 
 def finite_or_none(v) -> float | None:
@@ -83,7 +89,7 @@ def _report_text(metrics: dict) -> str:
          if s.get("cross") else
          f"Dataset `{s['data']}`, split `{s['split']}`: self-reenactment on {len(metrics['clips'])} clip(s), "
          f"up to {s['frames']} driven frames each (source = the clip's first valid frame, ground truth = the "
-         f"later valid frames' 256 crops, driven by their prepared landmarks). Neural: {s['neural']}."),
+         f"later valid frames' {s.get('size', CROP)} crops, driven by their prepared landmarks). Neural: {s['neural']}."),
         "",
         format_table(metrics["aggregate"], metrics["labels"]),
         "",
@@ -106,6 +112,12 @@ def _report_text(metrics: dict) -> str:
          "grey levels (0 = as smooth as the real video, negative = smoother, e.g. the static baseline)."),
         ("* Mouth follow: Pearson r between the target's and the re-detected output's mouth openings (each over "
          "its inter-ocular distance) over the driven frames; – where either hardly moves."),
+        ("* Eyes (docs/EYES.md): mediapipe re-detects the driver's frames and the outputs; gaze = iris centre "
+         "along the eye-corner line (0..1), openness = lid gap over eye width, both eyes averaged. r: Pearson "
+         "correlation with the driver's; amplitude: least-squares slope on the driver's (1 = as much motion); "
+         "measured on clips where the driver's gaze (openness) varies by at least 0.02 (s.d.) — "
+         f"{_eye_clips(metrics)}. Gaze off neutral: mean |output gaze − the source's own gaze|"
+         + (" (eye contact on: targets' gaze held at the source's)." if s.get("eye_contact") else ".")),
         "* static: the unmoved source crop for every frame — the baseline to beat.",
         "",
         "## Split rule",
@@ -128,6 +140,12 @@ def _report_text(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _eye_clips(metrics: dict) -> str:
+    first = next(iter(metrics["aggregate"].values()), {})
+    return (f"{first.get('gaze_clips', 0)} of {first.get('clips', 0)} clip(s) for gaze, "
+            f"{first.get('open_clips', 0)} for openness")
+
+
 def _label(tile: np.ndarray, text: str, y: int) -> None:
     import cv2
 
@@ -141,6 +159,8 @@ def contact_sheet(shown: list[tuple[dict, dict]], labels: dict[str, str]) -> np.
 
     ``shown``: ``(clip result, {row name: images of the driven frames})`` per clip.
     """
+    import cv2
+
     ncols = max(min(SHEET_COLUMNS, len(res["frames"])) for res, _ in shown)
     rows = []
     for res, images in shown:
@@ -149,7 +169,8 @@ def contact_sheet(shown: list[tuple[dict, dict]], labels: dict[str, str]) -> np.
         for r, (name, seq) in enumerate(images.items()):
             row = np.zeros((CROP, ncols * CROP, 3), np.uint8)
             for c, i in enumerate(cols):
-                tile = seq[i].copy()
+                tile = seq[i] if seq[i].shape[0] == CROP else cv2.resize(seq[i], (CROP, CROP), interpolation=cv2.INTER_AREA)
+                tile = tile.copy()
                 _label(tile, labels.get(name, name), 18)
                 _label(tile, f"frame {res['frames'][i]}", CROP - 10)
                 if r == 0 and c == 0:

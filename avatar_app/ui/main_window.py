@@ -103,6 +103,9 @@ class MainWindow(QMainWindow):
         self.start_button.setDefault(True)
         self.calibrate_button = QPushButton("Calibrate neutral (C)")
         self.calibrate_button.setToolTip("Look at the camera with a relaxed face and press C.")
+        self.eye_contact_box = QCheckBox("Eye contact")
+        self.eye_contact_box.setToolTip("Keep the avatar looking into the camera while you read the screen; "
+                                        "blinks and expressions still follow.")
         self.vcam_box = QCheckBox("Virtual camera")
         self.vcam_label = QLabel("off")
         self.vcam_help = QPushButton("Setup help")
@@ -123,7 +126,7 @@ class MainWindow(QMainWindow):
         grid.addWidget(QLabel("Backend"), 2, 2)
         grid.addWidget(self.backend_box, 2, 3)
         buttons = QHBoxLayout()
-        for w in (self.start_button, self.calibrate_button, self.vcam_box, self.vcam_label):
+        for w in (self.start_button, self.calibrate_button, self.eye_contact_box, self.vcam_box, self.vcam_label):
             buttons.addWidget(w)
         buttons.addStretch(1)
         buttons.addWidget(self.vcam_help)
@@ -165,6 +168,7 @@ class MainWindow(QMainWindow):
         self.start_button.clicked.connect(self.toggle_running)
         self.calibrate_button.clicked.connect(self.calibrate)
         self.vcam_box.toggled.connect(self._vcam_toggled)
+        self.eye_contact_box.toggled.connect(self._eye_contact_toggled)
         self.vcam_help.clicked.connect(self.show_vcam_help)
 
     def _load_choices(self) -> None:
@@ -178,9 +182,10 @@ class MainWindow(QMainWindow):
                 i = 0
             box.setCurrentIndex(max(i, 0))
         self.backend_box.setEnabled(s.animator == "neural" or s.profile is not None)
-        self.vcam_box.blockSignals(True)
-        self.vcam_box.setChecked(s.virtual_camera)
-        self.vcam_box.blockSignals(False)
+        for box, on in ((self.vcam_box, s.virtual_camera), (self.eye_contact_box, s.eye_contact)):
+            box.blockSignals(True)
+            box.setChecked(on)
+            box.blockSignals(False)
         self.vcam_label.setText("on: opens when the avatar starts" if s.virtual_camera else "off")
 
     def _fill_sources(self) -> None:
@@ -264,6 +269,11 @@ class MainWindow(QMainWindow):
         self.settings.virtual_camera = on
         self._save()
         self.controller.set_virtual_camera(on)
+
+    def _eye_contact_toggled(self, on: bool) -> None:
+        self.settings.eye_contact = on
+        self._save()
+        self.controller.set_eye_contact(on)
 
     def show_vcam_help(self) -> None:
         from ..sinks.virtualcam import setup_help

@@ -41,6 +41,7 @@ class Settings:
         weights: neural checkpoint (``None``: the untrained preset).
         size: avatar crop side in px, one of :data:`SIZES`.
         virtual_camera: stream to a virtual camera while running.
+        eye_contact: hold the avatar's gaze at the portrait's own while lids and face follow.
         profile: the personalized profile in use (``None``: the plain portrait).
         budget_s: seconds of adaptation in the personalize wizard.
         geometry: the main window's saved geometry (hex of ``QWidget.saveGeometry``).
@@ -55,6 +56,7 @@ class Settings:
     weights: str | None = None
     size: int = 256
     virtual_camera: bool = False
+    eye_contact: bool = False
     profile: str | None = None
     budget_s: float = 30.0
     geometry: str | None = None

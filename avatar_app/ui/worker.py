@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 
 from ..capture.base import FrameSource
 from ..errors import AvatarError, DependencyError, OutputError
+from ..face.retarget import RetargetOptions
 from ..runtime.pipeline import Pipeline
 from ..types import SourcePortrait
 from .bridge import FrameRelay, ObservedSource, SwitchableSink, call_reporting, describe_error, emit_safely
@@ -92,6 +93,11 @@ class LiveController(QObject):
         """Take the driver's next face as its neutral pose."""
         if self._pipeline is not None:
             self._pipeline.calibrate()
+
+    def set_eye_contact(self, on: bool) -> None:
+        """Hold the running avatar's gaze at neutral (or let it follow); the next start uses the settings'."""
+        if self._pipeline is not None:
+            self._pipeline.set_eye_contact(on)
 
     def set_virtual_camera(self, on: bool, fps: float = 30.0, backend: str | None = None):
         return self._submit(self._set_vcam, on, fps, backend)
@@ -179,7 +185,7 @@ class LiveController(QObject):
         if c.virtual_camera:
             self._open_vcam(cfg.fps)
         pipeline = Pipeline(portrait, ObservedSource(driver, self.camera.put), [self._vcam], fps=cfg.fps,
-                            pace=pace, animator=animator)
+                            pace=pace, animator=animator, options=RetargetOptions(eye_contact=c.eye_contact))
         if profile is not None and profile.neutral is not None and c.driver != SYNTHETIC:
             pipeline.set_neutral(profile.neutral)  # the face the user calibrated while personalizing
         pipeline.subscribe(self._on_avatar)
