@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from avatar_app.models.shipped import shipped_weights
+
 pytest.importorskip("PySide6.QtWidgets", exc_type=ImportError)
 
 from PySide6.QtCore import Qt  # noqa: E402
@@ -86,7 +88,7 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
         qtbot.mouseClick(result.save_button, Qt.MouseButton.LeftButton)
     profile = load_profile("me")
     assert profile.metrics["psnr"]["after"] == pytest.approx(m["psnr"]["after"])
-    assert profile.provenance["base_weights"] == "untrained lite"
+    assert profile.provenance["base_weights"] == str(shipped_weights("lite"))  # no weights chosen: the shipped ones
     assert w.settings.profile == "me"
     names = [a.text() for a in w.profiles_menu.actions()]
     assert "me" in names and "Personalize…" in names

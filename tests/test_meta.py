@@ -64,6 +64,21 @@ def test_one_reptile_step_moves_towards_the_adapted_weights(tmp_path, astronaut_
     assert moved > 0 and len(losses) == 3
 
 
+def test_meta_batches_loaded_by_workers_are_the_serial_ones(tmp_path, astronaut_source, hopper_source):
+    data = FlowInputs(ShiftedPairs([astronaut_source, hopper_source], n=8))
+    cfg = TrainConfig(stage="meta", model=TINY, batch_size=2, inner_steps=3, num_workers=2)
+    trainer = MetaTrainer(cfg, tmp_path, train_set=data)
+    stream = trainer._task_stream(5)
+    for step in (5, 6, 7):
+        serial = trainer.task_batches(step)
+        for want in serial:
+            got = next(stream)
+            assert got.keys() == want.keys()
+            for key in want:
+                assert torch.equal(got[key], want[key]), (step, key)
+    assert trainer.task_indices(5) != trainer.task_indices(6)  # the steps differ: the check could fail
+
+
 def _cast_clip(source) -> ClipFrames:
     clip = _animated_clip(source)
     # The clip is made by the analytic flow itself, which the untrained model reproduces
@@ -133,3 +148,30 @@ def test_clip_frames_from_a_video(tmp_path, astronaut_source):
     assert len(frames.crops) >= 14 and frames.crops[0].shape == (256, 256, 3)
     pts = np.stack(frames.points)
     assert pts[..., :2].min() > 0 and pts[..., :2].max() < 256
+
+
+def test_personalization_inputs_rasterise_each_frame_once_and_match_the_trainers(astronaut_source):
+    """FrameFlowInputs (personalization) gives the same conditioning as FlowInputs (training),
+    drawing each frame's landmark image and triangle map once, however many pairs use it."""
+    from avatar_app.train.inputs import FrameFlowInputs
+    from avatar_app.train.personalize import _FramePairs
+
+    clip = _animated_clip(astronaut_source, n=6)
+    pairs = [(0, 3), (2, 5), (0, 5), (3, 0)]
+    cached = FrameFlowInputs(_FramePairs(clip, list(range(6)), np.zeros(128, np.float32), pairs=pairs))
+
+    class Plain(torch.utils.data.Dataset):  # the same pairs without the frame indices
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            return {k: v for k, v in cached.base[i].items() if not k.endswith("_frame")}
+
+    plain = FlowInputs(Plain())
+    for i in range(len(pairs)):
+        a, b = plain[i], cached[i]
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert value.dtype == b[key].dtype, key
+            torch.testing.assert_close(b[key], value, rtol=0, atol=1e-6, msg=key)
+    assert sorted(cached._frames) == [0, 2, 3, 5]  # four distinct frames, each drawn once

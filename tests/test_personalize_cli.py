@@ -26,6 +26,11 @@ def test_personalize_saves_a_profile_that_render_uses(tmp_path, monkeypatch, cap
     assert main(["personalize", "me", "--clip", str(clip_video), "--budget", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "profile 'me' saved" in out and "held-out PSNR" in out
+    # without --weights it starts from the shipped real-trained weights of this machine's preset (CPU: lite)
+    from avatar_app.models.shipped import default_preset, shipped_weights
+    from avatar_app.profiles import load_profile
+
+    assert load_profile("me").provenance["base_weights"] == str(shipped_weights(default_preset()))
     assert main(["profiles", "list"]) == 0
     assert "me" in capsys.readouterr().out
     video = tmp_path / "p.mp4"

@@ -78,8 +78,10 @@ def add_personalize_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--record", type=float, metavar="SECONDS", help="record this many seconds from the camera")
     p.add_argument("--camera", default="0", metavar="N", help="camera for --record (default 0)")
     p.add_argument("--budget", type=float, default=30.0, metavar="S", help="seconds of adaptation (default 30)")
-    p.add_argument("--weights", metavar="META", help="meta-learned weights to start from (default: untrained model)")
-    p.add_argument("--preset", choices=("lite", "full"), default="lite", help="model size without --weights")
+    p.add_argument("--weights", metavar="W", help="weights to start from (default: the shipped real-trained weights "
+                   "of --preset; the untrained model where none are installed)")
+    p.add_argument("--preset", choices=("lite", "full"), default=None,
+                   help="model size without --weights (default: full on a CUDA GPU, else lite)")
     p.add_argument("--source", metavar="IMG", help="the portrait the profile animates (default: you, from the clip)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -114,6 +116,7 @@ def run_personalize(args) -> int:
     from ..face.source import prepare_source, read_image
     from ..models.identity import IdentityEncoder
     from ..models.portrait import PortraitModel, load_checkpoint
+    from ..models.shipped import default_preset, shipped_weights
     from ..profiles import save_profile, validate_name
     from .personalize import CancelToken, clip_frames, personalize
 
@@ -121,10 +124,12 @@ def run_personalize(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = VideoFileSource(args.clip) if args.clip else _record(args.camera, args.record)
     clip = clip_frames(source)
-    base = load_checkpoint(args.weights) if args.weights else PortraitModel(args.preset)
-    if not args.weights:
-        print(f"avatar-app: note: no --weights given: personalizing the untrained {args.preset} model",
-              file=sys.stderr)
+    preset = args.preset or default_preset()
+    weights = args.weights or shipped_weights(preset)
+    base = load_checkpoint(weights) if weights else PortraitModel(preset)
+    if not weights:
+        print(f"avatar-app: note: no --weights given and no shipped {preset} weights installed: personalizing the "
+              f"untrained {preset} model", file=sys.stderr)
     ref_crop, ref_points = clip.crops[clip.reference], clip.points[clip.reference]
     from ..types import Landmarks
 
@@ -149,7 +154,7 @@ def run_personalize(args) -> int:
     if args.source:
         prepare_source(portrait)  # fail now, not at `live`, if the portrait has no face
     metrics = result.metrics()
-    provenance = {"base_weights": args.weights or f"untrained {args.preset}", "budget_s": args.budget,
+    provenance = {"base_weights": str(weights) if weights else f"untrained {preset}", "budget_s": args.budget,
                   "clip": args.clip or f"recorded {args.record} s from camera {args.camera}", "device": device,
                   "frames": len(clip.crops)}
     profile = save_profile(args.name, result.model.cpu(), portrait, neutral=clip.neutral, metrics=metrics,

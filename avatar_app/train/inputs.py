@@ -44,6 +44,34 @@ class FlowInputs(Dataset):
         return item
 
 
+class FrameFlowInputs(FlowInputs):
+    """:class:`FlowInputs` over a fixed set of frames (personalization): the base's items also
+    carry ``source_frame`` and ``driving_frame`` (frame indices), and each frame's landmark image
+    and triangle map is rasterised once (kept as uint8 / int16: the landmark image is drawn in
+    1/255 steps and there are < 32k triangles) and reused by every pair it is part of."""
+
+    def __init__(self, base: Dataset):
+        super().__init__(base)
+        self._frames: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+
+    def _frame(self, index: int, points) -> tuple[torch.Tensor, torch.Tensor, float]:
+        if index not in self._frames:
+            cond = torch.from_numpy(landmark_image(points, NET_SIZE) * 255.0 + 0.5).to(torch.uint8)
+            tri = torch.from_numpy(rasterize_triangles(points, self._tri, NET_SIZE).astype("int16"))
+            self._frames[index] = (cond, tri, mouth_opening(points))
+        return self._frames[index]
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        s_cond, _, s_mouth = self._frame(int(item.pop("source_frame")), item["source_points"].numpy())
+        d_cond, d_tri, d_mouth = self._frame(int(item.pop("driving_frame")), item["driving_points"].numpy())
+        item["tri_ids"] = d_tri.long()
+        item["source_cond"] = s_cond.float() / 255.0
+        item["driving_cond"] = d_cond.float() / 255.0
+        item["mouth_amount"] = torch.tensor(mouth_fill_amount(s_mouth, d_mouth, NET_SIZE))
+        return item
+
+
 class WindowFlowInputs(FlowInputs):
     """Adds to window samples (``PreparedDataset(mode="window", window_source=True)``) what the
     frozen networks need, computed in the loader's workers: ``source_cond (6, S, S)``,

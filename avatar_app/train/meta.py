@@ -20,6 +20,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from ..models.portrait import PortraitModel
 from .trainer import Trainer
@@ -57,15 +58,32 @@ class MetaTrainer(Trainer):
             groups[per_clip[i % len(per_clip)]].append(i)
         return [groups[k] for k in sorted(groups)]
 
-    def task_batches(self, step: int) -> list[dict]:
-        """The inner-loop batches of this rank's task at ``step`` (deterministic)."""
+    def task_indices(self, step: int) -> list[list[int]]:
+        """The sample indices of this rank's inner-loop batches at ``step`` (a pure function of seed,
+        step and rank): one identity, ``inner_steps`` batches of its samples."""
         rng = np.random.default_rng((self.cfg.seed, step, self.rank))
         task = self.tasks[int(rng.integers(len(self.tasks)))]
-        batches = []
-        for _ in range(self.cfg.inner_steps):
-            idx = rng.choice(task, size=self.cfg.batch_size, replace=len(task) < self.cfg.batch_size)
-            batches.append(torch.utils.data.default_collate([self.train_set[int(i)] for i in idx]))
-        return batches
+        return [rng.choice(task, size=self.cfg.batch_size, replace=len(task) < self.cfg.batch_size).tolist()
+                for _ in range(self.cfg.inner_steps)]
+
+    def task_batches(self, step: int) -> list[dict]:
+        """The inner-loop batches of this rank's task at ``step``, loaded here (deterministic)."""
+        return [torch.utils.data.default_collate([self.train_set[int(i)] for i in idx])
+                for idx in self.task_indices(step)]
+
+    def _task_stream(self, start: int):
+        """The batches of steps ``start``, ``start + 1``, … loaded by ``num_workers`` DataLoader
+        workers ahead of the training (the same batches as :meth:`task_batches`)."""
+        trainer = self
+
+        class Batches:
+            def __iter__(self):
+                step = start
+                while True:
+                    yield from trainer.task_indices(step)
+                    step += 1
+
+        return iter(DataLoader(self.train_set, batch_sampler=Batches(), num_workers=self.cfg.num_workers))
 
     def adapt(self, batches: list[dict], model: PortraitModel | None = None) -> tuple[PortraitModel, list[float]]:
         """A copy of ``model`` (default: the meta-model) after one inner step per batch."""
@@ -107,8 +125,11 @@ class MetaTrainer(Trainer):
         target = steps if steps is not None else self.cfg.steps
         bar = tqdm(total=target, initial=self.step, unit="task", desc="meta", disable=not progress or self.rank != 0)
         t0, done0 = time.perf_counter(), self.step
+        stream = self._task_stream(self.step) if self.cfg.num_workers > 0 else None
         while self.step < target:
-            losses = self.reptile_step(self.task_batches(self.step))
+            batches = ([next(stream) for _ in range(self.cfg.inner_steps)] if stream is not None
+                       else self.task_batches(self.step))
+            losses = self.reptile_step(batches)
             self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size * self.cfg.inner_steps)
             if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
                 target = self._fit_budget(t0, done0, bar)

@@ -28,7 +28,7 @@ from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
 from .config import TrainConfig
 from .meta import inner_optimizer
-from .inputs import FlowInputs
+from .inputs import FrameFlowInputs
 from .trainer import Trainer
 
 
@@ -130,6 +130,7 @@ class _FramePairs(torch.utils.data.Dataset):
             source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
             driving = int(rng.choice(self.indices))
         return {"source": self._rgb[source], "driving": self._rgb[driving],
+                "source_frame": source, "driving_frame": driving,
                 "source_points": torch.from_numpy(self.clip.points[source].astype(np.float32)),
                 "driving_points": torch.from_numpy(self.clip.points[driving].astype(np.float32)),
                 "identity": self.identity, "clip": torch.tensor(0)}
@@ -154,7 +155,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         raise NoFaceError(f"The clip has too few usable frames ({n}) to personalize; record at least 10 s.")
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=False, seed=seed)
     model = copy.deepcopy(base)
-    pairs = FlowInputs(_FramePairs(clip, train_idx, identity, seed))
+    pairs = FrameFlowInputs(_FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
     def scores() -> dict:
@@ -194,7 +195,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
 
 def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.ndarray) -> list[dict]:
     """Scoring samples: each ``(source, driver)`` index pair of ``clip``, with its conditioning."""
-    items = FlowInputs(_FramePairs(clip, sorted({i for p in pairs for i in p}), identity, pairs=pairs))
+    items = FrameFlowInputs(_FramePairs(clip, sorted({i for p in pairs for i in p}), identity, pairs=pairs))
     return [items[k] for k in range(len(items))]
 
 

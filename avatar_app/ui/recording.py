@@ -210,6 +210,7 @@ class Adapter(QObject):
         from ..capture.images import ImageSequenceSource
         from ..models.identity import IdentityEncoder
         from ..models.portrait import PortraitModel, load_checkpoint
+        from ..models.shipped import shipped_weights
         from ..train.personalize import clip_frames, personalize
 
         emit_safely(self.stage, "Finding your face in the recording…")
@@ -218,7 +219,8 @@ class Adapter(QObject):
         size = clip.crops[ref].shape[0]
         emit_safely(self.stage, "Measuring your face's identity…")
         identity = IdentityEncoder().embed(clip.crops[ref], Landmarks(clip.points[ref], (size, size)))
-        base = load_checkpoint(self.weights) if self.weights else PortraitModel(self.preset)
+        weights = self.weights or shipped_weights(self.preset)  # chosen, else the shipped real-trained ones
+        base = load_checkpoint(weights) if weights else PortraitModel(self.preset)
         emit_safely(self.stage, f"Adapting the model to you ({self.budget_s:.0f} s)…")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         result = personalize(clip, base, identity, budget_s=self.budget_s, cancel=self.cancel_token, device=device,
@@ -227,7 +229,7 @@ class Adapter(QObject):
             return None
         emit_safely(self.stage, "Comparing before and after on frames it did not train on…")
         previews = before_after(clip, base, result.model, identity)
-        return Adapted(result, clip, previews, self.weights or f"untrained {self.preset}", device)
+        return Adapted(result, clip, previews, str(weights) if weights else f"untrained {self.preset}", device)
 
 
 def before_after(clip, base, adapted, identity: np.ndarray, count: int = 2):
