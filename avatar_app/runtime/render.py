@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from itertools import islice
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -21,7 +25,7 @@ from ..face.align import paste_back
 from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
 from ..sinks.recorder import VideoRecorder
-from ..types import Landmarks, SourcePortrait
+from ..types import Frame, Landmarks, SourcePortrait
 from .animator import GeometricAnimator
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,21 @@ class RenderReport:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def drive_frames(source: SourcePortrait, frames: Iterable[Frame], tracker: FaceTracker, animator,
+                 retarget: Retargeter) -> Iterator[tuple[np.ndarray, bool]]:
+    """``(avatar, face found)`` for each driving frame, as the offline render makes them.
+
+    Frames where the driver shows no face hold the last good pose (the source's own
+    pose before the first face).
+    """
+    target: Landmarks = source.landmarks
+    for frame in frames:
+        tracked = tracker.track(frame)
+        if tracked.found:
+            target = retarget(tracked.landmarks)
+        yield animator.animate(target), tracked.found
 
 
 def render_video(
@@ -74,20 +93,13 @@ def render_video(
     if max_frames is not None:
         total = max_frames if total is None else min(total, max_frames)
     frames = with_face = 0
-    target: Landmarks = source.landmarks
     start = time.perf_counter()
     try:
         with driver, VideoRecorder(partial, fps, size) as recorder, tqdm(
             total=total, unit="frame", desc="render", disable=not progress, leave=False
         ) as bar:
-            for frame in driver:
-                if max_frames is not None and frames >= max_frames:
-                    break
-                tracked = tracker.track(frame)
-                if tracked.found:
-                    target = retarget(tracked.landmarks)
-                    with_face += 1
-                avatar = animator.animate(target)
+            for avatar, found in drive_frames(source, islice(driver, max_frames), tracker, animator, retarget):
+                with_face += found
                 if paste:
                     avatar = paste_back(avatar, source.image, source.crop_to_image)
                 recorder.send(avatar)

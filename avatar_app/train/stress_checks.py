@@ -1,0 +1,133 @@
+"""Checks on an avatar's *output* under a stress driver (see :mod:`avatar_app.capture.stress`).
+
+Every output frame is re-detected with mediapipe (static mode, up to four faces):
+
+* ``face_found`` — fraction of frames with at least one face (want ≥ 0.99);
+* ``two_faces`` — frames with more than one face (want 0: no ghost face);
+* ``max_jump`` — the largest frame-to-frame landmark motion of the output, as the
+  median point displacement in inter-ocular distances, against ``natural_jump``, the
+  same measure on the driver's own unmodified frames (its largest natural motion);
+* ``identity_p95`` — 95th percentile of the dlib identity distance between output
+  frames and the source portrait (want ≤ 0.45), when dlib's models are installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..face.tracker import FaceTracker
+from ..types import Landmarks
+from .metrics import inter_ocular_distance
+
+
+@dataclass
+class StressResult:
+    """What the checks measured on one output sequence."""
+
+    name: str
+    frames: int
+    face_found: float
+    two_faces: int
+    max_jump: float
+    natural_jump: float
+    identity_p95: float | None = None
+
+    def failures(self, identity_limit: float = 0.45) -> list[str]:
+        """The checks that do not hold, in words (empty when all hold)."""
+        out = []
+        if self.face_found < 0.99:
+            out.append(f"face found in {self.face_found:.1%} of frames (< 99 %)")
+        if self.two_faces:
+            out.append(f"two faces in {self.two_faces} frames")
+        if self.max_jump > self.natural_jump:
+            out.append(f"largest jump {self.max_jump:.3f} IOD > the driver's natural {self.natural_jump:.3f}")
+        if self.identity_p95 is not None and self.identity_p95 > identity_limit:
+            out.append(f"identity distance p95 {self.identity_p95:.3f} > {identity_limit}")
+        return out
+
+    def row(self) -> str:
+        ident = "—" if self.identity_p95 is None else f"{self.identity_p95:.3f}"
+        return (f"| {self.name} | {self.frames} | {self.face_found:.1%} | {self.two_faces} | "
+                f"{self.max_jump:.3f} | {self.natural_jump:.3f} | {ident} |")
+
+
+def detect_all(images: Sequence[np.ndarray], tracker: FaceTracker) -> list[list[Landmarks]]:
+    """Every face (largest first) in each image, mediapipe static mode."""
+    return [tracker.detect_faces(im) for im in images]
+
+
+def _nearest(faces: list[Landmarks], previous: Landmarks | None) -> Landmarks | None:
+    if not faces:
+        return None
+    if previous is None:
+        return faces[0]
+    c = previous.xy.mean(0)
+    return min(faces, key=lambda f: float(np.linalg.norm(f.xy.mean(0) - c)))
+
+
+def frame_jumps(sequence: Sequence[Landmarks | None]) -> np.ndarray:
+    """Frame-to-frame motion: median point displacement / inter-ocular distance, for each
+    pair of consecutive frames that both have a face."""
+    out = []
+    for a, b in zip(sequence[:-1], sequence[1:]):
+        if a is None or b is None:
+            continue
+        iod = max(inter_ocular_distance(a.xy), 1e-6)
+        out.append(float(np.median(np.linalg.norm(b.xy - a.xy, axis=1))) / iod)
+    return np.asarray(out, np.float64)
+
+
+def followed(faces: Sequence[list[Landmarks]]) -> list[Landmarks | None]:
+    """One face per frame: the one nearest the previous pick (the largest at the start)."""
+    out: list[Landmarks | None] = []
+    last = None
+    for f in faces:
+        pick = _nearest(f, last)
+        out.append(pick)
+        last = pick if pick is not None else last
+    return out
+
+
+def natural_jump(segments: Sequence[Sequence[np.ndarray]], tracker: FaceTracker) -> float:
+    """The driver's largest natural frame-to-frame motion over unmodified clips (images)."""
+    jumps = [frame_jumps(followed(detect_all(seg, tracker))) for seg in segments]
+    jumps = [j for j in jumps if j.size]
+    return float(max(j.max() for j in jumps)) if jumps else 0.0
+
+
+def landmark_jump(segments: Sequence[Sequence[Landmarks]]) -> float:
+    """The largest frame-to-frame motion within landmark sequences (e.g. a synthetic driver's own)."""
+    jumps = [frame_jumps(list(seg)) for seg in segments]
+    return float(max((j.max() for j in jumps if j.size), default=0.0))
+
+
+def driver_natural_jump(driver, tracker: FaceTracker) -> float:
+    """A :class:`~avatar_app.capture.stress.StressDriver`'s own largest natural motion."""
+    if driver.natural:
+        return natural_jump(driver.natural, tracker)
+    return landmark_jump(driver.natural_landmarks)
+
+
+def check_output(name: str, images: Sequence[np.ndarray], natural: float, tracker: FaceTracker,
+                 identity=None, source_embedding: np.ndarray | None = None, identity_every: int = 6) -> StressResult:
+    """Run the checks on output ``images`` (BGR).  ``identity`` (an
+    :class:`~avatar_app.models.identity.IdentityEncoder`) and ``source_embedding`` enable the
+    identity check, on every ``identity_every``-th frame with a face."""
+    faces = detect_all(images, tracker)
+    seq = followed(faces)
+    jumps = frame_jumps(seq)
+    ident = None
+    if identity is not None and source_embedding is not None:
+        from ..models.identity import identity_distance
+
+        dists = [identity_distance(identity.embed(im, lm), source_embedding)
+                 for im, lm in list(zip(images, seq))[::identity_every] if lm is not None]
+        ident = float(np.percentile(dists, 95)) if dists else None
+    return StressResult(
+        name=name, frames=len(images), face_found=float(np.mean([bool(f) for f in faces])) if faces else 0.0,
+        two_faces=int(sum(len(f) > 1 for f in faces)), max_jump=float(jumps.max()) if jumps.size else 0.0,
+        natural_jump=natural, identity_p95=ident,
+    )
