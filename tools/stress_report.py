@@ -20,6 +20,7 @@ from avatar_app.capture import stress  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
+from avatar_app.runtime.face_loss import DriverGuard  # noqa: E402
 from avatar_app.runtime.render import drive_frames  # noqa: E402
 from avatar_app.face.retarget import Retargeter  # noqa: E402
 from avatar_app.train import stress_checks as sc  # noqa: E402
@@ -53,8 +54,8 @@ def main() -> int:
         for d in drivers:
             t0 = time.perf_counter()
             with FaceTracker() as tracker:
-                images = [im for im, _ in drive_frames(source, d.frames, tracker, GeometricAnimator(source),
-                                                       Retargeter(source.landmarks))]
+                guard = DriverGuard(Retargeter(source.landmarks))
+                images = [im for im, _ in drive_frames(source, d.frames, tracker, GeometricAnimator(source), guard)]
             res = sc.check_output(d.name, images, naturals[d.name], still, encoder, emb)
             print(res.row(), f"<!-- {time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0

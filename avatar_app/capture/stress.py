@@ -38,8 +38,9 @@ class StressDriver:
         name: what it stresses (``shot_cut``, ``approach_retreat``...).
         frames: the frames, timestamps ``index / fps`` s.
         fps: frame rate.
-        natural: the unmodified clips it was built from, one image list per clip (the
-            driver's own natural motion, for the jump bound); empty for synthetic
+        natural: image lists of the driver's own continuous motion, for the jump bound:
+            each clip of a shot cut, the user's clip under a second face, the moved
+            frames of a zoom or a shift (that motion is the driver's); empty for synthetic
             drivers, whose natural motion is ``natural_landmarks``.
         natural_landmarks: for synthetic drivers, their landmarks cut into the
             stretches of continuous motion (between cuts).
@@ -152,8 +153,9 @@ def shot_cut(clips: Sequence[Sequence[np.ndarray]], fps: float, shot: int = 30) 
 
 def _modulated(name: str, images: Sequence[np.ndarray], fps: float,
                transform: Callable[[np.ndarray, float], np.ndarray]) -> StressDriver:
+    """Frames moved by ``transform``; the moved frames are the driver's own (continuous) motion."""
     out = [transform(im, i / fps) for i, im in enumerate(images)]
-    return StressDriver(name, _frames(out, fps), fps, [list(images)])
+    return StressDriver(name, _frames(out, fps), fps, [out])
 
 
 def approach_retreat(images: Sequence[np.ndarray], fps: float, period_s: float = 4.0,

@@ -1,8 +1,10 @@
-"""What the avatar does when the driver's face is lost, and when it comes back.
+"""What the avatar does when the driver's face is lost, jumps or changes.
 
 Hold the last pose for a moment (a hand passing in front of the face), then ease
 back to the neutral pose, and when the face returns blend into it instead of
-jumping.  A pure function of time and inputs, so it is easy to test.
+jumping.  A face that *jumps* (a shot cut, another person, a re-detection far
+away) is treated the same way, and once it stays it becomes the new neutral
+(:class:`DriverGuard`).  Pure functions of time and inputs, so easy to test.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..face.align import similarity_fit
+from ..face.mesh import topology
+from ..face.retarget import Retargeter, inter_ocular
 from ..types import Landmarks
 
 TRACKING, HOLDING, EASING, NO_FACE = "tracking", "holding", "easing to neutral", "no face yet"
+SETTLING = "new face: settling"
 
 
 def _smooth(t: float) -> float:
@@ -80,3 +86,108 @@ class FaceLossSmoother:
                 out = _lerp(self._lost_pose, neutral, _smooth(t))
         self._last = out
         return out
+
+
+@dataclass(frozen=True)
+class JumpThresholds:
+    """When one tracked face → the next is a *jump*, not motion (per frame at 30 fps; gaps
+    allow proportionally more for the rate-like terms, up to three frames' worth).
+
+    Measured on the real clips' own tracked motion (docs/MOTION.md): a head moves at most
+    about 0.2 inter-ocular distances (IOD) and 4 % in scale per frame, and the rigid
+    points' shape changes by at most 0.07 IOD between consecutive frames.
+
+    Attributes:
+        shift: rigid-centroid motion, IOD.
+        zoom: ``|log scale|``.
+        shape: RMS residual of the rigid points after the best similarity, IOD.
+    """
+
+    shift: float = 0.45
+    zoom: float = 0.12
+    shape: float = 0.09
+
+
+def is_jump(a: Landmarks, b: Landmarks, dt: float, limits: JumpThresholds = JumpThresholds()) -> bool:
+    """True when ``b`` (``dt`` s after ``a``) is not a continuation of ``a``'s face: a shot cut,
+    a re-detection somewhere else, another person (different shape)."""
+    rigid = topology().rigid
+    pa, pb = a.points[rigid].astype(np.float64), b.points[rigid].astype(np.float64)
+    iod = max(inter_ocular(a.points), 1e-6)
+    s, rot, t = similarity_fit(pa, pb)
+    frames = min(max(1.0, dt * 30.0), 3.0)  # a face re-found after a long gap must still be near
+    shift = float(np.linalg.norm(pb[:, :2].mean(0) - pa[:, :2].mean(0))) / iod
+    shape = float(np.sqrt(((pb - (s * pa @ rot.T + t)) ** 2).sum(1).mean())) / (max(s, 1e-6) * iod)
+    return shift > limits.shift * frames or abs(np.log(max(s, 1e-6))) > limits.zoom * frames or shape > limits.shape
+
+
+class DriverGuard:
+    """The one mechanism between the tracker and the animator: driver landmarks in, the
+    pose to show out, whatever the driver does.
+
+    * a tracked face is retargeted (with the retargeter's soft motion limits);
+    * no face: hold, then ease to the neutral (:class:`FaceLossSmoother`);
+    * a **jump** (:func:`is_jump` against the last accepted face: a shot cut, another
+      person, a face re-found far away) is handled like a lost face — the avatar holds
+      and eases, nothing of the jump reaches it — and once the new face has stayed
+      continuous for ``settle_s`` it becomes the new neutral (re-anchored) and the
+      avatar blends into it;
+    * a face that returns after a loss where it was (no jump) resumes with a blend.
+
+    Args:
+        retarget: the retargeter (calibrated on the first face if it is not yet).
+        smoother: hold / ease / resume timing.
+        settle_s: how long a new face must stay before it is taken as the neutral.
+        thresholds: what counts as a jump.
+    """
+
+    def __init__(self, retarget: Retargeter, smoother: FaceLossSmoother | None = None, settle_s: float = 0.5,
+                 thresholds: JumpThresholds = JumpThresholds()):
+        self.retarget = retarget
+        self.smoother = smoother or FaceLossSmoother()
+        self.settle_s = settle_s
+        self.thresholds = thresholds
+        self.reset()
+
+    def reset(self) -> None:
+        self.smoother.reset()
+        self._accepted: tuple[float, Landmarks] | None = None  # last face followed (time, driver px)
+        self._candidate: tuple[float, float, Landmarks] | None = None  # (since, last seen, face) after a jump
+        self.jumps = 0
+
+    @property
+    def state(self) -> str:
+        return SETTLING if self._candidate is not None and self.smoother.state != TRACKING else self.smoother.state
+
+    def _settle(self, now: float, driver: Landmarks) -> Landmarks | None:
+        """Watch a face that arrived with a jump; re-anchor on it once it has stayed."""
+        assert self._candidate is not None
+        since, seen, face = self._candidate
+        if is_jump(face, driver, now - seen, self.thresholds):
+            since = now  # it moved again: start over
+        if now - since < self.settle_s:
+            self._candidate = (since, now, driver)
+            return None
+        self._candidate = None
+        self.retarget.calibrate(driver)
+        self._accepted = (now, driver)
+        return self.retarget(driver)
+
+    def update(self, now: float, driver: Landmarks | None, neutral: Landmarks) -> Landmarks:
+        """The pose to show at ``now`` (s) for this frame's driver face (None = no face);
+        ``neutral`` is the source's own pose (crop px)."""
+        target = None
+        if driver is not None:
+            if not self.retarget.calibrated:
+                self.retarget.calibrate(driver)
+            if self._candidate is None and self._accepted is not None:
+                at, last = self._accepted
+                if is_jump(last, driver, now - at, self.thresholds):
+                    self._candidate = (now, now, driver)
+                    self.jumps += 1
+            if self._candidate is not None:
+                target = self._settle(now, driver)
+            else:
+                self._accepted = (now, driver)
+                target = self.retarget(driver)
+        return self.smoother.update(now, target, neutral)
