@@ -39,7 +39,6 @@ def main() -> int:
     drivers = [stress.profile_turns(), stress.synthetic_cut()]
     if Path(args.clips, "MANIFEST.tsv").is_file():
         drivers = stress.real_stress_drivers(args.clips, args.frames) + drivers
-    naturals = {d.name: sc.driver_natural_jump(d, still) for d in drivers}
     encoder = None
     if not args.no_identity:
         from avatar_app.models.identity import IdentityEncoder
@@ -56,7 +55,8 @@ def main() -> int:
             with FaceTracker() as tracker:
                 guard = DriverGuard(Retargeter(source.landmarks))
                 images = [im for im, _ in drive_frames(source, d.frames, tracker, GeometricAnimator(source), guard)]
-            res = sc.check_output(d.name, images, naturals[d.name], still, encoder, emb)
+            natural = sc.driver_natural_jump(d, still, source)
+            res = sc.check_output(d.name, images, natural, still, encoder, emb)
             print(res.row(), f"<!-- {time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0
 

@@ -40,11 +40,15 @@ class FaceLossSmoother:
         ease_s: seconds to ease from the held pose to neutral after that.
         resume_s: seconds to blend from the shown pose into the tracked one when the
             face comes back.
+        max_speed: the fastest an ease or a blend moves any point, in the pose's
+            inter-ocular distances per second: a long way takes longer than ``ease_s`` /
+            ``resume_s``, so no transition is faster than natural head motion.
     """
 
     hold_s: float = 0.5
     ease_s: float = 1.0
     resume_s: float = 0.25
+    max_speed: float = 0.8
 
     def __post_init__(self) -> None:
         self.reset()
@@ -56,16 +60,28 @@ class FaceLossSmoother:
         self._lost_pose: Landmarks | None = None
         self._resume_from: Landmarks | None = None
         self._resume_at: float | None = None
+        self._resume_s = self.resume_s
+        self._ease_s = self.ease_s
+
+    def _duration(self, base: float, a: Landmarks, b: Landmarks) -> float:
+        """``base`` s, or longer so that a smoothstep from ``a`` to ``b`` (peak speed 1.5x the
+        mean) keeps every point under ``max_speed``."""
+        iod = min(inter_ocular(a.points), inter_ocular(b.points))
+        if iod < 1e-6 or self.max_speed <= 0:
+            return base
+        far = float(np.linalg.norm((b.points - a.points)[:, :2], axis=1).max()) / iod
+        return max(base, 1.5 * far / self.max_speed)
 
     def update(self, now: float, target: Landmarks | None, neutral: Landmarks) -> Landmarks:
         """The pose to show at time ``now`` (s) given this frame's target (None = no face)."""
         if target is not None:
             if self.state in (HOLDING, EASING) and self._last is not None:
                 self._resume_from, self._resume_at = self._last, now
+                self._resume_s = self._duration(self.resume_s, self._last, target)
             self.state, self._lost_at = TRACKING, None
             out = target
             if self._resume_from is not None and self._resume_at is not None:
-                t = (now - self._resume_at) / self.resume_s if self.resume_s > 0 else 1.0
+                t = (now - self._resume_at) / self._resume_s if self._resume_s > 0 else 1.0
                 if t < 1.0:
                     out = _lerp(self._resume_from, target, _smooth(t))
                 else:
@@ -76,13 +92,14 @@ class FaceLossSmoother:
             if self._lost_at is None:
                 self._lost_at, self._lost_pose = now, self._last
                 self._resume_from = self._resume_at = None
+                self._ease_s = self._duration(self.ease_s, self._last, neutral)
             assert self._lost_pose is not None
             dt = now - self._lost_at
             if dt < self.hold_s:
                 self.state, out = HOLDING, self._lost_pose
             else:
                 self.state = EASING
-                t = (dt - self.hold_s) / self.ease_s if self.ease_s > 0 else 1.0
+                t = (dt - self.hold_s) / self._ease_s if self._ease_s > 0 else 1.0
                 out = _lerp(self._lost_pose, neutral, _smooth(t))
         self._last = out
         return out

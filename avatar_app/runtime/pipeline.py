@@ -69,7 +69,7 @@ class Pipeline:
         self._options = options or RetargetOptions()
         self._retarget = Retargeter(portrait.landmarks, self._options)
         self._animator = animator if animator is not None else GeometricAnimator(portrait)
-        self._guard = DriverGuard(self._retarget, face_loss or FaceLossSmoother())
+        self._driver_guard = DriverGuard(self._retarget, face_loss or FaceLossSmoother())
         self._lock = threading.Lock()  # guards portrait/retargeter/sinks (held briefly)
         # Serialises the animator's own use (animate vs. set_source / swap), so a slow neural
         # frame never blocks tracking or the sinks.  Taken before ``_lock`` when both are needed.
@@ -175,8 +175,8 @@ class Pipeline:
                 self._retarget = Retargeter(portrait.landmarks, self._options)
                 if neutral is not None:
                     self._retarget.calibrate(neutral)
-                self._guard.retarget = self._retarget
-                self._guard.reset()
+                self._driver_guard.retarget = self._retarget
+                self._driver_guard.reset()
             self._animator.set_source(portrait)
 
     def set_animator(self, animator) -> None:
@@ -257,9 +257,9 @@ class Pipeline:
                 if result.found and self._calibrate_next:
                     self._retarget.calibrate(result.landmarks)
                     self._calibrate_next = False
-                shown = self._guard.update(time.monotonic(), result.landmarks if result.found else None, neutral)
+                shown = self._driver_guard.update(time.monotonic(), result.landmarks if result.found else None, neutral)
             t2 = time.perf_counter()
-            self._face_state = self._guard.state
+            self._face_state = self._driver_guard.state
             self._timings.add("track", (t1 - t0) * 1e3)
             self._timings.add("retarget", (t2 - t1) * 1e3)
             self._targets.put((shown, captured_at, frame.index, self._face_state))

@@ -104,10 +104,35 @@ def landmark_jump(segments: Sequence[Sequence[Landmarks]]) -> float:
     return float(max((j.max() for j in jumps if j.size), default=0.0))
 
 
-def driver_natural_jump(driver, tracker: FaceTracker) -> float:
-    """A :class:`~avatar_app.capture.stress.StressDriver`'s own largest natural motion."""
+def rendered_jump(segments: Sequence[Sequence[Landmarks]], source, tracker: FaceTracker) -> float:
+    """The largest frame-to-frame motion of ``source`` animated by each landmark segment on
+    its own (calibrated on the segment's first frame, default retargeting, nothing between
+    the retargeter and the animator): the driver's natural motion as the avatar shows it,
+    measured by re-detection like the output, so both carry the detector's own noise."""
+    from ..face.retarget import Retargeter
+    from ..runtime.animator import GeometricAnimator
+
+    animator = GeometricAnimator(source)
+    worst = 0.0
+    for seg in segments:
+        rt = Retargeter(source.landmarks)
+        rt.calibrate(seg[0])
+        images = [animator.animate(rt(lm)) for lm in seg]
+        j = frame_jumps(followed(detect_all(images, tracker)))
+        worst = max(worst, float(j.max()) if j.size else 0.0)
+    return worst
+
+
+def driver_natural_jump(driver, tracker: FaceTracker, source=None) -> float:
+    """A :class:`~avatar_app.capture.stress.StressDriver`'s own largest natural motion.
+
+    Real drivers: measured by re-detection on their own frames, as the output is.
+    Synthetic drivers (exact landmarks, no real images): :func:`rendered_jump` on
+    ``source``, or the landmarks' own motion when no source is given."""
     if driver.natural:
         return natural_jump(driver.natural, tracker)
+    if source is not None:
+        return rendered_jump(driver.natural_landmarks, source, tracker)
     return landmark_jump(driver.natural_landmarks)
 
 
