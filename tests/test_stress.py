@@ -11,6 +11,7 @@ distance p95 ≤ 0.45.  Real-clip drivers skip, with the reason, when the clips 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from avatar_app.runtime.render import drive_frames
 from avatar_app.sinks.base import Sink
 from avatar_app.train import stress_checks as sc
 
-CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"
+CLIPS = Path(os.environ.get("AVATAR_APP_REAL_CLIPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"))
 REAL_FRAMES = 60
 log = logging.getLogger(__name__)
 

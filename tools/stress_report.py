@@ -44,7 +44,7 @@ def main() -> int:
         from avatar_app.models.identity import IdentityEncoder
 
         encoder = IdentityEncoder().load()
-    print("| driver | frames | face found | two faces | max jump (IOD) | natural (IOD) | identity p95 |")
+    print("| driver | frames | face found | two faces | max jump (face sizes) | natural + noise (face sizes) | identity p95 |")
     print("|---|---|---|---|---|---|---|")
     for portrait in args.portraits:
         source = prepare_source(read_image(portrait), args.size, tracker=still)

@@ -70,7 +70,7 @@ class MotionLimits:
     pitch: float = 25.0
     yaw: float = 30.0
     roll: float = 35.0
-    zoom: float = 1.5
+    zoom: float = 1.35
     shift: float = 1.0
     knee: float = 0.6
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..face.align import similarity_fit
-from ..face.mesh import topology
-from ..face.retarget import Retargeter, inter_ocular
+from ..face.mesh import face_size, topology
+from ..face.retarget import Retargeter, inter_ocular, soft_limit
 from ..types import Landmarks
 
 TRACKING, HOLDING, EASING, NO_FACE = "tracking", "holding", "easing to neutral", "no face yet"
@@ -62,6 +62,10 @@ class FaceLossSmoother:
         self._resume_at: float | None = None
         self._resume_s = self.resume_s
         self._ease_s = self.ease_s
+
+    def shown(self, pose: Landmarks) -> None:
+        """Record the pose actually shown when a caller changed it (holds and eases start there)."""
+        self._last = pose
 
     def _duration(self, base: float, a: Landmarks, b: Landmarks) -> float:
         """``base`` s, or longer so that a smoothstep from ``a`` to ``b`` (peak speed 1.5x the
@@ -151,25 +155,31 @@ class DriverGuard:
       avatar blends into it;
     * a face that returns after a loss where it was (no jump) resumes with a blend.
 
+    * while tracking, the pose moves no faster than ``max_speed`` (soft knee): the real
+      clips' heads move at most about 7 face sizes/s (0.2 inter-ocular distances a frame).
+
     Args:
         retarget: the retargeter (calibrated on the first face if it is not yet).
         smoother: hold / ease / resume timing.
         settle_s: how long a new face must stay before it is taken as the neutral.
         thresholds: what counts as a jump.
+        max_speed: face sizes (:func:`~avatar_app.face.mesh.face_size`) per second.
     """
 
     def __init__(self, retarget: Retargeter, smoother: FaceLossSmoother | None = None, settle_s: float = 0.5,
-                 thresholds: JumpThresholds = JumpThresholds()):
+                 thresholds: JumpThresholds = JumpThresholds(), max_speed: float = 6.0):
         self.retarget = retarget
         self.smoother = smoother or FaceLossSmoother()
         self.settle_s = settle_s
         self.thresholds = thresholds
+        self.max_speed = max_speed
         self.reset()
 
     def reset(self) -> None:
         self.smoother.reset()
         self._accepted: tuple[float, Landmarks] | None = None  # last face followed (time, driver px)
         self._candidate: tuple[float, float, Landmarks] | None = None  # (since, last seen, face) after a jump
+        self._shown: tuple[float, Landmarks] | None = None
         self.jumps = 0
 
     @property
@@ -207,4 +217,20 @@ class DriverGuard:
             else:
                 self._accepted = (now, driver)
                 target = self.retarget(driver)
-        return self.smoother.update(now, target, neutral)
+        out = self.smoother.update(now, target, neutral)
+        if self.smoother.state == TRACKING and self._shown is not None:
+            out = self._speed_limited(now, out)
+            self.smoother.shown(out)
+        self._shown = (now, out)
+        return out
+
+    def _speed_limited(self, now: float, target: Landmarks) -> Landmarks:
+        assert self._shown is not None
+        at, last = self._shown
+        dt = min(max(now - at, 1 / 60), 0.2)
+        step = target.points - last.points
+        speed = float(np.median(np.linalg.norm(step[:, :2], axis=1))) / max(face_size(last.points), 1e-6) / dt
+        if speed <= 0.6 * self.max_speed:
+            return target
+        keep = float(soft_limit(speed, self.max_speed)) / speed
+        return last.with_points(last.points + step * np.float32(keep))
