@@ -63,3 +63,38 @@ def test_losing_the_face_again_during_resume_holds_what_was_shown():
     s.update(1.0, None, NEUTRAL)
     shown = s.update(1.5, _pose(10.0), NEUTRAL).points[0, 0]
     assert s.update(1.55, None, NEUTRAL).points[0, 0] == pytest.approx(shown)
+
+
+def _driver(pose=None):
+    from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
+
+    return synthetic_landmarks(pose or FacePose())
+
+
+def test_a_jump_never_reaches_the_avatar_and_the_new_face_is_re_anchored(astronaut_source):
+    from avatar_app.capture.synthetic import FacePose
+    from avatar_app.face.retarget import Retargeter
+    from avatar_app.runtime.face_loss import SETTLING, DriverGuard
+
+    src = astronaut_source.landmarks
+    guard = DriverGuard(Retargeter(src), FaceLossSmoother(hold_s=0.2, ease_s=0.4, resume_s=0.2), settle_s=0.5)
+    shown = [guard.update(i / 30, _driver(), src) for i in range(10)]
+    assert guard.state == TRACKING
+    cut = FacePose(yaw=20, shift=(0.8, 0.2), scale=1.7)  # a shot cut: elsewhere, bigger, turned
+    for i in range(10, 60):
+        shown.append(guard.update(i / 30, _driver(cut), src))
+        if i < 20:
+            assert guard.state == SETTLING
+    assert guard.jumps == 1 and guard.state == TRACKING
+    steps = [np.abs(b.points - a.points).max() for a, b in zip(shown[:-1], shown[1:])]
+    assert max(steps) < 2.0  # px per frame at 256: eased, never carried over
+    # re-anchored: the new face at rest is the avatar's neutral
+    assert np.abs(shown[-1].points - src.points).max() < 1.0
+
+
+def test_natural_motion_is_not_a_jump():
+    from avatar_app.capture.synthetic import timeline_pose
+    from avatar_app.runtime.face_loss import is_jump
+
+    frames = [_driver(timeline_pose(t / 30)) for t in range(400)]
+    assert not any(is_jump(a, b, 1 / 30) for a, b in zip(frames[:-1], frames[1:]))

@@ -144,7 +144,9 @@ def test_calibrate_at_run_time_makes_the_current_pose_neutral(astronaut_source):
     p.start()
     try:
         assert _wait_for(lambda: len(latest) > 5)
-        driver.pose = FacePose(yaw=20.0, jaw=0.6)
+        for k in range(1, 11):  # turn over a third of a second (an instant 20° turn is a jump, not motion)
+            driver.pose = FacePose(yaw=2.0 * k, jaw=0.06 * k)
+            time.sleep(0.033)
         time.sleep(0.4)
         turned = latest[-1].astype(int)
         assert np.abs(turned - astronaut_source.crop.astype(int)).mean() > 3.0

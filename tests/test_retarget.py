@@ -98,7 +98,7 @@ def test_rotation_scale_zero_keeps_pose_but_transfers_expression(astronaut_sourc
 
 def test_translation_is_scaled_to_the_source_face(neutral):
     src = _source_from(neutral, 0.5)
-    rt = Retargeter(src)
+    rt = Retargeter(src, RetargetOptions(motion_limits=False))
     rt.calibrate(neutral)
     moved = synthetic_landmarks(FacePose(shift=(0.3, 0.0)))
     driver_dx = float(np.mean(moved.points[:, 0] - neutral.points[:, 0]))
@@ -122,3 +122,39 @@ def test_absolute_mode_takes_the_driver_shape(astronaut_source, neutral):
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="relative"):
         RetargetOptions(mode="sideways")
+
+
+def test_soft_limit_is_smooth_and_saturates():
+    from avatar_app.face.retarget import soft_limit
+
+    x = np.linspace(-200, 200, 4001)
+    y = soft_limit(x, 30.0, 0.6)
+    assert np.all(np.diff(y) > 0)  # monotonic: never sticks
+    assert np.abs(y).max() < 30.0  # never reaches the limit
+    small = np.abs(x) <= 18.0
+    assert np.allclose(y[small], x[small])  # untouched below the knee
+    slope = np.diff(y) / np.diff(x)
+    assert np.abs(np.diff(slope)).max() < 0.01  # no kink (no hard clip)
+
+
+@pytest.mark.parametrize("pose, check", [
+    (FacePose(yaw=80), "yaw"), (FacePose(pitch=60), "pitch"), (FacePose(scale=3.0), "zoom"),
+    (FacePose(scale=0.3), "zoom"), (FacePose(shift=(1.5, 0.0)), "shift"),
+])
+def test_head_motion_stays_inside_the_limits(astronaut_source, neutral, pose, check):
+    from avatar_app.face.retarget import MOTION_LIMITS, inter_ocular
+
+    src = astronaut_source.landmarks
+    rt = Retargeter(src)
+    rt.calibrate(neutral)
+    out = rt(synthetic_landmarks(pose)).points.astype(np.float64)
+    rig = topology().rigid
+    s, rot, t = similarity_fit(src.points[rig].astype(np.float64), out[rig])
+    if check == "zoom":
+        assert 1 / MOTION_LIMITS.zoom < s < MOTION_LIMITS.zoom
+    elif check == "shift":
+        moved = np.linalg.norm(out[rig, :2].mean(0) - src.points[rig, :2].mean(0)) / inter_ocular(src.points)
+        assert moved < MOTION_LIMITS.shift * 1.05
+    else:
+        angle = np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1)))
+        assert angle < getattr(MOTION_LIMITS, check) * 1.05

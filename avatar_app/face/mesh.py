@@ -107,6 +107,13 @@ def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points[topo.right_eye].mean(axis=0), points[topo.left_eye].mean(axis=0)
 
 
+def face_size(points: np.ndarray) -> float:
+    """A face's size: RMS distance of the rigid points from their centroid (2-D, same units as
+    ``points``; about 0.68 inter-ocular distances on a frontal face)."""
+    xy = np.asarray(points)[topology().rigid, :2].astype(np.float64)
+    return float(np.sqrt(((xy - xy.mean(0)) ** 2).sum(1).mean()))
+
+
 def mouth_center(points: np.ndarray) -> np.ndarray:
     return points[topology().lips_outer].mean(axis=0)
 

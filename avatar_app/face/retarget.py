@@ -21,7 +21,7 @@ import numpy as np
 from ..types import Landmarks
 from .align import similarity_fit
 from .eyes import hold_gaze
-from .mesh import topology
+from .mesh import eye_centers, topology
 
 
 @dataclass
@@ -38,6 +38,8 @@ class RetargetOptions:
         eye_contact: hold the avatar's gaze at its neutral (the source's own, in
             ``relative`` mode: a portrait looking into the camera keeps doing so) while
             lids, brows and everything else follow the driver.
+        motion_limits: saturate head rotation, zoom and shift smoothly towards
+            :data:`MOTION_LIMITS` (the ranges the analytic flow renders without tearing).
     """
 
     mode: str = "relative"
@@ -46,23 +48,93 @@ class RetargetOptions:
     translation_scale: float = 1.0
     transfer_scale: bool = True
     eye_contact: bool = False
+    motion_limits: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
             raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
 
 
-def _scaled_rotation(rot: np.ndarray, amount: float) -> np.ndarray:
-    """``rot`` raised to the power ``amount`` (axis-angle scaling)."""
-    if amount == 1.0:
-        return rot
+@dataclass(frozen=True)
+class MotionLimits:
+    """How far the avatar's head may move from its neutral (see docs/MOTION.md for the measurement).
+
+    Attributes:
+        pitch, yaw, roll: degrees of rotation (each axis of the rotation vector).
+        zoom: largest scale factor either way (``zoom`` closer, ``1 / zoom`` farther).
+        shift: translation in the neutral's inter-ocular distances.
+        knee: fraction of each limit passed through unchanged; beyond it the motion
+            bends smoothly (tanh) towards the limit, never reaching it.
+    """
+
+    pitch: float = 25.0
+    yaw: float = 30.0
+    roll: float = 35.0
+    zoom: float = 1.35
+    shift: float = 1.0
+    knee: float = 0.6
+
+
+MOTION_LIMITS = MotionLimits()
+
+
+def soft_limit(x: np.ndarray | float, limit: float, knee: float = 0.6) -> np.ndarray | float:
+    """Odd, smooth saturation: identity up to ``knee·limit``, then a tanh towards ``limit``.
+
+    Continuous with a continuous slope (1 at the knee), so motion near the limit slows
+    down instead of sticking and jumping.
+    """
+    a = knee * limit
+    room = limit - a
+    mag = np.abs(x)
+    out = np.where(mag <= a, mag, a + room * np.tanh((mag - a) / max(room, 1e-12)))
+    return np.sign(x) * out
+
+
+def _rotation_vector(rot: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (radians) of a 3x3 rotation."""
     angle = np.arccos(np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0))
     if angle < 1e-8:
-        return np.eye(3)
+        return np.zeros(3)
     axis = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]]) / (2 * np.sin(angle))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    a = angle * amount
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+    return axis * angle
+
+
+def _rotation_from_vector(v: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.eye(3)
+    x, y, z = v / angle
+    k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float,
+                 limits: MotionLimits = MOTION_LIMITS) -> tuple[float, np.ndarray, np.ndarray]:
+    """Soft-limit a head motion: scale ``s``, rotation ``rot`` (3x3, x = pitch, y = yaw,
+    z = roll axes) and ``shift`` (px, of a face with inter-ocular distance ``iod`` px)."""
+    k = limits.knee
+    v = _rotation_vector(rot)
+    deg = np.degrees(v)
+    deg = np.array([soft_limit(deg[0], limits.pitch, k), soft_limit(deg[1], limits.yaw, k),
+                    soft_limit(deg[2], limits.roll, k)], np.float64)
+    rot = _rotation_from_vector(np.radians(deg))
+    s = float(np.exp(soft_limit(np.log(max(s, 1e-6)), np.log(limits.zoom), k)))
+    norm = float(np.linalg.norm(shift[:2])) / max(iod, 1e-6)
+    if norm > 1e-9:
+        shift = shift * (float(soft_limit(norm, limits.shift, k)) / norm)
+    return s, rot, shift
+
+
+def _scaled_rotation(rot: np.ndarray, amount: float) -> np.ndarray:
+    """``rot`` raised to the power ``amount`` (axis-angle scaling)."""
+    return rot if amount == 1.0 else _rotation_from_vector(_rotation_vector(rot) * amount)
+
+
+def inter_ocular(points: np.ndarray) -> float:
+    """Distance between the eye centres of ``(478, 2|3)`` landmarks (px)."""
+    right, left = eye_centers(points[:, :2])
+    return float(np.linalg.norm(left - right))
 
 
 class Retargeter:
@@ -127,13 +199,17 @@ class Retargeter:
         if opt.eye_contact:  # before the head motion, which then carries the held irises along
             shape = hold_gaze(shape, base)
 
-        rot_src = r_ns @ _scaled_rotation(rot, opt.rotation_scale) @ r_ns.T
+        rot_d = _scaled_rotation(rot, opt.rotation_scale)
         scale = s if opt.transfer_scale else 1.0
         # Driver motion p -> s R p + t, expressed in source coordinates q = s_ns R_ns p + t_ns,
         # about the source face's rigid centroid so rotation/scale do not swing the face away.
         pivot_d = self._neutral[self._rigid].mean(0)
         pivot_s = s_ns * r_ns @ pivot_d + t_ns
         moved_pivot_d = s * rot @ pivot_d + t
-        shift = s_ns * r_ns @ (moved_pivot_d - pivot_d) * opt.translation_scale
+        shift_d = (moved_pivot_d - pivot_d) * opt.translation_scale
+        if opt.motion_limits:
+            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral))
+        rot_src = r_ns @ rot_d @ r_ns.T
+        shift = s_ns * r_ns @ shift_d
         target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift
         return Landmarks(target.astype(np.float32), self.source.image_size, driver.confidence)

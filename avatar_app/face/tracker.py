@@ -92,11 +92,14 @@ class FaceTracker:
         min_detection_confidence / min_tracking_confidence: mediapipe thresholds.
         smoothing: One-Euro ``(min_cutoff Hz, beta)``, or ``None`` for raw landmarks.
         max_faces: most faces :meth:`detect_faces` returns.
+        track_faces: most faces looked at in video frames; with more than one visible the
+            tracker follows the face nearest the one it followed last (the largest when it
+            had none), not whichever mediapipe lists first.
     """
 
     def __init__(self, model_path: str | Path | None = None, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = (1.5, 3.0),
-                 max_faces: int = 4):
+                 max_faces: int = 4, track_faces: int = 2):
         self.model_path = Path(model_path) if model_path else None
         if self.model_path is not None and not self.model_path.is_file():
             raise InputFileError(
@@ -106,6 +109,8 @@ class FaceTracker:
         self.min_detection_confidence = min_detection_confidence
         self.min_tracking_confidence = min_tracking_confidence
         self.max_faces = max_faces
+        self.track_faces = max(1, int(track_faces))
+        self._followed: np.ndarray | None = None  # (x, y, inter-ocular px) of the last raw face followed
         self._filter = OneEuroFilter(*smoothing) if smoothing else None
         self._video = None
         self._static = None
@@ -176,19 +181,37 @@ class FaceTracker:
         fresh = self._video is None
         with _native_stderr_silenced() if fresh else contextlib.nullcontext():
             if fresh:
-                self._video = self._make(static=False, max_faces=1)
+                self._video = self._make(static=False, max_faces=self.track_faces)
             faces = self._run(self._video, frame.image, frame.timestamp)
         h, w = frame.image.shape[:2]
         if not faces:
             if self._filter is not None:
                 self._filter.reset()
             return TrackResult(None, 0.0, frame.timestamp)
-        lm = _to_landmarks(faces[0], w, h)
+        lm = self._follow([_to_landmarks(f, w, h) for f in faces])
         if self._filter is not None:
-            eye_r, eye_l = eye_centers(lm.xy)
-            scale = float(np.linalg.norm(eye_l - eye_r))
-            lm = lm.with_points(self._filter(lm.points, frame.timestamp, scale=max(scale, 1.0)))
+            lm = lm.with_points(self._filter(lm.points, frame.timestamp, scale=max(float(self._followed[2]), 1.0)))
         return TrackResult(lm, lm.confidence, frame.timestamp)
+
+    def _follow(self, faces: list[Landmarks]) -> Landmarks:
+        """The face to follow: nearest the last one followed, else the largest.  A face that
+        is not where the last one was (a cut, another person) restarts the smoothing, so
+        the filter never sweeps landmarks across the frame."""
+        def centre(lm: Landmarks) -> np.ndarray:
+            eye_r, eye_l = eye_centers(lm.xy)
+            return np.array([*(eye_r + eye_l) / 2, np.linalg.norm(eye_l - eye_r)])
+
+        keyed = [(centre(f), f) for f in faces]
+        last = self._followed
+        if last is None:
+            c, lm = max(keyed, key=lambda k: face_area(k[1]))
+        else:
+            c, lm = min(keyed, key=lambda k: float(np.linalg.norm(k[0][:2] - last[:2])))
+            moved = float(np.linalg.norm(c[:2] - last[:2])) / max(last[2], 1.0)
+            if self._filter is not None and (moved > 1.0 or abs(np.log(max(c[2], 1e-6) / max(last[2], 1e-6))) > 0.3):
+                self._filter.reset()
+        self._followed = c
+        return lm
 
     def reset(self) -> None:
         """Forget tracking state (a new video or camera)."""
@@ -197,6 +220,7 @@ class FaceTracker:
             self._video = None
         if self._filter is not None:
             self._filter.reset()
+        self._followed = None
         self._last_ts_ms = -1
 
     @property

@@ -1,8 +1,10 @@
-"""What the avatar does when the driver's face is lost, and when it comes back.
+"""What the avatar does when the driver's face is lost, jumps or changes.
 
 Hold the last pose for a moment (a hand passing in front of the face), then ease
 back to the neutral pose, and when the face returns blend into it instead of
-jumping.  A pure function of time and inputs, so it is easy to test.
+jumping.  A face that *jumps* (a shot cut, another person, a re-detection far
+away) is treated the same way, and once it stays it becomes the new neutral
+(:class:`DriverGuard`).  Pure functions of time and inputs, so easy to test.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..face.align import similarity_fit
+from ..face.mesh import face_size, topology
+from ..face.retarget import Retargeter, inter_ocular, soft_limit
 from ..types import Landmarks
 
 TRACKING, HOLDING, EASING, NO_FACE = "tracking", "holding", "easing to neutral", "no face yet"
+SETTLING = "new face: settling"
 
 
 def _smooth(t: float) -> float:
@@ -34,11 +40,15 @@ class FaceLossSmoother:
         ease_s: seconds to ease from the held pose to neutral after that.
         resume_s: seconds to blend from the shown pose into the tracked one when the
             face comes back.
+        max_speed: the fastest an ease or a blend moves any point, in the pose's
+            inter-ocular distances per second: a long way takes longer than ``ease_s`` /
+            ``resume_s``, so no transition is faster than natural head motion.
     """
 
     hold_s: float = 0.5
     ease_s: float = 1.0
     resume_s: float = 0.25
+    max_speed: float = 0.8
 
     def __post_init__(self) -> None:
         self.reset()
@@ -50,16 +60,32 @@ class FaceLossSmoother:
         self._lost_pose: Landmarks | None = None
         self._resume_from: Landmarks | None = None
         self._resume_at: float | None = None
+        self._resume_s = self.resume_s
+        self._ease_s = self.ease_s
+
+    def shown(self, pose: Landmarks) -> None:
+        """Record the pose actually shown when a caller changed it (holds and eases start there)."""
+        self._last = pose
+
+    def _duration(self, base: float, a: Landmarks, b: Landmarks) -> float:
+        """``base`` s, or longer so that a smoothstep from ``a`` to ``b`` (peak speed 1.5x the
+        mean) keeps every point under ``max_speed``."""
+        iod = min(inter_ocular(a.points), inter_ocular(b.points))
+        if iod < 1e-6 or self.max_speed <= 0:
+            return base
+        far = float(np.linalg.norm((b.points - a.points)[:, :2], axis=1).max()) / iod
+        return max(base, 1.5 * far / self.max_speed)
 
     def update(self, now: float, target: Landmarks | None, neutral: Landmarks) -> Landmarks:
         """The pose to show at time ``now`` (s) given this frame's target (None = no face)."""
         if target is not None:
             if self.state in (HOLDING, EASING) and self._last is not None:
                 self._resume_from, self._resume_at = self._last, now
+                self._resume_s = self._duration(self.resume_s, self._last, target)
             self.state, self._lost_at = TRACKING, None
             out = target
             if self._resume_from is not None and self._resume_at is not None:
-                t = (now - self._resume_at) / self.resume_s if self.resume_s > 0 else 1.0
+                t = (now - self._resume_at) / self._resume_s if self._resume_s > 0 else 1.0
                 if t < 1.0:
                     out = _lerp(self._resume_from, target, _smooth(t))
                 else:
@@ -70,13 +96,141 @@ class FaceLossSmoother:
             if self._lost_at is None:
                 self._lost_at, self._lost_pose = now, self._last
                 self._resume_from = self._resume_at = None
+                self._ease_s = self._duration(self.ease_s, self._last, neutral)
             assert self._lost_pose is not None
             dt = now - self._lost_at
             if dt < self.hold_s:
                 self.state, out = HOLDING, self._lost_pose
             else:
                 self.state = EASING
-                t = (dt - self.hold_s) / self.ease_s if self.ease_s > 0 else 1.0
+                t = (dt - self.hold_s) / self._ease_s if self._ease_s > 0 else 1.0
                 out = _lerp(self._lost_pose, neutral, _smooth(t))
         self._last = out
         return out
+
+
+@dataclass(frozen=True)
+class JumpThresholds:
+    """When one tracked face → the next is a *jump*, not motion (per frame at 30 fps; gaps
+    allow proportionally more for the rate-like terms, up to three frames' worth).
+
+    Measured on the real clips' own tracked motion (docs/MOTION.md): a head moves at most
+    about 0.2 inter-ocular distances (IOD) and 4 % in scale per frame, and the rigid
+    points' shape changes by at most 0.07 IOD between consecutive frames.
+
+    Attributes:
+        shift: rigid-centroid motion, IOD.
+        zoom: ``|log scale|``.
+        shape: RMS residual of the rigid points after the best similarity, IOD.
+    """
+
+    shift: float = 0.45
+    zoom: float = 0.12
+    shape: float = 0.09
+
+
+def is_jump(a: Landmarks, b: Landmarks, dt: float, limits: JumpThresholds = JumpThresholds()) -> bool:
+    """True when ``b`` (``dt`` s after ``a``) is not a continuation of ``a``'s face: a shot cut,
+    a re-detection somewhere else, another person (different shape)."""
+    rigid = topology().rigid
+    pa, pb = a.points[rigid].astype(np.float64), b.points[rigid].astype(np.float64)
+    iod = max(inter_ocular(a.points), 1e-6)
+    s, rot, t = similarity_fit(pa, pb)
+    frames = min(max(1.0, dt * 30.0), 3.0)  # a face re-found after a long gap must still be near
+    shift = float(np.linalg.norm(pb[:, :2].mean(0) - pa[:, :2].mean(0))) / iod
+    shape = float(np.sqrt(((pb - (s * pa @ rot.T + t)) ** 2).sum(1).mean())) / (max(s, 1e-6) * iod)
+    return shift > limits.shift * frames or abs(np.log(max(s, 1e-6))) > limits.zoom * frames or shape > limits.shape
+
+
+class DriverGuard:
+    """The one mechanism between the tracker and the animator: driver landmarks in, the
+    pose to show out, whatever the driver does.
+
+    * a tracked face is retargeted (with the retargeter's soft motion limits);
+    * no face: hold, then ease to the neutral (:class:`FaceLossSmoother`);
+    * a **jump** (:func:`is_jump` against the last accepted face: a shot cut, another
+      person, a face re-found far away) is handled like a lost face — the avatar holds
+      and eases, nothing of the jump reaches it — and once the new face has stayed
+      continuous for ``settle_s`` it becomes the new neutral (re-anchored) and the
+      avatar blends into it;
+    * a face that returns after a loss where it was (no jump) resumes with a blend.
+
+    * while tracking, the pose moves no faster than ``max_speed`` (soft knee): the real
+      clips' heads move at most about 7 face sizes/s (0.2 inter-ocular distances a frame).
+
+    Args:
+        retarget: the retargeter (calibrated on the first face if it is not yet).
+        smoother: hold / ease / resume timing.
+        settle_s: how long a new face must stay before it is taken as the neutral.
+        thresholds: what counts as a jump.
+        max_speed: face sizes (:func:`~avatar_app.face.mesh.face_size`) per second.
+    """
+
+    def __init__(self, retarget: Retargeter, smoother: FaceLossSmoother | None = None, settle_s: float = 0.5,
+                 thresholds: JumpThresholds = JumpThresholds(), max_speed: float = 6.0):
+        self.retarget = retarget
+        self.smoother = smoother or FaceLossSmoother()
+        self.settle_s = settle_s
+        self.thresholds = thresholds
+        self.max_speed = max_speed
+        self.reset()
+
+    def reset(self) -> None:
+        self.smoother.reset()
+        self._accepted: tuple[float, Landmarks] | None = None  # last face followed (time, driver px)
+        self._candidate: tuple[float, float, Landmarks] | None = None  # (since, last seen, face) after a jump
+        self._shown: tuple[float, Landmarks] | None = None
+        self.jumps = 0
+
+    @property
+    def state(self) -> str:
+        return SETTLING if self._candidate is not None and self.smoother.state != TRACKING else self.smoother.state
+
+    def _settle(self, now: float, driver: Landmarks) -> Landmarks | None:
+        """Watch a face that arrived with a jump; re-anchor on it once it has stayed."""
+        assert self._candidate is not None
+        since, seen, face = self._candidate
+        if is_jump(face, driver, now - seen, self.thresholds):
+            since = now  # it moved again: start over
+        if now - since < self.settle_s:
+            self._candidate = (since, now, driver)
+            return None
+        self._candidate = None
+        self.retarget.calibrate(driver)
+        self._accepted = (now, driver)
+        return self.retarget(driver)
+
+    def update(self, now: float, driver: Landmarks | None, neutral: Landmarks) -> Landmarks:
+        """The pose to show at ``now`` (s) for this frame's driver face (None = no face);
+        ``neutral`` is the source's own pose (crop px)."""
+        target = None
+        if driver is not None:
+            if not self.retarget.calibrated:
+                self.retarget.calibrate(driver)
+            if self._candidate is None and self._accepted is not None:
+                at, last = self._accepted
+                if is_jump(last, driver, now - at, self.thresholds):
+                    self._candidate = (now, now, driver)
+                    self.jumps += 1
+            if self._candidate is not None:
+                target = self._settle(now, driver)
+            else:
+                self._accepted = (now, driver)
+                target = self.retarget(driver)
+        out = self.smoother.update(now, target, neutral)
+        if self.smoother.state == TRACKING and self._shown is not None:
+            out = self._speed_limited(now, out)
+            self.smoother.shown(out)
+        self._shown = (now, out)
+        return out
+
+    def _speed_limited(self, now: float, target: Landmarks) -> Landmarks:
+        assert self._shown is not None
+        at, last = self._shown
+        dt = min(max(now - at, 1 / 60), 0.2)
+        step = target.points - last.points
+        speed = float(np.median(np.linalg.norm(step[:, :2], axis=1))) / max(face_size(last.points), 1e-6) / dt
+        if speed <= 0.6 * self.max_speed:
+            return target
+        keep = float(soft_limit(speed, self.max_speed)) / speed
+        return last.with_points(last.points + step * np.float32(keep))

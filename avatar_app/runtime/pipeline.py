@@ -28,7 +28,7 @@ from ..face.tracker import FaceTracker
 from ..sinks.base import Sink
 from ..types import Frame, Landmarks, SourcePortrait
 from .animator import GeometricAnimator
-from .face_loss import FaceLossSmoother
+from .face_loss import DriverGuard, FaceLossSmoother
 from .stats import AvatarFrame, LatestSlot, PipelineStats, Timings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Pipeline:
             and the last one is repeated when none came for ``1.5 / fps`` s.
         tracker: reuse a tracker (one is created otherwise).
         options: retargeting options.
-        face_loss: behaviour when the face is lost.
+        face_loss: timing of hold / ease / resume when the face is lost or jumps (see :class:`DriverGuard`).
         pace: play the driver at its own frame rate (for video files, which decode
             faster than real time); cameras and the realtime synthetic driver pace
             themselves.
@@ -69,7 +69,7 @@ class Pipeline:
         self._options = options or RetargetOptions()
         self._retarget = Retargeter(portrait.landmarks, self._options)
         self._animator = animator if animator is not None else GeometricAnimator(portrait)
-        self._face_loss = face_loss or FaceLossSmoother()
+        self._driver_guard = DriverGuard(self._retarget, face_loss or FaceLossSmoother())
         self._lock = threading.Lock()  # guards portrait/retargeter/sinks (held briefly)
         # Serialises the animator's own use (animate vs. set_source / swap), so a slow neural
         # frame never blocks tracking or the sinks.  Taken before ``_lock`` when both are needed.
@@ -175,7 +175,8 @@ class Pipeline:
                 self._retarget = Retargeter(portrait.landmarks, self._options)
                 if neutral is not None:
                     self._retarget.calibrate(neutral)
-                self._face_loss.reset()
+                self._driver_guard.retarget = self._retarget
+                self._driver_guard.reset()
             self._animator.set_source(portrait)
 
     def set_animator(self, animator) -> None:
@@ -253,15 +254,12 @@ class Pipeline:
             t1 = time.perf_counter()
             with self._lock:
                 neutral = self.portrait.landmarks
-                target = None
-                if result.found:
-                    if self._calibrate_next:
-                        self._retarget.calibrate(result.landmarks)
-                        self._calibrate_next = False
-                    target = self._retarget(result.landmarks)
-                shown = self._face_loss.update(time.monotonic(), target, neutral)
+                if result.found and self._calibrate_next:
+                    self._retarget.calibrate(result.landmarks)
+                    self._calibrate_next = False
+                shown = self._driver_guard.update(time.monotonic(), result.landmarks if result.found else None, neutral)
             t2 = time.perf_counter()
-            self._face_state = self._face_loss.state
+            self._face_state = self._driver_guard.state
             self._timings.add("track", (t1 - t0) * 1e3)
             self._timings.add("retarget", (t2 - t1) * 1e3)
             self._targets.put((shown, captured_at, frame.index, self._face_state))

@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from itertools import islice
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -21,8 +25,9 @@ from ..face.align import paste_back
 from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
 from ..sinks.recorder import VideoRecorder
-from ..types import Landmarks, SourcePortrait
+from ..types import Frame, SourcePortrait
 from .animator import GeometricAnimator
+from .face_loss import DriverGuard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,20 @@ class RenderReport:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+def drive_frames(source: SourcePortrait, frames: Iterable[Frame], tracker: FaceTracker, animator,
+                 guard: DriverGuard) -> Iterator[tuple[np.ndarray, bool]]:
+    """``(avatar, face found)`` for each driving frame, as the offline render makes them.
+
+    The pose goes through ``guard`` on the frames' own clock, as in the live pipeline:
+    before the first face the source's own pose; a lost face holds, then eases to the
+    neutral; a jump (shot cut, another person) never reaches the avatar.
+    """
+    for frame in frames:
+        tracked = tracker.track(frame)
+        target = guard.update(frame.timestamp, tracked.landmarks if tracked.found else None, source.landmarks)
+        yield animator.animate(target), tracked.found
+
+
 def render_video(
     source: SourcePortrait,
     driver: FrameSource,
@@ -57,8 +76,8 @@ def render_video(
 ) -> RenderReport:
     """Animate ``source`` with every frame of ``driver`` and write ``output`` (mp4).
 
-    Frames where the driver shows no face hold the last good pose (the source's own
-    pose before the first face).  A driver in which no face is ever found raises
+    The pose follows the same rules as live (:class:`DriverGuard`): a lost face holds,
+    then eases to the neutral; a jump never reaches the avatar.  A driver in which no face is ever found raises
     :class:`NoFaceError`, and one that gives no frames at all :class:`InputFileError`; neither
     writes anything (an earlier ``output`` stays as it was).
     """
@@ -67,27 +86,20 @@ def render_video(
     own_tracker = tracker is None
     tracker = tracker or FaceTracker()
     animator = animator if animator is not None else GeometricAnimator(source)
-    retarget = Retargeter(source.landmarks, options)
+    guard = DriverGuard(Retargeter(source.landmarks, options))
     size = source.image.shape[1::-1] if paste else (source.size, source.size)
     fps = driver.fps or 25.0
     total = getattr(driver, "frame_count", None)
     if max_frames is not None:
         total = max_frames if total is None else min(total, max_frames)
     frames = with_face = 0
-    target: Landmarks = source.landmarks
     start = time.perf_counter()
     try:
         with driver, VideoRecorder(partial, fps, size) as recorder, tqdm(
             total=total, unit="frame", desc="render", disable=not progress, leave=False
         ) as bar:
-            for frame in driver:
-                if max_frames is not None and frames >= max_frames:
-                    break
-                tracked = tracker.track(frame)
-                if tracked.found:
-                    target = retarget(tracked.landmarks)
-                    with_face += 1
-                avatar = animator.animate(target)
+            for avatar, found in drive_frames(source, islice(driver, max_frames), tracker, animator, guard):
+                with_face += found
                 if paste:
                     avatar = paste_back(avatar, source.image, source.crop_to_image)
                 recorder.send(avatar)

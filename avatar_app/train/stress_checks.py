@@ -1,0 +1,187 @@
+"""Checks on an avatar's *output* under a stress driver (see :mod:`avatar_app.capture.stress`).
+
+Every output frame is re-detected with mediapipe (static mode, up to four faces):
+
+* ``face_found`` — fraction of frames with at least one face (want ≥ 0.99);
+* ``two_faces`` — frames with a second face outside the main face's outline (want 0: no
+  ghost beside the face; a "face" mediapipe finds *inside* the main one — it sees one in
+  Grace Hopper's glasses at some zooms — is part of that face, not a second one);
+* ``max_jump`` — the largest frame-to-frame landmark motion of the output, as the
+  median point displacement in face sizes (:func:`face_size`: the spread of the rigid
+  points, the measure the retargeter transfers motion by), against ``natural_jump``,
+  the same measure on the driver's own continuous motion (its largest natural motion)
+  plus ``noise``, the detector's own jitter on the output (:func:`detection_noise` on
+  its first frame: the two sides are different images, each with its own noise);
+* ``identity_p95`` — 95th percentile of the dlib identity distance between output
+  frames and the source portrait (want ≤ 0.45), when dlib's models are installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..face.tracker import FaceTracker
+from ..types import Landmarks
+from ..face.mesh import face_size, topology
+
+
+@dataclass
+class StressResult:
+    """What the checks measured on one output sequence."""
+
+    name: str
+    frames: int
+    face_found: float
+    two_faces: int
+    max_jump: float
+    natural_jump: float
+    identity_p95: float | None = None
+    noise: float = 0.0
+
+    def failures(self, identity_limit: float = 0.45) -> list[str]:
+        """The checks that do not hold, in words (empty when all hold)."""
+        out = []
+        if self.face_found < 0.99:
+            out.append(f"face found in {self.face_found:.1%} of frames (< 99 %)")
+        if self.two_faces:
+            out.append(f"two faces in {self.two_faces} frames")
+        if self.max_jump > self.natural_jump + self.noise:
+            out.append(f"largest jump {self.max_jump:.3f} face sizes > the driver's natural {self.natural_jump:.3f} "
+                       f"+ detector noise {self.noise:.3f}")
+        if self.identity_p95 is not None and self.identity_p95 > identity_limit:
+            out.append(f"identity distance p95 {self.identity_p95:.3f} > {identity_limit}")
+        return out
+
+    def row(self) -> str:
+        ident = "—" if self.identity_p95 is None else f"{self.identity_p95:.3f}"
+        return (f"| {self.name} | {self.frames} | {self.face_found:.1%} | {self.two_faces} | "
+                f"{self.max_jump:.3f} | {self.natural_jump:.3f} + {self.noise:.3f} | {ident} |")
+
+
+def detect_all(images: Sequence[np.ndarray], tracker: FaceTracker) -> list[list[Landmarks]]:
+    """Every face (largest first) in each image, mediapipe static mode."""
+    return [tracker.detect_faces(im) for im in images]
+
+
+def _outside(face: Landmarks, main: Landmarks) -> bool:
+    """Whether ``face``'s centre lies outside ``main``'s face outline."""
+    oval = main.xy[topology().face_oval].astype(np.float32)
+    c = face.xy.mean(0)
+    return cv2.pointPolygonTest(cv2.convexHull(oval), (float(c[0]), float(c[1])), False) < 0
+
+
+def second_face(faces: list[Landmarks]) -> bool:
+    """More than one face, the others not inside the largest one."""
+    return any(_outside(f, faces[0]) for f in faces[1:])
+
+
+def _nearest(faces: list[Landmarks], previous: Landmarks | None) -> Landmarks | None:
+    if not faces:
+        return None
+    if previous is None:
+        return faces[0]
+    c = previous.xy.mean(0)
+    return min(faces, key=lambda f: float(np.linalg.norm(f.xy.mean(0) - c)))
+
+
+def frame_jumps(sequence: Sequence[Landmarks | None]) -> np.ndarray:
+    """Frame-to-frame motion: median point displacement / :func:`face_size`, for each pair
+    of consecutive frames that both have a face."""
+    out = []
+    for a, b in zip(sequence[:-1], sequence[1:]):
+        if a is None or b is None:
+            continue
+        out.append(float(np.median(np.linalg.norm(b.xy - a.xy, axis=1))) / max(face_size(a.xy), 1e-6))
+    return np.asarray(out, np.float64)
+
+
+def followed(faces: Sequence[list[Landmarks]]) -> list[Landmarks | None]:
+    """One face per frame: the one nearest the previous pick (the largest at the start)."""
+    out: list[Landmarks | None] = []
+    last = None
+    for f in faces:
+        pick = _nearest(f, last)
+        out.append(pick)
+        last = pick if pick is not None else last
+    return out
+
+
+def natural_jump(segments: Sequence[Sequence[np.ndarray]], tracker: FaceTracker) -> float:
+    """The driver's largest natural frame-to-frame motion over unmodified clips (images)."""
+    jumps = [frame_jumps(followed(detect_all(seg, tracker))) for seg in segments]
+    jumps = [j for j in jumps if j.size]
+    return float(max(j.max() for j in jumps)) if jumps else 0.0
+
+
+def landmark_jump(segments: Sequence[Sequence[Landmarks]]) -> float:
+    """The largest frame-to-frame motion within landmark sequences (e.g. a synthetic driver's own)."""
+    jumps = [frame_jumps(list(seg)) for seg in segments]
+    return float(max((j.max() for j in jumps if j.size), default=0.0))
+
+
+def rendered_jump(segments: Sequence[Sequence[Landmarks]], source, tracker: FaceTracker) -> float:
+    """The largest frame-to-frame motion of ``source`` animated by each landmark segment on
+    its own (calibrated on the segment's first frame, default retargeting, nothing between
+    the retargeter and the animator): the driver's natural motion as the avatar shows it,
+    measured by re-detection like the output, so both carry the detector's own noise."""
+    from ..face.retarget import Retargeter
+    from ..runtime.animator import GeometricAnimator
+
+    animator = GeometricAnimator(source)
+    worst = 0.0
+    for seg in segments:
+        rt = Retargeter(source.landmarks)
+        rt.calibrate(seg[0])
+        images = [animator.animate(rt(lm)) for lm in seg]
+        j = frame_jumps(followed(detect_all(images, tracker)))
+        worst = max(worst, float(j.max()) if j.size else 0.0)
+    return worst
+
+
+def detection_noise(image: np.ndarray, tracker: FaceTracker, steps: int = 10) -> float:
+    """The jump measure's own noise on ``image``: the largest frame-to-frame "motion" the
+    detector reports while the image drifts by 0.1 px a frame (true motion ~0.002)."""
+    h, w = image.shape[:2]
+    moved = [cv2.warpAffine(image, np.float32([[1, 0, 0.1 * k], [0, 1, 0]]), (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE) for k in range(steps)]
+    j = frame_jumps(followed(detect_all(moved, tracker)))
+    return float(j.max()) if j.size else 0.0
+
+
+def driver_natural_jump(driver, tracker: FaceTracker, source=None) -> float:
+    """A :class:`~avatar_app.capture.stress.StressDriver`'s own largest natural motion.
+
+    Real drivers: measured by re-detection on their own frames, as the output is.
+    Synthetic drivers (exact landmarks, no real images): :func:`rendered_jump` on
+    ``source``, or the landmarks' own motion when no source is given."""
+    if driver.natural:
+        return natural_jump(driver.natural, tracker)
+    if source is not None:
+        return rendered_jump(driver.natural_landmarks, source, tracker)
+    return landmark_jump(driver.natural_landmarks)
+
+
+def check_output(name: str, images: Sequence[np.ndarray], natural: float, tracker: FaceTracker,
+                 identity=None, source_embedding: np.ndarray | None = None, identity_every: int = 6) -> StressResult:
+    """Run the checks on output ``images`` (BGR).  ``identity`` (an
+    :class:`~avatar_app.models.identity.IdentityEncoder`) and ``source_embedding`` enable the
+    identity check, on every ``identity_every``-th frame with a face."""
+    faces = detect_all(images, tracker)
+    seq = followed(faces)
+    jumps = frame_jumps(seq)
+    ident = None
+    if identity is not None and source_embedding is not None:
+        from ..models.identity import identity_distance
+
+        dists = [identity_distance(identity.embed(im, lm), source_embedding)
+                 for im, lm in list(zip(images, seq))[::identity_every] if lm is not None]
+        ident = float(np.percentile(dists, 95)) if dists else None
+    return StressResult(
+        name=name, frames=len(images), face_found=float(np.mean([bool(f) for f in faces])) if faces else 0.0,
+        two_faces=int(sum(second_face(f) for f in faces)), max_jump=float(jumps.max()) if jumps.size else 0.0,
+        natural_jump=natural, identity_p95=ident, noise=detection_noise(images[0], tracker) if len(images) else 0.0,
+    )
