@@ -165,6 +165,23 @@ def test_synthetic_driver_animates_without_stalling_the_ui_and_stops_promptly(ma
     assert w.start_button.text() == "Start" and w.camera_view.image is None
 
 
+FRESH_PROCESS = "AVATAR_APP_TEST_FRESH_PROCESS"
+
+
+def test_tracking_a_real_face_keeps_the_ui_responsive_in_its_own_process():
+    """The check below, run as the app runs: in an interpreter of its own.  In the same process
+    as the ~150 tests before it, its worst stall measured 45-59 ms on 2 cores (10-20 ms alone, and
+    after any half of those tests), with no thread or CPU use left behind by them: a cost of the
+    long test run, not of the app."""
+    node = f"{__file__}::test_tracking_a_real_face_keeps_the_ui_responsive"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", node],
+                         env={**os.environ, FRESH_PROCESS: "1"}, capture_output=True, text=True, timeout=600)
+    print(run.stdout[-600:])
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@pytest.mark.skipif(os.environ.get(FRESH_PROCESS) != "1",
+                    reason="runs in an interpreter of its own (..._in_its_own_process starts it)")
 def test_tracking_a_real_face_keeps_the_ui_responsive(make_window, qtbot, hopper_source):
     """Camera-like 640x480 frames of a real face at 30 fps, tracked by mediapipe in the pipeline."""
     from test_gui_wizard import framed
