@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--live", action="store_true",
                    help="run the threaded live pipeline at 30 fps instead and report throughput and latency")
     b.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds per run (default 10)")
+    b.add_argument("--fps", type=float, nargs="+", default=[30.0], help="with --live: driving frame rates (default 30)")
+    b.add_argument("--kind", nargs="+", choices=("synthetic", "tracked"), default=["synthetic", "tracked"],
+                   help="with --live: the synthetic driver (no tracking) and/or a tracked real face")
+    b.add_argument("--animator", choices=("geometric", "neural"), default="geometric",
+                   help="with --live: the animator to time (neural: the shipped weights of --preset's first "
+                        "entry, on --backend or auto)")
     b.add_argument("--model", action="store_true",
                    help="parameters, GFLOPs and eager ms of each neural network per preset")
     b.add_argument("--preset", nargs="+", choices=("lite", "full"), default=["lite", "full"])
@@ -321,10 +327,12 @@ def cmd_doctor(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .runtime.bench import bench_geometric, bench_live, format_live, format_results
+    from .runtime.bench import bench_geometric, format_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.live:
+        return _bench_live(args)
     if args.backend:
         from .engine_commands import run_bench_backend
 
@@ -337,12 +345,34 @@ def cmd_bench(args) -> int:
         rows = [r for p in args.preset for r in bench_model(p, args.device, args.half, args.runs)]
         print(format_model_figures(rows, args.device, args.half))
         return 0
-    if args.live:
-        print(format_live([bench_live(size, kind, seconds=args.seconds) for size in args.size
-                           for kind in ("synthetic", "tracked")]))
-        return 0
     results = [bench_geometric(size, frames=args.frames) for size in args.size]
     print(format_results(results))
+    return 0
+
+
+def _neural_factory(preset: str, backend: str):
+    """Makes the neural animator of ``preset``'s shipped weights on ``backend`` for a portrait."""
+    from .models.shipped import shipped_weights
+    from .runtime.neural_animator import NeuralAnimator
+
+    weights = shipped_weights(preset)
+
+    def make(source):
+        anim = NeuralAnimator(source, weights=str(weights) if weights else None, preset=preset, backend=backend)
+        print(f"neural {preset} on {anim.chain.choice.explain()}: {anim.chain.device}", file=sys.stderr, flush=True)
+        return anim
+
+    return make
+
+
+def _bench_live(args) -> int:
+    """``bench --live``: the threaded pipeline per size, driver kind and frame rate."""
+    from .runtime.bench import bench_live, format_live
+
+    factory = _neural_factory(args.preset[0], args.backend or "auto") if args.animator == "neural" else None
+    print(format_live([bench_live(size, kind, seconds=args.seconds, fps=fps, animator=factory,
+                                  warmup_frames=20 if factory else 0)
+                       for size in args.size for kind in args.kind for fps in args.fps]))
     return 0
 
 

@@ -104,7 +104,8 @@ def run_engines(args) -> int:
 def _build(args, cache) -> int:
     from .runtime.backend import choose_backend
 
-    choose_backend(args.backend)  # says why it cannot run here
+    if args.backend != "tensorrt":  # TensorRT says for itself whether it can build here (it may not run)
+        choose_backend(args.backend)  # says why it cannot run here
     model, calibration = _model(args), _calibration(args.calibration)
     if args.precision == "int8" and calibration is None:
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")

@@ -218,11 +218,23 @@ def test_frames_without_a_face_hold_the_last_pose(tmp_path, astronaut_path, hopp
 def test_bench_live_reports_throughput_and_latency(capsys):
     assert main(["bench", "--live", "--size", "256", "--seconds", "1"]) == 0
     out = capsys.readouterr().out
-    rows = [ln for ln in out.splitlines() if ln.startswith(("synthetic 256", "tracked 256"))]
+    rows = [ln for ln in out.splitlines() if ln.startswith(("geometric synthetic 256", "geometric tracked 256"))]
     assert len(rows) == 2
     for row in rows:
-        in_fps, out_fps, p50, p95 = (float(v) for v in row.split()[2:6])
+        in_fps, out_fps, p50, p95 = (float(v) for v in row.split()[3:7])
         assert in_fps > 10 and out_fps > 5 and 0 < p50 <= p95
+
+
+def test_bench_live_times_the_neural_animator_too(capsys):
+    assert main(["bench", "--live", "--size", "256", "--seconds", "1", "--kind", "synthetic", "--fps", "15",
+                 "--animator", "neural", "--preset", "lite", "--backend", "torch-cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "neural lite on backend torch-cpu" in captured.err
+    rows = [ln for ln in captured.out.splitlines() if ln.startswith("neural synthetic 256")]
+    assert len(rows) == 1, captured.out
+    in_fps, out_fps, p50, p95 = (float(v) for v in rows[0].split()[3:7])
+    assert 5 < in_fps < 20 and out_fps > 0 and 0 < p50 <= p95
+    assert "networks" in rows[0], "the neural stages are reported"
 
 
 def test_bench_model_reports_budgets(capsys):

@@ -21,6 +21,8 @@ from avatar_app.runtime.networks import example_inputs
 SIZE, TRT_REASON, StandInCalibration = pure.SIZE, pure.TRT_REASON, pure.StandInCalibration
 lite, networks, trt_cache = pure.lite, pure.networks, pure.trt_cache  # the same fixtures
 needs_trt = pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT integration: {TRT_REASON}")
+BUILD_REASON = pure.probe("tensorrt", build_only=True)
+needs_trt_build = pytest.mark.skipif(BUILD_REASON is not None, reason=f"TensorRT builds: {BUILD_REASON}")
 pytestmark = pytest.mark.gpu  # python -m pytest -q -m gpu runs these too
 
 
@@ -138,9 +140,7 @@ def test_chain_runs_on_device_arrays_and_matches_torch(lite, trt_cache):
 
 @needs_trt
 def test_int8_engine_builds_from_calibration_frames(networks, trt_cache):
-    from avatar_app.runtime.trt_build import weakly_typed
-
-    import tensorrt as trt
+    from avatar_app.runtime.trt_api import load
 
     net = networks["warp"]
     b = _backend(trt_cache, "int8", calibration=StandInCalibration())
@@ -150,7 +150,7 @@ def test_int8_engine_builds_from_calibration_frames(networks, trt_cache):
     got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
     assert max(relative_errors(torch_outputs(net, inputs), got).values()) < 0.15
     kinds = [e["key"]["kind"] for e in trt_cache.entries().values()]
-    assert ("tensorrt-calibration" in kinds) == weakly_typed(trt), kinds
+    assert ("tensorrt-calibration" in kinds) == (not load().strongly_typed), kinds
 
 
 @needs_trt
@@ -186,3 +186,63 @@ def test_undeserializable_engine_file_is_rebuilt_with_a_message(networks, trt_ca
     inputs = example_inputs(net.spec, 2)
     got = {k: b.to_numpy(v) for k, v in b.run(inputs).items()}
     assert max(relative_errors(torch_outputs(net, inputs), got).values()) < 2e-2
+
+
+# ---------------------------------------------------------------- builds (a GPU that may not run the engines)
+
+
+def _deserialized(path):
+    """``(engine, None)``, or ``(None, why)`` where this GPU cannot load this TensorRT's engines."""
+    from avatar_app.runtime.trt_api import load
+    from avatar_app.runtime.trt_backend import _trt_logger, cuda_context
+
+    with cuda_context():
+        try:
+            engine = load().module.Runtime(_trt_logger()).deserialize_cuda_engine(path.read_bytes())
+        except Exception as exc:  # some versions raise instead of returning None
+            return None, str(exc)
+    return engine, None if engine is not None else "deserialize_cuda_engine returned None (see its log above)"
+
+
+@needs_trt_build
+@pytest.mark.parametrize("name", ["encoder", "flow", "warp", "generator", "enhancer"])
+def test_engines_build_are_cached_and_keep_the_networks_interface(networks, trt_cache, name):
+    from avatar_app.runtime.trt_build import check_io, engine_io, ordered_like
+
+    net = networks[name]
+    b = _backend(trt_cache, build_only=True)
+    path = b.engine_path(net)
+    entries = trt_cache.entries()
+    assert entries[path.name]["key"] == b.key(net) and path.stat().st_size > 0
+    assert b.engine_path(net) == path and trt_cache.entries() == entries, "built once, then reused"
+    engine, why = _deserialized(path)
+    if engine is None:
+        pytest.skip(f"this GPU cannot load {b.flavour.label} engines: {why}")
+    check_io(net.spec, *ordered_like(net.spec, *engine_io(engine)), what="built engine")
+    assert engine.refittable
+
+
+@needs_trt_build
+def test_built_engine_takes_personalized_weights_by_refit(lite, networks, trt_cache):
+    from avatar_app.runtime.export import cached_onnx
+    from avatar_app.runtime.networks import weights_of
+    from avatar_app.runtime.trt_backend import _trt_logger, cuda_context
+    from avatar_app.runtime.trt_build import onnx_source
+    from avatar_app.runtime.trt_refit import onnx_initializers, refit_engine
+
+    net = networks["generator"]
+    b = _backend(trt_cache, build_only=True)
+    engine, why = _deserialized(b.engine_path(net))
+    if engine is None:
+        pytest.skip(f"this GPU cannot load {b.flavour.label} engines: {why}")
+    personal = copy.deepcopy(lite)
+    with torch.no_grad():
+        for p in personal.generator.parameters():
+            p.mul_(1.05).add_(0.01)
+    new = model_networks(personal, SIZE, names=["generator"])["generator"]
+    source = onnx_source("fp16", b.flavour.strongly_typed)
+    with cuda_context():
+        count = refit_engine(engine, weights_of(new.model, net.name, net.size),
+                             lambda: onnx_initializers(cached_onnx(new, trt_cache, "fp16" if source == "fp16" else "fp32")),
+                             _trt_logger(), b.flavour.module)
+    assert count > 10

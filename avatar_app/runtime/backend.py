@@ -71,24 +71,26 @@ def _cuda_reason() -> str | None:
     return None
 
 
-def probe(name: str) -> str | None:
-    """Why backend ``name`` cannot run here, or ``None`` when it can."""
+def probe(name: str, build_only: bool = False) -> str | None:
+    """Why backend ``name`` cannot run here, or ``None`` when it can.
+
+    ``build_only`` (TensorRT): whether engines can be *built* here, which TensorRT for RTX
+    can on GPUs its engines do not run on.
+    """
     if name == "tensorrt":
-        missing = [m for m in ("tensorrt", "pycuda") if not _has(m)]
-        if missing:
-            return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
-                    "(TensorRT needs NVIDIA's wheels: pip install tensorrt pycuda)")
-        try:
-            import tensorrt
+        from .trt_api import find
 
-            major = int(tensorrt.__version__.split(".")[0])
-        except Exception as exc:  # a broken install: say so instead of crashing later
-            return f"tensorrt is installed but does not import ({exc})"
-        if major < 10:
-            return f"TensorRT {tensorrt.__version__} is too old (10 or newer is needed)"
-        from .trt_backend import cuda_device_reason
+        flavour, why = find()
+        if flavour is None:
+            return why
+        if not _has("pycuda"):
+            return f"pycuda is not installed ({flavour.label} is; pip install pycuda)"
+        from .trt_backend import cuda_device_reason, gpu_compute_capability
 
-        return cuda_device_reason()
+        why = cuda_device_reason()
+        if why or build_only:
+            return why
+        return flavour.runs_on(gpu_compute_capability())
     if name == "torch-cuda":
         return _cuda_reason()
     if name == "onnxruntime":

@@ -74,9 +74,11 @@ def backend_checks(probe_fn=None) -> list[Check]:
 
     out = [Check("backends", "geometric animator", True, "needs no weights; runs on torch CPU")]
     details = {"torch-cpu": lambda: f"torch {_version('torch')[1]}",
-               "torch-cuda": _cuda_detail, "onnxruntime": _ort_detail, "tensorrt": lambda: _version("tensorrt")[1]}
+               "torch-cuda": _cuda_detail, "onnxruntime": _ort_detail, "tensorrt": _trt_detail}
     for name in AUTO_ORDER:
         reason = probe_fn(name)
+        if reason and name == "tensorrt" and probe_fn is probe and probe(name, build_only=True) is None:
+            reason += "; engines can still be built here (avatar-app engines build)"
         out.append(Check("backends", name, reason is None, details[name]() if reason is None else reason))
     try:
         choice = choose_backend("auto", probe_fn)
@@ -91,6 +93,13 @@ def _cuda_detail() -> str:
 
     cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
     return f"{torch.cuda.get_device_name(0)} (compute capability {cap}), torch {torch.__version__}"
+
+
+def _trt_detail() -> str:
+    from .trt_api import load
+    from .trt_backend import gpu_compute_capability
+
+    return f"{load().label}, its engines run on this GPU (compute capability {gpu_compute_capability()})"
 
 
 def _ort_detail() -> str:

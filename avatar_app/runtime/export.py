@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-3  # max |onnx - torch| / max |torch|, per output, fp32
+FP16_PARITY_TOLERANCE = 2e-2  # the same for a mixed-precision (fp16) export against fp32 torch
+EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass
@@ -67,14 +69,40 @@ def _need_onnx() -> None:
             raise DependencyError(f"Exporting needs the {mod} package; install it with 'pip install {mod}'.") from exc
 
 
-def export_onnx(network: Network, path: str | Path) -> Path:
-    """Write ``network`` to ``path`` as ONNX (no parity check; see :func:`check_parity`)."""
+class _Float32Outputs(torch.nn.Module):
+    """The network with every output cast to float32 (an autocast region ends in fp16 where
+    its last operation ran in fp16; the networks' interface is float32)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *inputs):
+        return tuple(o.float() for o in self.inner(*inputs))
+
+
+def export_onnx(network: Network, path: str | Path, precision: str = "fp32") -> Path:
+    """Write ``network`` to ``path`` as ONNX (no parity check; see :func:`check_parity`).
+
+    ``fp16`` traces under torch's CPU autocast: convolutions and matrix products run in
+    fp16 with fp16 weights (folded into fp16 initializers), while what autocast keeps in
+    fp32 — sampling grids, normalisation statistics, the inputs and outputs — stays fp32.
+    That is the mixed precision the torch-cuda backend runs, written out explicitly for
+    strongly typed TensorRT builds (TensorRT 11, TensorRT for RTX), which take each
+    tensor's type from the model instead of choosing precisions themselves.  The folded
+    initializers lose their state-dict names (``onnx::Conv_12``); they are the same in
+    every export of one architecture, so a refit takes them from the new model's export.
+    """
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"ONNX exports are {' or '.join(EXPORT_PRECISIONS)}, not {precision!r}")
     _need_onnx()
     path = Path(path)
     inputs = tuple(torch.from_numpy(v) for v in example_inputs(network.spec).values())
-    with warnings.catch_warnings(), torch.no_grad():
+    module = network.module if precision == "fp32" else _Float32Outputs(network.module)
+    mixed = torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16")
+    with warnings.catch_warnings(), torch.no_grad(), mixed:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(network.module, inputs, str(path), input_names=[t.name for t in network.spec.inputs],
+        torch.onnx.export(module, inputs, str(path), input_names=[t.name for t in network.spec.inputs],
                           output_names=list(network.spec.outputs), opset_version=OPSET, do_constant_folding=True,
                           dynamo=False)
     import onnx
@@ -137,18 +165,22 @@ def check_parity(network: Network, path: str | Path, seeds=(0, 1)) -> dict[str, 
     return worst
 
 
-def cached_onnx(network: Network, cache: EngineCache | None = None) -> Path:
-    """The network's ONNX file from the cache, exported (and parity-checked) when missing."""
+def cached_onnx(network: Network, cache: EngineCache | None = None, precision: str = "fp32") -> Path:
+    """The network's ONNX file (``fp32``, or mixed ``fp16``: see :func:`export_onnx`) from the
+    cache, exported and parity-checked against fp32 torch when missing."""
     cache = cache or EngineCache()
+    tolerance = PARITY_TOLERANCE if precision == "fp32" else FP16_PARITY_TOLERANCE
 
     def build(tmp: Path) -> None:
-        export_onnx(network, tmp)
+        export_onnx(network, tmp, precision)
         errors = check_parity(network, tmp, seeds=(0,))
-        bad = {k: e for k, e in errors.items() if e > PARITY_TOLERANCE}
+        bad = {k: e for k, e in errors.items() if e > tolerance}
         if bad:
-            raise OutputError(f"The exported {network.name} network disagrees with torch ({bad}); not caching it.")
+            raise OutputError(f"The exported {precision} {network.name} network disagrees with torch ({bad}); "
+                              "not caching it.")
 
-    return cache.get_or_build(network.key("onnx"), ".onnx", build, describe=f"ONNX export of {network.name}")
+    return cache.get_or_build(network.key("onnx", precision), ".onnx", build,
+                              describe=f"{precision} ONNX export of {network.name}")
 
 
 def export_all(model: PortraitModel, out_dir: str | Path, size: int = NET_SIZE, progress=None) -> list[dict]:

@@ -1,6 +1,10 @@
 """The TensorRT backend: engines from the engine cache, pycuda buffers, one CUDA stream.
 
-No torch at run time: this module imports tensorrt, pycuda and numpy only (torch is
+Runs NVIDIA TensorRT 10/11 or TensorRT for RTX through one code path (:mod:`.trt_api`
+says which and what differs; TensorRT for RTX's runtime cache of JIT-compiled kernels is
+kept in the engine cache beside the engine).
+
+No torch at run time: this module imports TensorRT, pycuda and numpy only (torch is
 imported lazily when an engine has to be built from the network's ONNX export, or
 when :meth:`TensorRTBackend.refit` reads a personalized model's weights).
 
@@ -25,10 +29,11 @@ import numpy as np
 
 from .backend import BackendUnavailable, probe
 from .engine_cache import CorruptEngine, EngineCache
+from .trt_api import Flavour, ahead_of_time_target, load as load_tensorrt
 from .trt_build import (CALIBRATION_FRAMES, WORKSPACE_GB, CalibrationBatches, EngineBuildError,
                         build_engine, calibration_cache_key, check_io, engine_io, engine_key, network_precision,
-                        ordered_like, read_calibration_cache, timing_cache_name, weakly_typed,
-                        write_calibration_cache)
+                        onnx_source, ordered_like, read_cached_bytes, read_calibration_cache, runtime_cache_key,
+                        timing_cache_name, write_cached_bytes, write_calibration_cache)
 from .trt_refit import RefitMismatch, refit_engine
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,15 @@ def cuda_device_reason(index: int = 0) -> str | None:
     if count <= index:
         return "no CUDA GPU is visible to pycuda" if count == 0 else f"there is no CUDA GPU {index} ({count} found)"
     return None
+
+
+def gpu_compute_capability(index: int = 0) -> str:
+    """Compute capability of CUDA GPU ``index`` as ``"major.minor"`` (pycuda must work)."""
+    import pycuda.driver as cuda
+
+    cuda.init()
+    major, minor = cuda.Device(index).compute_capability()
+    return f"{major}.{minor}"
 
 
 def _cuda_state() -> dict[str, Any]:
@@ -117,11 +131,9 @@ class DeviceArray:
 
 
 def _trt_logger():
-    if "logger" not in _STATE:
-        import tensorrt as trt
+    from .trt_api import logger
 
-        _STATE["logger"] = trt.Logger(trt.Logger.WARNING)
-    return _STATE["logger"]
+    return logger()
 
 
 class TensorRTBackend:
@@ -134,40 +146,47 @@ class TensorRTBackend:
         cache: where ONNX exports, engines, calibration tables and the timing cache live.
         refit: build refittable engines, so :meth:`refit` can swap in personalized weights.
         workspace_gb: builder workspace limit.
+        build_only: only build engines (``engines build``): allowed on a GPU that cannot run
+            this TensorRT's engines (TensorRT for RTX on an H100, say).
     """
 
     name = "tensorrt"
 
     def __init__(self, precision: str = "fp16", calibration=None, cache: EngineCache | None = None,
-                 refit: bool = True, workspace_gb: float = WORKSPACE_GB, calibration_frames: int = CALIBRATION_FRAMES):
-        reason = probe("tensorrt")
+                 refit: bool = True, workspace_gb: float = WORKSPACE_GB, calibration_frames: int = CALIBRATION_FRAMES,
+                 build_only: bool = False):
+        reason = probe("tensorrt", build_only=build_only)
         if reason:
-            raise BackendUnavailable(f"The tensorrt backend cannot run here: {reason}.")
+            raise BackendUnavailable(f"The tensorrt backend cannot {'build' if build_only else 'run'} here: {reason}.")
         network_precision("warp", precision)  # ValueError for an unknown precision
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs a calibration set (see 'avatar-app engines calibrate')")
-        import tensorrt as trt
-
+        self.flavour: Flavour = load_tensorrt()
         self.precision, self.calibration = precision, calibration
         self.cache = cache or EngineCache()
         self.refittable, self.workspace_gb, self.calibration_frames = refit, workspace_gb, calibration_frames
-        self.trt_version = trt.__version__
+        self.trt_version = self.flavour.key
         state = _cuda_state()
         self.gpu, self.cc = state["gpu"], state["cc"]
-        self.device = f"cuda:0 ({self.gpu}), TensorRT {self.trt_version}, {precision}"
+        # TensorRT for RTX on a GPU it cannot run on (building only): engines for a GPU it runs on
+        self.targets = (ahead_of_time_target(self.flavour.module),) if (
+            build_only and self.flavour.rtx and self.flavour.runs_on(self.cc)) else ()
+        self.device = f"cuda:0 ({self.gpu}), {self.flavour.label}, {precision}"
         self.network = self.engine = None
 
     # ---------------------------------------------------------------- engines
 
     def key(self, network) -> dict:
         digest = getattr(self.calibration, "digest", None)
-        return engine_key(network, self.precision, self.gpu, self.cc, self.trt_version, digest, self.refittable)
+        cc = "+".join(self.targets) if getattr(self, "targets", ()) else self.cc
+        return engine_key(network, self.precision, self.gpu, cc, self.trt_version, digest, self.refittable)
 
     def _builder(self, network, key: dict):
         def build(tmp: Path) -> None:
             from .export import cached_onnx  # torch: only when an engine must be built
 
-            onnx_path = cached_onnx(network, self.cache)
+            source = onnx_source(key["precision"], self.flavour.strongly_typed)
+            onnx_path = cached_onnx(network, self.cache, "fp16" if source == "fp16" else "fp32")
             batches, calib = None, None
             if key["precision"] == "int8":
                 frames = self.calibration.inputs_for(getattr(network, "model", None), network.size, network.name)
@@ -175,19 +194,19 @@ class TensorRTBackend:
                 ckey = calibration_cache_key(key)
                 calib = (lambda: read_calibration_cache(self.cache, ckey),
                          lambda data: write_calibration_cache(self.cache, ckey, data))
-            print(f"avatar-app: building the TensorRT {key['precision']} engine for {network.name} "
+            print(f"avatar-app: building the {self.flavour.label} {key['precision']} engine for {network.name} "
                   f"(once per model and GPU; this can take minutes)", flush=True)
             with cuda_context():
                 build_engine(onnx_path, tmp, network.spec, key["precision"], batches,
                              self.cache.root / timing_cache_name(self.gpu, self.cc, self.trt_version),
-                             refit=self.refittable, workspace_gb=self.workspace_gb, calibration_cache=calib)
+                             refit=self.refittable, workspace_gb=self.workspace_gb, calibration_cache=calib,
+                             flavour=self.flavour, targets=self.targets)
 
         return build
 
     def _open(self, spec):
         def open_engine(path: Path):
-            import tensorrt as trt
-
+            trt = self.flavour.module
             with cuda_context():
                 runtime = trt.Runtime(_trt_logger())
                 try:
@@ -216,13 +235,40 @@ class TensorRTBackend:
                                                      self._open(network.spec),
                                                      describe=f"TensorRT {key['precision']} {network.name}")
         self.network, self.spec, self.built_precision = network, network.spec, key["precision"]
+        self._key = key
         self._allocate()
+
+    def _execution_context(self):
+        """The engine's execution context; with TensorRT for RTX, one whose runtime cache holds
+        the kernels compiled on an earlier start (a cache this GPU or driver rejects is ignored)."""
+        self._runtime_cache = None
+        if not getattr(getattr(self, "flavour", None), "runtime_cache", False):
+            return self.engine.create_execution_context()
+        config = self.engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        stored = read_cached_bytes(self.cache, runtime_cache_key(self._key), ".rtcache")
+        loaded = bool(stored) and bool(cache.deserialize(stored))
+        if stored and not loaded:
+            log.info("the stored runtime cache of %s does not fit this GPU or driver; compiling anew", self.spec.name)
+        config.set_runtime_cache(cache)
+        self._runtime_cache, self._runtime_cache_saved = cache, loaded
+        return self.engine.create_execution_context(config)
+
+    def _save_runtime_cache(self) -> None:
+        """Keep the kernels the first run compiled (once per load; see :meth:`_execution_context`)."""
+        if self._runtime_cache is None or self._runtime_cache_saved:
+            return
+        self._runtime_cache_saved = True
+        data = self._runtime_cache.serialize()
+        if data is not None and len(bytes(data)):
+            write_cached_bytes(self.cache, runtime_cache_key(self._key), ".rtcache", bytes(data),
+                               f"runtime cache of {self.spec.name}")
 
     def _allocate(self) -> None:
         """Device and pinned host buffers for every I/O tensor, addresses set once."""
         with cuda_context() as s:
             cuda = s["cuda"]
-            self.context = self.engine.create_execution_context()
+            self.context = self._execution_context()
             self._device, self._host, self.outputs = {}, {}, {}
             shapes = [(t.name, t.shape, np.dtype(t.dtype)) for t in self.spec.inputs]
             shapes += [(n, tuple(self.engine.get_tensor_shape(n)), np.dtype(np.float32)) for n in self.spec.outputs]
@@ -268,6 +314,9 @@ class TensorRTBackend:
                 raise ValueError(f"network {self.spec.name!r} is missing input(s) {missing}")
             if not self.context.execute_async_v3(s["stream"].handle):
                 raise RuntimeError(f"TensorRT failed to run the {self.spec.name} engine")
+            if getattr(self, "_runtime_cache", None) is not None and not self._runtime_cache_saved:
+                s["stream"].synchronize()  # the first run compiled its kernels: keep them for next time
+                self._save_runtime_cache()
         return dict(self.outputs)
 
     def to_numpy(self, value: Any) -> np.ndarray:
@@ -283,8 +332,10 @@ class TensorRTBackend:
         """Swap ``network``'s weights (the same network of a personalized model) into the engine.
 
         Returns the number of weights refitted; when the engine cannot be refitted (not
-        built refittable, a strongly typed reduced-precision or INT8 build, a weight
-        TensorRT renamed or folded) it says why and rebuilds instead, returning 0.
+        built refittable, an INT8 build, a weight TensorRT renamed or folded) it says why
+        and rebuilds instead, returning 0.  A strongly typed fp16 engine takes its new
+        weights from the personalized model's fp16 export (its initializers are fp16 and
+        named by the exporter, the same in every export of one architecture).
         The refitted engine is stored in the cache under the new model's key.
         """
         from .networks import weights_of
@@ -307,23 +358,22 @@ class TensorRTBackend:
         return count
 
     def _refit_from(self, new, weights: dict[str, np.ndarray]) -> int:
-        import tensorrt as trt
-
         if not self.refittable:
             raise RefitMismatch("it was built without REFIT")
-        if self.built_precision == "int8" or (self.built_precision != "fp32" and not weakly_typed(trt)):
-            raise RefitMismatch(f"its {self.built_precision} weights are converted before the build")
+        if self.built_precision == "int8":
+            raise RefitMismatch("its int8 weights are quantized before the build")
+        source = onnx_source(self.built_precision, self.flavour.strongly_typed)
 
         def exported() -> dict[str, np.ndarray]:  # constants the export derived from the weights
             from .export import cached_onnx
             from .trt_refit import onnx_initializers
 
-            return onnx_initializers(cached_onnx(new, self.cache))
+            return onnx_initializers(cached_onnx(new, self.cache, "fp16" if source == "fp16" else "fp32"))
 
         with cuda_context() as s:
             s["stream"].synchronize()  # nothing may run while weights change
             try:
-                return refit_engine(self.engine, weights, exported, _trt_logger())
+                return refit_engine(self.engine, weights, exported, _trt_logger(), self.flavour.module)
             except RefitMismatch:
                 raise
             except Exception as exc:  # TensorRT errors surface as RuntimeError/TypeError
@@ -335,7 +385,7 @@ def build_engines(model, size: int, precision: str = "fp16", cache: EngineCache 
     """``avatar-app engines build``: every network's engine in the cache; one row per network."""
     from .export import model_networks
 
-    backend = TensorRTBackend(precision, calibration=calibration, cache=cache, **options)
+    backend = TensorRTBackend(precision, calibration=calibration, cache=cache, build_only=True, **options)
     rows = []
     for net in model_networks(model, size).values():
         path = backend.engine_path(net)

@@ -1,17 +1,20 @@
-"""Building and refitting TensorRT engines from the networks' ONNX exports.
+"""Building TensorRT engines from the networks' ONNX exports.
 
-Importable without TensorRT: ``tensorrt`` (and ``pycuda``, for the INT8 calibrator)
-are imported inside the functions that need them.  The pure parts — cache keys,
-I/O checks against a :class:`~avatar_app.runtime.networks.NetworkSpec`, the
-calibration batcher, weight-name mapping — are tested without a GPU.
+Importable without TensorRT: TensorRT (through :mod:`.trt_api`, which picks ``tensorrt``
+or ``tensorrt_rtx``) and ``pycuda`` (for the INT8 calibrator) are imported inside the
+functions that need them.  The pure parts — cache keys, I/O checks against a
+:class:`~avatar_app.runtime.networks.NetworkSpec`, the calibration batcher, the choice
+of ONNX source — are tested without a GPU.
 
-Precision per TensorRT version:
+Precision per TensorRT:
 
 ========  ==================================  ==========================================
-          TensorRT 10 (weakly typed builds)   TensorRT 11 (strongly typed only)
+          TensorRT 10 (weakly typed builds)   TensorRT 11, TensorRT for RTX (strongly
+                                              typed only)
 ========  ==================================  ==========================================
 fp32      no flags                            no flags
-fp16      ``BuilderFlag.FP16``                ONNX converted to fp16 by ModelOpt AutoCast
+fp16      ``BuilderFlag.FP16``                the mixed-precision fp16 ONNX export
+                                              (``export_onnx(..., "fp16")``)
 int8      ``INT8`` + ``FP16`` flags and an    ONNX with explicit Q/DQ nodes (onnxruntime
           ``IInt8EntropyCalibrator2``         static quantization, symmetric int8) from
           (calibration cache in the cache)    the same calibration frames
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AvatarError, DependencyError
+from ..errors import AvatarError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ def network_precision(network: str, precision: str) -> str:
 def engine_key(network, precision: str, gpu_name: str, compute_capability: str, trt_version: str,
                calibration_digest: str | None = None, refit: bool = True) -> dict:
     """The cache key of ``network``'s engine: model hash, network, size, precision (as built),
-    GPU name and compute capability (``"8.9"``), TensorRT version, refittability and, for
-    INT8 builds only, the calibration set's digest."""
+    GPU name and compute capability (``"8.9"``), TensorRT version (``Flavour.key``:
+    ``rtx-1.7.1.116`` for TensorRT for RTX), refittability and, for INT8 builds only, the
+    calibration set's digest."""
     built = network_precision(network.name, precision)
     fields = dict(gpu=gpu_name, cc=str(compute_capability), trt=trt_version, refit=bool(refit))
     if built == "int8":
@@ -81,6 +85,20 @@ def engine_key(network, precision: str, gpu_name: str, compute_capability: str, 
 def calibration_cache_key(key: Mapping[str, object]) -> dict:
     """The key of the INT8 calibration cache written while building the engine ``key``."""
     return {**key, "kind": "tensorrt-calibration"}
+
+
+def runtime_cache_key(key: Mapping[str, object]) -> dict:
+    """The key of the TensorRT for RTX runtime cache of the engine ``key``: the kernels it
+    compiled for this GPU when it first ran, loaded again on the next start."""
+    return {**key, "kind": "tensorrt-runtime-cache"}
+
+
+def onnx_source(precision: str, strongly_typed: bool) -> str:
+    """Which ONNX export a build of ``precision`` (as built) starts from: ``fp32``, ``fp16``
+    (the mixed-precision export, for strongly typed fp16) or ``qdq`` (strongly typed int8)."""
+    if not strongly_typed or precision == "fp32":
+        return "fp32"
+    return "fp16" if precision == "fp16" else "qdq"
 
 
 def timing_cache_name(gpu_name: str, compute_capability: str, trt_version: str) -> str:
@@ -137,7 +155,9 @@ def network_io(network) -> tuple[list, list]:
 
 def engine_io(engine) -> tuple[list, list]:
     """``(inputs, outputs)`` of an ``ICudaEngine`` as ``(name, shape, dtype)``, in engine order."""
-    import tensorrt as trt
+    from .trt_api import trt as tensorrt
+
+    trt = tensorrt()
 
     ins, outs = [], []
     for i in range(engine.num_io_tensors):
@@ -202,21 +222,30 @@ class CalibrationBatches:
         return self.frames[0][name].nbytes
 
 
-def read_calibration_cache(cache, key: Mapping[str, object]) -> bytes | None:
-    """The stored calibration table for ``key`` (see :func:`calibration_cache_key`), or ``None``."""
-    path = cache.lookup(key, ".calib")
+def read_cached_bytes(cache, key: Mapping[str, object], suffix: str) -> bytes | None:
+    """A stored blob (calibration table, runtime cache) for ``key``, or ``None``."""
+    path = cache.lookup(key, suffix)
     return path.read_bytes() if path is not None else None
 
 
-def write_calibration_cache(cache, key: Mapping[str, object], data: bytes) -> Path:
-    """Store a calibration table (replacing an older one for the same key)."""
-    old = cache.lookup(key, ".calib")
+def write_cached_bytes(cache, key: Mapping[str, object], suffix: str, data: bytes, describe: str) -> Path:
+    """Store a blob for ``key`` (replacing an older one for the same key)."""
+    old = cache.lookup(key, suffix)
     if old is not None and old.read_bytes() == bytes(data):
         return old
     if old is not None:
         cache.clean(lambda entry: entry.get("key") == dict(key))
-    return cache.get_or_build(key, ".calib", lambda tmp: Path(tmp).write_bytes(bytes(data)),
-                              describe=f"INT8 calibration table of {key.get('network')}")
+    return cache.get_or_build(key, suffix, lambda tmp: Path(tmp).write_bytes(bytes(data)), describe=describe)
+
+
+def read_calibration_cache(cache, key: Mapping[str, object]) -> bytes | None:
+    """The stored calibration table for ``key`` (see :func:`calibration_cache_key`), or ``None``."""
+    return read_cached_bytes(cache, key, ".calib")
+
+
+def write_calibration_cache(cache, key: Mapping[str, object], data: bytes) -> Path:
+    """Store a calibration table (replacing an older one for the same key)."""
+    return write_cached_bytes(cache, key, ".calib", data, f"INT8 calibration table of {key.get('network')}")
 
 
 def _entropy_calibrator(trt, batches: CalibrationBatches, read_cache: Callable[[], bytes | None],
@@ -275,23 +304,6 @@ def quantize_qdq(onnx_path: Path, out_path: Path, batches: CalibrationBatches) -
 # ---------------------------------------------------------------- build
 
 
-def weakly_typed(trt) -> bool:
-    """Whether this TensorRT still has precision builder flags (10.x) or only strong typing (11+)."""
-    return hasattr(trt.BuilderFlag, "FP16")
-
-
-def _fp16_onnx(onnx_path: Path, out_path: Path) -> Path:
-    try:
-        import modelopt.onnx.autocast as autocast
-        import onnx
-    except ImportError as exc:
-        raise DependencyError("TensorRT 11 builds fp16 only from an fp16 ONNX model; install NVIDIA ModelOpt "
-                              "(pip install nvidia-modelopt[onnx]) or use --precision fp32.") from exc
-    onnx.save(autocast.convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16",
-                                                  keep_io_types=True), str(out_path))
-    return out_path
-
-
 def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
     flags = 0
     if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -329,30 +341,36 @@ def _save_timing_cache(config, path: Path | None) -> None:
 def build_engine(onnx_path: str | Path, out_path: str | Path, spec, precision: str,
                  calibration_batches: CalibrationBatches | None = None, timing_cache_path: str | Path | None = None,
                  refit: bool = True, workspace_gb: float = WORKSPACE_GB,
-                 calibration_cache: tuple[Callable[[], bytes | None], Callable[[bytes], object]] | None = None) -> None:
+                 calibration_cache: tuple[Callable[[], bytes | None], Callable[[bytes], object]] | None = None,
+                 flavour=None, targets: Sequence[str] = ()) -> None:
     """Build ``spec``'s engine from ``onnx_path`` and write the serialized plan to ``out_path``.
 
-    ``precision`` is the precision as built (see :func:`network_precision`); ``int8`` needs
-    ``calibration_batches``; ``calibration_cache`` is ``(read, write)`` for the calibration table.
+    ``precision`` is the precision as built (see :func:`network_precision`); ``onnx_path`` is
+    the export :func:`onnx_source` names for it (for a strongly typed int8 build, the fp32
+    export, quantized here).  ``int8`` needs ``calibration_batches``; ``calibration_cache``
+    is ``(read, write)`` for the calibration table.  ``flavour``: the
+    :class:`~avatar_app.runtime.trt_api.Flavour` (default: the one this process uses).
+    ``targets``: TensorRT for RTX only, compute capabilities (``"8.6"``) to build for instead
+    of this GPU's (ahead-of-time builds on a GPU its engines do not run on).
     Run inside an active CUDA context (:func:`avatar_app.runtime.trt_backend.cuda_context`).
     """
-    import tensorrt as trt
+    from .trt_api import build_failure_hint, load, logger as trt_logger
 
+    flavour = flavour or load()
+    trt = flavour.module
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     timing = Path(timing_cache_path) if timing_cache_path else None
     if precision == "int8" and calibration_batches is None:
         raise ValueError("an int8 build needs calibration batches")
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
-    weak = weakly_typed(trt)
+    weak = not flavour.strongly_typed
     source = onnx_path
-    if not weak and precision == "fp16":
-        source = _fp16_onnx(onnx_path, out_path.with_suffix(".fp16.onnx"))
-    elif not weak and precision == "int8":
+    if onnx_source(precision, flavour.strongly_typed) == "qdq":
         source = out_path.with_suffix(".qdq.onnx")
         quantize_qdq(onnx_path, source, calibration_batches)
     try:
-        network, _parser = _parse(trt, builder, logger, source, strongly_typed=source != onnx_path)
+        network, _parser = _parse(trt, builder, logger, source, strongly_typed=not weak)
         check_io(spec, *network_io(network), what="parsed ONNX model")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -364,11 +382,19 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, spec, precision: s
             config.int8_calibrator = _entropy_calibrator(trt, calibration_batches, read, write)
         if refit:
             config.set_flag(trt.BuilderFlag.REFIT)
-        _load_timing_cache(config, timing)
+        if targets:
+            config.num_compute_capabilities = len(targets)
+            for i, cc in enumerate(targets):
+                config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
+        if flavour.rtx:
+            timing = None  # TensorRT for RTX does not time tactics: its kernels are compiled at run time
+        else:
+            _load_timing_cache(config, timing)
+        seen = len(getattr(logger, "errors", []))
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise EngineBuildError(f"TensorRT could not build the {spec.name} engine ({precision}); "
-                                   "run with --debug to see its log.")
+            hint = build_failure_hint(getattr(logger, "errors", [])[seen:], flavour)
+            raise EngineBuildError(f"{flavour.label} could not build the {spec.name} engine ({precision}): {hint}.")
         _save_timing_cache(config, timing)
         out_path.write_bytes(bytes(plan))
     finally:

@@ -78,13 +78,17 @@ def refit_plan(refittable: Iterable[str], weights: Mapping[str, np.ndarray],
     return plan, sorted(missing)
 
 
-def refit_engine(engine, weights: Mapping[str, np.ndarray], fallback=None, logger=None) -> int:
+def refit_engine(engine, weights: Mapping[str, np.ndarray], fallback=None, logger=None, trt=None) -> int:
     """Replace ``engine``'s weights in place (it was built with ``REFIT``); the number refitted.
 
     ``weights`` and ``fallback`` as in :func:`refit_plan`.  Raises :class:`RefitMismatch`
     when a refittable weight has no new value or TensorRT rejects one (e.g. a new shape).
+    ``trt``: the TensorRT module (default: the one :mod:`.trt_api` picks).
     """
-    import tensorrt as trt
+    if trt is None:
+        from .trt_api import trt as tensorrt
+
+        trt = tensorrt()
 
     refitter = trt.Refitter(engine, logger or trt.Logger(trt.Logger.WARNING))
     plan, missing = refit_plan(refitter.get_all_weights(), weights, fallback)
