@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from . import __version__  # noqa: E402
 from .errors import AvatarError  # noqa: E402
-from .runtime.backend import BACKEND_CHOICES  # noqa: E402
+from .inference.backend import BACKEND_CHOICES  # noqa: E402
 
 log = logging.getLogger("avatar_app")
 
@@ -188,7 +188,7 @@ def make_animator(args, source):
                   file=sys.stderr)
     calibration = None
     if args.calibration:
-        from .runtime.calibration import CalibrationSet
+        from .inference.calibration import CalibrationSet
 
         calibration = CalibrationSet.load(args.calibration)
     elif args.precision == "int8":
@@ -312,7 +312,7 @@ def cmd_gui(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from .runtime.doctor import format_checks, run_checks
+    from .doctor import format_checks, run_checks
 
     print(format_checks(run_checks()))
     return 0
@@ -332,7 +332,7 @@ def cmd_bench(args) -> int:
             args.frames = 50
         return run_bench_backend(args)
     if args.model:
-        from .runtime.bench_models import bench_model, format_model_figures
+        from .inference.bench_models import bench_model, format_model_figures
 
         rows = [r for p in args.preset for r in bench_model(p, args.device, args.half, args.runs)]
         print(format_model_figures(rows, args.device, args.half))

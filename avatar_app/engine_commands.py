@@ -60,13 +60,13 @@ def _model(args):
 def _calibration(path):
     if not path:
         return None
-    from .runtime.calibration import CalibrationSet
+    from .inference.calibration import CalibrationSet
 
     return CalibrationSet.load(path)
 
 
 def run_export(args) -> int:
-    from .runtime.export import PARITY_TOLERANCE, export_all
+    from .inference.export import PARITY_TOLERANCE, export_all
 
     def show(row):
         print(f"  {row['network']:<10} {row['bytes'] / 1e6:7.2f} MB  max relative error vs torch "
@@ -80,7 +80,7 @@ def run_export(args) -> int:
 
 
 def run_engines(args) -> int:
-    from .runtime.engine_cache import EngineCache
+    from .inference.engine_cache import EngineCache
 
     cache = EngineCache()
     if args.engines_action == "list":
@@ -102,21 +102,21 @@ def run_engines(args) -> int:
 
 
 def _build(args, cache) -> int:
-    from .runtime.backend import choose_backend
+    from .inference.backend import choose_backend
 
     choose_backend(args.backend)  # says why it cannot run here
     model, calibration = _model(args), _calibration(args.calibration)
     if args.precision == "int8" and calibration is None:
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     if args.backend == "tensorrt":
-        from .runtime.trt_backend import build_engines
+        from .inference.trt_backend import build_engines
 
         rows = build_engines(model, args.size, args.precision or "fp16", cache=cache, calibration=calibration,
                              progress=lambda r: print(f"  {r}", flush=True))
         for r in rows:
             print(f"  {r['network']:<10} {r['precision']:<5} {r['bytes'] / 1e6:7.2f} MB  {r['path']}")
         return 0
-    from .runtime.chain import NetworkChain
+    from .inference.chain import NetworkChain
 
     chain = NetworkChain(model, args.size, "onnxruntime", args.precision or "fp32", cache=cache, calibration=calibration,
                          use_accelerators=False)
@@ -131,7 +131,7 @@ def _calibrate(args) -> int:
     from .face.source import prepare_source
     from .face.tracker import FaceTracker
     from .models.identity import IdentityEncoder
-    from .runtime.calibration import record_calibration
+    from .inference.calibration import record_calibration
 
     with FaceTracker() as still:
         source = prepare_source(args.source, args.size, tracker=still)
@@ -153,7 +153,7 @@ def _calibrate(args) -> int:
 
 
 def run_bench_backend(args) -> int:
-    from .runtime.backend import probe
+    from .inference.backend import probe
     from .runtime.bench_backends import (Variant, bench_backends, cpu_variants, format_backend_figures,
                                          gpu_variants)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 import test_tensorrt as pure
 
-from avatar_app.runtime.export import model_networks, relative_errors, torch_outputs
-from avatar_app.runtime.networks import example_inputs
+from avatar_app.inference.export import model_networks, relative_errors, torch_outputs
+from avatar_app.inference.networks import example_inputs
 
 SIZE, TRT_REASON, StandInCalibration = pure.SIZE, pure.TRT_REASON, pure.StandInCalibration
 lite, networks, trt_cache = pure.lite, pure.networks, pure.trt_cache  # the same fixtures
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.gpu  # python -m pytest -q -m gpu runs these too
 
 
 def _pycuda_reason():
-    from avatar_app.runtime.trt_backend import cuda_device_reason
+    from avatar_app.inference.trt_backend import cuda_device_reason
 
     return cuda_device_reason()
 
@@ -63,8 +63,8 @@ class CopyEngine:
 
 @pytest.mark.skipif(PYCUDA_REASON is not None, reason=f"pycuda on a GPU: {PYCUDA_REASON}")
 def test_pycuda_buffers_bind_run_and_chain_device_to_device():
-    from avatar_app.runtime.networks import NetworkSpec, TensorSpec
-    from avatar_app.runtime.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
+    from avatar_app.inference.networks import NetworkSpec, TensorSpec
+    from avatar_app.inference.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
 
     spec = NetworkSpec("copy", (TensorSpec("a", (1, 4)), TensorSpec("b", (1, 4))), ("out",))
     stages = []
@@ -98,7 +98,7 @@ def test_pycuda_buffers_bind_run_and_chain_device_to_device():
 
 
 def _backend(trt_cache, precision="fp16", **kw):
-    from avatar_app.runtime.trt_backend import TensorRTBackend
+    from avatar_app.inference.trt_backend import TensorRTBackend
 
     return TensorRTBackend(precision, cache=trt_cache, **kw)
 
@@ -117,8 +117,8 @@ def test_fp16_engine_matches_torch(networks, trt_cache, name):
 
 @needs_trt
 def test_chain_runs_on_device_arrays_and_matches_torch(lite, trt_cache):
-    from avatar_app.runtime.chain import NetworkChain
-    from avatar_app.runtime.trt_backend import DeviceArray
+    from avatar_app.inference.chain import NetworkChain
+    from avatar_app.inference.trt_backend import DeviceArray
 
     specs = {n: net.spec for n, net in model_networks(lite, SIZE).items()}
     enc, gen, warp, enh, flow = (example_inputs(specs[n], 1) for n in ("encoder", "generator", "warp", "enhancer",
@@ -138,7 +138,7 @@ def test_chain_runs_on_device_arrays_and_matches_torch(lite, trt_cache):
 
 @needs_trt
 def test_int8_engine_builds_from_calibration_frames(networks, trt_cache):
-    from avatar_app.runtime.trt_build import weakly_typed
+    from avatar_app.inference.trt_build import weakly_typed
 
     import tensorrt as trt
 

@@ -4,7 +4,7 @@ The source is prepared once (256 px network input, its landmark image, identity
 embedding; the encoder's warp code and generator features are bound into the
 chain).  Per frame, on the CPU: the target's landmark image and triangle-id map at
 256 and the mouth-fill amount; then the chain of networks
-(:class:`~avatar_app.runtime.chain.NetworkChain`) on the chosen backend — analytic
+(:class:`~avatar_app.inference.chain.NetworkChain`) on the chosen backend — analytic
 flow, warp network, generator and, for 512 crops, the temporal enhancer with its
 ring buffer of recent frames' features carried between calls.
 
@@ -28,7 +28,7 @@ from ..models.flow import rasterize_triangles
 from ..models.portrait import NET_SIZE, PortraitModel, load_checkpoint
 from ..types import Landmarks, SourcePortrait
 from .animator import mouth_fill_amount
-from .chain import NetworkChain
+from ..inference.chain import NetworkChain
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ class NeuralAnimator:
         preset: ``lite`` or ``full`` when neither ``model`` nor ``weights`` is given.
         device: ``cpu``/``cuda``: shorthand for ``backend="torch-cpu"``/``"torch-cuda"``.
         identity: the source's 128-d identity embedding; computed with dlib when omitted.
-        backend: one of :data:`~avatar_app.runtime.backend.BACKEND_CHOICES` (default:
+        backend: one of :data:`~avatar_app.inference.backend.BACKEND_CHOICES` (default:
             from ``device``, else ``torch-cpu``).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (default: the backend's).
-        **chain_options: passed to :class:`~avatar_app.runtime.chain.NetworkChain`
+        **chain_options: passed to :class:`~avatar_app.inference.chain.NetworkChain`
             (``cache``, ``calibration``, ``compile``, ``cuda_graphs``).
     """
 

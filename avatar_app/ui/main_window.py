@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, Q
                                QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from ..capture.base import FrameSource
-from ..runtime.backend import BACKEND_CHOICES
+from ..inference.backend import BACKEND_CHOICES
 from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, save_settings
 from .widgets import ImageView, StatusArea, format_stats
 from .worker import LiveConfig, LiveController

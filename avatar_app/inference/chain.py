@@ -1,6 +1,6 @@
 """The per-frame chain of networks on one backend: flow -> warp -> generator (-> enhancer).
 
-:class:`NetworkChain` owns one :class:`~avatar_app.runtime.backend.Backend` per
+:class:`NetworkChain` owns one :class:`~avatar_app.inference.backend.Backend` per
 network, binds the source's constants once (:meth:`set_source`) and runs a frame
 from the CPU-side inputs (target landmark image, landmarks, triangle ids, mouth
 amount) to the avatar.  Values pass between networks in the backend's own form, so a

@@ -129,8 +129,8 @@ class TensorRTBackend:
 
     Args:
         precision: ``fp32``, ``fp16`` or ``int8`` (the flow network is always fp32; see
-            :func:`~avatar_app.runtime.trt_build.network_precision`).
-        calibration: a :class:`~avatar_app.runtime.calibration.CalibrationSet` (int8 only).
+            :func:`~avatar_app.inference.trt_build.network_precision`).
+        calibration: a :class:`~avatar_app.inference.calibration.CalibrationSet` (int8 only).
         cache: where ONNX exports, engines, calibration tables and the timing cache live.
         refit: build refittable engines, so :meth:`refit` can swap in personalized weights.
         workspace_gb: builder workspace limit.

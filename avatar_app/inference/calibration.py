@@ -5,7 +5,7 @@ crop, landmarks and identity embedding) and a few dozen target landmark sets —
 the motions the avatar will make.  From it any model's per-network inputs are
 recomputed by running the fp32 chain (so one set serves every model and
 personalization), and INT8 builds read those inputs: ONNX Runtime's static
-quantization here, TensorRT's calibrator in :mod:`avatar_app.runtime.trt_build`.
+quantization here, TensorRT's calibrator in :mod:`avatar_app.inference.trt_build`.
 
 ``avatar-app engines calibrate`` records a set from the synthetic driver or a video.
 """
@@ -75,7 +75,7 @@ class CalibrationSet:
             raise ValueError(f"this calibration set is for {self.size}px avatars, not {size}px")
         key = model_hash(model)
         if key not in self._inputs:
-            from .neural_animator import NeuralAnimator
+            from ..runtime.neural_animator import NeuralAnimator
 
             record: dict = {}
             anim = NeuralAnimator(self.source(), model=model, identity=self.identity, backend="torch-cpu",

@@ -1,6 +1,6 @@
 """Inference backends: one protocol, four implementations, an explained choice.
 
-A :class:`Backend` runs one network of :mod:`avatar_app.runtime.networks`:
+A :class:`Backend` runs one network of :mod:`avatar_app.inference.networks`:
 ``load`` it, ``bind`` the inputs that stay the same for many frames (the source's
 constants), then ``run`` it with the per-frame inputs.  Values going in are numpy
 arrays or whatever this backend's ``run`` returned (so a chain of networks stays

@@ -2,7 +2,7 @@
 
 Importable without TensorRT: ``tensorrt`` (and ``pycuda``, for the INT8 calibrator)
 are imported inside the functions that need them.  The pure parts — cache keys,
-I/O checks against a :class:`~avatar_app.runtime.networks.NetworkSpec`, the
+I/O checks against a :class:`~avatar_app.inference.networks.NetworkSpec`, the
 calibration batcher, weight-name mapping — are tested without a GPU.
 
 Precision per TensorRT version:
@@ -334,7 +334,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, spec, precision: s
 
     ``precision`` is the precision as built (see :func:`network_precision`); ``int8`` needs
     ``calibration_batches``; ``calibration_cache`` is ``(read, write)`` for the calibration table.
-    Run inside an active CUDA context (:func:`avatar_app.runtime.trt_backend.cuda_context`).
+    Run inside an active CUDA context (:func:`avatar_app.inference.trt_backend.cuda_context`).
     """
     import tensorrt as trt
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from . import __version__
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def tracker_check() -> Check:
 
 def backend_checks(probe_fn=None) -> list[Check]:
     """Each neural backend: usable, or why not; then what ``--backend auto`` picks
-    (``probe_fn``: :func:`~avatar_app.runtime.backend.probe` unless given)."""
-    from .backend import AUTO_ORDER, BackendUnavailable, choose_backend, probe
+    (``probe_fn``: :func:`~avatar_app.inference.backend.probe` unless given)."""
+    from .inference.backend import AUTO_ORDER, BackendUnavailable, choose_backend, probe
 
     probe_fn = probe_fn or probe
 
@@ -100,7 +100,7 @@ def _ort_detail() -> str:
 
 
 def camera_checks() -> list[Check]:
-    from ..capture.camera import list_cameras
+    from .capture.camera import list_cameras
 
     cams = list_cameras()
     return [Check("cameras", "cameras found", bool(cams), ", ".join(cams) if cams else "none found")]
