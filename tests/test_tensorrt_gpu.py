@@ -28,7 +28,7 @@ pytestmark = pytest.mark.gpu  # python -m pytest -q -m gpu runs these too
 
 
 def _pycuda_reason():
-    from avatar_app.inference.trt_backend import cuda_device_reason
+    from avatar_app.inference.backend import cuda_device_reason
 
     return cuda_device_reason()
 

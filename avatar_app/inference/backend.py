@@ -71,6 +71,24 @@ def _cuda_reason() -> str | None:
     return None
 
 
+def cuda_device_reason(index: int = 0) -> str | None:
+    """Why no CUDA GPU ``index`` is usable through pycuda here, or ``None`` when one is."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return "pycuda is not installed (pip install pycuda)"
+    except Exception as exc:  # a pycuda built against another CUDA: say so
+        return f"pycuda is installed but does not import ({exc})"
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as exc:  # no driver, no device node
+        return f"pycuda cannot initialise CUDA ({exc})"
+    if count <= index:
+        return "no CUDA GPU is visible to pycuda" if count == 0 else f"there is no CUDA GPU {index} ({count} found)"
+    return None
+
+
 def probe(name: str) -> str | None:
     """Why backend ``name`` cannot run here, or ``None`` when it can."""
     if name == "tensorrt":
@@ -86,8 +104,6 @@ def probe(name: str) -> str | None:
             return f"tensorrt is installed but does not import ({exc})"
         if major < 10:
             return f"TensorRT {tensorrt.__version__} is too old (10 or newer is needed)"
-        from .trt_backend import cuda_device_reason
-
         return cuda_device_reason()
     if name == "torch-cuda":
         return _cuda_reason()

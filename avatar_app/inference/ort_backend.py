@@ -70,7 +70,7 @@ class OrtBackend:
         self.spec = network.spec
         path = cached_onnx(network, self.cache)
         if self.precision == "int8" and network.name in INT8_NETWORKS:
-            from .calibration import cached_int8
+            from .int8 import cached_int8
 
             path = cached_int8(network, path, self.calibration, self.cache)
         self.path = path

@@ -39,24 +39,6 @@ _STATE: dict[str, Any] = {}  # the process's CUDA context and stream, created on
 # ---------------------------------------------------------------- CUDA
 
 
-def cuda_device_reason(index: int = 0) -> str | None:
-    """Why no CUDA GPU ``index`` is usable through pycuda here, or ``None`` when one is."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        return "pycuda is not installed (pip install pycuda)"
-    except Exception as exc:  # a pycuda built against another CUDA: say so
-        return f"pycuda is installed but does not import ({exc})"
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as exc:  # no driver, no device node
-        return f"pycuda cannot initialise CUDA ({exc})"
-    if count <= index:
-        return "no CUDA GPU is visible to pycuda" if count == 0 else f"there is no CUDA GPU {index} ({count} found)"
-    return None
-
-
 def _cuda_state() -> dict[str, Any]:
     """The primary context of GPU 0 (retained, not created) and the shared stream."""
     if not _STATE:

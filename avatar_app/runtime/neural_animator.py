@@ -17,18 +17,13 @@ from __future__ import annotations
 import logging
 import time
 
-import cv2
 import numpy as np
 
-from ..face.align import rescale_points
-from ..face.mesh import mouth_opening, topology
-from ..imaging import bgr_to_rgb_chw, rgb_chw_to_bgr
-from ..models.conditioning import landmark_image
-from ..models.flow import rasterize_triangles
-from ..models.portrait import NET_SIZE, PortraitModel, load_checkpoint
-from ..types import Landmarks, SourcePortrait
-from .animator import mouth_fill_amount
+from ..imaging import rgb_chw_to_bgr
 from ..inference.chain import NetworkChain
+from ..inference.chain_inputs import ChainInputs
+from ..models.portrait import PortraitModel, load_checkpoint
+from ..types import Landmarks, SourcePortrait
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +65,6 @@ class NeuralAnimator:
         self.trained = weights is not None
         self.size = source.size
         self.timings: dict[str, float] = {}
-        self._triangles = topology().triangles
         self.chain = NetworkChain(model, self.size, backend, precision, **chain_options)
         self.backend = self.chain.name
         log.info("neural animator: %s on %s", self.chain.choice.explain(), self.chain.device)
@@ -92,13 +86,8 @@ class NeuralAnimator:
 
             identity = IdentityEncoder().embed(source.crop, source.landmarks)
         self.identity = np.asarray(identity, np.float32)
-        crop256 = source.crop if self.size == NET_SIZE else cv2.resize(source.crop, (NET_SIZE, NET_SIZE),
-                                                                         interpolation=cv2.INTER_AREA)
-        self._src_pts = rescale_points(source.landmarks.points, self.size, NET_SIZE)
-        self._src_gap = mouth_opening(self._src_pts)
-        self.chain.set_source(bgr_to_rgb_chw(crop256)[None], landmark_image(self._src_pts, NET_SIZE)[None],
-                              self.identity[None], self._src_pts[None, :, :2].astype(np.float32),
-                              bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None)
+        self._inputs = ChainInputs(source, self.identity)
+        self.chain.set_source(*self._inputs.source)
 
     def set_model(self, model: PortraitModel) -> None:
         """Run other weights of the same architecture (a personalized model): refitted in
@@ -113,10 +102,7 @@ class NeuralAnimator:
 
     def network_inputs(self, target: Landmarks) -> tuple:
         """The chain's per-frame inputs for ``target`` (landmarks in source crop px)."""
-        pts = rescale_points(target.points, self.size, NET_SIZE)
-        ids = rasterize_triangles(pts, self._triangles, NET_SIZE).astype(np.int32)
-        amount = mouth_fill_amount(self._src_gap, mouth_opening(pts), NET_SIZE)
-        return landmark_image(pts, NET_SIZE)[None], pts[None, :, :2].astype(np.float32), ids[None], amount
+        return self._inputs.frame(target)
 
     def animate(self, target: Landmarks) -> np.ndarray:
         """The avatar ``(S, S, 3) uint8`` BGR for target landmarks in source crop px."""
