@@ -173,19 +173,17 @@ def make_animator(args, source):
         if args.weights:
             raise AvatarError("--weights only applies to --animator neural.")
         return None
-    from .models.shipped import default_preset, shipped_weights
+    from .models.shipped import default_preset, start_model
     from .runtime.neural_animator import NeuralAnimator
 
     args.preset = args.preset or default_preset()
-    if not args.weights:
-        shipped = shipped_weights(args.preset)
-        if shipped is None:
-            print(f"avatar-app: note: the trained {args.preset} weights are not installed: running the untrained "
-                  f"{args.preset} neural model, which reproduces the geometric avatar", file=sys.stderr)
-        else:
-            args.weights = str(shipped)
-            print(f"avatar-app: note: running the shipped {args.preset} weights, trained on real faces ({shipped})",
-                  file=sys.stderr)
+    start = start_model(args.preset, args.weights)
+    if not start.trained:
+        print(f"avatar-app: note: the trained {args.preset} weights are not installed: running the untrained "
+              f"{args.preset} neural model, which reproduces the geometric avatar", file=sys.stderr)
+    elif start.shipped:
+        print(f"avatar-app: note: running the shipped {args.preset} weights, trained on real faces ({start.weights})",
+              file=sys.stderr)
     calibration = None
     if args.calibration:
         from .inference.calibration import CalibrationSet
@@ -195,8 +193,8 @@ def make_animator(args, source):
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     print("avatar-app: preparing the neural networks (on a GPU the first start compiles them: about a minute)",
           file=sys.stderr, flush=True)
-    animator = NeuralAnimator(source, weights=args.weights, preset=args.preset, backend=args.backend,
-                              precision=args.precision, calibration=calibration)
+    animator = NeuralAnimator(source, model=start.model, backend=args.backend, precision=args.precision,
+                              calibration=calibration)
     print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)
     return animator
 

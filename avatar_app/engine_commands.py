@@ -11,7 +11,8 @@ from .errors import AvatarError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", metavar="PATH", help="model checkpoint (.safetensors); default: an untrained --preset")
+    p.add_argument("--weights", metavar="PATH", help="model checkpoint (.safetensors); default: the shipped weights of "
+                   "--preset (what 'live --animator neural' runs), else the untrained --preset")
     p.add_argument("--preset", choices=("lite", "full"), default="lite", help="without --weights (default lite)")
     p.add_argument("--size", type=int, choices=(256, 512), default=256, help="avatar size the engines are for")
 
@@ -52,9 +53,9 @@ def add_bench_backend_args(b: argparse.ArgumentParser) -> None:
 
 
 def _model(args):
-    from .models.portrait import PortraitModel, load_checkpoint
+    from .models.shipped import start_model
 
-    return load_checkpoint(args.weights) if args.weights else PortraitModel(args.preset)
+    return start_model(args.preset, args.weights)
 
 
 def _calibration(path):
@@ -72,10 +73,11 @@ def run_export(args) -> int:
         print(f"  {row['network']:<10} {row['bytes'] / 1e6:7.2f} MB  max relative error vs torch "
               f"{row['max_rel_error']:.1e}  {'ok' if row['ok'] else 'FAILED'}", flush=True)
 
-    print(f"exporting {'weights ' + args.weights if args.weights else 'an untrained ' + args.preset + ' model'} "
+    start = _model(args)
+    print(f"exporting {'weights ' + str(start.weights) if start.trained else 'an untrained ' + args.preset + ' model'} "
           f"for {args.size}px avatars to {args.output}/ (opset 17, static shapes, parity tolerance "
           f"{PARITY_TOLERANCE:.0e})")
-    export_all(_model(args), args.output, args.size, progress=show)
+    export_all(start.model, args.output, args.size, progress=show)
     return 0
 
 
@@ -85,7 +87,9 @@ def run_engines(args) -> int:
     cache = EngineCache()
     if args.engines_action == "list":
         entries = cache.entries()
-        print(f"engine cache: {cache.root} ({len(entries)} file(s))")
+        total = sum(int(e.get("size", 0)) for e in entries.values())
+        print(f"engine cache: {cache.root} ({len(entries)} file(s), {total / 1e6:.1f} of at most "
+              f"{cache.max_bytes / 1e6:.0f} MB; least recently used out)")
         for name, e in sorted(entries.items()):
             key = e.get("key", {})
             extra = ", ".join(f"{k}={key[k]}" for k in ("gpu", "cc", "trt", "ort", "calib") if k in key)
@@ -105,7 +109,7 @@ def _build(args, cache) -> int:
     from .inference.backend import choose_backend
 
     choose_backend(args.backend)  # says why it cannot run here
-    model, calibration = _model(args), _calibration(args.calibration)
+    model, calibration = _model(args).model, _calibration(args.calibration)
     if args.precision == "int8" and calibration is None:
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     if args.backend == "tensorrt":

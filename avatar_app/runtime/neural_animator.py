@@ -23,6 +23,7 @@ from ..imaging import rgb_chw_to_bgr
 from ..inference.chain import NetworkChain
 from ..inference.chain_inputs import ChainInputs
 from ..models.portrait import PortraitModel, load_checkpoint
+from ..models.shipped import untrained_model
 from ..types import Landmarks, SourcePortrait
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class NeuralAnimator:
             if weights:
                 model = load_checkpoint(weights, "cpu")
             else:
-                model = PortraitModel(preset)
+                model = untrained_model(preset)  # the same weights every start: its engines stay cached
                 log.warning("no weights given: running the untrained %s model, which reproduces the geometric "
                             "avatar", preset)
         if backend is None:  # plain eager torch on ``device`` (training and evaluation use this)
@@ -62,7 +63,6 @@ class NeuralAnimator:
             chain_options.setdefault("compile", False)
             chain_options.setdefault("cuda_graphs", False)
         self.model = model
-        self.trained = weights is not None
         self.size = source.size
         self.timings: dict[str, float] = {}
         self.chain = NetworkChain(model, self.size, backend, precision, **chain_options)
@@ -89,12 +89,17 @@ class NeuralAnimator:
         self._inputs = ChainInputs(source, self.identity)
         self.chain.set_source(*self._inputs.source)
 
-    def set_model(self, model: PortraitModel) -> None:
-        """Run other weights of the same architecture (a personalized model): refitted in
-        place where the backend can (torch, TensorRT), re-exported where not."""
-        self.chain.refit(model)
+    def set_model(self, model: PortraitModel, source: SourcePortrait | None = None) -> dict[str, int]:
+        """Run other weights of the same architecture (a personalized model), and ``source`` when
+        given (a profile's portrait): the backends stay loaded and are refitted in place where
+        they can (torch, TensorRT: compiled code, CUDA graphs and buffers kept), re-exported where
+        not (ONNX Runtime).  Returns the weights swapped in place per network."""
+        if model.config != self.model.config:
+            raise ValueError(f"set_model needs the same architecture ({self.model.preset}), not {model.preset}")
+        swapped = self.chain.refit(model)
         self.model = model
-        self.set_source(self.source)
+        self.set_source(source if source is not None else self.source)
+        return swapped
 
     def reset(self) -> None:
         """Forget earlier frames (the enhancer's ring buffer)."""
