@@ -106,7 +106,7 @@ def run_engines(args) -> int:
 
 
 def _build(args, cache) -> int:
-    from .inference.backend import choose_backend
+    from .inference.selection import choose_backend
 
     choose_backend(args.backend)  # says why it cannot run here
     model, calibration = _model(args).model, _calibration(args.calibration)

@@ -18,10 +18,11 @@ from avatar_app.capture.synthetic import SyntheticDriver
 from avatar_app.cli import main
 from avatar_app.face.source import prepare_source
 from avatar_app.models.portrait import PortraitModel, load_checkpoint
-from avatar_app.inference.backend import BackendUnavailable, choose_backend, probe
+from avatar_app.inference.backend import BackendUnavailable, probe
 from avatar_app.inference.calibration import CalibrationSet, record_calibration
 from avatar_app.inference.engine_cache import EngineCache
 from avatar_app.inference.export import PARITY_TOLERANCE, cached_onnx, export_all, model_networks, onnx_session
+from avatar_app.inference.selection import choose_backend
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.types import Landmarks
 
@@ -116,7 +117,7 @@ def test_backend_choice_explains_each_option_passed_over():
     assert choice.rejected == [("tensorrt", "tensorrt is not installed"), ("torch-cuda", "no CUDA GPU is visible")]
     assert "tensorrt: tensorrt is not installed" in choice.explain()
     assert choose_backend("auto", {**missing, "onnxruntime": "onnxruntime is not installed"}.get).name == "torch-cpu"
-    assert choose_backend("auto", {**missing, "tensorrt": None}.get).rejected == []
+    assert choose_backend("auto", {**missing, "tensorrt": None}.get, lambda name: None).rejected == []  # trusted
     with pytest.raises(BackendUnavailable, match="torch-cuda backend cannot run here: no CUDA GPU"):
         choose_backend("torch-cuda", missing.get)
     with pytest.raises(BackendUnavailable, match="No inference backend"):

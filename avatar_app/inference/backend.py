@@ -6,23 +6,18 @@ constants), then ``run`` it with the per-frame inputs.  Values going in are nump
 arrays or whatever this backend's ``run`` returned (so a chain of networks stays
 on the GPU); ``to_numpy`` brings a value back to the host.
 
-``--backend auto`` tries TensorRT, then torch on CUDA (compiled, CUDA graphs), then
-ONNX Runtime, then torch on the CPU, and says why it passed over each option.
+Which backend runs is chosen in :mod:`avatar_app.inference.selection`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import DependencyError
-
-log = logging.getLogger(__name__)
 
 #: ``auto`` tries each of the others in this order and says why it skipped any.
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
@@ -116,39 +111,3 @@ def probe(name: str) -> str | None:
     if name == "torch-cpu":
         return None if _has("torch") else "torch is not installed"
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-
-
-@dataclass
-class Choice:
-    name: str
-    rejected: list[tuple[str, str]]  # (backend, reason), in the order tried
-
-    def explain(self) -> str:
-        parts = [f"{n}: {r}" for n, r in self.rejected]
-        return f"backend {self.name}" + (f" (passed over {'; '.join(parts)})" if parts else "")
-
-
-def choose_backend(requested: str = "auto", probe_fn: Callable[[str], str | None] = probe) -> Choice:
-    """The backend to use for ``requested``, with every option passed over and why.
-
-    An explicit choice that cannot run raises :class:`BackendUnavailable` with the reason.
-    """
-    if requested not in BACKEND_CHOICES:
-        raise BackendUnavailable(f"Unknown backend '{requested}'; choose one of {', '.join(BACKEND_CHOICES)}.")
-    if requested != "auto":
-        reason = probe_fn(requested)
-        if reason:
-            raise BackendUnavailable(f"The {requested} backend cannot run here: {reason}.")
-        return Choice(requested, [])
-    rejected = []
-    for name in AUTO_ORDER:
-        reason = probe_fn(name)
-        if reason is None:
-            choice = Choice(name, rejected)
-            for n, r in rejected:
-                log.info("backend auto: not %s: %s", n, r)
-            log.info("backend auto: chose %s", name)
-            return choice
-        rejected.append((name, reason))
-    raise BackendUnavailable("No inference backend can run here: " + "; ".join(f"{n}: {r}" for n, r in rejected) + ".")
-

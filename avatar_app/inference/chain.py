@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import AvatarError
 from ..models.portrait import NET_SIZE, PortraitModel
-from .backend import Backend, Choice, choose_backend
+from .backend import Backend
+from .selection import Choice, choose_backend
 from .engine_cache import EngineCache
 from .export import model_networks
 
