@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from . import __version__  # noqa: E402
 from .errors import AvatarError  # noqa: E402
-from .runtime.backend import BACKEND_CHOICES  # noqa: E402
+from .inference.backend import BACKEND_CHOICES  # noqa: E402
 
 log = logging.getLogger("avatar_app")
 
@@ -179,30 +179,28 @@ def make_animator(args, source):
         if args.weights:
             raise AvatarError("--weights only applies to --animator neural.")
         return None
-    from .models.shipped import default_preset, shipped_weights
+    from .models.shipped import default_preset, start_model
     from .runtime.neural_animator import NeuralAnimator
 
     args.preset = args.preset or default_preset()
-    if not args.weights:
-        shipped = shipped_weights(args.preset)
-        if shipped is None:
-            print(f"avatar-app: note: the trained {args.preset} weights are not installed: running the untrained "
-                  f"{args.preset} neural model, which reproduces the geometric avatar", file=sys.stderr)
-        else:
-            args.weights = str(shipped)
-            print(f"avatar-app: note: running the shipped {args.preset} weights, trained on real faces ({shipped})",
-                  file=sys.stderr)
+    start = start_model(args.preset, args.weights)
+    if not start.trained:
+        print(f"avatar-app: note: the trained {args.preset} weights are not installed: running the untrained "
+              f"{args.preset} neural model, which reproduces the geometric avatar", file=sys.stderr)
+    elif start.shipped:
+        print(f"avatar-app: note: running the shipped {args.preset} weights, trained on real faces ({start.weights})",
+              file=sys.stderr)
     calibration = None
     if args.calibration:
-        from .runtime.calibration import CalibrationSet
+        from .inference.calibration import CalibrationSet
 
         calibration = CalibrationSet.load(args.calibration)
     elif args.precision == "int8":
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     print("avatar-app: preparing the neural networks (on a GPU the first start compiles them: about a minute)",
           file=sys.stderr, flush=True)
-    animator = NeuralAnimator(source, weights=args.weights, preset=args.preset, backend=args.backend,
-                              precision=args.precision, calibration=calibration)
+    animator = NeuralAnimator(source, model=start.model, backend=args.backend, precision=args.precision,
+                              calibration=calibration)
     print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)
     return animator
 
@@ -318,7 +316,7 @@ def cmd_gui(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from .runtime.doctor import format_checks, run_checks
+    from .doctor import format_checks, run_checks
 
     print(format_checks(run_checks()))
     return 0
@@ -340,7 +338,7 @@ def cmd_bench(args) -> int:
             args.frames = 50
         return run_bench_backend(args)
     if args.model:
-        from .runtime.bench_models import bench_model, format_model_figures
+        from .inference.bench_models import bench_model, format_model_figures
 
         rows = [r for p in args.preset for r in bench_model(p, args.device, args.half, args.runs)]
         print(format_model_figures(rows, args.device, args.half))

@@ -11,7 +11,8 @@ from .errors import AvatarError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", metavar="PATH", help="model checkpoint (.safetensors); default: an untrained --preset")
+    p.add_argument("--weights", metavar="PATH", help="model checkpoint (.safetensors); default: the shipped weights of "
+                   "--preset (what 'live --animator neural' runs), else the untrained --preset")
     p.add_argument("--preset", choices=("lite", "full"), default="lite", help="without --weights (default lite)")
     p.add_argument("--size", type=int, choices=(256, 512), default=256, help="avatar size the engines are for")
 
@@ -52,40 +53,43 @@ def add_bench_backend_args(b: argparse.ArgumentParser) -> None:
 
 
 def _model(args):
-    from .models.portrait import PortraitModel, load_checkpoint
+    from .models.shipped import start_model
 
-    return load_checkpoint(args.weights) if args.weights else PortraitModel(args.preset)
+    return start_model(args.preset, args.weights)
 
 
 def _calibration(path):
     if not path:
         return None
-    from .runtime.calibration import CalibrationSet
+    from .inference.calibration import CalibrationSet
 
     return CalibrationSet.load(path)
 
 
 def run_export(args) -> int:
-    from .runtime.export import PARITY_TOLERANCE, export_all
+    from .inference.export import PARITY_TOLERANCE, export_all
 
     def show(row):
         print(f"  {row['network']:<10} {row['bytes'] / 1e6:7.2f} MB  max relative error vs torch "
               f"{row['max_rel_error']:.1e}  {'ok' if row['ok'] else 'FAILED'}", flush=True)
 
-    print(f"exporting {'weights ' + args.weights if args.weights else 'an untrained ' + args.preset + ' model'} "
+    start = _model(args)
+    print(f"exporting {'weights ' + str(start.weights) if start.trained else 'an untrained ' + args.preset + ' model'} "
           f"for {args.size}px avatars to {args.output}/ (opset 17, static shapes, parity tolerance "
           f"{PARITY_TOLERANCE:.0e})")
-    export_all(_model(args), args.output, args.size, progress=show)
+    export_all(start.model, args.output, args.size, progress=show)
     return 0
 
 
 def run_engines(args) -> int:
-    from .runtime.engine_cache import EngineCache
+    from .inference.engine_cache import EngineCache
 
     cache = EngineCache()
     if args.engines_action == "list":
         entries = cache.entries()
-        print(f"engine cache: {cache.root} ({len(entries)} file(s))")
+        total = sum(int(e.get("size", 0)) for e in entries.values())
+        print(f"engine cache: {cache.root} ({len(entries)} file(s), {total / 1e6:.1f} of at most "
+              f"{cache.max_bytes / 1e6:.0f} MB; least recently used out)")
         for name, e in sorted(entries.items()):
             key = e.get("key", {})
             extra = ", ".join(f"{k}={key[k]}" for k in ("gpu", "cc", "trt", "ort", "calib") if k in key)
@@ -102,22 +106,22 @@ def run_engines(args) -> int:
 
 
 def _build(args, cache) -> int:
-    from .runtime.backend import choose_backend
+    from .inference.selection import choose_backend
 
     if args.backend != "tensorrt":  # TensorRT says for itself whether it can build here (it may not run)
         choose_backend(args.backend)  # says why it cannot run here
-    model, calibration = _model(args), _calibration(args.calibration)
+    model, calibration = _model(args).model, _calibration(args.calibration)
     if args.precision == "int8" and calibration is None:
         raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     if args.backend == "tensorrt":
-        from .runtime.trt_backend import build_engines
+        from .inference.trt_backend import build_engines
 
         rows = build_engines(model, args.size, args.precision or "fp16", cache=cache, calibration=calibration,
                              progress=lambda r: print(f"  {r}", flush=True))
         for r in rows:
             print(f"  {r['network']:<10} {r['precision']:<5} {r['bytes'] / 1e6:7.2f} MB  {r['path']}")
         return 0
-    from .runtime.chain import NetworkChain
+    from .inference.chain import NetworkChain
 
     chain = NetworkChain(model, args.size, "onnxruntime", args.precision or "fp32", cache=cache, calibration=calibration,
                          use_accelerators=False)
@@ -132,7 +136,7 @@ def _calibrate(args) -> int:
     from .face.source import prepare_source
     from .face.tracker import FaceTracker
     from .models.identity import IdentityEncoder
-    from .runtime.calibration import record_calibration
+    from .inference.calibration import record_calibration
 
     with FaceTracker() as still:
         source = prepare_source(args.source, args.size, tracker=still)
@@ -154,7 +158,7 @@ def _calibrate(args) -> int:
 
 
 def run_bench_backend(args) -> int:
-    from .runtime.backend import probe
+    from .inference.backend import probe
     from .runtime.bench_backends import (Variant, bench_backends, cpu_variants, format_backend_figures,
                                          gpu_variants)
 

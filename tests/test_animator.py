@@ -7,10 +7,10 @@ import pytest
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks, timeline_pose
 from avatar_app.face.align import paste_back
-from avatar_app.face.mesh import NOSE_TIP, mouth_opening, topology
+from avatar_app.face.mesh import NOSE_TIP, mouth_fill_amount, mouth_opening, topology
 from avatar_app.face.retarget import Retargeter
 from avatar_app.face.source import prepare_source
-from avatar_app.runtime.animator import GeometricAnimator, mouth_fill_amount
+from avatar_app.runtime.animator import GeometricAnimator
 
 SOURCES = ["astronaut_source", "hopper_source"]
 

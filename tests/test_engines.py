@@ -18,10 +18,11 @@ from avatar_app.capture.synthetic import SyntheticDriver
 from avatar_app.cli import main
 from avatar_app.face.source import prepare_source
 from avatar_app.models.portrait import PortraitModel, load_checkpoint
-from avatar_app.runtime.backend import BackendUnavailable, choose_backend, probe
-from avatar_app.runtime.calibration import CalibrationSet, record_calibration
-from avatar_app.runtime.engine_cache import EngineCache
-from avatar_app.runtime.export import PARITY_TOLERANCE, cached_onnx, export_all, model_networks, onnx_session
+from avatar_app.inference.backend import BackendUnavailable, probe
+from avatar_app.inference.calibration import CalibrationSet, record_calibration
+from avatar_app.inference.engine_cache import EngineCache
+from avatar_app.inference.export import PARITY_TOLERANCE, cached_onnx, export_all, model_networks, onnx_session
+from avatar_app.inference.selection import choose_backend
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.types import Landmarks
 
@@ -116,14 +117,14 @@ def test_backend_choice_explains_each_option_passed_over():
     assert choice.rejected == [("tensorrt", "tensorrt is not installed"), ("torch-cuda", "no CUDA GPU is visible")]
     assert "tensorrt: tensorrt is not installed" in choice.explain()
     assert choose_backend("auto", {**missing, "onnxruntime": "onnxruntime is not installed"}.get).name == "torch-cpu"
-    assert choose_backend("auto", {**missing, "tensorrt": None}.get).rejected == []
+    assert choose_backend("auto", {**missing, "tensorrt": None}.get, lambda name: None).rejected == []  # trusted
     with pytest.raises(BackendUnavailable, match="torch-cuda backend cannot run here: no CUDA GPU"):
         choose_backend("torch-cuda", missing.get)
     with pytest.raises(BackendUnavailable, match="No inference backend"):
         choose_backend("auto", lambda name: "gone")
     with pytest.raises(BackendUnavailable, match="Unknown backend"):
         choose_backend("metal", missing.get)
-    from avatar_app.runtime.doctor import backend_checks
+    from avatar_app.doctor import backend_checks
 
     report = backend_checks(missing.get)  # what `avatar-app doctor` prints
     assert [(c.name, c.ok) for c in report[1:5]] == [("tensorrt", False), ("torch-cuda", False), ("onnxruntime", True),
@@ -134,7 +135,7 @@ def test_backend_choice_explains_each_option_passed_over():
 
 def test_real_probe_on_this_machine():
     # Whatever this machine has, torch-cpu is always possible and auto never picks something unusable.
-    from avatar_app.runtime.backend import probe
+    from avatar_app.inference.backend import probe
 
     assert probe("torch-cpu") is None
     name = choose_backend("auto").name
@@ -261,7 +262,7 @@ def test_concurrent_builds_keep_every_manifest_entry(tmp_path):
 
 def test_reset_ignores_whatever_the_old_history_held(trained, hopper, still_tracker):
     """``reset`` must select fresh features, not multiply old ones by 0 (0 * inf = NaN)."""
-    from avatar_app.runtime.networks import weights_of
+    from avatar_app.inference.networks import weights_of
 
     source = prepare_source(hopper, 512, tracker=still_tracker)
     anim = NeuralAnimator(source, model=trained, identity=np.zeros(128, np.float32), backend="torch-cpu")

@@ -9,7 +9,7 @@ import torch
 from avatar_app.models.flow import AnalyticFlow
 from avatar_app.models.portrait import load_checkpoint
 from avatar_app.models.shipped import shipped_weights
-from avatar_app.runtime.networks import EnhancerStage
+from avatar_app.inference.networks import EnhancerStage
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.data import PreparedDataset

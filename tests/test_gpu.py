@@ -23,8 +23,8 @@ from avatar_app.face.retarget import Retargeter
 from avatar_app.face.source import prepare_source
 from avatar_app.models.portrait import PortraitModel, load_checkpoint
 from avatar_app.runtime.animator import GeometricAnimator
-from avatar_app.runtime.backend import probe
-from avatar_app.runtime.calibration import CalibrationSet, record_calibration
+from avatar_app.inference.backend import probe
+from avatar_app.inference.calibration import CalibrationSet, record_calibration
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.types import Landmarks
 

@@ -24,7 +24,7 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from avatar_app.cli import main  # noqa: E402
-from avatar_app.runtime.backend import BACKEND_CHOICES  # noqa: E402
+from avatar_app.inference.backend import BACKEND_CHOICES  # noqa: E402
 from avatar_app.ui.main_window import MainWindow  # noqa: E402
 from avatar_app.ui.settings import SYNTHETIC, Settings, load_settings, save_settings  # noqa: E402
 

@@ -14,8 +14,7 @@ from avatar_app.errors import InputFileError
 from avatar_app.face.align import CropBox
 from avatar_app.models.conditioning import landmark_image
 from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
-from avatar_app.face.mesh import mouth_opening, topology
-from avatar_app.runtime.animator import mouth_fill_amount
+from avatar_app.face.mesh import mouth_fill_amount, mouth_opening, topology
 from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
 from avatar_app.train.clipio import clip_frame_mask, inside_frame_mask
 from avatar_app.train.config import TrainConfig

@@ -20,15 +20,15 @@ import pytest
 import torch
 
 from avatar_app.models.portrait import PortraitModel
-from avatar_app.runtime.backend import probe
-from avatar_app.runtime.engine_cache import CorruptEngine, EngineCache, key_digest
-from avatar_app.runtime.export import export_onnx, model_networks, relative_errors, torch_outputs
-from avatar_app.runtime.networks import example_inputs, weights_of
-from avatar_app.runtime.trt_build import (CalibrationBatches, EngineBuildError, calibration_cache_key, check_io,
+from avatar_app.inference.backend import probe
+from avatar_app.inference.engine_cache import CorruptEngine, EngineCache, key_digest
+from avatar_app.inference.export import export_onnx, model_networks, relative_errors, torch_outputs
+from avatar_app.inference.networks import example_inputs, weights_of
+from avatar_app.inference.trt_build import (CalibrationBatches, EngineBuildError, calibration_cache_key, check_io,
                                           engine_key, network_io, network_precision, numpy_dtype, ordered_like,
                                           quantize_qdq, read_calibration_cache, timing_cache_name,
                                           write_calibration_cache)
-from avatar_app.runtime.trt_refit import map_weight_names, onnx_initializers, refit_plan
+from avatar_app.inference.trt_refit import map_weight_names, onnx_initializers, refit_plan
 
 SIZE = 512
 TRT_REASON = probe("tensorrt")
@@ -230,7 +230,7 @@ def test_explicit_qdq_model_is_symmetric_int8_and_still_the_network(networks, ex
     import onnx
     from onnx import numpy_helper
 
-    from avatar_app.runtime.export import onnx_session
+    from avatar_app.inference.export import onnx_session
 
     net = networks["enhancer"]
     batches = CalibrationBatches(net.spec, [example_inputs(net.spec, s) for s in range(2)])
@@ -331,8 +331,8 @@ class Block(importlib.abc.MetaPathFinder):
         if name == "torch" or name.startswith("torch."):
             raise ImportError("torch is blocked in this test")
 sys.meta_path.insert(0, Block())
-from avatar_app.runtime import trt_backend, trt_build, trt_refit
-from avatar_app.runtime.backend import BackendUnavailable, probe
+from avatar_app.inference import trt_backend, trt_build, trt_refit
+from avatar_app.inference.backend import BackendUnavailable, probe
 assert "torch" not in sys.modules
 reason = probe("tensorrt")
 try:

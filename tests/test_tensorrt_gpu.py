@@ -15,8 +15,8 @@ import pytest
 import torch
 import test_tensorrt as pure
 
-from avatar_app.runtime.export import model_networks, relative_errors, torch_outputs
-from avatar_app.runtime.networks import example_inputs
+from avatar_app.inference.export import model_networks, relative_errors, torch_outputs
+from avatar_app.inference.networks import example_inputs
 
 SIZE, TRT_REASON, StandInCalibration = pure.SIZE, pure.TRT_REASON, pure.StandInCalibration
 lite, networks, trt_cache = pure.lite, pure.networks, pure.trt_cache  # the same fixtures
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.gpu  # python -m pytest -q -m gpu runs these too
 
 
 def _pycuda_reason():
-    from avatar_app.runtime.trt_backend import cuda_device_reason
+    from avatar_app.inference.backend import cuda_device_reason
 
     return cuda_device_reason()
 
@@ -65,8 +65,8 @@ class CopyEngine:
 
 @pytest.mark.skipif(PYCUDA_REASON is not None, reason=f"pycuda on a GPU: {PYCUDA_REASON}")
 def test_pycuda_buffers_bind_run_and_chain_device_to_device():
-    from avatar_app.runtime.networks import NetworkSpec, TensorSpec
-    from avatar_app.runtime.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
+    from avatar_app.inference.networks import NetworkSpec, TensorSpec
+    from avatar_app.inference.trt_backend import DeviceArray, TensorRTBackend, _cuda_state
 
     spec = NetworkSpec("copy", (TensorSpec("a", (1, 4)), TensorSpec("b", (1, 4))), ("out",))
     stages = []
@@ -100,7 +100,7 @@ def test_pycuda_buffers_bind_run_and_chain_device_to_device():
 
 
 def _backend(trt_cache, precision="fp16", **kw):
-    from avatar_app.runtime.trt_backend import TensorRTBackend
+    from avatar_app.inference.trt_backend import TensorRTBackend
 
     return TensorRTBackend(precision, cache=trt_cache, **kw)
 
@@ -119,8 +119,8 @@ def test_fp16_engine_matches_torch(networks, trt_cache, name):
 
 @needs_trt
 def test_chain_runs_on_device_arrays_and_matches_torch(lite, trt_cache):
-    from avatar_app.runtime.chain import NetworkChain
-    from avatar_app.runtime.trt_backend import DeviceArray
+    from avatar_app.inference.chain import NetworkChain
+    from avatar_app.inference.trt_backend import DeviceArray
 
     specs = {n: net.spec for n, net in model_networks(lite, SIZE).items()}
     enc, gen, warp, enh, flow = (example_inputs(specs[n], 1) for n in ("encoder", "generator", "warp", "enhancer",
@@ -140,7 +140,7 @@ def test_chain_runs_on_device_arrays_and_matches_torch(lite, trt_cache):
 
 @needs_trt
 def test_int8_engine_builds_from_calibration_frames(networks, trt_cache):
-    from avatar_app.runtime.trt_api import load
+    from avatar_app.inference.trt_api import load
 
     net = networks["warp"]
     b = _backend(trt_cache, "int8", calibration=StandInCalibration())
@@ -193,8 +193,8 @@ def test_undeserializable_engine_file_is_rebuilt_with_a_message(networks, trt_ca
 
 def _deserialized(path):
     """``(engine, None)``, or ``(None, why)`` where this GPU cannot load this TensorRT's engines."""
-    from avatar_app.runtime.trt_api import load
-    from avatar_app.runtime.trt_backend import _trt_logger, cuda_context
+    from avatar_app.inference.trt_api import load
+    from avatar_app.inference.trt_backend import _trt_logger, cuda_context
 
     with cuda_context():
         try:
@@ -207,7 +207,7 @@ def _deserialized(path):
 @needs_trt_build
 @pytest.mark.parametrize("name", ["encoder", "flow", "warp", "generator", "enhancer"])
 def test_engines_build_are_cached_and_keep_the_networks_interface(networks, trt_cache, name):
-    from avatar_app.runtime.trt_build import check_io, engine_io, ordered_like
+    from avatar_app.inference.trt_build import check_io, engine_io, ordered_like
 
     net = networks[name]
     b = _backend(trt_cache, build_only=True)
@@ -224,11 +224,11 @@ def test_engines_build_are_cached_and_keep_the_networks_interface(networks, trt_
 
 @needs_trt_build
 def test_built_engine_takes_personalized_weights_by_refit(lite, networks, trt_cache):
-    from avatar_app.runtime.export import cached_onnx
-    from avatar_app.runtime.networks import weights_of
-    from avatar_app.runtime.trt_backend import _trt_logger, cuda_context
-    from avatar_app.runtime.trt_build import onnx_source
-    from avatar_app.runtime.trt_refit import onnx_initializers, refit_engine
+    from avatar_app.inference.export import cached_onnx
+    from avatar_app.inference.networks import weights_of
+    from avatar_app.inference.trt_backend import _trt_logger, cuda_context
+    from avatar_app.inference.trt_build import onnx_source
+    from avatar_app.inference.trt_refit import onnx_initializers, refit_engine
 
     net = networks["generator"]
     b = _backend(trt_cache, build_only=True)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from avatar_app.models.portrait import PortraitModel
-from avatar_app.runtime import backend, trt_api, trt_backend
-from avatar_app.runtime.engine_cache import EngineCache
-from avatar_app.runtime.export import FP16_PARITY_TOLERANCE, cached_onnx, check_parity, model_networks
-from avatar_app.runtime.trt_build import onnx_source, runtime_cache_key
+from avatar_app.inference import backend, trt_api, trt_backend
+from avatar_app.inference.engine_cache import EngineCache
+from avatar_app.inference.export import FP16_PARITY_TOLERANCE, cached_onnx, check_parity, model_networks
+from avatar_app.inference.trt_build import onnx_source, runtime_cache_key
 
 
 def stand_in(version: str, fp16_flag: bool, runtime_cache: bool = False, sm=()) -> types.ModuleType:
@@ -98,13 +98,13 @@ def test_probe_tells_running_from_building(installed, monkeypatch):
     monkeypatch.setattr(backend, "_has", lambda module: module != "pycuda")
     assert backend.probe("tensorrt") == "pycuda is not installed (TensorRT for RTX 1.7.1.116 is; pip install pycuda)"
     monkeypatch.setattr(backend, "_has", lambda module: True)
-    monkeypatch.setattr(trt_backend, "cuda_device_reason", lambda index=0: None)
-    monkeypatch.setattr(trt_backend, "gpu_compute_capability", lambda index=0: "9.0")
+    monkeypatch.setattr(backend, "cuda_device_reason", lambda index=0: None)
+    monkeypatch.setattr(backend, "gpu_compute_capability", lambda index=0: "9.0")
     assert "do not run on compute capability 9.0" in backend.probe("tensorrt")
     assert backend.probe("tensorrt", build_only=True) is None  # an H200 builds TensorRT for RTX engines
-    monkeypatch.setattr(trt_backend, "gpu_compute_capability", lambda index=0: "8.6")
+    monkeypatch.setattr(backend, "gpu_compute_capability", lambda index=0: "8.6")
     assert backend.probe("tensorrt") is None
-    monkeypatch.setattr(trt_backend, "cuda_device_reason", lambda index=0: "no CUDA GPU is visible to pycuda")
+    monkeypatch.setattr(backend, "cuda_device_reason", lambda index=0: "no CUDA GPU is visible to pycuda")
     assert backend.probe("tensorrt", build_only=True) == "no CUDA GPU is visible to pycuda"
 
 

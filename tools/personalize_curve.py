@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E402
+from avatar_app.models.shipped import untrained_model  # noqa: E402
 from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, frame_items, personalize  # noqa: E402
@@ -42,10 +43,8 @@ def segments(clip, fps: float, record_s: float, later_frames: int) -> tuple[list
 
 
 def start_model(weights: str, preset: str) -> PortraitModel:
-    if not weights:
-        torch.manual_seed(0)
-        return PortraitModel(preset)
-    return load_checkpoint(weights)
+    """The checkpoint ``weights``, or the untrained ``preset`` model when it is empty (``NAME=``)."""
+    return load_checkpoint(weights) if weights else untrained_model(preset)
 
 
 def main() -> int:

@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E402
 from avatar_app.models.shipped import shipped_weights  # noqa: E402
-from avatar_app.runtime.backend import probe  # noqa: E402
-from avatar_app.runtime.engine_cache import EngineCache  # noqa: E402
-from avatar_app.runtime.export import cached_onnx, model_networks, relative_errors, torch_outputs  # noqa: E402
-from avatar_app.runtime.networks import example_inputs, weights_of  # noqa: E402
-from avatar_app.runtime.trt_backend import TensorRTBackend, _trt_logger, cuda_context  # noqa: E402
-from avatar_app.runtime.trt_build import check_io, engine_io, onnx_source, ordered_like  # noqa: E402
-from avatar_app.runtime.trt_refit import onnx_initializers, refit_engine  # noqa: E402
+from avatar_app.inference.backend import probe  # noqa: E402
+from avatar_app.inference.engine_cache import EngineCache  # noqa: E402
+from avatar_app.inference.export import cached_onnx, model_networks, relative_errors, torch_outputs  # noqa: E402
+from avatar_app.inference.networks import example_inputs, weights_of  # noqa: E402
+from avatar_app.inference.trt_backend import TensorRTBackend, _trt_logger, cuda_context  # noqa: E402
+from avatar_app.inference.trt_build import check_io, engine_io, onnx_source, ordered_like  # noqa: E402
+from avatar_app.inference.trt_refit import onnx_initializers, refit_engine  # noqa: E402
 
 
 def _model(preset: str) -> tuple[PortraitModel, str]:

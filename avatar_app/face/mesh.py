@@ -123,3 +123,14 @@ def mouth_opening(points: np.ndarray) -> float:
     topo = topology()
     up, lo = points[topo.lips_inner_upper[1:-1], :2], points[topo.lips_inner_lower[1:-1], :2]
     return float(np.linalg.norm(up - lo, axis=1).mean())
+
+
+def mouth_fill_amount(source_gap: float, target_gap: float, size: int) -> float:
+    """How much of the target's mouth opening to paint (0..1).
+
+    Nothing while the mouth is no more open than the source's; fully painted once it
+    is 3 px (at 256) wider — a source's own teeth, stretched over a wider opening,
+    look worse than a painted interior.  Gaps in crop px.
+    """
+    excess = target_gap - source_gap
+    return float(np.clip(excess / (3.0 * size / 256.0), 0.0, 1.0))

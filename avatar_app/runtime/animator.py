@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..face.mesh import mouth_opening, topology
+from ..face.mesh import mouth_fill_amount, mouth_opening, topology
 from ..models.flow import AnalyticFlow, fill_mouth_interior, rasterize_triangles, warp_image
 from ..types import Landmarks, SourcePortrait
 
@@ -27,17 +27,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` in [0, 1] -> ``(H, W, 3) uint8``."""
     return t[0].mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def mouth_fill_amount(source_gap: float, target_gap: float, size: int) -> float:
-    """How much of the target's mouth opening to paint (0..1).
-
-    Nothing while the mouth is no more open than the source's; fully painted once it
-    is 3 px (at 256) wider — a source's own teeth, stretched over a wider opening,
-    look worse than a painted interior.  Gaps in crop px.
-    """
-    excess = target_gap - source_gap
-    return float(np.clip(excess / (3.0 * size / 256.0), 0.0, 1.0))
 
 
 class GeometricAnimator:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..capture.synthetic import FacePose, synthetic_landmarks, timeline_pose
-from ..models.portrait import NET_SIZE, PortraitModel, load_checkpoint
+from ..models.portrait import NET_SIZE, load_checkpoint
+from ..models.shipped import untrained_model
 from ..types import Landmarks, SourcePortrait
 
 
@@ -71,7 +72,7 @@ def bench_backends(variants: list[Variant], preset: str = "full", size: int = 51
     """Time each variant on the same frames; also the CPU-side preparation (ms, median)."""
     from .neural_animator import NeuralAnimator
 
-    model = load_checkpoint(weights) if weights else PortraitModel(preset)
+    model = load_checkpoint(weights) if weights else untrained_model(preset)
     source, identity = _source(size)
     scale = size / 640.0
     targets = [Landmarks(synthetic_landmarks(timeline_pose(i / 25.0), (640, 640)).points * scale, (size, size))

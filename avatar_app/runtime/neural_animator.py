@@ -4,7 +4,7 @@ The source is prepared once (256 px network input, its landmark image, identity
 embedding; the encoder's warp code and generator features are bound into the
 chain).  Per frame, on the CPU: the target's landmark image and triangle-id map at
 256 and the mouth-fill amount; then the chain of networks
-(:class:`~avatar_app.runtime.chain.NetworkChain`) on the chosen backend — analytic
+(:class:`~avatar_app.inference.chain.NetworkChain`) on the chosen backend — analytic
 flow, warp network, generator and, for 512 crops, the temporal enhancer with its
 ring buffer of recent frames' features carried between calls.
 
@@ -17,18 +17,14 @@ from __future__ import annotations
 import logging
 import time
 
-import cv2
 import numpy as np
 
-from ..face.align import rescale_points
-from ..face.mesh import mouth_opening, topology
-from ..imaging import bgr_to_rgb_chw, rgb_chw_to_bgr
-from ..models.conditioning import landmark_image
-from ..models.flow import rasterize_triangles
-from ..models.portrait import NET_SIZE, PortraitModel, load_checkpoint
+from ..imaging import rgb_chw_to_bgr
+from ..inference.chain import NetworkChain
+from ..inference.chain_inputs import ChainInputs
+from ..models.portrait import PortraitModel, load_checkpoint
+from ..models.shipped import untrained_model
 from ..types import Landmarks, SourcePortrait
-from .animator import mouth_fill_amount
-from .chain import NetworkChain
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +39,10 @@ class NeuralAnimator:
         preset: ``lite`` or ``full`` when neither ``model`` nor ``weights`` is given.
         device: ``cpu``/``cuda``: shorthand for ``backend="torch-cpu"``/``"torch-cuda"``.
         identity: the source's 128-d identity embedding; computed with dlib when omitted.
-        backend: one of :data:`~avatar_app.runtime.backend.BACKEND_CHOICES` (default:
+        backend: one of :data:`~avatar_app.inference.backend.BACKEND_CHOICES` (default:
             from ``device``, else ``torch-cpu``).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (default: the backend's).
-        **chain_options: passed to :class:`~avatar_app.runtime.chain.NetworkChain`
+        **chain_options: passed to :class:`~avatar_app.inference.chain.NetworkChain`
             (``cache``, ``calibration``, ``compile``, ``cuda_graphs``).
     """
 
@@ -59,7 +55,7 @@ class NeuralAnimator:
             if weights:
                 model = load_checkpoint(weights, "cpu")
             else:
-                model = PortraitModel(preset)
+                model = untrained_model(preset)  # the same weights every start: its engines stay cached
                 log.warning("no weights given: running the untrained %s model, which reproduces the geometric "
                             "avatar", preset)
         if backend is None:  # plain eager torch on ``device`` (training and evaluation use this)
@@ -67,10 +63,8 @@ class NeuralAnimator:
             chain_options.setdefault("compile", False)
             chain_options.setdefault("cuda_graphs", False)
         self.model = model
-        self.trained = weights is not None
         self.size = source.size
         self.timings: dict[str, float] = {}
-        self._triangles = topology().triangles
         self.chain = NetworkChain(model, self.size, backend, precision, **chain_options)
         self.backend = self.chain.name
         log.info("neural animator: %s on %s", self.chain.choice.explain(), self.chain.device)
@@ -92,20 +86,20 @@ class NeuralAnimator:
 
             identity = IdentityEncoder().embed(source.crop, source.landmarks)
         self.identity = np.asarray(identity, np.float32)
-        crop256 = source.crop if self.size == NET_SIZE else cv2.resize(source.crop, (NET_SIZE, NET_SIZE),
-                                                                         interpolation=cv2.INTER_AREA)
-        self._src_pts = rescale_points(source.landmarks.points, self.size, NET_SIZE)
-        self._src_gap = mouth_opening(self._src_pts)
-        self.chain.set_source(bgr_to_rgb_chw(crop256)[None], landmark_image(self._src_pts, NET_SIZE)[None],
-                              self.identity[None], self._src_pts[None, :, :2].astype(np.float32),
-                              bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None)
+        self._inputs = ChainInputs(source, self.identity)
+        self.chain.set_source(*self._inputs.source)
 
-    def set_model(self, model: PortraitModel) -> None:
-        """Run other weights of the same architecture (a personalized model): refitted in
-        place where the backend can (torch, TensorRT), re-exported where not."""
-        self.chain.refit(model)
+    def set_model(self, model: PortraitModel, source: SourcePortrait | None = None) -> dict[str, int]:
+        """Run other weights of the same architecture (a personalized model), and ``source`` when
+        given (a profile's portrait): the backends stay loaded and are refitted in place where
+        they can (torch, TensorRT: compiled code, CUDA graphs and buffers kept), re-exported where
+        not (ONNX Runtime).  Returns the weights swapped in place per network."""
+        if model.config != self.model.config:
+            raise ValueError(f"set_model needs the same architecture ({self.model.preset}), not {model.preset}")
+        swapped = self.chain.refit(model)
         self.model = model
-        self.set_source(self.source)
+        self.set_source(source if source is not None else self.source)
+        return swapped
 
     def reset(self) -> None:
         """Forget earlier frames (the enhancer's ring buffer)."""
@@ -113,10 +107,7 @@ class NeuralAnimator:
 
     def network_inputs(self, target: Landmarks) -> tuple:
         """The chain's per-frame inputs for ``target`` (landmarks in source crop px)."""
-        pts = rescale_points(target.points, self.size, NET_SIZE)
-        ids = rasterize_triangles(pts, self._triangles, NET_SIZE).astype(np.int32)
-        amount = mouth_fill_amount(self._src_gap, mouth_opening(pts), NET_SIZE)
-        return landmark_image(pts, NET_SIZE)[None], pts[None, :, :2].astype(np.float32), ids[None], amount
+        return self._inputs.frame(target)
 
     def animate(self, target: Landmarks) -> np.ndarray:
         """The avatar ``(S, S, 3) uint8`` BGR for target landmarks in source crop px."""

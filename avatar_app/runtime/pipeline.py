@@ -166,8 +166,14 @@ class Pipeline:
             self._options = dataclasses.replace(self._options, eye_contact=bool(on))
             self._retarget.options = self._options
 
-    def set_source(self, portrait: SourcePortrait) -> None:
-        """Animate another portrait (same crop size); the driver's neutral is kept."""
+    @property
+    def animator(self):
+        return self._animator
+
+    def set_source(self, portrait: SourcePortrait, model=None) -> None:
+        """Animate another portrait (same crop size); the driver's neutral is kept.  With
+        ``model``, the animator also runs those weights (its ``set_model``: a profile's
+        personalized model swapped into the running networks)."""
         with self._animate_lock:
             with self._lock:
                 neutral = self._retarget.neutral
@@ -177,7 +183,10 @@ class Pipeline:
                     self._retarget.calibrate(neutral)
                 self._driver_guard.retarget = self._retarget
                 self._driver_guard.reset()
-            self._animator.set_source(portrait)
+            if model is not None:
+                self._animator.set_model(model, portrait)
+            else:
+                self._animator.set_source(portrait)
 
     def set_animator(self, animator) -> None:
         """Swap the animator (anything with ``animate(Landmarks) -> image`` and ``timings``)."""

@@ -115,8 +115,7 @@ def run_personalize(args) -> int:
     from ..capture.video import VideoFileSource
     from ..face.source import prepare_source, read_image
     from ..models.identity import IdentityEncoder
-    from ..models.portrait import PortraitModel, load_checkpoint
-    from ..models.shipped import default_preset, shipped_weights
+    from ..models.shipped import default_preset, start_model
     from ..profiles import save_profile, validate_name
     from .personalize import CancelToken, clip_frames, personalize
 
@@ -125,9 +124,9 @@ def run_personalize(args) -> int:
     source = VideoFileSource(args.clip) if args.clip else _record(args.camera, args.record)
     clip = clip_frames(source)
     preset = args.preset or default_preset()
-    weights = args.weights or shipped_weights(preset)
-    base = load_checkpoint(weights) if weights else PortraitModel(preset)
-    if not weights:
+    start = start_model(preset, args.weights)
+    base = start.model
+    if not start.trained:
         print(f"avatar-app: note: no --weights given and no shipped {preset} weights installed: personalizing the "
               f"untrained {preset} model", file=sys.stderr)
     ref_crop, ref_points = clip.crops[clip.reference], clip.points[clip.reference]
@@ -154,7 +153,7 @@ def run_personalize(args) -> int:
     if args.source:
         prepare_source(portrait)  # fail now, not at `live`, if the portrait has no face
     metrics = result.metrics()
-    provenance = {"base_weights": str(weights) if weights else f"untrained {preset}", "budget_s": args.budget,
+    provenance = {"base_weights": start.describe(), "budget_s": args.budget,
                   "clip": args.clip or f"recorded {args.record} s from camera {args.camera}", "device": device,
                   "frames": len(clip.crops)}
     profile = save_profile(args.name, result.model.cpu(), portrait, neutral=clip.neutral, metrics=metrics,

@@ -1,6 +1,6 @@
 """Training the temporal enhancer on the app's own 512 path.
 
-At run time the enhancer refines a ``base`` that :class:`~avatar_app.runtime.networks.EnhancerStage`
+At run time the enhancer refines a ``base`` that :class:`~avatar_app.inference.networks.EnhancerStage`
 builds: the 512 source warped with the final flow (mouth painted), the generator's 256 output
 blended in where its mask says.  Training it on a bilinear upscale of the 256 ground truth
 instead taught it to sharpen images it never sees (measured: it made the 512 output worse,
@@ -16,7 +16,7 @@ import torch
 
 from ..models.flow import AnalyticFlow
 from ..models.portrait import PortraitModel
-from ..runtime.networks import EnhancerStage
+from ..inference.networks import EnhancerStage
 
 
 def enhanced_window(model: PortraitModel, flow: AnalyticFlow, stage: EnhancerStage, b: dict) -> torch.Tensor:

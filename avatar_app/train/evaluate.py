@@ -232,12 +232,12 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
             f"The prepared dataset '{data}' has no usable clip for the '{split}' split ({len(entries)} clip(s) in the "
             f"manifest; {why}); prepare more videos{hint}.")
 
-    import torch
     from tqdm import tqdm
 
     from ..errors import DependencyError
     from ..face.tracker import FaceTracker
-    from ..models.portrait import PortraitModel, load_checkpoint
+    from ..models.portrait import load_checkpoint
+    from ..models.shipped import untrained_model
 
     notes: list[str] = []
     identity = True
@@ -251,9 +251,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         neural_desc = f"checkpoint {weights}"
         neural_label = f"neural ({Path(weights).name})"
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = PortraitModel(preset)
+        model = untrained_model(preset)
         neural_desc = f"untrained {preset} model (no --weights; reproduces the geometric avatar by construction)"
         neural_label = f"neural (untrained {preset})"
         if include_neural:

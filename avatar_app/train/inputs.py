@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..face.mesh import mouth_opening, topology
+from ..face.mesh import mouth_fill_amount, mouth_opening, topology
 from ..models.conditioning import landmark_image
 from ..models.flow import rasterize_triangles
 from ..models.portrait import NET_SIZE
-from ..runtime.animator import mouth_fill_amount
 
 
 class FlowInputs(Dataset):

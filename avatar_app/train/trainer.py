@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..models.discriminator import MultiScaleDiscriminator
 from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
-from ..runtime.networks import EnhancerStage
+from ..inference.networks import EnhancerStage
 from .config import TrainConfig
 from .enhancer_path import enhanced_window
 from .inputs import FlowInputs, WindowFlowInputs

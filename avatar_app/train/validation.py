@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..models.enhancer import TemporalEnhancer
 from ..models.portrait import PortraitModel
-from ..runtime.networks import EnhancerStage
+from ..inference.networks import EnhancerStage
 from .enhancer_path import enhanced_window
 from .losses import masked_mean
 

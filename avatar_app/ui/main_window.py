@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, Q
                                QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from ..capture.base import FrameSource
-from ..runtime.backend import BACKEND_CHOICES
+from ..inference.backend import BACKEND_CHOICES
 from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, save_settings
 from .widgets import ImageView, StatusArea, format_stats
 from .worker import LiveConfig, LiveController
@@ -344,7 +344,7 @@ class MainWindow(QMainWindow):
         self.backend_box.setEnabled(self.settings.animator == "neural" or name is not None)
         self.status.add(f"Profile: {name}." if name else "Profile: none (the plain portrait).")
         if self.state == "running":
-            self.controller.restart(self.live_config())
+            self.controller.switch_profile(self.live_config())
         elif name is None and self.settings.source:
             self.controller.prepare(self.settings.source, self.settings.size)
 

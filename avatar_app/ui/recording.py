@@ -209,8 +209,7 @@ class Adapter(QObject):
 
         from ..capture.images import ImageSequenceSource
         from ..models.identity import IdentityEncoder
-        from ..models.portrait import PortraitModel, load_checkpoint
-        from ..models.shipped import shipped_weights
+        from ..models.shipped import start_model
         from ..train.personalize import clip_frames, personalize
 
         emit_safely(self.stage, "Finding your face in the recording…")
@@ -219,8 +218,8 @@ class Adapter(QObject):
         size = clip.crops[ref].shape[0]
         emit_safely(self.stage, "Measuring your face's identity…")
         identity = IdentityEncoder().embed(clip.crops[ref], Landmarks(clip.points[ref], (size, size)))
-        weights = self.weights or shipped_weights(self.preset)  # chosen, else the shipped real-trained ones
-        base = load_checkpoint(weights) if weights else PortraitModel(self.preset)
+        start = start_model(self.preset, self.weights)  # chosen, else the shipped real-trained ones
+        base = start.model
         emit_safely(self.stage, f"Adapting the model to you ({self.budget_s:.0f} s)…")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         result = personalize(clip, base, identity, budget_s=self.budget_s, cancel=self.cancel_token, device=device,
@@ -229,7 +228,7 @@ class Adapter(QObject):
             return None
         emit_safely(self.stage, "Comparing before and after on frames it did not train on…")
         previews = before_after(clip, base, result.model, identity)
-        return Adapted(result, clip, previews, str(weights) if weights else f"untrained {self.preset}", device)
+        return Adapted(result, clip, previews, start.describe(), device)
 
 
 def before_after(clip, base, adapted, identity: np.ndarray, count: int = 2):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import OutputError
-from ..runtime.backend import BACKEND_CHOICES
+from ..inference.backend import BACKEND_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Settings:
         recent_sources: most recent first, at most :data:`MAX_RECENT`.
         driver: :data:`SYNTHETIC` or a camera device (``"/dev/video0"``, ``"0"``).
         animator: one of :data:`ANIMATORS`.
-        backend: one of :data:`~avatar_app.runtime.backend.BACKEND_CHOICES` (neural animator).
+        backend: one of :data:`~avatar_app.inference.backend.BACKEND_CHOICES` (neural animator).
         preset: neural model size without weights (``lite`` or ``full``).
         weights: neural checkpoint (``None``: the untrained preset).
         size: avatar crop side in px, one of :data:`SIZES`.

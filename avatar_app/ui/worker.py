@@ -68,6 +68,7 @@ class LiveController(QObject):
         self.stats_every = stats_every
         self._jobs = ThreadPoolExecutor(1, thread_name_prefix="avatar-ui-worker")
         self._pipeline: Pipeline | None = None
+        self._running: LiveConfig | None = None  # what the running pipeline was built from
         self._vcam = SwitchableSink(on_error=self._vcam_failed)
         self._portraits: dict[tuple[str, int], SourcePortrait] = {}
         self._tracker = None  # still-image tracker, used on the worker thread only
@@ -88,6 +89,12 @@ class LiveController(QObject):
     def restart(self, cfg: LiveConfig):
         """Stop and start again with new settings (animator, size, driver, profile)."""
         return self._submit(self._restart, cfg)
+
+    def switch_profile(self, cfg: LiveConfig):
+        """Animate ``cfg``'s profile (or none): a running neural avatar of the same size, backend and
+        architecture gets the profile's portrait and weights swapped in (no restart: its engines,
+        compiled code and threads stay); anything else restarts."""
+        return self._submit(self._switch_profile, cfg)
 
     def calibrate(self) -> None:
         """Take the driver's next face as its neutral pose."""
@@ -156,14 +163,14 @@ class LiveController(QObject):
             self._vcam.set(None)
             emit_safely(self.state_changed, "stopped")
             raise
-        self._pipeline = pipeline
+        self._pipeline, self._running = pipeline, cfg
         emit_safely(self.state_changed, "running")
         threading.Thread(target=self._watch, args=(pipeline,), name="avatar-ui-watch", daemon=True).start()
 
-    def _build(self, cfg: LiveConfig) -> Pipeline:
+    def _profile_portrait(self, cfg: LiveConfig):
+        """``cfg``'s profile (or ``None``) and the portrait to animate."""
         c = cfg.choices
-        profile = None
-        image = None
+        profile = image = None
         if c.profile:
             from ..profiles import load_profile, load_source
 
@@ -171,10 +178,16 @@ class LiveController(QObject):
             image = load_source(profile)
         portrait = self._portrait(c.source, c.size, image)
         emit_safely(self.source_ready, portrait)
-        animator = make_animator(cfg, portrait, profile)
+        return profile, portrait
+
+    def _build(self, cfg: LiveConfig) -> Pipeline:
+        c = cfg.choices
+        profile, portrait = self._profile_portrait(cfg)
+        start = start_model_for(cfg, profile)
+        animator = make_animator(cfg, portrait, start)
         if animator is not None and profile is None and not c.weights:
             emit_safely(self.message, f"Neural weights: the shipped {c.preset} model, trained on real faces."
-                        if getattr(animator, "trained", False) else
+                        if start.shipped else
                         f"No neural weights installed or chosen (File → Neural weights…): running the untrained "
                         f"{c.preset} model, which looks like the geometric avatar.")
         chain = getattr(animator, "chain", None)  # the engines' backend chain says what `auto` chose, and why
@@ -228,6 +241,28 @@ class LiveController(QObject):
             self._stop()
             self._start(cfg)
 
+    def _switch_profile(self, cfg: LiveConfig) -> None:
+        pipeline, running = self._pipeline, self._running
+        if pipeline is None:
+            return
+        c, animator = cfg.choices, pipeline.animator
+        reason = restart_reason(cfg, running, animator)
+        if reason is None:
+            profile, portrait = self._profile_portrait(cfg)
+            start = start_model_for(cfg, profile)
+            if start.model.config != animator.model.config:
+                reason = f"its model is not the running one's architecture ({start.model.preset})"
+        if reason is not None:
+            log.info("profile switch restarts the avatar: %s", reason)
+            self._restart(cfg)
+            return
+        pipeline.set_source(portrait, model=start.model)
+        if profile is not None and profile.neutral is not None and c.driver != SYNTHETIC:
+            pipeline.set_neutral(profile.neutral)
+        self._running = cfg
+        emit_safely(self.message, f"{'Profile ' + repr(c.profile) if c.profile else 'Plain portrait'}: weights "
+                    f"swapped into the running networks ({animator.backend}), no restart.")
+
     def _set_vcam(self, on: bool, fps: float, backend: str | None) -> None:
         if not on:
             self._vcam.set(None)
@@ -261,16 +296,37 @@ class LiveController(QObject):
             self._tracker = None
 
 
-def make_animator(cfg: LiveConfig, portrait: SourcePortrait, profile=None):
-    """The animator ``cfg`` asks for (``None``: the pipeline's geometric default)."""
+def start_model_for(cfg: LiveConfig, profile=None):
+    """The :class:`~avatar_app.models.shipped.StartModel` of ``profile`` (its adapted weights), else of
+    ``cfg`` (the chosen weights, else the shipped ones, else the untrained model); ``None`` for
+    the geometric animator."""
+    from ..models.shipped import start_model
+
     c = cfg.choices
-    if profile is None and c.animator == "geometric":
+    if profile is not None:
+        return start_model(c.preset, profile.weights_path)
+    return None if c.animator == "geometric" else start_model(c.preset, c.weights)
+
+
+def restart_reason(cfg: LiveConfig, running: LiveConfig, animator) -> str | None:
+    """Why switching the ``running`` avatar to ``cfg``'s profile needs a restart (``None``: the
+    profile's weights can be swapped into the running animator, if of the same architecture)."""
+    c, was = cfg.choices, running.choices
+    if not hasattr(animator, "set_model"):
+        return "the running avatar is not neural"
+    if c.profile is None and c.animator != "neural":
+        return "without a profile the geometric animator runs"
+    changed = [name for name in ("size", "backend", "driver") if getattr(c, name) != getattr(was, name)]
+    return f"the {' and '.join(changed)} changed" if changed else None
+
+
+def make_animator(cfg: LiveConfig, portrait: SourcePortrait, start):
+    """The animator for ``start`` (``None``: the pipeline's geometric default)."""
+    if start is None:
         return None
-    from ..models.shipped import shipped_weights
     from ..runtime.neural_animator import NeuralAnimator
 
-    weights = profile.weights_path if profile is not None else (c.weights or shipped_weights(c.preset))
-    return NeuralAnimator(portrait, weights=str(weights) if weights else None, preset=c.preset, backend=c.backend)
+    return NeuralAnimator(portrait, model=start.model, backend=cfg.choices.backend)
 
 
 def open_driver(cfg: LiveConfig) -> tuple[FrameSource, bool]:

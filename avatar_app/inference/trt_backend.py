@@ -44,33 +44,6 @@ _STATE: dict[str, Any] = {}  # the process's CUDA context and stream, created on
 # ---------------------------------------------------------------- CUDA
 
 
-def cuda_device_reason(index: int = 0) -> str | None:
-    """Why no CUDA GPU ``index`` is usable through pycuda here, or ``None`` when one is."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        return "pycuda is not installed (pip install pycuda)"
-    except Exception as exc:  # a pycuda built against another CUDA: say so
-        return f"pycuda is installed but does not import ({exc})"
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as exc:  # no driver, no device node
-        return f"pycuda cannot initialise CUDA ({exc})"
-    if count <= index:
-        return "no CUDA GPU is visible to pycuda" if count == 0 else f"there is no CUDA GPU {index} ({count} found)"
-    return None
-
-
-def gpu_compute_capability(index: int = 0) -> str:
-    """Compute capability of CUDA GPU ``index`` as ``"major.minor"`` (pycuda must work)."""
-    import pycuda.driver as cuda
-
-    cuda.init()
-    major, minor = cuda.Device(index).compute_capability()
-    return f"{major}.{minor}"
-
-
 def _cuda_state() -> dict[str, Any]:
     """The primary context of GPU 0 (retained, not created) and the shared stream."""
     if not _STATE:
@@ -141,8 +114,8 @@ class TensorRTBackend:
 
     Args:
         precision: ``fp32``, ``fp16`` or ``int8`` (the flow network is always fp32; see
-            :func:`~avatar_app.runtime.trt_build.network_precision`).
-        calibration: a :class:`~avatar_app.runtime.calibration.CalibrationSet` (int8 only).
+            :func:`~avatar_app.inference.trt_build.network_precision`).
+        calibration: a :class:`~avatar_app.inference.calibration.CalibrationSet` (int8 only).
         cache: where ONNX exports, engines, calibration tables and the timing cache live.
         refit: build refittable engines, so :meth:`refit` can swap in personalized weights.
         workspace_gb: builder workspace limit.

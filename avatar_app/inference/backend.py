@@ -1,28 +1,23 @@
 """Inference backends: one protocol, four implementations, an explained choice.
 
-A :class:`Backend` runs one network of :mod:`avatar_app.runtime.networks`:
+A :class:`Backend` runs one network of :mod:`avatar_app.inference.networks`:
 ``load`` it, ``bind`` the inputs that stay the same for many frames (the source's
 constants), then ``run`` it with the per-frame inputs.  Values going in are numpy
 arrays or whatever this backend's ``run`` returned (so a chain of networks stays
 on the GPU); ``to_numpy`` brings a value back to the host.
 
-``--backend auto`` tries TensorRT, then torch on CUDA (compiled, CUDA graphs), then
-ONNX Runtime, then torch on the CPU, and says why it passed over each option.
+Which backend runs is chosen in :mod:`avatar_app.inference.selection`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import DependencyError
-
-log = logging.getLogger(__name__)
 
 #: ``auto`` tries each of the others in this order and says why it skipped any.
 BACKEND_CHOICES: tuple[str, ...] = ("auto", "tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
@@ -71,6 +66,33 @@ def _cuda_reason() -> str | None:
     return None
 
 
+def cuda_device_reason(index: int = 0) -> str | None:
+    """Why no CUDA GPU ``index`` is usable through pycuda here, or ``None`` when one is."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return "pycuda is not installed (pip install pycuda)"
+    except Exception as exc:  # a pycuda built against another CUDA: say so
+        return f"pycuda is installed but does not import ({exc})"
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as exc:  # no driver, no device node
+        return f"pycuda cannot initialise CUDA ({exc})"
+    if count <= index:
+        return "no CUDA GPU is visible to pycuda" if count == 0 else f"there is no CUDA GPU {index} ({count} found)"
+    return None
+
+
+def gpu_compute_capability(index: int = 0) -> str:
+    """Compute capability of CUDA GPU ``index`` as ``"major.minor"`` (pycuda must work)."""
+    import pycuda.driver as cuda
+
+    cuda.init()
+    major, minor = cuda.Device(index).compute_capability()
+    return f"{major}.{minor}"
+
+
 def probe(name: str, build_only: bool = False) -> str | None:
     """Why backend ``name`` cannot run here, or ``None`` when it can.
 
@@ -85,8 +107,6 @@ def probe(name: str, build_only: bool = False) -> str | None:
             return why
         if not _has("pycuda"):
             return f"pycuda is not installed ({flavour.label} is; pip install pycuda)"
-        from .trt_backend import cuda_device_reason, gpu_compute_capability
-
         why = cuda_device_reason()
         if why or build_only:
             return why
@@ -102,39 +122,3 @@ def probe(name: str, build_only: bool = False) -> str | None:
     if name == "torch-cpu":
         return None if _has("torch") else "torch is not installed"
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-
-
-@dataclass
-class Choice:
-    name: str
-    rejected: list[tuple[str, str]]  # (backend, reason), in the order tried
-
-    def explain(self) -> str:
-        parts = [f"{n}: {r}" for n, r in self.rejected]
-        return f"backend {self.name}" + (f" (passed over {'; '.join(parts)})" if parts else "")
-
-
-def choose_backend(requested: str = "auto", probe_fn: Callable[[str], str | None] = probe) -> Choice:
-    """The backend to use for ``requested``, with every option passed over and why.
-
-    An explicit choice that cannot run raises :class:`BackendUnavailable` with the reason.
-    """
-    if requested not in BACKEND_CHOICES:
-        raise BackendUnavailable(f"Unknown backend '{requested}'; choose one of {', '.join(BACKEND_CHOICES)}.")
-    if requested != "auto":
-        reason = probe_fn(requested)
-        if reason:
-            raise BackendUnavailable(f"The {requested} backend cannot run here: {reason}.")
-        return Choice(requested, [])
-    rejected = []
-    for name in AUTO_ORDER:
-        reason = probe_fn(name)
-        if reason is None:
-            choice = Choice(name, rejected)
-            for n, r in rejected:
-                log.info("backend auto: not %s: %s", n, r)
-            log.info("backend auto: chose %s", name)
-            return choice
-        rejected.append((name, reason))
-    raise BackendUnavailable("No inference backend can run here: " + "; ".join(f"{n}: {r}" for n, r in rejected) + ".")
-

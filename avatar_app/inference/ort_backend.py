@@ -3,7 +3,7 @@ and an INT8 (static quantization) variant for CPUs.
 
 Networks come from the engine cache: exported to ONNX (and parity-checked) on first
 use, quantized on first use of ``precision="int8"`` from a calibration set
-(:mod:`avatar_app.runtime.calibration`).
+(:mod:`avatar_app.inference.calibration`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class OrtBackend:
 
     Args:
         precision: ``fp32`` or ``int8`` (CPU static quantization; needs ``calibration``).
-        calibration: a :class:`~avatar_app.runtime.calibration.CalibrationSet` for int8.
+        calibration: a :class:`~avatar_app.inference.calibration.CalibrationSet` for int8.
         cache: where exports and quantized models are kept.
         threads: intra-op threads (default: ONNX Runtime's choice).
         use_accelerators: try the CUDA/DirectML/CoreML providers when installed.
@@ -70,7 +70,7 @@ class OrtBackend:
         self.spec = network.spec
         path = cached_onnx(network, self.cache)
         if self.precision == "int8" and network.name in INT8_NETWORKS:
-            from .calibration import cached_int8
+            from .int8 import cached_int8
 
             path = cached_int8(network, path, self.calibration, self.cache)
         self.path = path

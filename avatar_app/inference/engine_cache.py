@@ -10,6 +10,10 @@ and rebuilt.  Writes go to a temporary file first and are renamed into place.  L
 builds and manifest updates hold a lock (a lock file between processes, a re-entrant lock
 between threads), so two apps building at once neither lose manifest entries nor build the
 same engine twice.
+
+The cache is bounded: each use of a file is noted in the manifest, and when a new file takes
+the total past the cap (``$AVATAR_APP_ENGINES_MAX_MB``, default 4 GB) the least recently used
+files are deleted until it fits again (``avatar-app engines clean`` empties it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 ENV_DIR = "AVATAR_APP_ENGINES"
+ENV_MAX_MB = "AVATAR_APP_ENGINES_MAX_MB"
+DEFAULT_MAX_MB = 4096
 STALE_TMP_S = 6 * 3600  # temporary files older than this are left-overs of a crashed build
 
 
@@ -48,6 +54,18 @@ def default_engine_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("avatar-app")) / "engines"
+
+
+def default_max_bytes() -> int:
+    """``$AVATAR_APP_ENGINES_MAX_MB`` (megabytes) as bytes, else :data:`DEFAULT_MAX_MB`."""
+    text = os.environ.get(ENV_MAX_MB)
+    try:
+        mb = float(text) if text else DEFAULT_MAX_MB
+    except ValueError:
+        log.warning("%s=%r is not a number of megabytes; the engine cache keeps %d MB", ENV_MAX_MB, text,
+                    DEFAULT_MAX_MB)
+        mb = DEFAULT_MAX_MB
+    return int(mb * 1e6)
 
 
 def key_digest(key: Mapping[str, object]) -> str:
@@ -71,13 +89,15 @@ class CorruptEngine(Exception):
 
 
 class EngineCache:
-    """Artifacts under ``root`` (created on first write)."""
+    """Artifacts under ``root`` (created on first write), at most ``max_bytes`` of them
+    (default: :func:`default_max_bytes`)."""
 
     _thread_lock = threading.RLock()
     _depth = threading.local()
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None):
         self.root = Path(root) if root is not None else default_engine_dir()
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -154,7 +174,29 @@ class EngineCache:
         if problem:
             self._invalidate(name, problem)
             return None
+        entries = self.entries()
+        entries[name]["used"] = time.time()
+        self._write_manifest(entries)
         return path
+
+    @staticmethod
+    def _last_used(entry: dict) -> float:
+        return float(entry.get("used", 0.0))
+
+    def _evict(self, entries: dict[str, dict], keep: str) -> list[str]:
+        """Delete least recently used files (never ``keep``) until the total fits the cap."""
+        total = sum(int(e.get("size", 0)) for e in entries.values())
+        removed = []
+        for name in sorted((n for n in entries if n != keep), key=lambda n: self._last_used(entries[n])):
+            if total <= self.max_bytes:
+                break
+            (self.root / name).unlink(missing_ok=True)
+            total -= int(entries.pop(name).get("size", 0))
+            removed.append(name)
+        if removed:
+            log.info("engine cache over %.0f MB: removed the %d least recently used file(s): %s",
+                     self.max_bytes / 1e6, len(removed), ", ".join(removed))
+        return removed
 
     def invalidate(self, name: str, reason: str) -> None:
         """Delete a cached file (and its manifest entry), saying why."""
@@ -198,7 +240,8 @@ class EngineCache:
         entries = self.entries()
         entries[name] = {"key": dict(key), "size": path.stat().st_size, "sha256": file_sha256(path),
                          "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_s": round(time.perf_counter() - t0, 2),
-                         "describe": describe}
+                         "describe": describe, "used": time.time()}
+        self._evict(entries, keep=name)
         self._write_manifest(entries)
         return path
 

@@ -1,6 +1,6 @@
 """The per-frame chain of networks on one backend: flow -> warp -> generator (-> enhancer).
 
-:class:`NetworkChain` owns one :class:`~avatar_app.runtime.backend.Backend` per
+:class:`NetworkChain` owns one :class:`~avatar_app.inference.backend.Backend` per
 network, binds the source's constants once (:meth:`set_source`) and runs a frame
 from the CPU-side inputs (target landmark image, landmarks, triangle ids, mouth
 amount) to the avatar.  Values pass between networks in the backend's own form, so a
@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import AvatarError
 from ..models.portrait import NET_SIZE, PortraitModel
-from .backend import Backend, Choice, choose_backend
+from .backend import Backend
+from .selection import Choice, choose_backend
 from .engine_cache import EngineCache
 from .export import model_networks
 

@@ -6,7 +6,7 @@ TensorRT's (named tensors, ``execute_async_v3``, ``Refitter``), so one code path
 both; what differs is collected here:
 
 * **typing**: TensorRT for RTX (and TensorRT 11) build strongly typed networks only: fp16
-  comes from an fp16 ONNX export (:func:`~avatar_app.runtime.export.export_onnx`), INT8
+  comes from an fp16 ONNX export (:func:`~avatar_app.inference.export.export_onnx`), INT8
   from explicit Q/DQ nodes; there are no precision flags and no implicit calibrator.
 * **kernels**: TensorRT for RTX compiles kernels for the local GPU when an engine is
   first run, and keeps them in a *runtime cache* that can be saved and loaded

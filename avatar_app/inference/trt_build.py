@@ -3,7 +3,7 @@
 Importable without TensorRT: TensorRT (through :mod:`.trt_api`, which picks ``tensorrt``
 or ``tensorrt_rtx``) and ``pycuda`` (for the INT8 calibrator) are imported inside the
 functions that need them.  The pure parts — cache keys, I/O checks against a
-:class:`~avatar_app.runtime.networks.NetworkSpec`, the calibration batcher, the choice
+:class:`~avatar_app.inference.networks.NetworkSpec`, the calibration batcher, the choice
 of ONNX source — are tested without a GPU.
 
 Precision per TensorRT:
@@ -349,10 +349,10 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, spec, precision: s
     the export :func:`onnx_source` names for it (for a strongly typed int8 build, the fp32
     export, quantized here).  ``int8`` needs ``calibration_batches``; ``calibration_cache``
     is ``(read, write)`` for the calibration table.  ``flavour``: the
-    :class:`~avatar_app.runtime.trt_api.Flavour` (default: the one this process uses).
+    :class:`~avatar_app.inference.trt_api.Flavour` (default: the one this process uses).
     ``targets``: TensorRT for RTX only, compute capabilities (``"8.6"``) to build for instead
     of this GPU's (ahead-of-time builds on a GPU its engines do not run on).
-    Run inside an active CUDA context (:func:`avatar_app.runtime.trt_backend.cuda_context`).
+    Run inside an active CUDA context (:func:`avatar_app.inference.trt_backend.cuda_context`).
     """
     from .trt_api import build_failure_hint, load, logger as trt_logger
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from . import __version__
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,16 @@ def tracker_check() -> Check:
     )
 
 
-def backend_checks(probe_fn=None) -> list[Check]:
-    """Each neural backend: usable, or why not; then what ``--backend auto`` picks
-    (``probe_fn``: :func:`~avatar_app.runtime.backend.probe` unless given)."""
-    from .backend import AUTO_ORDER, BackendUnavailable, choose_backend, probe
+def backend_checks(probe_fn=None, verdict_fn=None) -> list[Check]:
+    """Each neural backend: usable, or why not; a self-tested backend's verdict on this GPU; then
+    what ``--backend auto`` picks (``probe_fn``: :func:`~avatar_app.inference.backend.probe` and
+    ``verdict_fn``: :func:`~avatar_app.inference.selftest.check` without running a test, unless given)."""
+    from .inference.backend import AUTO_ORDER, BackendUnavailable, probe
+    from .inference.selection import choose_backend
+    from .inference.selftest import SELF_TESTED, check
 
     probe_fn = probe_fn or probe
+    verdict_fn = verdict_fn or (lambda name: check(name, run=False))
 
     out = [Check("backends", "geometric animator", True, "needs no weights; runs on torch CPU")]
     details = {"torch-cpu": lambda: f"torch {_version('torch')[1]}",
@@ -80,8 +84,11 @@ def backend_checks(probe_fn=None) -> list[Check]:
         if reason and name == "tensorrt" and probe_fn is probe and probe(name, build_only=True) is None:
             reason += "; engines can still be built here (avatar-app engines build)"
         out.append(Check("backends", name, reason is None, details[name]() if reason is None else reason))
+    verdicts = {name: verdict_fn(name) for name in SELF_TESTED if probe_fn(name) is None}
+    for name, (verdict, why) in verdicts.items():
+        out.append(Check("backends", f"{name} self-test", why is None, why or verdict.explain()))
     try:
-        choice = choose_backend("auto", probe_fn)
+        choice = choose_backend("auto", probe_fn, lambda name: verdicts[name][1] if name in verdicts else None)
         out.append(Check("backends", "--backend auto", True, choice.explain()))
     except BackendUnavailable as exc:
         out.append(Check("backends", "--backend auto", False, str(exc)))
@@ -96,8 +103,8 @@ def _cuda_detail() -> str:
 
 
 def _trt_detail() -> str:
-    from .trt_api import load
-    from .trt_backend import gpu_compute_capability
+    from .inference.backend import gpu_compute_capability
+    from .inference.trt_api import load
 
     return f"{load().label}, its engines run on this GPU (compute capability {gpu_compute_capability()})"
 
@@ -109,7 +116,7 @@ def _ort_detail() -> str:
 
 
 def camera_checks() -> list[Check]:
-    from ..capture.camera import list_cameras
+    from .capture.camera import list_cameras
 
     cams = list_cameras()
     return [Check("cameras", "cameras found", bool(cams), ", ".join(cams) if cams else "none found")]
