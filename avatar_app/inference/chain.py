@@ -17,10 +17,12 @@ import numpy as np
 
 from ..errors import AvatarError
 from ..models.portrait import NET_SIZE, PortraitModel
+from ..types import NUM_LANDMARKS
 from .backend import Backend
 from .selection import Choice, choose_backend
 from .engine_cache import EngineCache
-from .export import model_networks
+from .export import Network, model_networks
+from .networks import NetworkSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,42 @@ def make_backend(name: str, precision: str | None = None, cache: EngineCache | N
     raise ValueError(f"unknown backend {name!r}")
 
 
+def prepare_on_device(backend: str, requested: bool | None, options: dict) -> bool:
+    """Whether a chain draws each frame's landmark image and triangle ids itself.
+
+    ``requested`` ``None`` (auto): on torch-cuda when it compiles or captures CUDA graphs
+    (the live configuration), where the drawing joins the networks' graphs and frees the
+    CPU; elsewhere OpenCV on the CPU is much faster than torch there (``tools/bench_prepare.py``).
+    Eager torch-cuda (training, evaluation) keeps the CPU drawing the networks were trained on.
+    """
+    torch_backend = backend in ("torch-cpu", "torch-cuda")
+    if requested and not torch_backend:
+        raise AvatarError(f"The {backend} backend takes the landmark image and triangle ids from the CPU; "
+                          "drawing them on the device needs a torch backend (--backend torch-cuda).")
+    if requested is not None:
+        return requested
+    return backend == "torch-cuda" and bool(options.get("compile", True) or options.get("cuda_graphs", True))
+
+
+def _prepare_network() -> Network:
+    """The per-frame drawing (:class:`~avatar_app.models.frame_inputs.FrameInputs`) as a network."""
+    from ..models.frame_inputs import FrameInputs
+
+    spec = NetworkSpec("prepare", (TensorSpec("target_points", (1, NUM_LANDMARKS, 3)),), ("target_cond", "tri_ids"))
+    return Network(spec, FrameInputs(NET_SIZE).eval(), "", NET_SIZE, None)
+
+
 class NetworkChain:
     """``model``'s networks for ``size`` px avatars on backend ``backend`` (or ``auto``).
 
     ``record``: a dict that receives every network's full inputs per run (numpy), for
-    calibration sets.
+    calibration sets.  ``device_prepare``: draw each frame's inputs on the device
+    (:meth:`prepare_frame`; ``None``: see :func:`prepare_on_device`).
     """
 
     def __init__(self, model: PortraitModel, size: int = NET_SIZE, backend: str = "auto",
                  precision: str | None = None, cache: EngineCache | None = None, calibration=None,
-                 record: dict | None = None, **options):
+                 record: dict | None = None, device_prepare: bool | None = None, **options):
         self.choice: Choice = choose_backend(backend)
         if self.choice.rejected:
             log.warning("%s", self.choice.explain())
@@ -87,6 +115,10 @@ class NetworkChain:
             self.backends[name] = b
         self.name = self.choice.name
         self.device = self.backends["flow"].device  # every chain has a flow network
+        self.prepare: Backend | None = None
+        if prepare_on_device(self.name, device_prepare, options):
+            self.prepare = factory()
+            self.prepare.load(_prepare_network())
         self.record = record
         self._bound: dict[str, dict] = {n: {} for n in self.networks}
         self.timings: dict[str, float] = {}
@@ -140,6 +172,12 @@ class NetworkChain:
     def reset(self) -> None:
         """Forget earlier frames (the enhancer starts its history afresh)."""
         self._history = None
+
+    def prepare_frame(self, points: np.ndarray):
+        """``(target_cond, tri_ids)`` for :meth:`frame`, drawn on the device from
+        ``points (1, 478, 3)`` float32 px at 256 (chains with :attr:`prepare` only)."""
+        out = self.prepare.run({"target_points": points})
+        return out["target_cond"], out["tri_ids"]
 
     def frame(self, target_cond: np.ndarray, target_xy: np.ndarray, tri_ids: np.ndarray, amount: float):
         """One frame; the avatar ``(1, 3, S, S)`` RGB [0, 1] in the backend's own form."""

@@ -39,9 +39,17 @@ class ChainInputs:
                        np.asarray(identity, np.float32)[None], points[None, :, :2].astype(np.float32),
                        bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None)
 
-    def frame(self, target: Landmarks) -> tuple:
-        """The arguments of :meth:`NetworkChain.frame` for ``target`` (landmarks in source crop px)."""
+    def frame(self, target: Landmarks, prepare=None) -> tuple:
+        """The arguments of :meth:`NetworkChain.frame` for ``target`` (landmarks in source crop px).
+
+        ``prepare``: the chain's own drawing of the landmark image and triangle ids on its device
+        (:meth:`NetworkChain.prepare_frame`, taking ``(1, 478, 3)`` float32 points); without it
+        they are drawn here with OpenCV.
+        """
         pts = rescale_points(target.points, self.size, NET_SIZE)
-        ids = rasterize_triangles(pts, self._triangles, NET_SIZE).astype(np.int32)
         amount = mouth_fill_amount(self._source_gap, mouth_opening(pts), NET_SIZE)
+        if prepare is not None:
+            cond, ids = prepare(pts[None].astype(np.float32))
+            return cond, pts[None, :, :2].astype(np.float32), ids, amount
+        ids = rasterize_triangles(pts, self._triangles, NET_SIZE).astype(np.int32)
         return landmark_image(pts, NET_SIZE)[None], pts[None, :, :2].astype(np.float32), ids[None], amount

@@ -27,7 +27,7 @@ from .backend import BackendUnavailable
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_NETWORKS = ("flow",)  # coordinates: half precision would move pixels
+FP32_NETWORKS = ("flow", "prepare")  # coordinates: half precision would move pixels
 ONCE_NETWORKS = ("encoder",)  # runs once per source: not worth compiling or capturing
 WARMUP_RUNS = 3
 

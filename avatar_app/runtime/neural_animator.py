@@ -2,8 +2,9 @@
 
 The source is prepared once (256 px network input, its landmark image, identity
 embedding; the encoder's warp code and generator features are bound into the
-chain).  Per frame, on the CPU: the target's landmark image and triangle-id map at
-256 and the mouth-fill amount; then the chain of networks
+chain).  Per frame: the mouth-fill amount on the CPU, and the target's landmark image
+and triangle-id map at 256 — drawn with OpenCV on the CPU, or by the chain itself on
+its device (``device_prepare``, on by default for compiled torch-cuda); then the chain of networks
 (:class:`~avatar_app.inference.chain.NetworkChain`) on the chosen backend — analytic
 flow, warp network, generator and, for 512 crops, the temporal enhancer with its
 ring buffer of recent frames' features carried between calls.
@@ -43,7 +44,7 @@ class NeuralAnimator:
             from ``device``, else ``torch-cpu``).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (default: the backend's).
         **chain_options: passed to :class:`~avatar_app.inference.chain.NetworkChain`
-            (``cache``, ``calibration``, ``compile``, ``cuda_graphs``).
+            (``cache``, ``calibration``, ``compile``, ``cuda_graphs``, ``device_prepare``).
     """
 
     name = "neural"
@@ -107,7 +108,8 @@ class NeuralAnimator:
 
     def network_inputs(self, target: Landmarks) -> tuple:
         """The chain's per-frame inputs for ``target`` (landmarks in source crop px)."""
-        return self._inputs.frame(target)
+        prepare = self.chain.prepare_frame if self.chain.prepare is not None else None  # drawn on the device
+        return self._inputs.frame(target, prepare)
 
     def animate(self, target: Landmarks) -> np.ndarray:
         """The avatar ``(S, S, 3) uint8`` BGR for target landmarks in source crop px."""
