@@ -186,13 +186,14 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         metrics, provenance: JSON-able dicts (numpy scalars/arrays and paths are converted).
         root: the profiles folder (default :func:`profiles_root`).
         base, adapted: the checkpoint personalization started from and the names of the weights it
-            adapted: only those are stored (a small profile; the base is named, see
+            adapted: only those are stored, in fp16 (a small profile; the base is named, see
             :func:`~avatar_app.models.portrait.save_checkpoint`).  Either missing: the whole model.
 
     Raises:
         InputFileError: bad name.  OutputError: the folder could not be written (the old profile is kept).
     """
     import cv2
+    import torch
 
     from .imaging import as_bgr
     from .models.portrait import save_checkpoint
@@ -224,9 +225,10 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         raise OutputError(f"Could not create the profiles folder '{root}' ({exc}); check its permissions "
                           "or set AVATAR_APP_DATA to a writable folder.") from exc
     try:
-        delta = base is not None and adapted is not None
-        save_checkpoint(model, tmp / WEIGHTS_FILE, metadata={"profile": name}, base=base if delta else None,
-                        keys=adapted if delta else None)
+        # a delta: the adapted weights only, in fp16 like the shipped weights they were adapted from
+        delta = ({"base": base, "keys": adapted, "dtype": torch.float16} if base is not None and adapted is not None
+                 else {})
+        save_checkpoint(model, tmp / WEIGHTS_FILE, metadata={"profile": name}, **delta)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError("the PNG encoder failed")

@@ -143,7 +143,7 @@ def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):
     result = personalize(_animated_clip(astronaut_source, n=20), _tiny(), np.zeros(128, np.float32), budget_s=3.0,
                          batch_size=2, plan="late", on_estimate=estimates.append, progress=infos.append)
     (est,) = estimates
-    assert result.estimate is est and est.done in (3, 5) and est.steps >= est.done
+    assert result.estimate is est and 1 <= est.done <= 5 and est.steps >= est.done  # (fewer: a busy machine)
     assert all(i["expected_steps"] == est.steps for i in infos[est.done:])
     assert [i["step"] for i in infos] == list(range(1, result.steps + 1))
     assert result.metrics()["estimated_steps"] == est.steps and result.metrics()["plan"] == "late"
@@ -188,6 +188,8 @@ def test_a_profile_over_shipped_weights_moves_between_machines(tmp_path):
     whole = save_profile("whole", base, image, root=tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "elsewhere")
     profile = load_profile("me", root=tmp_path / "elsewhere")
-    assert profile.weights_path.stat().st_size < 0.6 * whole.weights_path.stat().st_size
-    loaded = load_weights(profile)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), base.state_dict().values()))
+    assert profile.weights_path.stat().st_size < 0.5 * whole.weights_path.stat().st_size  # only those, in fp16
+    loaded, want = load_weights(profile).state_dict(), base.state_dict()
+    for name, value in want.items():  # the adapted weights to fp16 precision, the rest exactly the base's
+        assert torch.allclose(loaded[name], value, rtol=1e-3, atol=1e-6) if name in names else torch.equal(
+            loaded[name], value), name

@@ -30,7 +30,8 @@ class Plan:
     network runs each step); ``params``: ``"decoder"`` (every weight of the stages after ``start``,
     the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
     rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
-    layers of the stages after ``start``); ``lr``: Adam's rate.
+    layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
+    ``lr``: Adam's rate.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Plan:
 
 PLANS = {
     "warp+decoder": Plan("warp+decoder", -1, "decoder", 3e-4),
+    "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),
     "head": Plan("head", 3, "decoder", 1e-3),
@@ -56,6 +58,8 @@ def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.P
     stages = [name for k, name in enumerate(("dec32", "dec64", "dec128"), start=1) if k > plan.start]
     prefixes = tuple(f"generator.{n}." for n in stages + (["to_top", "top", "head"] if plan.params == "decoder"
                                                           else (["top"] if g.top is not None else [])))
+    if plan.params == "warp":
+        prefixes = ()
     if plan.start < 0:  # the warp network too, but not its source code (computed once per source)
         prefixes += ("warp.",)
     chosen = {n: p for n, p in model.named_parameters()

@@ -1,11 +1,14 @@
 """Personalization: adapt the (meta-learned) model to one person in a wall-clock budget.
 
 From a clip of the person: track every frame, take one aligned crop for the clip, hold
-out every 10th frame, and fine-tune the warp network and the generator on
-self-reenactment pairs (the source is the clip's reference frame or another frame, the
-driver a training frame) until the budget runs out or the caller cancels.  Before and
-after, the model animates the reference frame with each held-out frame's landmarks and
-is scored against that frame (PSNR, L1).
+out every 10th frame, and fine-tune on self-reenactment pairs until the wall-clock budget
+runs out or the caller cancels.  What is fine-tuned depends on the device (:func:`auto_plan`):
+on a GPU the warp network and the generator on random pairs (the source is the reference
+frame or another frame); on a CPU the warp network and the generator's decoder animating the
+reference frame, with each frame's analytic flow and landmark image computed once
+(:mod:`.adapt_cached`).  A probe measures what the budget buys first (:mod:`.budget`).  Before
+and after, the model animates the reference frame with each held-out frame's landmarks and is
+scored against that frame (PSNR, L1).
 """
 
 from __future__ import annotations
@@ -147,13 +150,14 @@ class _FramePairs(torch.utils.data.Dataset):
                 "identity": self.identity, "clip": torch.tensor(0)}
 
 
+CPU_PLAN = "warp+decoder"  # measured against the others in docs/PERSONALIZATION.md
+
+
 def auto_plan(device: str | torch.device) -> str:
-    """The adaptation plan for ``device``: every weight of warp and generator on a GPU (most gain per
-    second there), the generator's decoder over cached inputs on a CPU (docs/PERSONALIZATION.md)."""
+    """The adaptation plan for ``device``: on a GPU every weight of warp network and generator on random
+    pairs (``full``, as measured on the H200); on a CPU the warp network and the generator's decoder
+    animating the reference frame over each frame's analytic flow computed once (:data:`CPU_PLAN`)."""
     return "full" if torch.device(device).type == "cuda" else CPU_PLAN
-
-
-CPU_PLAN = "decoder"
 
 
 def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, budget_s: float = 30.0,
