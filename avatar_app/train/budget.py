@@ -20,6 +20,29 @@ import torch
 
 BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is busy with other work
 
+# Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
+# that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
+# Sources: docs/PERSONALIZATION.md (lite, CPU plan) and docs/BENCHMARKS.md (full, H200, 30 s).
+MEASURED_GAIN = {
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (20, 0.59, 0.94), (40, 0.68, 1.30)],
+    ("full", "full"): [(0, 0.0, 0.0), (119, 1.28, 2.36)],
+}
+
+
+def expected_gain(preset: str, plan: str, steps: int) -> tuple[float, float, bool] | None:
+    """``(low, high, beyond)``: the measured later-segment gain (dB) after ``steps`` steps,
+    interpolated linearly; ``beyond``: more steps than were measured (then at least the last
+    figures).  ``None`` where this preset and plan were not measured."""
+    points = MEASURED_GAIN.get((preset, plan))
+    if points is None:
+        return None
+    last = points[-1]
+    if steps >= last[0]:
+        return last[1], last[2], steps > last[0]
+    (s0, lo0, hi0), (s1, lo1, hi1) = next((a, b) for a, b in zip(points, points[1:]) if a[0] <= steps < b[0])
+    t = (steps - s0) / (s1 - s0)
+    return lo0 + t * (lo1 - lo0), hi0 + t * (hi1 - hi0), False
+
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
@@ -45,6 +68,7 @@ class Estimate:
     done: int  # steps the probe already took
     timing: Timing
     device: str = "cpu"
+    gain: tuple[float, float, bool] | None = None  # :func:`expected_gain` for the steps estimated
 
     @property
     def steps(self) -> int:
@@ -59,6 +83,10 @@ class Estimate:
         where = (f"{t.threads} CPU thread{'s' * (t.threads > 1)}" if self.device == "cpu" else self.device)
         text = (f"{1 / t.step_s:.1f} steps/s on {where} now: the {self.budget_s:.0f} s budget buys about "
                 f"{self.steps} steps")
+        if self.gain is not None:
+            low, high, beyond = self.gain
+            text += (f"; on two people the model never saw, {'more than ' if beyond else ''}that many steps raised "
+                     f"the frames after the recording by {'at least ' if beyond else 'about '}{low:.1f}-{high:.1f} dB")
         if self.busy:
             text += (f"; the machine is busy with other work (this process gets {100 * t.cpu_share:.0f} % of the CPU "
                      f"it asks for), so the budget buys fewer steps than on an idle machine")

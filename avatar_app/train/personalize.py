@@ -17,7 +17,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ..imaging import bgr_to_rgb_chw
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
 from .adapt_cached import PLANS, FrameCache, Plan, adapted_parameters, cached_loss, plan_optimizer
-from .budget import Estimate, Timing, probe
+from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
 from .meta import inner_optimizer
@@ -171,11 +171,11 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     """Adapt a copy of ``base`` to ``clip`` within ``budget_s`` wall-clock seconds.
 
     ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate) and generator on
-    random pairs; a name in :data:`~.adapt_cached.PLANS` adapts part of the generator over inputs
-    computed once for up to ``cache_frames`` training frames (the computing counts against the
-    budget); ``"auto"``: :func:`auto_plan`.  Before the budget is spent a probe times real steps
-    (on a CPU with one thread and with all, keeping the faster) and ``on_estimate`` hears what the
-    rest of the budget buys (:class:`~.budget.Estimate`).  ``progress`` receives ``{"step",
+    random pairs; a name in :data:`~.adapt_cached.PLANS` adapts a part of the model animating the
+    reference frame over inputs computed once for up to ``cache_frames`` training frames (the
+    computing counts against the budget); ``"auto"``: :func:`auto_plan`.  Before most of the budget
+    is spent a probe times real steps (:func:`~.budget.probe`) and ``on_estimate`` hears what the
+    rest of the budget buys (:class:`~.budget.Estimate`, with the gain measured for that many steps).  ``progress`` receives ``{"step",
     "elapsed", "eta", "loss", "expected_steps"}`` after every step; ``cancel`` stops at the next step.
     ``curve_every_s`` also scores the held-out frames every so many seconds of the budget (scoring
     time is not counted), and each set of :func:`frame_items` in ``also_score`` beside them (keys
@@ -249,6 +249,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
             torch.cuda.synchronize(device)
             timing = Timing(0, (time.perf_counter() - wall) / 3, 1.0)
         estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
+        estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
         run["expected"] = estimate.steps
         if on_estimate is not None:
             on_estimate(estimate)
