@@ -3,7 +3,8 @@
 A profile is one folder, ``<profiles_root()>/<name>/``::
 
     profile.json          {"format": "avatar-app-profile", "version": 1, name, created, files, metrics, ...}
-    weights.safetensors   the personalized PortraitModel (see models/portrait.py save_checkpoint)
+    weights.safetensors   the personalized PortraitModel (see models/portrait.py save_checkpoint): whole, or only
+                          the adapted weights over the base weights it names (shipped weights by name)
     source.png            the source portrait the profile animates (BGR image, lossless)
     neutral.npy           optional: the user's calibrated neutral face, (478, 3) float32 image px
 
@@ -173,7 +174,8 @@ def _recover(root: Path, name: str) -> None:
 
 def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks | None = None,
                  metrics: dict | None = None, provenance: dict | None = None,
-                 root: str | os.PathLike | None = None) -> Profile:
+                 root: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                 adapted: list[str] | None = None) -> Profile:
     """Save a profile atomically, replacing any profile of the same name.
 
     Args:
@@ -183,11 +185,15 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         neutral: the user's calibrated neutral landmarks (in px of the image they were measured on).
         metrics, provenance: JSON-able dicts (numpy scalars/arrays and paths are converted).
         root: the profiles folder (default :func:`profiles_root`).
+        base, adapted: the checkpoint personalization started from and the names of the weights it
+            adapted: only those are stored, in fp16 (a small profile; the base is named, see
+            :func:`~avatar_app.models.portrait.save_checkpoint`).  Either missing: the whole model.
 
     Raises:
         InputFileError: bad name.  OutputError: the folder could not be written (the old profile is kept).
     """
     import cv2
+    import torch
 
     from .imaging import as_bgr
     from .models.portrait import save_checkpoint
@@ -219,7 +225,10 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         raise OutputError(f"Could not create the profiles folder '{root}' ({exc}); check its permissions "
                           "or set AVATAR_APP_DATA to a writable folder.") from exc
     try:
-        save_checkpoint(model, tmp / WEIGHTS_FILE, metadata={"profile": name})
+        # a delta: the adapted weights only, in fp16 like the shipped weights they were adapted from
+        delta = ({"base": base, "keys": adapted, "dtype": torch.float16} if base is not None and adapted is not None
+                 else {})
+        save_checkpoint(model, tmp / WEIGHTS_FILE, metadata={"profile": name}, **delta)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError("the PNG encoder failed")

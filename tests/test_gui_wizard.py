@@ -77,6 +77,8 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
     assert recording_stall < 100 and adapting_stall < 1000
     assert adapt.steps_seen >= 1 and adapt.bar.value() == 1000
     assert adapt.adapted.result.steps == adapt.steps_seen
+    # before most of the budget went, it said what the budget buys on this machine now
+    assert adapt.estimate is adapt.adapted.result.estimate and "steps/s" in adapt.estimate_label.text()
 
     wizard.next()  # before / after on held-out frames, with the metric
     result = wizard.result_page

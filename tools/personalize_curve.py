@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,13 @@ def main() -> int:
     p.add_argument("--record", type=float, default=10.0, help="seconds recorded for personalization (default 10)")
     p.add_argument("--later-frames", type=int, default=48)
     p.add_argument("--budget", type=float, default=30.0)
-    p.add_argument("--every", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--every", type=float, default=3.0, help="score every so many seconds of the budget")
+    p.add_argument("--steps", type=int, default=None,
+                   help="run exactly this many steps instead of a budget (load-independent comparisons)")
+    p.add_argument("--every-steps", type=int, default=None, help="with --steps: score every so many steps")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
+    p.add_argument("--plans", nargs="+", default=["auto"], help="personalization plans to compare (default: auto)")
+    p.add_argument("--lr", type=float, default=None, help="default: the plan's")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -82,18 +88,26 @@ def main() -> int:
         recording = ClipFrames(whole.crops[:len(record)], whole.points[:len(record)], reference=0)
         identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
         later_items = frame_items(whole, [(0, local[f]) for f in later], identity)
-        for name, weights in starts.items():
+        for (name, weights), plan in ((s, pl) for s in starts.items() for pl in args.plans):
             t0 = time.perf_counter()
             res = personalize(recording, start_model(weights, args.preset).to(args.device), identity,
-                              budget_s=args.budget, batch_size=args.batch_size, device=args.device,
-                              curve_every_s=args.every, also_score={"later": later_items})
-            results.setdefault(key, {})[name] = {
-                "weights": weights or f"untrained {args.preset}", "record_frames": len(record),
-                "later_frames": len(later), "steps": res.steps, "curve": res.curve}
+                              budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
+                              lr=args.lr, device=args.device, max_steps=args.steps,
+                              curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,
+                              also_score={"later": later_items}, plan=plan,
+                              on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
+            est = res.estimate
+            results.setdefault(key, {})[name if args.plans == ["auto"] else f"{name}/{res.plan}"] = {
+                "weights": weights or f"untrained {args.preset}", "plan": res.plan, "record_frames": len(record),
+                "later_frames": len(later), "steps": res.steps, "estimated_steps": None if args.steps else est.steps,
+                "probe_step_s": est.timing.step_s,
+                "threads": est.timing.threads, "cpu_share": est.timing.cpu_share, "load": os.getloadavg(),
+                "adapted": len(res.adapted or []), "curve": res.curve}
             c0, c1 = res.curve[0], res.curve[-1]
-            print(f"{key} {name}: {res.steps} steps in {res.seconds:.1f} s ({time.perf_counter() - t0:.0f} s wall); "
-                  f"interleaved {c0['psnr']:.2f} -> {c1['psnr']:.2f} dB, later {c0['later_psnr']:.2f} -> "
-                  f"{c1['later_psnr']:.2f} dB", flush=True)
+            print(f"{key} {name}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
+                  f"{res.seconds:.1f} s, {c1['cpu_seconds']:.1f} CPU s "
+                  f"({time.perf_counter() - t0:.0f} s wall); interleaved {c0['psnr']:.2f} -> {c1['psnr']:.2f} dB, "
+                  f"later {c0['later_psnr']:.2f} -> {c1['later_psnr']:.2f} dB", flush=True)
             args.out.write_text(json.dumps(results, indent=1))
     return 0
 

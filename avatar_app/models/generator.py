@@ -75,18 +75,41 @@ class Generator(nn.Module):
         Returns:
             ``image (B, 3, S, S)`` RGB in [0, 1] and ``mask (B, 1, S, S)``.
         """
+        return self.decode(self.warp_features(features, grid, occlusion), tgt_cond, identity, warped_source)
+
+    def warp_features(self, features: list[torch.Tensor], grid: torch.Tensor, occlusion: torch.Tensor
+                      ) -> list[torch.Tensor]:
+        """Each of :meth:`encode`'s features sampled at ``grid`` and weighted by ``occlusion``."""
         warped = []
         for f in features:
             size = (int(f.shape[-2]), int(f.shape[-1]))  # plain ints: static shapes in exports
             g = resize_grid(grid, size)
             occ = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
             warped.append(F.grid_sample(f, g, mode="bilinear", padding_mode="border", align_corners=False) * occ)
+        return warped
+
+    def stage(self, k: int, h: torch.Tensor | None, warped: list[torch.Tensor], tgt_cond: torch.Tensor,
+              identity: torch.Tensor) -> torch.Tensor:
+        """Decoder stage ``k``: 1 ``dec32`` (S/8, from the warped features), 2 ``dec64`` (S/4) and
+        3 ``dec128`` (S/2), each on the previous stage's output ``h`` upsampled ×2."""
         f128, f64, f32 = warped
-        h = self.dec32(f32, tgt_cond, identity)
+        if k == 1:
+            return self.dec32(f32, tgt_cond, identity)
         h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
-        h = self.dec64(torch.cat([h, f64], 1), tgt_cond, identity)
-        h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
-        h = self.dec128(torch.cat([h, f128], 1), tgt_cond, identity)
+        block, skip = (self.dec64, f64) if k == 2 else (self.dec128, f128)
+        return block(torch.cat([h, skip], 1), tgt_cond, identity)
+
+    def decode(self, warped: list[torch.Tensor | None], tgt_cond: torch.Tensor, identity: torch.Tensor,
+               warped_source: torch.Tensor, start: int = 0, h: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder over :meth:`warp_features`' output, from stage ``start`` on.
+
+        ``start = k`` (0–3) takes ``h``, :meth:`stage` ``k``'s output, instead of running stages
+        1…k (what personalization caches when it adapts only the later stages; ``start = 0``: no
+        ``h``); the warped features those stages alone read may then be ``None``.
+        """
+        for k in range(start + 1, 4):
+            h = self.stage(k, h, warped, tgt_cond, identity)
         h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
         h = F.leaky_relu(self.to_top(h), 0.2)
         if self.top is not None:

@@ -124,26 +124,69 @@ class PortraitModel(nn.Module):
 
 
 def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dict[str, str] | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, base: str | os.PathLike | None = None,
+                    keys: list[str] | None = None) -> Path:
     """Write ``model`` to a ``.safetensors`` file atomically (temp file, fsync, rename);
-    ``dtype`` (e.g. ``torch.float16``, for shipping) converts the floating-point weights."""
+    ``dtype`` (e.g. ``torch.float16``, for shipping) converts the floating-point weights.
+
+    With ``base`` (a checkpoint) and ``keys``, only those weights are written, as a delta over
+    ``base``: the file names the base (:func:`base_reference`: shipped weights by name, so the
+    file moves between machines) and its SHA-256, and :func:`load_checkpoint` rebuilds the model.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     reserved = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config)}
+    if base is not None:
+        reserved |= {"base": base_reference(base), "base_sha256": _sha256(Path(base))}
     clash = sorted(set(metadata or {}) & set(reserved))
     if clash:
         raise ValueError(f"checkpoint metadata keys {clash} are reserved for the format")
     meta = {**(metadata or {}), **reserved}
+    wanted = set(keys) if base is not None and keys is not None else None
     state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
-             for k, v in model.state_dict().items()}
+             for k, v in model.state_dict().items() if wanted is None or k in wanted}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def base_reference(path: str | os.PathLike) -> str:
+    """How a delta checkpoint names its base: ``shipped:NAME`` for weights in ``assets/weights/``
+    (found there on any machine), else the file's absolute path."""
+    from .shipped import WEIGHTS_DIR
+
+    path = Path(path).resolve()
+    return f"shipped:{path.name}" if path.parent == WEIGHTS_DIR.resolve() else str(path)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_base(path: Path, meta: dict) -> Path:
+    """The base checkpoint a delta file names, checked against the SHA-256 it recorded."""
+    from .shipped import WEIGHTS_DIR
+
+    ref = meta["base"]
+    base = WEIGHTS_DIR / ref.removeprefix("shipped:") if ref.startswith("shipped:") else Path(ref)
+    if not base.is_file():
+        raise InputFileError(f"'{path}' holds only the weights personalization adapted, over '{ref}', which is not "
+                             f"on this machine; install avatar-app with its shipped weights or copy that file there.")
+    if meta.get("base_sha256") and _sha256(base) != meta["base_sha256"]:
+        raise InputFileError(f"'{path}' was adapted from other weights than the '{base}' on this machine "
+                             "(their SHA-256 differs); personalize again from these weights.")
+    return base
 
 
 def _describe_mismatch(path: Path, expected: dict[str, torch.Size], found: dict[str, tuple]) -> str | None:
@@ -195,6 +238,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             except (TypeError, KeyError, ValueError) as exc:
                 raise InputFileError(f"Checkpoint '{path}' has a model config this version cannot build ({exc}).") from exc
             expected = {k: v.shape for k, v in model.state_dict().items()}
+            if meta.get("base"):  # a delta: the base's weights, then the ones in this file
+                base = load_checkpoint(_resolve_base(path, meta))
+                if base.config != config:
+                    raise InputFileError(f"'{path}' and its base weights describe different models.")
+                model.load_state_dict(base.state_dict())
+                expected = {k: v for k, v in expected.items() if k in found}
             problem = _describe_mismatch(path, expected, found)
             if problem:
                 raise InputFileError(problem)
@@ -203,5 +252,5 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise InputFileError(f"Could not read weights from '{path}' ({exc}); the file is damaged or not a safetensors file.") from exc
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not meta.get("base"))
     return model.to(device).eval()

@@ -138,11 +138,12 @@ def run_personalize(args) -> int:
 
     def progress(info: dict) -> None:
         bar.n = min(round(info["elapsed"]), bar.total)
-        bar.set_postfix(step=info["step"], loss=f"{info['loss']:.4f}", eta=f"{info['eta']:.0f}s")
+        bar.set_postfix(step=info["step"] if not info.get("expected_steps") else f"{info['step']}/~{info['expected_steps']}",
+                        loss=f"{info['loss']:.4f}", eta=f"{info['eta']:.0f}s")
 
     try:
         result = personalize(clip, base, identity, budget_s=args.budget, progress=progress, cancel=token,
-                             device=device)
+                             device=device, on_estimate=lambda e: tqdm.write(f"avatar-app: {e.message()}", file=sys.stderr))
     except KeyboardInterrupt:
         token.cancel()
         bar.close()
@@ -157,8 +158,8 @@ def run_personalize(args) -> int:
                   "clip": args.clip or f"recorded {args.record} s from camera {args.camera}", "device": device,
                   "frames": len(clip.crops)}
     profile = save_profile(args.name, result.model.cpu(), portrait, neutral=clip.neutral, metrics=metrics,
-                           provenance=provenance)
+                           provenance=provenance, base=start.weights, adapted=result.adapted)
     print(f"profile '{args.name}' saved to {profile.path}: held-out PSNR {result.before['psnr']:.2f} -> "
           f"{result.after['psnr']:.2f} dB, L1 {result.before['l1']:.4f} -> {result.after['l1']:.4f} "
-          f"({result.steps} steps in {result.seconds:.1f} s)")
+          f"({result.steps} steps in {result.seconds:.1f} s; {result.estimate.steps if result.estimate else '?'} estimated)")
     return 0

@@ -1,11 +1,14 @@
 """Personalization: adapt the (meta-learned) model to one person in a wall-clock budget.
 
 From a clip of the person: track every frame, take one aligned crop for the clip, hold
-out every 10th frame, and fine-tune the warp network and the generator on
-self-reenactment pairs (the source is the clip's reference frame or another frame, the
-driver a training frame) until the budget runs out or the caller cancels.  Before and
-after, the model animates the reference frame with each held-out frame's landmarks and
-is scored against that frame (PSNR, L1).
+out every 10th frame, and fine-tune on self-reenactment pairs until the wall-clock budget
+runs out or the caller cancels.  What is fine-tuned depends on the device (:func:`auto_plan`):
+on a GPU the warp network and the generator on random pairs (the source is the reference
+frame or another frame); on a CPU the warp network and the generator's decoder animating the
+reference frame, with each frame's analytic flow and landmark image computed once
+(:mod:`.adapt_cached`).  A probe measures what the budget buys first (:mod:`.budget`).  Before
+and after, the model animates the reference frame with each held-out frame's landmarks and is
+scored against that frame (PSNR, L1).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,10 +29,16 @@ from ..face.tracker import FaceTracker
 from ..imaging import bgr_to_rgb_chw
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
+from .adapt_cached import PLANS, FrameCache, Plan, adapted_parameters, cached_loss, plan_optimizer
+from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
-from .meta import inner_optimizer
 from .inputs import FrameFlowInputs
+from .meta import inner_optimizer
 from .trainer import Trainer
+
+
+class _Cancelled(Exception):
+    """Raised inside :func:`personalize` when its :class:`CancelToken` is set."""
 
 
 class CancelToken:
@@ -65,12 +74,17 @@ class PersonalizeResult:
     after: dict
     cancelled: bool
     curve: list[dict] = field(default_factory=list)  # {"seconds", "step", "psnr", "l1"} on held-out frames
+    plan: str = "full"
+    estimate: Estimate | None = None  # what the probe said the budget would buy
+    adapted: list[str] | None = None  # names of the parameters adapted (what a profile stores)
 
     def metrics(self) -> dict:
         """Held-out PSNR and L1 before and after, steps and seconds (what a profile records)."""
         return {"psnr": {"before": self.before["psnr"], "after": self.after["psnr"]},
                 "l1": {"before": self.before["l1"], "after": self.after["l1"]},
-                "steps": self.steps, "seconds": self.seconds}
+                "steps": self.steps, "seconds": self.seconds, "plan": self.plan,
+                **({"estimated_steps": self.estimate.steps, "threads": self.estimate.timing.threads,
+                    "cpu_share": round(self.estimate.timing.cpu_share, 3)} if self.estimate else {})}
 
 
 def held_out_indices(n: int, reference: int = 0, every: int = 10) -> list[int]:
@@ -136,28 +150,54 @@ class _FramePairs(torch.utils.data.Dataset):
                 "identity": self.identity, "clip": torch.tensor(0)}
 
 
-def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, budget_s: float = 30.0,
-                batch_size: int = 4, lr: float = 1e-4, warp_lr_scale: float = 0.1, holdout_every: int = 10,
-                progress: Callable[[dict], None] | None = None, cancel: CancelToken | None = None,
-                device: str = "cpu", seed: int = 0, curve_every_s: float | None = None,
-                also_score: dict[str, list[dict]] | None = None) -> PersonalizeResult:
-    """Fine-tune a copy of ``base`` on ``clip`` for at most ``budget_s`` seconds of training.
+CPU_PLAN = "warp+decoder"  # measured against the others in docs/PERSONALIZATION.md
 
-    ``progress`` receives ``{"step", "elapsed", "eta", "loss"}`` after every step; ``cancel``
-    stops at the next step.  ``curve_every_s`` also scores the held-out frames every so many
-    training seconds (evaluation time is not counted against the budget), and each set of
-    :func:`frame_items` in ``also_score`` beside them (keys ``<name>_psnr``, ``<name>_l1``).
+
+def auto_plan(device: str | torch.device) -> str:
+    """The adaptation plan for ``device``: on a GPU every weight of warp network and generator on random
+    pairs (``full``, as measured on the H200); on a CPU the warp network and the generator's decoder
+    animating the reference frame over each frame's analytic flow computed once (:data:`CPU_PLAN`)."""
+    return "full" if torch.device(device).type == "cuda" else CPU_PLAN
+
+
+def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, budget_s: float = 30.0,
+                batch_size: int | None = None, lr: float | None = None, warp_lr_scale: float = 0.1,
+                holdout_every: int = 10, progress: Callable[[dict], None] | None = None,
+                cancel: CancelToken | None = None, device: str = "cpu", seed: int = 0,
+                curve_every_s: float | None = None, also_score: dict[str, list[dict]] | None = None,
+                plan: str = "auto", on_estimate: Callable[[Estimate], None] | None = None,
+                cache_frames: int = 48, max_steps: int | None = None,
+                curve_every_steps: int | None = None) -> PersonalizeResult:
+    """Adapt a copy of ``base`` to ``clip`` within ``budget_s`` wall-clock seconds.
+
+    ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate) and generator on
+    random pairs; a name in :data:`~.adapt_cached.PLANS` adapts a part of the model animating the
+    reference frame over inputs computed once for up to ``cache_frames`` training frames (the
+    computing counts against the budget); ``"auto"``: :func:`auto_plan`.  Before most of the budget
+    is spent a probe times real steps (:func:`~.budget.probe`) and ``on_estimate`` hears what the
+    rest of the budget buys (:class:`~.budget.Estimate`, with the gain measured for that many steps).  ``progress`` receives ``{"step",
+    "elapsed", "eta", "loss", "expected_steps"}`` after every step; ``cancel`` stops at the next step.
+    ``curve_every_s`` also scores the held-out frames every so many seconds of the budget (scoring
+    time is not counted), and each set of :func:`frame_items` in ``also_score`` beside them (keys
+    ``<name>_psnr``, ``<name>_l1``); ``curve_every_steps`` scores every so many steps instead.
+    ``max_steps`` also stops after that many steps (measurements that must not depend on the load).
     """
     n = len(clip.crops)
     held = held_out_indices(n, clip.reference, holdout_every)
     train_idx = [i for i in range(n) if i not in held]
     if not held or len(train_idx) < 2:
         raise NoFaceError(f"The clip has too few usable frames ({n}) to personalize; record at least 10 s.")
+    plan = auto_plan(device) if plan == "auto" else plan
+    cached = PLANS.get(plan)
+    if cached is None and plan != "full":
+        raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto', 'full' or one of {sorted(PLANS)}")
+    batch_size = batch_size or (cached.batch_size if cached else 4)
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=False, seed=seed)
     model = copy.deepcopy(base)
     pairs = FrameFlowInputs(_FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
+
     def scores() -> dict:
         out = _score(trainer, model, held_items)
         for name, items in (also_score or {}).items():
@@ -165,32 +205,111 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         return out
 
     before = scores()
+    curving = bool(curve_every_s or curve_every_steps)
+    curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "step": 0, **before}] if curving else []
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    if cached is None:
+        step_fn, params = _full_steps(trainer, model, pairs, batch_size, lr or 1e-4, warp_lr_scale)
+    else:
+        step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
+                                        lr or cached.lr, cache_frames, device, seed)
+    threads = torch.get_num_threads()
+    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0}
+
+    def elapsed() -> float:  # wall seconds of the budget spent (scoring a curve point is not counted)
+        return time.perf_counter() - t_start - run["scoring"]
+
+    def record() -> None:
+        if cancel is not None and cancel.cancelled:
+            raise _Cancelled
+        run["loss"] = step_fn()
+        run["step"] += 1
+        if progress is not None:
+            spent = elapsed()
+            progress({"step": run["step"], "elapsed": spent, "eta": max(0.0, budget_s - spent), "loss": run["loss"],
+                      "expected_steps": run["expected"]})
+
+    def curve_point(point: dict | None = None) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        cpu = time.process_time() - cpu_start - run["scoring_cpu"]
+        curve.append({"seconds": elapsed(), "cpu_seconds": cpu, "step": run["step"], **(point or scores())})
+        run["scoring"] += time.perf_counter() - t0
+        run["scoring_cpu"] += time.process_time() - c0
+
+    estimate, cancelled = None, False
+    next_curve, next_step = curve_every_s or float("inf"), curve_every_steps or 10**12
+    try:
+        if torch.device(device).type == "cpu":
+            timing, _ = probe(record, over=lambda: elapsed() >= budget_s)
+        else:  # a GPU: one warm-up step, then three timed
+            record()
+            wall = time.perf_counter()
+            for _ in range(3):
+                record()
+            torch.cuda.synchronize(device)
+            timing = Timing(0, (time.perf_counter() - wall) / 3, 1.0)
+        estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
+        estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
+        run["expected"] = estimate.steps
+        if on_estimate is not None:
+            on_estimate(estimate)
+        torch.set_num_threads(timing.threads or threads)
+        while elapsed() < budget_s and (max_steps is None or run["step"] < max_steps):
+            record()
+            if elapsed() >= next_curve or run["step"] >= next_step:
+                next_curve += curve_every_s if elapsed() >= next_curve else 0.0
+                next_step += curve_every_steps if run["step"] >= next_step else 0
+                curve_point()
+    except _Cancelled:
+        cancelled = True
+    finally:
+        torch.set_num_threads(threads)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    step, trained_s = run["step"], elapsed()
+    after = scores()
+    if curving and curve[-1]["step"] != step:
+        curve_point(after)
+    return PersonalizeResult(model.eval(), step, trained_s, before, after, cancelled, curve, plan, estimate, params)
+
+
+def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, lr: float, warp_lr_scale: float):
+    """Steps of the ``full`` plan: warp network and generator on random pairs of the clip."""
     opt = inner_optimizer(model, lr, warp_lr_scale)
     params = [p for g in opt.param_groups for p in g["params"]]
-    curve = [{"seconds": 0.0, "step": 0, **before}] if curve_every_s else []
-    step, trained_s, next_curve = 0, 0.0, curve_every_s or float("inf")
-    cancelled = False
-    while trained_s < budget_s:
-        if cancel is not None and cancel.cancelled:
-            cancelled = True
-            break
-        t0 = time.perf_counter()
-        batch = torch.utils.data.default_collate([pairs[step * batch_size + k] for k in range(batch_size)])
+    counter = iter(range(10**12))
+
+    def step() -> float:
+        k = next(counter)
+        batch = torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)])
         opt.zero_grad(set_to_none=True)
         loss, _ = trainer.compute_losses(batch, model=model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        step += 1
-        trained_s += time.perf_counter() - t0
-        if progress is not None:
-            progress({"step": step, "elapsed": trained_s, "eta": max(0.0, budget_s - trained_s),
-                      "loss": float(loss.detach())})
-        if trained_s >= next_curve:
-            curve.append({"seconds": trained_s, "step": step, **scores()})
-            next_curve += curve_every_s
-    after = scores()
-    return PersonalizeResult(model.eval(), step, trained_s, before, after, cancelled, curve)
+        return float(loss.detach())
+
+    return step, sorted(n for n, _ in model.named_parameters() if n.startswith(("warp.", "generator.")))
+
+
+def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, train_idx: list[int], identity,
+                  plan: Plan, batch_size: int, lr: float, cache_frames: int, device: str, seed: int):
+    """Steps of a cached plan over up to ``cache_frames`` training frames spread over the clip."""
+    picks = np.linspace(0, len(train_idx) - 1, min(cache_frames, len(train_idx))).round().astype(int)
+    cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+    opt, params = plan_optimizer(model, plan, lr)
+    rng = np.random.default_rng(seed)
+    take = min(batch_size, cache.size)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    return step, sorted(adapted_parameters(model, plan))
 
 
 def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.ndarray) -> list[dict]:

@@ -159,6 +159,7 @@ class Adapted:
     previews: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (held-out frame, before, after), 256 px BGR
     base_weights: str
     device: str = "cpu"
+    base_path: str | None = None  # the checkpoint adapted (a profile stores only the adapted weights over it)
 
 
 class Adapter(QObject):
@@ -166,12 +167,15 @@ class Adapter(QObject):
 
     Signals:
         stage(str): what it is doing now.
-        progress(dict): personalization's ``{"step", "elapsed", "eta", "loss"}``.
+        estimate(object): what the budget buys on this machine now (a :class:`~avatar_app.train.budget.Estimate`,
+            measured by a probe before most of the budget is spent).
+        progress(dict): personalization's ``{"step", "elapsed", "eta", "loss", "expected_steps"}``.
         finished(object): an :class:`Adapted`.
         failed(str): one sentence (also when cancelled).
     """
 
     stage = Signal(str)
+    estimate = Signal(object)
     progress = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
@@ -223,12 +227,14 @@ class Adapter(QObject):
         emit_safely(self.stage, f"Adapting the model to you ({self.budget_s:.0f} s)…")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         result = personalize(clip, base, identity, budget_s=self.budget_s, cancel=self.cancel_token, device=device,
-                             progress=lambda info: emit_safely(self.progress, info))
+                             progress=lambda info: emit_safely(self.progress, info),
+                             on_estimate=lambda e: emit_safely(self.estimate, e))
         if result.cancelled:
             return None
         emit_safely(self.stage, "Comparing before and after on frames it did not train on…")
         previews = before_after(clip, base, result.model, identity)
-        return Adapted(result, clip, previews, start.describe(), device)
+        return Adapted(result, clip, previews, start.describe(), device,
+                       str(start.weights) if start.weights is not None else None)
 
 
 def before_after(clip, base, adapted, identity: np.ndarray, count: int = 2):
@@ -257,4 +263,5 @@ def save_adapted(name: str, adapted: Adapted, budget_s: float):
     provenance = {"base_weights": adapted.base_weights, "budget_s": budget_s, "clip": "recorded in the desktop app",
                   "device": adapted.device, "frames": len(clip.crops)}
     return save_profile(name, result.model.cpu(), clip.crops[clip.reference], neutral=clip.neutral,
-                        metrics=result.metrics(), provenance=provenance)
+                        metrics=result.metrics(), provenance=provenance, base=adapted.base_path,
+                        adapted=result.adapted)

@@ -137,25 +137,31 @@ class AdaptPage(QWizardPage):
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.time_label = QLabel("")
+        self.estimate_label = QLabel("Measuring what the budget buys on this computer…")
+        self.estimate_label.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel adaptation")
         self.cancel_button.clicked.connect(self.cancel)
         layout = QVBoxLayout(self)
-        for w in (self.stage_label, self.bar, self.time_label, self.cancel_button):
+        for w in (self.stage_label, self.bar, self.time_label, self.estimate_label, self.cancel_button):
             layout.addWidget(w)
         layout.addStretch(1)
         self.adapter: Adapter | None = None
         self.adapted = None
         self.steps_seen = 0
+        self.estimate = None
 
     def initializePage(self) -> None:
         record = self.w.record_page
         self.adapted = None
         self.steps_seen = 0
+        self.estimate = None
+        self.estimate_label.setText("Measuring what the budget buys on this computer…")
         self.bar.setValue(0)
         self.time_label.setText(f"about {self.w.budget_s:.0f} s of adaptation")
         self.cancel_button.setEnabled(True)
         self.adapter = a = Adapter(record.images, record.fps, self.w.budget_s, self.w.weights, self.w.preset, self)
         a.stage.connect(self.stage_label.setText)
+        a.estimate.connect(self._on_estimate)
         a.progress.connect(self._on_progress)
         a.finished.connect(self._on_finished)
         a.failed.connect(self._on_failed)
@@ -168,10 +174,15 @@ class AdaptPage(QWizardPage):
         if self.adapter is not None:
             self.adapter.cancel()
 
+    def _on_estimate(self, estimate) -> None:
+        self.estimate = estimate
+        self.estimate_label.setText(estimate.message()[0].upper() + estimate.message()[1:] + ".")
+
     def _on_progress(self, info: dict) -> None:
         self.steps_seen = info["step"]
         self.bar.setValue(round(1000 * min(1.0, info["elapsed"] / max(self.w.budget_s, 1e-6))))
-        self.time_label.setText(f"{info['eta']:.0f} s left · step {info['step']} · loss {info['loss']:.4f}")
+        of = f" of about {info['expected_steps']}" if info.get("expected_steps") else ""
+        self.time_label.setText(f"{info['eta']:.0f} s left · step {info['step']}{of} · loss {info['loss']:.4f}")
 
     def _on_finished(self, adapted) -> None:
         self.adapted = adapted

@@ -1,0 +1,175 @@
+"""Cheap personalization: adapt part of the generator over inputs computed once.
+
+The app always animates the recording's reference frame, so in the pairs personalization
+trains on only the driving frame changes.  With the warp network, the generator's encoder
+and the decoder stages before ``plan.start`` frozen, everything up to that point is a fixed
+function of the driving frame: it is computed once per training frame (:class:`FrameCache`:
+the analytic flow, the warp network's grid, occlusion and warped source, the warped source
+features, the frozen stages' output, the landmark image) and each step runs only the adapted
+stages forward and backward.  Which parameters pay most per second on a CPU was measured
+(docs/PERSONALIZATION.md); :data:`PLANS` holds the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.flow import AnalyticFlow
+from ..models.portrait import NET_SIZE, PortraitModel
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a cached adaptation adapts.
+
+    ``start``: the decoder stage whose output is cached (0: only the warped features; see
+    :meth:`~avatar_app.models.generator.Generator.decode`; -1: only the analytic flow, so the warp
+    network runs each step); ``params``: ``"decoder"`` (every weight of the stages after ``start``,
+    the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
+    rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
+    layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
+    ``lr``: Adam's rate.
+    """
+
+    name: str
+    start: int
+    params: str
+    lr: float
+    batch_size: int = 4
+    warp_lr_scale: float = 0.1
+
+
+PLANS = {
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 3e-4),
+    "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
+    "decoder": Plan("decoder", 0, "decoder", 3e-4),
+    "late": Plan("late", 2, "decoder", 5e-4),
+    "head": Plan("head", 3, "decoder", 1e-3),
+    "modulation": Plan("modulation", 0, "modulation", 1e-3),
+}
+
+
+def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.Parameter]:
+    """The parameters ``plan`` adapts, by their names in ``model``."""
+    g = model.generator
+    stages = [name for k, name in enumerate(("dec32", "dec64", "dec128"), start=1) if k > plan.start]
+    prefixes = tuple(f"generator.{n}." for n in stages + (["to_top", "top", "head"] if plan.params == "decoder"
+                                                          else (["top"] if g.top is not None else [])))
+    if plan.params == "warp":
+        prefixes = ()
+    if plan.start < 0:  # the warp network too, but not its source code (computed once per source)
+        prefixes += ("warp.",)
+    chosen = {n: p for n, p in model.named_parameters()
+              if n.startswith(prefixes) and not n.startswith(("warp.code_net.", "warp.code_fc."))}
+    if plan.params == "modulation":
+        chosen = {n: p for n, p in chosen.items() if ".adain." in n}
+    if not chosen:
+        raise ValueError(f"plan {plan.name!r} adapts nothing in this model")
+    return chosen
+
+
+class FrameCache:
+    """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
+    reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)``, the landmark image
+    ``cond (6, S, S)`` (uint8) and the decoder's inputs from ``plan.start`` on (``h`` and the warped
+    features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
+
+    def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
+                 device: str | torch.device = "cpu", chunk: int = 8):
+        from .inputs import FrameFlowInputs
+        from .personalize import _FramePairs
+
+        self.start, self.device = start, torch.device(device)
+        items = FrameFlowInputs(_FramePairs(clip, sorted(set(indices) | {clip.reference}), identity,
+                                            pairs=[(clip.reference, i) for i in indices]))
+        flow = AnalyticFlow(NET_SIZE).to(self.device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            src = None
+            for k in range(0, len(indices), chunk):
+                b = torch.utils.data.default_collate([items[j] for j in range(k, min(k + chunk, len(indices)))])
+                b = {key: v.to(self.device) if torch.is_tensor(v) else v for key, v in b.items()}
+                n = b["driving"].shape[0]
+                if src is None:  # the reference frame, encoded once
+                    src = model.encode_source(b["source"][:1], b["source_cond"][:1], b["identity"][:1])
+                grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
+                s = _expand(src, n)
+                keep = {"driving": b["driving"], "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
+                if start < 0:  # the warp network runs in each step: keep its inputs
+                    keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
+                else:
+                    keep |= self._frozen_part(model, s, b, grid, mouth, coord, start)
+                for key, v in keep.items():
+                    parts.setdefault(key, []).append(v.contiguous())
+        model.train(was_training)
+        self.tensors = {k: torch.cat(v) for k, v in parts.items()}
+        self.identity = src.identity
+        self.source = src
+        self.size = len(indices)
+
+    @staticmethod
+    def _frozen_part(model: PortraitModel, s, b: dict, grid, mouth, coord, start: int) -> dict:
+        """The warp network's warped source and the decoder's inputs from stage ``start`` on."""
+        gen = model.generator
+        out = model.warp_frame(s, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+        warped = gen.warp_features(s.features, out["grid"], out["occlusion"])
+        h = None
+        for stage in range(1, start + 1):
+            h = gen.stage(stage, h, warped, b["driving_cond"], s.identity)
+        keep = {"warped_source": out["warped"], **{f"f{i}": warped[i] for i in range(3) if _reads(start, i)}}
+        return keep | ({"h": h} if h is not None else {})
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def batch(self, picks: list[int]) -> dict:
+        """The cached inputs of frames ``picks`` (positions in the cache) as a batch."""
+        idx = torch.as_tensor(picks, device=self.device)
+        b = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
+        b["cond"] = b["cond"].float() / 255.0
+        b["warped"] = [b.pop(f"f{i}", None) for i in range(3)]
+        b["identity"] = self.identity.expand(len(picks), -1)
+        b["source"] = _expand(self.source, len(picks))
+        return b
+
+
+def plan_optimizer(model: PortraitModel, plan: Plan, lr: float | None = None) -> tuple[torch.optim.Optimizer, list]:
+    """Adam over ``plan``'s parameters (the warp network's at ``plan.warp_lr_scale`` × the rate);
+    every other parameter of ``model`` stops taking gradients.  Returns the optimiser and the parameters."""
+    lr = lr or plan.lr
+    chosen = adapted_parameters(model, plan)
+    model.requires_grad_(False)
+    for p in chosen.values():
+        p.requires_grad_(True)
+    warp = [p for n, p in chosen.items() if n.startswith("warp.")]
+    rest = [p for n, p in chosen.items() if not n.startswith("warp.")]
+    groups = [{"params": rest, "lr": lr}] + ([{"params": warp, "lr": lr * plan.warp_lr_scale}] if warp else [])
+    return torch.optim.Adam(groups, betas=(0.9, 0.999)), warp + rest
+
+
+def _reads(start: int, level: int) -> bool:
+    """Whether the stages after ``start`` read warped feature ``level`` (0: S/2, 1: S/4, 2: S/8)."""
+    return start < 3 - level
+
+
+def _expand(src, n: int):
+    """The once-encoded source repeated for a chunk of ``n`` frames."""
+    from ..models.portrait import SourceCode
+
+    rep = (lambda t: t.expand(n, *t.shape[1:]))
+    return SourceCode(rep(src.image), rep(src.cond), rep(src.identity), rep(src.code), [rep(f) for f in src.features])
+
+
+def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[int]) -> torch.Tensor:
+    """Personalization's loss (the trainer's image losses) of the adapted stages on cached frames."""
+    b = cache.batch(picks)
+    if cache.start < 0:
+        out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+        return sum(trainer._image_losses(out["image"], b["driving"], b["cond"]).values())
+    image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start, b.get("h"))
+    return sum(trainer._image_losses(image, b["driving"], b["cond"]).values())

@@ -1,0 +1,134 @@
+"""What a wall-clock budget buys on this machine now: threads, step time, CPU share, steps.
+
+Personalization's budget is wall-clock, so a machine busy with other work gets fewer steps.
+Before the budget is spent, :func:`probe` times real adaptation steps with one thread and with
+every core this process may use, keeps the faster (on a loaded machine one thread often wins:
+a thread that waits for a busy core holds up the others at every barrier) and measures how much
+of the cores it asked for the process really got.  :func:`plan_steps` turns that into the number
+of steps the rest of the budget buys; :class:`Estimate` says it in one sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is busy with other work
+
+# Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
+# that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
+# Sources: docs/PERSONALIZATION.md (lite, CPU plan) and docs/BENCHMARKS.md (full, H200, 30 s).
+MEASURED_GAIN = {
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (20, 0.59, 0.94), (40, 0.68, 1.30)],
+    ("full", "full"): [(0, 0.0, 0.0), (119, 1.28, 2.36)],
+}
+
+
+def expected_gain(preset: str, plan: str, steps: int) -> tuple[float, float, bool] | None:
+    """``(low, high, beyond)``: the measured later-segment gain (dB) after ``steps`` steps,
+    interpolated linearly; ``beyond``: more steps than were measured (then at least the last
+    figures).  ``None`` where this preset and plan were not measured."""
+    points = MEASURED_GAIN.get((preset, plan))
+    if points is None:
+        return None
+    last = points[-1]
+    if steps >= last[0]:
+        return last[1], last[2], steps > last[0]
+    (s0, lo0, hi0), (s1, lo1, hi1) = next((a, b) for a, b in zip(points, points[1:]) if a[0] <= steps < b[0])
+    t = (steps - s0) / (s1 - s0)
+    return lo0 + t * (lo1 - lo0), hi0 + t * (hi1 - hi0), False
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Timing:
+    threads: int
+    step_s: float  # wall seconds per step
+    cpu_share: float  # CPU seconds this process got / (wall seconds × threads)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the budget buys, measured before it is spent (``device``: where the steps run)."""
+
+    budget_s: float
+    spent_s: float  # of the budget, already gone (preparation, the probe's own steps)
+    done: int  # steps the probe already took
+    timing: Timing
+    device: str = "cpu"
+    gain: tuple[float, float, bool] | None = None  # :func:`expected_gain` for the steps estimated
+
+    @property
+    def steps(self) -> int:
+        return plan_steps(self.budget_s, self.spent_s, self.timing.step_s, self.done)
+
+    @property
+    def busy(self) -> bool:
+        return self.device == "cpu" and self.timing.cpu_share < BUSY_SHARE
+
+    def message(self) -> str:
+        t = self.timing
+        where = (f"{t.threads} CPU thread{'s' * (t.threads > 1)}" if self.device == "cpu" else self.device)
+        text = (f"{1 / t.step_s:.1f} steps/s on {where} now: the {self.budget_s:.0f} s budget buys about "
+                f"{self.steps} steps")
+        if self.gain is not None:
+            low, high, beyond = self.gain
+            text += (f"; on two people the model never saw, {'more than ' if beyond else ''}that many steps raised "
+                     f"the frames after the recording by {'at least ' if beyond else 'about '}{low:.1f}-{high:.1f} dB")
+        if self.busy:
+            text += (f"; the machine is busy with other work (this process gets {100 * t.cpu_share:.0f} % of the CPU "
+                     f"it asks for), so the budget buys fewer steps than on an idle machine")
+        return text
+
+
+def plan_steps(budget_s: float, spent_s: float, step_s: float, done: int = 0) -> int:
+    """Steps taken in all when the ``budget_s - spent_s`` seconds left run at ``step_s`` each, after ``done``."""
+    if step_s <= 0:
+        raise ValueError("step time must be positive")
+    return done + max(0, math.floor((budget_s - spent_s) / step_s))
+
+
+def time_steps(step: Callable[[], None], n: int, threads: int, over: Callable[[], bool] = lambda: False) -> Timing:
+    """Run ``step`` ``n`` times (fewer once ``over()``) with ``threads`` torch threads; wall time per
+    step and the CPU share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    done = 0
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        while done < n and not (done and over()):
+            step()
+            done += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        torch.set_num_threads(before)
+    return Timing(threads, wall / done, min(1.0, cpu / max(wall * threads, 1e-9)))
+
+
+def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
+          over: Callable[[], bool] = lambda: False) -> tuple[Timing, int]:
+    """Time ``step`` (one adaptation step, run for real) with one thread after a warm-up step, then,
+    if that thread had a core to itself and ``cores > 1``, with ``cores`` threads; returns the faster
+    timing and how many steps ran.  (More threads are not tried on a busy machine: there each barrier
+    waits for a thread that waits for a core, and a step can take many times longer.)  Stops early once
+    ``over()`` (the budget is spent)."""
+    cores = cores or usable_cores()
+    warm = time_steps(step, 1, 1)
+    if over():
+        return warm, 1
+    timings = [time_steps(step, n, 1, over)]
+    if cores > 1 and timings[0].cpu_share >= BUSY_SHARE and not over():
+        timings.append(time_steps(step, n, cores, over))
+    return min(timings, key=lambda t: t.step_s), 1 + n * len(timings)

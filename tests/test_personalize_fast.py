@@ -1,0 +1,209 @@
+"""Cheap personalization (issue 14): cached adaptation, the budget probe and small profiles."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_app.errors import InputFileError
+from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
+from avatar_app.models.shipped import shipped_weights
+from avatar_app.train.adapt_cached import PLANS, FrameCache, adapted_parameters, cached_loss
+from avatar_app.train.budget import BUSY_SHARE, Estimate, Timing, plan_steps, probe
+from avatar_app.train.config import TrainConfig
+from avatar_app.train.inputs import FrameFlowInputs
+from avatar_app.train.personalize import _FramePairs, auto_plan, personalize
+from avatar_app.train.trainer import Trainer
+
+from test_meta import _animated_clip, _cast_clip, _tiny
+
+torch.set_num_threads(1)
+
+
+def _trained_like(seed: int = 1) -> PortraitModel:
+    """The tiny model with every weight moved off its (near-identity) start, so each stage matters."""
+    model = _tiny()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("start", [0, 1, 2, 3])
+def test_decoding_from_a_cached_stage_is_the_whole_generator(start):
+    gen = _trained_like().generator.eval()
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.rand(2, c, s, s, generator=g) for c, s in ((4, 128), (8, 64), (8, 32))]
+    grid = torch.rand(2, 256, 256, 2, generator=g) * 1.8 - 0.9
+    occ, cond = torch.rand(2, 1, 256, 256, generator=g), torch.rand(2, 6, 256, 256, generator=g)
+    ident, src = torch.randn(2, 128, generator=g), torch.rand(2, 3, 256, 256, generator=g)
+    with torch.no_grad():
+        whole, mask = gen(feats, grid, occ, cond, ident, src)
+        warped = gen.warp_features(feats, grid, occ)
+        h = None
+        for k in range(1, start + 1):
+            h = gen.stage(k, h, warped, cond, ident)
+        part, part_mask = gen.decode(warped, cond, ident, src, start, h)
+    assert torch.equal(part, whole) and torch.equal(part_mask, mask)
+
+
+@pytest.mark.parametrize("plan", sorted(PLANS))
+def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, plan):
+    """What the cache holds, run through the adapted stages, gives exactly the loss the trainer computes
+    from scratch on the same (reference, frame) pairs: nothing is lost by computing it once."""
+    clip = _cast_clip(astronaut_source)
+    model, ident = _trained_like(), np.linspace(-1, 1, 128).astype(np.float32)
+    frames = [3, 7, 11]
+    cache = FrameCache(model, clip, frames, ident, PLANS[plan].start, chunk=2)
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False), None,
+                      train_set=[], model=model)
+    items = FrameFlowInputs(_FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
+    batch = torch.utils.data.default_collate([items[k] for k in range(3)])
+    model.eval()
+    with torch.no_grad():
+        want, _ = trainer.compute_losses(batch, model=model)
+        got = cached_loss(trainer, model, cache, [0, 1, 2])
+    assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert cache.size == 3 and cache.nbytes() > 0
+
+
+@pytest.mark.parametrize("plan", sorted(PLANS))
+def test_a_plan_adapts_only_its_parameters(astronaut_source, plan):
+    base = _tiny()
+    result = personalize(_cast_clip(astronaut_source), base, np.zeros(128, np.float32), budget_s=600, lr=3e-3,
+                         plan=plan, max_steps=8)
+    chosen = set(adapted_parameters(base, PLANS[plan]))
+    assert result.adapted == sorted(chosen) and result.steps == 8 and result.plan == plan
+    after, before = dict(result.model.named_parameters()), dict(base.named_parameters())
+    changed = {n for n in before if not torch.equal(after[n], before[n])}
+    assert changed and changed <= chosen, changed - chosen
+    assert all(p.requires_grad for p in result.model.parameters())  # handed back as a normal model
+
+
+def test_cached_personalization_lowers_heldout_loss(astronaut_source):
+    # a fixed number of steps, so the result does not depend on how busy the machine is
+    result = personalize(_cast_clip(astronaut_source), _tiny(), np.zeros(128, np.float32), budget_s=600,
+                         batch_size=2, lr=3e-3, plan="decoder", max_steps=30)
+    assert result.after["l1"] < 0.99 * result.before["l1"], (result.before, result.after)
+    assert result.after["psnr"] > result.before["psnr"] + 0.05, (result.before, result.after)
+
+
+def test_the_plan_follows_the_device():
+    assert auto_plan("cuda") == "full" and auto_plan("cuda:1") == "full"  # a GPU: every weight
+    assert auto_plan("cpu") in PLANS  # a CPU: a cached plan
+
+
+def test_plan_steps_spends_the_rest_of_the_budget():
+    assert plan_steps(30.0, 6.0, 0.5, done=5) == 5 + 48
+    assert plan_steps(30.0, 6.0, 0.7, done=5) == 5 + 34  # floor: a step that would end past the budget is not promised
+    assert plan_steps(30.0, 31.0, 0.5, done=5) == 5  # the probe already spent it
+    with pytest.raises(ValueError):
+        plan_steps(30.0, 1.0, 0.0)
+
+
+def test_expected_gain_follows_the_measured_curve():
+    from avatar_app.train.budget import MEASURED_GAIN, expected_gain
+
+    points = MEASURED_GAIN[("lite", "warp+decoder")]
+    (s0, lo0, hi0), (s1, lo1, hi1) = points[1], points[2]
+    low, high, beyond = expected_gain("lite", "warp+decoder", (s0 + s1) // 2)
+    assert low == pytest.approx((lo0 + lo1) / 2) and high == pytest.approx((hi0 + hi1) / 2) and not beyond
+    assert expected_gain("lite", "warp+decoder", s1 + 50) == (lo1, hi1, True)  # never extrapolated upwards
+    assert expected_gain("lite", "warp+decoder", 0)[:2] == (0.0, 0.0)
+    assert expected_gain("lite", "head", 40) is None  # not measured: nothing is promised
+    text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo1, hi1, True)).message()
+    assert f"at least {lo1:.1f}-{hi1:.1f} dB" in text
+
+
+def test_the_estimate_says_when_the_machine_is_busy():
+    idle = Estimate(30.0, 4.0, 5, Timing(2, 0.25, 0.97))
+    busy = Estimate(30.0, 4.0, 5, Timing(1, 0.5, BUSY_SHARE - 0.2))
+    assert not idle.busy and idle.steps == 5 + 104 and "4.0 steps/s on 2 CPU threads" in idle.message()
+    assert busy.busy and busy.steps == 5 + 52 and "busy" in busy.message() and "55 %" in busy.message()
+    assert not Estimate(30.0, 4.0, 5, Timing(0, 0.1, 0.0), device="cuda").busy  # a GPU step waits on the GPU
+
+
+def test_the_probe_keeps_the_faster_thread_count_and_measures_the_cpu_share():
+    """A step that waits instead of computing (as a process starved of CPU does) shows a low CPU share,
+    and the probe then keeps one thread."""
+    calls = []
+
+    def waiting_step():
+        calls.append(torch.get_num_threads())
+        time.sleep(0.02)
+
+    waiting, steps = probe(waiting_step, cores=2, n=2)
+    assert steps == 3 and calls == [1, 1, 1]  # no core to itself: more threads are not tried
+    assert waiting.threads == 1 and 0.015 < waiting.step_s < 0.05 and waiting.cpu_share < BUSY_SHARE
+    assert probe(waiting_step, cores=2, n=2, over=lambda: True)[1] == 1  # the budget is spent: warm-up only
+
+    def computing_step():
+        a = torch.rand(256, 256)
+        end = time.perf_counter() + 0.03
+        while time.perf_counter() < end:
+            a = a @ a.T / 256
+
+    computing, _ = probe(computing_step, cores=1, n=2)
+    assert computing.threads == 1 and computing.cpu_share > 2 * waiting.cpu_share  # (how much depends on the load)
+
+
+def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):
+    estimates, infos = [], []
+    result = personalize(_animated_clip(astronaut_source, n=20), _tiny(), np.zeros(128, np.float32), budget_s=3.0,
+                         batch_size=2, plan="late", on_estimate=estimates.append, progress=infos.append)
+    (est,) = estimates
+    assert result.estimate is est and 1 <= est.done <= 5 and est.steps >= est.done  # (fewer: a busy machine)
+    assert all(i["expected_steps"] == est.steps for i in infos[est.done:])
+    assert [i["step"] for i in infos] == list(range(1, result.steps + 1))
+    assert result.metrics()["estimated_steps"] == est.steps and result.metrics()["plan"] == "late"
+
+
+# ------------------------------------------------------------------------- small profiles
+
+def test_a_delta_checkpoint_holds_only_the_adapted_weights(tmp_path):
+    base_path = save_checkpoint(_tiny(), tmp_path / "base.safetensors")
+    adapted = _trained_like()
+    names = sorted(adapted_parameters(adapted, PLANS["late"]))
+    with torch.no_grad():  # what adaptation leaves: the base, with only the adapted weights changed
+        expected = load_checkpoint(base_path)
+        for n, p in expected.named_parameters():
+            if n in names:
+                p.copy_(dict(adapted.named_parameters())[n])
+    delta = save_checkpoint(expected, tmp_path / "delta.safetensors", base=base_path, keys=names)
+    assert delta.stat().st_size < 0.5 * base_path.stat().st_size
+    loaded = load_checkpoint(delta)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
+    save_checkpoint(_trained_like(seed=2), base_path)  # the base changed since: said, not silently wrong
+    with pytest.raises(InputFileError, match="other weights"):
+        load_checkpoint(delta)
+    base_path.unlink()
+    with pytest.raises(InputFileError, match="not on this machine"):
+        load_checkpoint(delta)
+
+
+@pytest.mark.skipif(shipped_weights("lite") is None, reason="the shipped lite weights are not installed")
+def test_a_profile_over_shipped_weights_moves_between_machines(tmp_path):
+    """A profile adapted from shipped weights names them, not a path: copied elsewhere, it still loads."""
+    from avatar_app.profiles import load_profile, load_weights, save_profile
+
+    base = load_checkpoint(shipped_weights("lite"))
+    names = sorted(adapted_parameters(base, PLANS["decoder"]))
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if n in names:
+                p.mul_(1.01)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    save_profile("me", base, image, root=tmp_path / "a", base=shipped_weights("lite"), adapted=names)
+    whole = save_profile("whole", base, image, root=tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere")
+    profile = load_profile("me", root=tmp_path / "elsewhere")
+    assert profile.weights_path.stat().st_size < 0.5 * whole.weights_path.stat().st_size  # only those, in fp16
+    loaded, want = load_weights(profile).state_dict(), base.state_dict()
+    for name, value in want.items():  # the adapted weights to fp16 precision, the rest exactly the base's
+        assert torch.allclose(loaded[name], value, rtol=1e-3, atol=1e-6) if name in names else torch.equal(
+            loaded[name], value), name
