@@ -155,11 +155,11 @@ def test_personalization_inputs_rasterise_each_frame_once_and_match_the_trainers
     """FrameFlowInputs (personalization) gives the same conditioning as FlowInputs (training),
     drawing each frame's landmark image and triangle map once, however many pairs use it."""
     from avatar_app.train.inputs import FrameFlowInputs
-    from avatar_app.train.personalize import _FramePairs
+    from avatar_app.train.adapt_cached import FramePairs
 
     clip = _animated_clip(astronaut_source, n=6)
     pairs = [(0, 3), (2, 5), (0, 5), (3, 0)]
-    cached = FrameFlowInputs(_FramePairs(clip, list(range(6)), np.zeros(128, np.float32), pairs=pairs))
+    cached = FrameFlowInputs(FramePairs(clip, list(range(6)), np.zeros(128, np.float32), pairs=pairs))
 
     class Plain(torch.utils.data.Dataset):  # the same pairs without the frame indices
         def __len__(self):

@@ -16,7 +16,8 @@ from avatar_app.train.adapt_cached import PLANS, FrameCache, adapted_parameters,
 from avatar_app.train.budget import BUSY_SHARE, Estimate, Timing, plan_steps, probe
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FrameFlowInputs
-from avatar_app.train.personalize import _FramePairs, auto_plan, personalize
+from avatar_app.train.adapt_cached import FramePairs
+from avatar_app.train.personalize import auto_plan, personalize
 from avatar_app.train.trainer import Trainer
 
 from test_meta import _animated_clip, _cast_clip, _tiny
@@ -62,7 +63,7 @@ def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, pl
     cache = FrameCache(model, clip, frames, ident, PLANS[plan].start, chunk=2)
     trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False), None,
                       train_set=[], model=model)
-    items = FrameFlowInputs(_FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
+    items = FrameFlowInputs(FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
     batch = torch.utils.data.default_collate([items[k] for k in range(3)])
     model.eval()
     with torch.no_grad():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DependencyError, InputFileError
+from .assets import WEIGHTS_DIR
 from .enhancer import TemporalEnhancer
 from .flow import fill_mouth_interior
 from .generator import Generator
@@ -158,8 +159,6 @@ def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dic
 def base_reference(path: str | os.PathLike) -> str:
     """How a delta checkpoint names its base: ``shipped:NAME`` for weights in ``assets/weights/``
     (found there on any machine), else the file's absolute path."""
-    from .shipped import WEIGHTS_DIR
-
     path = Path(path).resolve()
     return f"shipped:{path.name}" if path.parent == WEIGHTS_DIR.resolve() else str(path)
 
@@ -176,8 +175,6 @@ def _sha256(path: Path) -> str:
 
 def _resolve_base(path: Path, meta: dict) -> Path:
     """The base checkpoint a delta file names, checked against the SHA-256 it recorded."""
-    from .shipped import WEIGHTS_DIR
-
     ref = meta["base"]
     base = WEIGHTS_DIR / ref.removeprefix("shipped:") if ref.startswith("shipped:") else Path(ref)
     if not base.is_file():

@@ -17,8 +17,37 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..imaging import bgr_to_rgb_chw
 from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel
+
+
+class FramePairs(torch.utils.data.Dataset):
+    """Self-reenactment pairs from in-memory frames: random pairs over ``indices`` (the
+    reference frame is the source half the time), or the fixed ``pairs`` given.  ``clip``: a
+    :class:`~avatar_app.train.personalize.ClipFrames`."""
+
+    def __init__(self, clip, indices: list[int], identity: np.ndarray, seed: int = 0,
+                 pairs: list[tuple[int, int]] | None = None):
+        self.clip, self.indices, self.seed, self.pairs = clip, indices, seed, pairs
+        self.identity = torch.from_numpy(np.asarray(identity, np.float32))
+        self._rgb = {i: torch.from_numpy(bgr_to_rgb_chw(clip.crops[i])) for i in set(indices) | {clip.reference}}
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.pairs is not None else 10**9
+
+    def __getitem__(self, i: int) -> dict:
+        if self.pairs is not None:
+            source, driving = self.pairs[i]
+        else:
+            rng = np.random.default_rng((self.seed, i))
+            source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
+            driving = int(rng.choice(self.indices))
+        return {"source": self._rgb[source], "driving": self._rgb[driving],
+                "source_frame": source, "driving_frame": driving,
+                "source_points": torch.from_numpy(self.clip.points[source].astype(np.float32)),
+                "driving_points": torch.from_numpy(self.clip.points[driving].astype(np.float32)),
+                "identity": self.identity, "clip": torch.tensor(0)}
 
 
 @dataclass(frozen=True)
@@ -80,10 +109,8 @@ class FrameCache:
     def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
                  device: str | torch.device = "cpu", chunk: int = 8):
         from .inputs import FrameFlowInputs
-        from .personalize import _FramePairs
-
         self.start, self.device = start, torch.device(device)
-        items = FrameFlowInputs(_FramePairs(clip, sorted(set(indices) | {clip.reference}), identity,
+        items = FrameFlowInputs(FramePairs(clip, sorted(set(indices) | {clip.reference}), identity,
                                             pairs=[(clip.reference, i) for i in indices]))
         flow = AnalyticFlow(NET_SIZE).to(self.device)
         parts: dict[str, list[torch.Tensor]] = {}

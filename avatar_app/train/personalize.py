@@ -26,10 +26,9 @@ from ..capture.base import FrameSource
 from ..errors import NoFaceError
 from ..face.align import face_crop_box, transform_points, warp_to_crop
 from ..face.tracker import FaceTracker
-from ..imaging import bgr_to_rgb_chw
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
-from .adapt_cached import PLANS, FrameCache, Plan, adapted_parameters, cached_loss, plan_optimizer
+from .adapt_cached import PLANS, FrameCache, FramePairs, Plan, adapted_parameters, cached_loss, plan_optimizer
 from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
@@ -123,33 +122,6 @@ def clip_frames(source: FrameSource, tracker: FaceTracker | None = None, max_fra
     return ClipFrames(crops, points, reference=0, neutral=Landmarks(found[0], (w, h)))
 
 
-class _FramePairs(torch.utils.data.Dataset):
-    """Self-reenactment pairs from in-memory frames: random pairs over ``indices`` (the
-    reference frame is the source half the time), or the fixed ``pairs`` given."""
-
-    def __init__(self, clip: ClipFrames, indices: list[int], identity: np.ndarray, seed: int = 0,
-                 pairs: list[tuple[int, int]] | None = None):
-        self.clip, self.indices, self.seed, self.pairs = clip, indices, seed, pairs
-        self.identity = torch.from_numpy(np.asarray(identity, np.float32))
-        self._rgb = {i: torch.from_numpy(bgr_to_rgb_chw(clip.crops[i])) for i in set(indices) | {clip.reference}}
-
-    def __len__(self) -> int:
-        return len(self.pairs) if self.pairs is not None else 10**9
-
-    def __getitem__(self, i: int) -> dict:
-        if self.pairs is not None:
-            source, driving = self.pairs[i]
-        else:
-            rng = np.random.default_rng((self.seed, i))
-            source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
-            driving = int(rng.choice(self.indices))
-        return {"source": self._rgb[source], "driving": self._rgb[driving],
-                "source_frame": source, "driving_frame": driving,
-                "source_points": torch.from_numpy(self.clip.points[source].astype(np.float32)),
-                "driving_points": torch.from_numpy(self.clip.points[driving].astype(np.float32)),
-                "identity": self.identity, "clip": torch.tensor(0)}
-
-
 CPU_PLAN = "warp+decoder"  # measured against the others in docs/PERSONALIZATION.md
 
 
@@ -194,7 +166,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     batch_size = batch_size or (cached.batch_size if cached else 4)
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=False, seed=seed)
     model = copy.deepcopy(base)
-    pairs = FrameFlowInputs(_FramePairs(clip, train_idx, identity, seed))
+    pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
 
@@ -314,7 +286,7 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
 
 def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.ndarray) -> list[dict]:
     """Scoring samples: each ``(source, driver)`` index pair of ``clip``, with its conditioning."""
-    items = FrameFlowInputs(_FramePairs(clip, sorted({i for p in pairs for i in p}), identity, pairs=pairs))
+    items = FrameFlowInputs(FramePairs(clip, sorted({i for p in pairs for i in p}), identity, pairs=pairs))
     return [items[k] for k in range(len(items))]
 
 
