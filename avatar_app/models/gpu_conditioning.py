@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .conditioning import _GAP_OPEN, _GAP_SHUT, _MESH_GREY, COND_CHANNELS, _line_width, _plan
 from ..types import NUM_LANDMARKS
+from .conditioning import _GAP_OPEN, _GAP_SHUT, _MESH_GREY, _line_width, _plan
 from .gpu_raster import HALF, SUBPIXEL_BITS, XY_ONE, XY_SHIFT, clip_line, nonzero, tdiv, to_fixed
 
+# OpenCV's LineAA constants (modules/imgproc/src/drawing.cpp): slope correction and the filter
+# profile across a 1 px line; needed as they are for the same pixels.
 _SLOPE_CORR = (181, 181, 181, 182, 182, 183, 184, 185, 187, 188, 190, 192, 194, 196, 198, 201,
                203, 206, 209, 211, 214, 218, 221, 224, 227, 231, 235, 238, 242, 246, 250, 254)
 _FILTER = (168, 177, 185, 194, 202, 210, 218, 224, 231, 236, 241, 246, 249, 252, 254, 254,
@@ -254,6 +256,3 @@ class LandmarkImage(nn.Module):
         blob = gy[:, :, None] * gx[:, None, :]  # (2, S, S)
         blob = torch.round(blob * (eye[None] * visible[:, None, None]))
         return blob.amax(0)
-
-
-__all__ = ["COND_CHANNELS", "LandmarkImage", "line_aa_pixels", "poly_fill"]
