@@ -9,8 +9,9 @@ across it, down positive; both in eye widths, so source and target compare):
 
 * **the eyeball** (inside the target's opening) is rigid in that frame: a target pixel
   samples the source at the same ``(u, v)``, shifted by the gaze (below) and kept inside
-  the source's opening (where the target opens wider than the source, the eyeball's
-  visible edge is continued; it is never lid skin);
+  the source's opening. A thin band of shadow under the upper lid (:data:`SHADE`) goes
+  with the lid; where the target opens wider than the source, the eyeball's row just
+  below that band is continued (never lid skin or lashes);
 * **the upper lid's margin** (a band of :data:`LASH` eye widths: lashes, lid line) moves
   rigidly with the target's lid, and the lid skin between it and the next ring of mesh
   points stretches or folds; the lower lid's band stretches between its margin and its
@@ -44,7 +45,8 @@ from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, to
 MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
 CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye corner
 LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
-MIN_SKIN = 0.35  # share of the source's lid skin band left when the target opens wider
+SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
+MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
 REVEAL = 1.0  # the target opening is at most (1 + REVEAL) x the source's, per column
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
@@ -271,10 +273,14 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
     top = up - lash_t
     skin = ring_s + (v - ring_t) * (up_s2 - lash - ring_s) / (top - ring_t).clamp(min=1e-4)
     margin = up_s2 + (v - up) * lash / lash_t.clamp(min=1e-4)
-    # the eyeball where the source shows it; where it does not, its row just inside the source's lids
-    inset = (0.25 * (lo_s2 - up_s2)).clamp(0, 0.03)
+    # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
+    # where the source shows it, and where it does not, the source's row just inside its opening
+    gap = (lo_s2 - up_s2).clamp(min=0)
+    shade = (0.3 * gap).clamp(max=SHADE)
+    inset = (0.25 * gap).clamp(max=0.03)
     ball = v + dv * carry
-    ball = torch.where(ball < up_s2, up_s2 + inset, torch.where(ball > lo_s2, lo_s2 - inset, ball))
+    ball = torch.where(ball < up_s2 + shade, up_s2 + shade, torch.where(ball > lo_s2, lo_s2 - inset, ball))
+    ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
     lower = lo_s2 + (v - lo) * (low_s - lo_s2) / (low_t - lo).clamp(min=1e-4)
     v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
     keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
