@@ -97,6 +97,6 @@ def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> b
     if openness >= CLOSED_EYES:
         return False
     log.warning("The eyes in %s are closed or nearly closed (lid gap %.2f of the eye's width): the avatar "
-                "can open them only about twice as wide as the portrait shows; for eyes that open, use a "
+                "can open them only about 2.5 times as wide as the portrait shows; for eyes that open, use a "
                 "portrait with open eyes.", name, openness)
     return True

@@ -25,8 +25,9 @@ across it, down positive; both in eye widths, so source and target compare):
 
 Lid and iris positions are the target's relative to the source's, times :data:`LID_GAIN` /
 :data:`IRIS_GAIN` (docs/EYES.md: how they were measured). Where the source shows little of
-its eyeball (closed or half-closed eyes), the target's opening is limited to
-``1 + REVEAL`` times the source's: the analytic flow cannot show an eye it never saw.
+its eyeball (closed or half-closed eyes), the lids open past the source's by at most
+:data:`REVEAL` (upper) and half that (lower) times its opening, per column: the analytic flow
+cannot show an eye it never saw.
 
 Everything runs on one fixed-size window per eye (gathered from and scattered back into
 the flow field), so the cost does not grow with the crop; all in torch on ``(B, …)``
@@ -47,7 +48,7 @@ CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye 
 LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
 SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
-REVEAL = 1.0  # the target opening is at most (1 + REVEAL) x the source's, per column
+REVEAL = 1.0  # lids open past the source's by at most REVEAL (upper) and REVEAL / 2 (lower) x its opening
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
 WINDOW = (0.15, 0.21)  # per-eye window (height, width) as fractions of the flow's side (an eye up to
