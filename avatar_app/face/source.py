@@ -92,11 +92,11 @@ def prepare_source(
 
 def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> bool:
     """Log a warning (and return True) when a portrait's eyes are closed or nearly so: the analytic
-    flow can only show the eyeball the portrait shows (docs/EYES.md), so its eyes open little."""
+    flow can only show the eyeball the portrait shows (docs/EYES.md), so its eyes open dark."""
     openness = eye_openness(points)
     if openness >= CLOSED_EYES:
         return False
     log.warning("The eyes in %s are closed or nearly closed (lid gap %.2f of the eye's width): the avatar "
-                "can open them only about 2.5 times as wide as the portrait shows; for eyes that open, use a "
-                "portrait with open eyes.", name, openness)
+                "opens them over what the portrait shows next to the lids (a dark slit, no eyeball); for "
+                "eyes that open naturally, use a portrait with open eyes.", name, openness)
     return True

@@ -25,9 +25,9 @@ across it, down positive; both in eye widths, so source and target compare):
 
 Lid and iris positions are the target's relative to the source's, times :data:`LID_GAIN` /
 :data:`IRIS_GAIN` (docs/EYES.md: how they were measured). Where the source shows little of
-its eyeball (closed or half-closed eyes), the lids open past the source's by at most
-:data:`REVEAL` (upper) and half that (lower) times its opening, per column: the analytic flow
-cannot show an eye it never saw.
+its eyeball (closed or half-closed eyes), the lids still open as far as the target's, over
+the row of eyeball (or lash line) the source shows next to its lid: the analytic flow cannot
+show an eye it never saw, but it does not hold the eyes shut either.
 
 Everything runs on one fixed-size window per eye (gathered from and scattered back into
 the flow field), so the cost does not grow with the crop; all in torch on ``(B, …)``
@@ -48,7 +48,6 @@ CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye 
 LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
 SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
-REVEAL = 1.0  # lids open past the source's by at most REVEAL (upper) and REVEAL / 2 (lower) x its opening
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
 WINDOW = (0.15, 0.21)  # per-eye window (height, width) as fractions of the flow's side (an eye up to
@@ -251,11 +250,8 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
                                                                    knots).unbind(-1)  # at the target's u
 
     # where the lids are drawn: the source's, moved by the target's change times the gain
-    gap_s = (lo_s - up_s).clamp(min=0)
-    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), up_s - REVEAL * gap_s)
-    up = torch.maximum(up, ring_t + MIN_SKIN * (up_s - ring_s0))
-    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), lo_s + 0.5 * REVEAL * gap_s)
-    lo = torch.minimum(lo, low_t - MIN_SKIN * (low_s0 - lo_s))
+    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s0))
+    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s0 - lo_s))
     up = torch.minimum(up, lo)  # a closed eye: the upper lid meets the lower one
     lash = (0.5 * (up_s - ring_s0)).clamp(0, LASH)
     lash_t = torch.minimum(lash, 0.5 * (up - ring_t).clamp(min=0))
