@@ -13,6 +13,7 @@ from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.face.eyes import eye_gaze, eye_openness, hold_gaze, horizontal_gaze
 from avatar_app.face.mesh import topology
 from avatar_app.face.retarget import Retargeter, RetargetOptions
+from avatar_app.models.eye_flow import IRIS_GAIN, eye_region_triangles
 from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
 from avatar_app.runtime.animator import GeometricAnimator
 
@@ -74,19 +75,25 @@ def _grid_px_at(source, target, point: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("look", LOOKS)
-def test_the_target_iris_samples_the_source_iris(astronaut_source, look):
-    """Before issue 16 the flow moved the eye opening as skin: the target iris centre sampled the
-    source where the iris had *not* been (several px off); now it samples the source's iris centre."""
+def test_the_drawn_iris_samples_the_source_iris(astronaut_source, look):
+    """Before issue 16 the flow moved the eye opening as skin: the iris stayed between the lids,
+    so the target pixel where the iris is drawn sampled the source where the iris had *not* been
+    (several px off). Now the iris is drawn at the source's position plus ``IRIS_GAIN`` times the
+    target's gaze change (the eyes keep their frame here), and that pixel samples the source's
+    iris centre."""
     target = _targets(astronaut_source, gaze=(look, 0.0))
     topo = topology()
     for iris in (topo.right_iris[0], topo.left_iris[0]):
         c_t, c_s = target.xy[iris], astronaut_source.landmarks.xy[iris]
         assert np.linalg.norm(c_t - c_s) > 3.0  # the driver's gaze moved the target iris
-        sampled = _grid_px_at(astronaut_source, target, c_t)
-        assert np.linalg.norm(sampled - c_s) < 1.0
+        drawn = c_s + IRIS_GAIN * (c_t - c_s)
+        assert np.linalg.norm(_grid_px_at(astronaut_source, target, drawn) - c_s) < 1.0
+        assert np.linalg.norm(_grid_px_at(astronaut_source, target, c_t) - c_s) > 1.5  # the gain is real
 
 
-def test_gaze_changes_only_the_eye_openings(astronaut_source):
+def test_gaze_changes_only_the_eyes(astronaut_source):
+    """A look to the side moves pixels of the eye regions (the openings, and a pixel or so of lid
+    where the drawn lid line and the mesh's disagree), mostly inside the openings, nothing else."""
     ahead, looking = _targets(astronaut_source), _targets(astronaut_source, gaze=(0.35, 0.0))
     assert not np.allclose(ahead.points, looking.points)
     flow = AnalyticFlow(SIZE)
@@ -95,9 +102,10 @@ def test_gaze_changes_only_the_eye_openings(astronaut_source):
     g0 = flow(src, torch.from_numpy(ahead.xy[None].copy()), torch.from_numpy(ids)[None])[0]
     g1 = flow(src, torch.from_numpy(looking.xy[None].copy()), torch.from_numpy(ids)[None])[0]
     moved = (g1 - g0).abs().amax(-1)[0] > 1e-6
-    eye_tris = np.flatnonzero(topology().triangle_region == 2)
-    in_eyes = torch.from_numpy(np.isin(ids, eye_tris))
-    assert moved.any() and not moved[~in_eyes].any()
+    in_openings = torch.from_numpy(np.isin(ids, np.flatnonzero(topology().triangle_region == 2)))
+    in_regions = torch.from_numpy(np.isin(ids, np.flatnonzero(eye_region_triangles().any(axis=1))))
+    assert moved.any() and not moved[~in_regions].any()
+    assert moved[in_openings].sum() > 3 * moved[~in_openings].sum()
 
 
 def _animated_gaze(animator, source, tracker, eye_contact=False, **pose):

@@ -97,6 +97,7 @@ def topology() -> MeshTopology:
 NOSE_TIP = 1
 CHIN = 152
 FOREHEAD_TOP = 10
+NOSE_BRIDGE = 6  # on the midline, just below the eye line
 UPPER_LIP_CENTER_INNER = 13
 LOWER_LIP_CENTER_INNER = 14
 

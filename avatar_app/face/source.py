@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -11,9 +12,13 @@ from ..errors import InputFileError, NoFaceError
 from ..imaging import as_bgr
 from ..types import SourcePortrait
 from .align import face_crop_box, transform_points, warp_to_crop
+from .eyes import eye_openness
 from .tracker import FaceTracker
 
+log = logging.getLogger(__name__)
+
 CROP_SIZES = (256, 512)
+CLOSED_EYES = 0.1  # eye openness (lid gap over eye width) under which a portrait's eyes count as closed
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -78,7 +83,20 @@ def prepare_source(
     crop = warp_to_crop(image, to_crop, size)
     crop_lm = lm.with_points(transform_points(lm.points, to_crop))
     crop_lm = type(crop_lm)(crop_lm.points, (size, size), lm.confidence)
+    warn_if_eyes_closed(crop_lm.points, name)
     return SourcePortrait(
         crop=crop, landmarks=crop_lm, size=size, image=image, crop_to_image=box.crop_to_image(size),
         face_index=index, path=path,
     )
+
+
+def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> bool:
+    """Log a warning (and return True) when a portrait's eyes are closed or nearly so: the analytic
+    flow can only show the eyeball the portrait shows (docs/EYES.md), so its eyes open dark."""
+    openness = eye_openness(points)
+    if openness >= CLOSED_EYES:
+        return False
+    log.warning("The eyes in %s are closed or nearly closed (lid gap %.2f of the eye's width): the avatar "
+                "opens them over what the portrait shows next to the lids (a dark slit, no eyeball); for "
+                "eyes that open naturally, use a portrait with open eyes.", name, openness)
+    return True

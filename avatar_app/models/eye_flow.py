@@ -1,104 +1,287 @@
-"""Gaze inside the analytic flow: the irises move within the eye openings.
+"""Eyes inside the analytic flow: the eyeball stays put, the lids slide over it, the iris turns.
 
-The piecewise-affine flow (:mod:`.flow`) moves the eye opening as skin: its content is
-stretched with the lids, so the iris stays where it was *relative to the lids* whatever
-the driver's eyes do. Here, for pixels inside a target eye opening, the sampling position
-is shifted along the eye so that the target's iris centre samples the source's iris centre:
+The piecewise-affine flow (:mod:`.flow`) moves the eye as skin: the opening's content is
+stretched with the lids, and the thin band of lashes above the opening stretches as well,
+so a closing eye shows a tall dark band (read as half-open) and a widening one a
+stretched iris. Here each eye is treated as three layers, in the eye's own frame (``u``
+along the corner line, −½ at the image-left corner .. +½ at the image-right one, ``v``
+across it, down positive; both in eye widths, so source and target compare):
 
-* each eye gets a frame from its corners: ``u`` runs along the corner line (−½ at the
-  image-left corner .. +½ at the image-right one, in eye widths), ``v`` across it;
-* the target iris centre (retargeting gives it the driver's gaze relative to its
-  calibrated neutral) is clipped to the opening along ``u`` (it may hide behind a corner
-  by a fifth of its radius at most, never leave the eye); the piecewise-affine map sends
-  it somewhere in the source, and the shift is what brings that onto the source's iris
-  centre — zero when the eye moved as skin does, e.g. any global affine motion. Its
-  component across the eye is limited to :data:`MAX_VERTICAL` eye widths (the lids carry
-  most of a vertical look);
-* the shift is the full gaze change over the target iris (so the iris moves rigidly,
-  keeping its round shape) and fades linearly to 0 at the eye corners: the sclera on the
-  side the iris left is stretched over where it was, the other side is compressed — the
-  map stays one-to-one while the source iris lies inside its own opening;
-* only pixels of the eye-opening triangles get the shift, so the lids occlude the iris
-  where the opening is narrower than the iris (a blink, a squint).
+* **the eyeball** (inside the target's opening) is rigid in that frame: a target pixel
+  samples the source at the same ``(u, v)``, shifted by the gaze (below) and kept inside
+  the source's opening. A thin band of shadow under the upper lid (:data:`SHADE`) goes
+  with the lid; where the target opens wider than the source, the eyeball's row just
+  below that band is continued (never lid skin or lashes);
+* **the upper lid's margin** (a band of :data:`LASH` eye widths: lashes, lid line) moves
+  rigidly with the target's lid, and the lid skin between it and the next ring of mesh
+  points stretches or folds; the lower lid's band stretches between its margin and its
+  ring. At those rings the map joins the piecewise-affine one without a seam;
+* **the iris** moves inside the opening by the driver's gaze relative to the source: the
+  target iris centre (clipped to the opening along ``u``: it may hide behind a corner by
+  :data:`CORNER_OVERLAP` of its radius) samples the source's iris centre. The shift is
+  full over the iris (it keeps its round shape) and fades linearly to 0 at the corners:
+  the sclera on the side the iris left is stretched over it. Its vertical part is capped
+  at :data:`MAX_VERTICAL` eye widths (the lids carry most of a vertical look).
 
-All in torch on ``(B, …)`` batches, ONNX-exportable (no data-dependent control flow).
+Lid and iris positions are the target's relative to the source's, times :data:`LID_GAIN` /
+:data:`IRIS_GAIN` (docs/EYES.md: how they were measured). Where the source shows little of
+its eyeball (closed or half-closed eyes), the lids still open as far as the target's, over
+the row of eyeball (or lash line) the source shows next to its lid: the analytic flow cannot
+show an eye it never saw, but it does not hold the eyes shut either.
+
+Everything runs on one fixed-size window per eye (gathered from and scattered back into
+the flow field), so the cost does not grow with the crop; all in torch on ``(B, …)``
+batches, ONNX-exportable (no data-dependent shapes or control flow).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from ..face.mesh import topology
+from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, topology
 
 MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
 CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye corner
+LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
+SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
+MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
+LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
+IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
+WINDOW = (0.15, 0.21)  # per-eye window (height, width) as fractions of the flow's side (an eye up to
+#   0.16 of it wide, 40 px at 256: prepared crops' eyes are 18-35 px wide at 256)
+KNOTS = 13  # common u knots the lid and ring curves are resampled on
 
 
-def eye_indices() -> torch.Tensor:
-    """``(2, 8) long``: per eye (subject's right, left): the two corners, iris centre, 4 ring points, and
-    the centre again (padding)."""
-    topo = topology()
-    rows = []
-    for upper, iris in ((topo.right_eye_upper, topo.right_iris), (topo.left_eye_upper, topo.left_iris)):
-        rows.append([int(upper[0]), int(upper[-1]), *[int(i) for i in iris], int(iris[0])])
-    return torch.tensor(rows, dtype=torch.long)
+CURVES = ("upper", "lower", "ring_up", "ring_low")
 
 
-def _frame(xy: torch.Tensor, idx: torch.Tensor):
-    """Per eye: corner midpoint ``(B, 2, 2)``, axis ``(B, 2, 2)`` (image-left to image-right corner),
-    its perpendicular, squared width ``(B, 2)``, iris centre ``(B, 2, 2)`` and radius ``(B, 2)`` (px)."""
-    pts = xy[:, idx]  # (B, 2, 8, 2)
-    a, b = pts[:, :, 0], pts[:, :, 1]
-    flip = (a[..., 0] > b[..., 0]).unsqueeze(-1)
-    a, b = torch.where(flip, b, a), torch.where(flip, a, b)
+def eye_parts(topo: MeshTopology | None = None) -> dict[str, torch.Tensor]:
+    """Landmark indices per eye (rows: subject's right, left), each path ordered from the
+    image-left to the image-right end on an upright face: ``corners (2, 2)``, ``iris (2, 5)``
+    (centre first), ``upper`` / ``lower`` lid paths ``(2, 9)`` (corners included), and the
+    next ring of mesh points above (``ring_up``) and below (``ring_low``) the opening.
+
+    For :func:`eye_flow` they are also packed as ``points (2, 2 + 5 + 4·9)`` (corners, iris, then
+    the four :data:`CURVES`, each padded to 9 points by repeating its last one), with ``pad
+    (4, 9)`` the small steps in ``u`` that keep a padded curve's knots increasing; ``vertical``
+    is two rigid points whose distance scales ``v``, ``ratio`` (0-d) the neutral eye's width over
+    that distance (see :class:`_Frame`)."""
+    topo = topo or topology()
+    n = topo.neutral[:, :2]
+    out: dict[str, list] = {k: [] for k in ("corners", "iris", *CURVES)}
+    for upper, lower, iris in ((topo.right_eye_upper, topo.right_eye_lower, topo.right_iris),
+                               (topo.left_eye_upper, topo.left_eye_lower, topo.left_iris)):
+        if n[upper[0], 0] > n[upper[-1], 0]:
+            upper, lower = upper[::-1], lower[::-1]
+        out["corners"].append([int(upper[0]), int(upper[-1])])
+        out["iris"].append([int(i) for i in iris])
+        out["upper"].append([int(i) for i in upper])
+        out["lower"].append([int(i) for i in lower])
+        for name, path in (("ring_up", upper), ("ring_low", lower)):
+            out[name].append(_ring(topo, path, set(upper) | set(lower)))
+    parts = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    length = len(out["upper"][0])
+    packed, pad = [], torch.zeros(len(CURVES), length)
+    for e in range(2):
+        row = out["corners"][e] + out["iris"][e]
+        for c, name in enumerate(CURVES):
+            path = out[name][e]
+            extra = length - len(path)
+            row += path + [path[-1]] * extra
+            pad[c, len(path):] = 0.01 * torch.arange(1, extra + 1)
+        packed.append(row)
+    parts["points"] = torch.tensor(packed, dtype=torch.long)
+    parts["pad"] = pad
+    parts["vertical"] = torch.tensor([FOREHEAD_TOP, NOSE_BRIDGE], dtype=torch.long)
+    eye_width = np.linalg.norm(n[out["corners"][0][0]] - n[out["corners"][0][1]])
+    parts["ratio"] = torch.tensor(float(eye_width / np.linalg.norm(n[FOREHEAD_TOP] - n[NOSE_BRIDGE])))
+    return parts
+
+
+def _ring(topo: MeshTopology, path: np.ndarray, contour: set) -> list[int]:
+    """The skin points that share a triangle with ``path``'s inner points, on the far side of
+    the opening from the other lid, ordered along the eye (image left to right)."""
+    n = topo.neutral[:, :2]
+    a, b = n[path[0]], n[path[-1]]
     axis = b - a
-    perp = torch.stack([-axis[..., 1], axis[..., 0]], -1)
-    w2 = (axis * axis).sum(-1).clamp(min=1e-6)
-    centre = pts[:, :, 2]
-    radius = (pts[:, :, 3:7] - centre[:, :, None]).norm(dim=-1).mean(-1)
-    return (a + b) / 2, axis, perp, w2, centre, radius
+    perp = np.array([-axis[1], axis[0]])
+    side = np.sign((n[path[1:-1]] - a) @ perp).sum()  # which side of the corner line this lid is on
+    tris = topo.triangles[topo.triangle_region == REGION_SKIN]
+    near = tris[np.isin(tris, path[1:-1]).any(axis=1)]
+    ring = {int(i) for i in near.ravel()} - contour
+    ring = [i for i in ring if np.sign((n[i] - a) @ perp) == np.sign(side)]
+    return sorted(ring, key=lambda i: float((n[i] - a) @ axis))
 
 
-def gaze_shift(src_xy: torch.Tensor, tgt_xy: torch.Tensor, pixels: torch.Tensor, eye_masks: torch.Tensor,
-               idx: torch.Tensor, tri_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """The source-position shift ``(B, 2, H, W)`` (source px) that moves the irises.
+def eye_region_triangles(topo: MeshTopology | None = None) -> np.ndarray:
+    """``(F, 2) float32``: 1 where a triangle lies in the subject's right / left eye region
+    (the opening and the lid bands out to the rings of :func:`eye_parts`)."""
+    topo = topo or topology()
+    parts = eye_parts(topo)
+    cols = []
+    for e in range(2):
+        region = np.concatenate([parts[k][e].numpy() for k in CURVES])
+        cols.append(np.isin(topo.triangles, region).all(axis=1))
+    return np.stack(cols, 1).astype(np.float32)
+
+
+def _lerp(u: torch.Tensor, table: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """``table (B, 2, K, C)`` (values at the evenly spaced ``knots (K,)``) linearly interpolated at
+    ``u (B, 2, N)``, constant beyond the ends: ``(B, 2, N, C)``."""
+    b, e, k, c = table.shape
+    x = ((u - knots[0]) * (1.0 / (knots[1] - knots[0]))).clamp(0, k - 1.001)
+    i0 = x.floor()
+    f = (x - i0).unsqueeze(-1)
+    rows = (i0.long() + torch.arange(b * e, device=u.device).view(b, e, 1) * k).reshape(-1)  # into (B·2·K, C)
+    flat = table.reshape(b * e * k, c)
+    lo = flat.index_select(0, rows)
+    hi = flat.index_select(0, rows + 1)
+    return (lo + (hi - lo) * f.reshape(-1, 1)).reshape(b, e, -1, c)
+
+
+class _Frames:
+    """Each eye's frame in source and target at once (``(2B, 2, 1)`` tensors, source first): origin
+    ``o`` the corners' midpoint, ``a`` from the image-left to the image-right corner (``u``), ``c``
+    down the face (``v``), px.
+
+    ``c`` is the face's own vertical (``vertical``: two rigid points on the midline), as long as
+    the eye is wide on the neutral face: a turned head narrows the eye without opening it, a
+    nodding one flattens it without closing it. Both axes are differences of landmarks, so an
+    affine motion of the whole face leaves every point's ``(u, v)`` as it was."""
+
+    def __init__(self, xy: torch.Tensor, p: torch.Tensor, q: torch.Tensor, vertical: torch.Tensor,
+                 ratio: torch.Tensor):
+        o, a = (p + q) * 0.5, q - p  # (2B, 2, 2)
+        c = ((xy[:, vertical[1]] - xy[:, vertical[0]]) * ratio)[:, None].expand_as(a)
+        det = a[..., :1] * c[..., 1:] - a[..., 1:] * c[..., :1]  # (2B, 2, 1)
+        inv = torch.cat([c[..., 1:], -c[..., :1], -a[..., 1:], a[..., :1]], -1) / det  # rows of [a c]^-1
+        coef = torch.cat([o, a, c, inv], -1).unsqueeze(2)  # (2B, 2, 1, 10)
+        self.coef = coef
+        (self.ox, self.oy, self.ax, self.ay, self.cx, self.cy, self.ua, self.ub, self.va, self.vb) = coef.unbind(-1)
+        self.width = a.norm(dim=-1, keepdim=True)
+
+    def uv(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eye coordinates of points ``x, y (2B, 2, N)`` px (per eye)."""
+        x, y = x - self.ox, y - self.oy
+        return x * self.ua + y * self.ub, x * self.va + y * self.vb
+
+    def half(self, i: int, b: int) -> "_Frames":
+        """The source's (``i = 0``) or the target's (``i = 1``) frames alone."""
+        out = object.__new__(_Frames)
+        (out.ox, out.oy, out.ax, out.ay, out.cx, out.cy, out.ua, out.ub, out.va, out.vb) = \
+            self.coef[i * b:(i + 1) * b].unbind(-1)
+        out.width = self.width[i * b:(i + 1) * b]
+        return out
+
+
+def _hats(u: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation weights ``(..., K, P)`` at the ``knots (K,)`` of a curve with
+    increasing ``u (..., P)`` (constant beyond its ends; rows sum to 1)."""
+    k = u.unsqueeze(-2)  # (..., 1, P)
+    prev = torch.cat([k[..., :1] - 1.0, k[..., :-1]], -1)
+    nxt = torch.cat([k[..., 1:], k[..., -1:] + 1.0], -1)
+    q = torch.minimum(torch.maximum(knots.view(-1, 1), k[..., :1]), k[..., -1:])  # (..., K, 1)
+    left = (q - prev) / (k - prev).clamp(min=1e-4)
+    right = (nxt - q) / (nxt - k).clamp(min=1e-4)
+    return torch.minimum(left, right).clamp(0, 1)
+
+
+def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
+    """Each eye's window of ``size = (wh, ww)`` px on an ``h``×``w`` grid, centred on ``cx, cy (B, 2, 1)``
+    px and kept inside the grid: flat pixel indices ``(B, 2, wh·ww)``, their ``x`` and ``y`` (px), and
+    a taper from 1 inside to 0 at the window's edge (so an eye larger than its window shows no seam)."""
+    wh, ww = size
+    x0 = (cx - (ww - 1) / 2).round().clamp(0, w - ww)  # (B, 2, 1)
+    y0 = (cy - (wh - 1) / 2).round().clamp(0, h - wh)
+    dy = torch.arange(wh, device=cx.device, dtype=cx.dtype).view(wh, 1).expand(wh, ww).reshape(-1)
+    dx = torch.arange(ww, device=cx.device, dtype=cx.dtype).view(1, ww).expand(wh, ww).reshape(-1)
+    edge = torch.minimum(torch.minimum(dx, ww - 1 - dx), torch.minimum(dy, wh - 1 - dy))
+    x, y = x0 + dx, y0 + dy
+    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+
+
+def window_size(h: int, w: int) -> tuple[int, int]:
+    """The per-eye window for an ``h``×``w`` flow grid (:data:`WINDOW`)."""
+    return min(h, math.ceil(WINDOW[0] * h)), min(w, math.ceil(WINDOW[1] * w))
+
+
+def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
+             parts: dict[str, torch.Tensor], knots: torch.Tensor) -> torch.Tensor:
+    """The flow's source positions with the eyes re-mapped (module docstring).
 
     Args:
         src_xy, tgt_xy: ``(B, V, 2)`` source and target landmarks, px of the flow's grid.
-        pixels: ``(2, H, W)`` pixel-centre coordinates of that grid.
-        eye_masks: ``(B, 2, H, W)`` 1 inside the target's right / left eye opening.
-        idx: :func:`eye_indices`.
-        tri_ids: ``(B, H, W)`` the target's triangle per pixel (``-1`` uncovered).
-        table: ``(C ≥ 6, B·F)`` per triangle the affine map target px -> source px, rows
-            ``(ax, ay, a0, bx, by, b0)`` first (as :class:`~.flow.AnalyticFlow` builds it).
+        inside: ``(B, 2, H, W)`` the piecewise-affine source positions (px) per target pixel.
+        regions: ``(B, 2, H, W)`` 1 inside the target's right / left eye region
+            (:func:`eye_region_triangles`), 0 elsewhere.
+        parts: :func:`eye_parts`.
+        knots: ``(K,)`` evenly spaced ``u`` at which the lid and ring curves are resampled.
+
+    Returns:
+        ``(B, 2, H, W)`` source positions, px: ``inside`` outside the eye regions.
     """
-    b, h, w = tri_ids.shape
-    nf = table.shape[1] // b
-    _, ax_s, pp_s, w2_s, c_s, _ = _frame(src_xy, idx)
-    m_t, ax_t, _, w2_t, c_t, r_t = _frame(tgt_xy, idx)
-    # the target iris, clipped to its opening along the corner line (eye widths from the corners' midpoint)
-    u_t = ((c_t - m_t) * ax_t).sum(-1) / w2_t  # (B, 2)
-    r_u = r_t / w2_t.sqrt()
+    b, _, h, w = inside.shape
+    both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
+    pts = both[:, parts["points"]]  # (2B, 2, P, 2)
+    frames = _Frames(both, pts[:, :, 0], pts[:, :, 1], parts["vertical"], parts["ratio"])
+    pu, pv = frames.uv(pts[..., 0], pts[..., 1])  # (2B, 2, P)
+    n_c = len(CURVES)
+    cu = pu[..., 7:].reshape(2 * b, 2, n_c, -1) + parts["pad"]
+    cv = pv[..., 7:].reshape(2 * b, 2, n_c, -1)
+    curves = (_hats(cu, knots) * cv.unsqueeze(-2)).sum(-1).transpose(-1, -2)  # (2B, 2, K, 4)
+    curves_s, curves_t = curves[:b], curves[b:]
+    iu_s, iu_t, iv_s, iv_t = pu[:b, :, 2:3], pu[b:, :, 2:3], pv[:b, :, 2:3], pv[b:, :, 2:3]  # iris centres
+    r_u = (pts[b:, :, 3:7] - pts[b:, :, 2:3]).norm(dim=-1).mean(-1, keepdim=True) / frames.width[b:]
+    fs, ft = frames.half(0, b), frames.half(1, b)
+
+    # one window per eye, a little above its corner line (the upper ring reaches further than the lower)
+    idx, x, y, taper = window(ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy, h, w, window_size(h, w))  # (B, 2, N)
+    n = idx.shape[-1]
+    flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
+    flat = inside.reshape(b, 2, h * w)
+    x_a, y_a = flat.gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # piecewise-affine source px (B, 2, N)
+    weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+    u, v = ft.uv(x, y)
+    u_a, v_a = fs.uv(x_a, y_a)
+    up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
+                                                                   knots).unbind(-1)  # at the target's u
+
+    # where the lids are drawn: the source's, moved by the target's change times the gain
+    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s0))
+    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s0 - lo_s))
+    up = torch.minimum(up, lo)  # a closed eye: the upper lid meets the lower one
+    lash = (0.5 * (up_s - ring_s0)).clamp(0, LASH)
+    lash_t = torch.minimum(lash, 0.5 * (up - ring_t).clamp(min=0))
+
+    # the iris: where it is drawn along the eye, and the shift that brings the source's there
     reach = (0.5 - (1 - CORNER_OVERLAP) * r_u).clamp(min=0.0)
-    u_c = torch.maximum(torch.minimum(u_t, reach), -reach)
-    c_t = c_t + (u_c - u_t)[..., None] * ax_t
-    # where the piecewise-affine map sends it, from the triangle under it
-    ix = c_t[..., 0].round().clamp(0, w - 1).long()
-    iy = c_t[..., 1].round().clamp(0, h - 1).long()
-    tri = tri_ids.reshape(b, h * w).gather(1, iy * w + ix).clamp(min=0)  # (B, 2)
-    tri = tri + (torch.arange(b, device=tri.device) * nf).view(b, 1)
-    g = table[:6].index_select(1, tri.reshape(-1)).reshape(6, b, 2)
-    mapped = torch.stack([g[0] * c_t[..., 0] + g[1] * c_t[..., 1] + g[2],
-                          g[3] * c_t[..., 0] + g[4] * c_t[..., 1] + g[5]], -1)  # (B, 2, 2)
-    miss = c_s - mapped  # what the target iris centre must sample instead of what it does
-    du = (miss * ax_s).sum(-1) / w2_s
-    dv = ((miss * pp_s).sum(-1) / w2_s).clamp(-MAX_VERTICAL, MAX_VERTICAL)
-    shift = du[..., None] * ax_s + dv[..., None] * pp_s  # (B, 2, 2) source px
-    # falloff along the target eye: 1 over the iris, linearly to 0 at each corner
-    rel = pixels[None, None] - m_t[..., None, None]  # (B, 2 eyes, 2, H, W)
-    u = (rel * ax_t[..., None, None]).sum(2) / w2_t[..., None, None]  # (B, 2, H, W)
-    uc, r = u_c[..., None, None], r_u[..., None, None]
-    left = ((u + 0.5) / (uc - r + 0.5).clamp(min=1e-3)).clamp(0, 1)
-    right = ((0.5 - u) / (0.5 - uc - r).clamp(min=1e-3)).clamp(0, 1)
-    weight = torch.minimum(left, right) * eye_masks  # (B, 2, H, W)
-    return (weight[:, :, None] * shift[..., None, None]).sum(1)
+    cu = torch.maximum(torch.minimum(iu_s + IRIS_GAIN * (iu_t - iu_s), reach), -reach)  # (B, 2, 1)
+    dv = (IRIS_GAIN * (iv_s - iv_t)).clamp(-MAX_VERTICAL, MAX_VERTICAL)
+    left = ((u + 0.5) / (cu - r_u + 0.5).clamp(min=1e-3)).clamp(0, 1)
+    right = ((0.5 - u) / (0.5 - cu - r_u).clamp(min=1e-3)).clamp(0, 1)
+    carry = torch.minimum(left, right)  # 1 over the iris .. 0 at the corners
+    u_s = torch.where((up < v) & (v < lo), u + (iu_s - cu) * carry, u_a)
+    up_s2, lo_s2, ring_s, low_s = _lerp(u_s, curves_s, knots).unbind(-1)  # the source's curves at u_s
+
+    # v in the source, layer by layer (target: ring_t < up - lash_t < up <= lo < low_t)
+    top = up - lash_t
+    skin = ring_s + (v - ring_t) * (up_s2 - lash - ring_s) / (top - ring_t).clamp(min=1e-4)
+    margin = up_s2 + (v - up) * lash / lash_t.clamp(min=1e-4)
+    # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
+    # where the source shows it, and where it does not, the source's row just inside its opening
+    gap = (lo_s2 - up_s2).clamp(min=0)
+    shade = (0.3 * gap).clamp(max=SHADE)
+    inset = (0.25 * gap).clamp(max=0.03)
+    ball = v + dv * carry
+    ball = torch.where(ball < up_s2 + shade, up_s2 + shade, torch.where(ball > lo_s2, lo_s2 - inset, ball))
+    ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
+    lower = lo_s2 + (v - lo) * (low_s - lo_s2) / (low_t - lo).clamp(min=1e-4)
+    v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
+    keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
+    weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
+    du, dvv = u_s - u_a, v_s - v_a
+    delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
+    return flat.scatter_add(2, flat_idx, delta.reshape(b, 2, 2 * n)).reshape(b, 2, h, w)

@@ -13,8 +13,8 @@ The geometric animator and the neural warp network's prior (MetaPortrait's
 * **inside an opened mouth**: flagged, with a coordinate running from the upper
   to the lower inner lip, so :func:`fill_mouth_interior` paints a mouth cavity
   instead of stretching lip texture;
-* **inside an eye opening**: piecewise-affine as well, plus a shift along the eye
-  that moves the iris by the target's gaze (:mod:`.eye_flow`), the lids occluding it.
+* **around each eye**: the eyeball stays put while the lids slide over it and the iris
+  turns by the target's gaze (:mod:`.eye_flow`), re-mapped from the piecewise-affine map.
 
 Which triangle covers which pixel is found by :func:`rasterize_triangles` (OpenCV,
 CPU, nearest triangle wins).  Everything after that is plain torch in
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_EYE, REGION_MOUTH, MeshTopology, topology
-from .eye_flow import eye_indices, gaze_shift
+from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
+from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -118,8 +118,12 @@ class AnalyticFlow(nn.Module):
         self.register_buffer(
             "is_mouth", torch.as_tensor(topo.triangle_region == REGION_MOUTH, dtype=torch.float32), persistent=False
         )
-        self.register_buffer("is_eye", _eye_sides(topo), persistent=False)  # (F, 2): right, left eye opening
-        self.register_buffer("eye_idx", eye_indices(), persistent=False)
+        self.register_buffer("is_eye", torch.from_numpy(eye_region_triangles(topo)), persistent=False)  # (F, 2)
+        parts = eye_parts(topo)
+        self._eye_parts = tuple(parts)
+        for name, index in parts.items():
+            self.register_buffer(f"eye_{name}", index, persistent=False)
+        self.register_buffer("eye_knots", torch.linspace(-0.55, 0.55, KNOTS), persistent=False)
         self.register_buffer("oval", torch.tensor(topo.face_oval, dtype=torch.long), persistent=False)
         lip_coord = torch.zeros(topo.neutral.shape[0])
         lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
@@ -183,7 +187,8 @@ class AnalyticFlow(nn.Module):
         x, y = self.pixels[0, :h, :w], self.pixels[1, :h, :w]
         inside = torch.stack([g[0] * x + g[1] * y + g[2], g[3] * x + g[4] * y + g[5]], 1)  # (B, 2, H, W)
         eyes = g[10:12].transpose(0, 1) * covered  # (B, 2, H, W)
-        inside = inside + gaze_shift(src_xy, tgt_xy, self.pixels[:, :h, :w], eyes, self.eye_idx, tri_ids, table)
+        parts = {name: getattr(self, f"eye_{name}") for name in self._eye_parts}
+        inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
         outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
@@ -220,14 +225,6 @@ class AnalyticFlow(nn.Module):
         return self.pixels[:, :h, :w].unsqueeze(0) + field
 
 
-def _eye_sides(topo: MeshTopology) -> torch.Tensor:
-    """``(F, 2) float32``: 1 where a triangle fills the subject's right / left eye opening."""
-    eye = topo.triangle_region == REGION_EYE
-    right = np.isin(topo.triangles, topo.right_eye).all(axis=1) & eye
-    left = np.isin(topo.triangles, topo.left_eye).all(axis=1) & eye
-    return torch.as_tensor(np.stack([right, left], 1), dtype=torch.float32)
-
-
 def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of ``[[x0 x1 x2], [y0 y1 y2], [1 1 1]]`` per triangle.
 
@@ -254,8 +251,17 @@ def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[to
 
 
 def _soften(mask: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """Box-blur a ``(B, 1, H, W)`` mask (keeps edges soft where two flows meet)."""
-    return F.avg_pool2d(mask, k, stride=1, padding=k // 2)
+    """Box-blur a ``(B, 1, H, W)`` mask (keeps edges soft where two flows meet; zero padding).
+
+    On the CPU, outside an export, as differences of a summed-area table: the same values
+    (exact for a 0/1 mask) at a fifth of ``avg_pool2d``'s time, which matters on the live path.
+    Exported graphs keep ``avg_pool2d`` (a running sum over a whole frame is no fp16 op)."""
+    if mask.device.type != "cpu" or torch.onnx.is_in_onnx_export():
+        return F.avg_pool2d(mask, k, stride=1, padding=k // 2)
+    r = k // 2
+    table = F.pad(mask, (r + 1, r, r + 1, r)).cumsum(2).cumsum(3)
+    box = table[..., k:, k:] - table[..., :-k, k:] - table[..., k:, :-k] + table[..., :-k, :-k]
+    return box * (1.0 / (k * k))
 
 
 def warp_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

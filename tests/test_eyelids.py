@@ -1,0 +1,72 @@
+"""Eyelids in full (issue 16): the lid's margin slides over the eyeball, blinks close, closed
+portraits are named.
+
+Before this, the analytic flow stretched the thin band of lashes above the opening with the lid:
+a full blink read as a half-open eye (re-detected openness about 0.14 on the astronaut)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
+from avatar_app.face.eyes import eye_openness
+from avatar_app.face.mesh import topology
+from avatar_app.face.retarget import Retargeter
+from avatar_app.face.source import CLOSED_EYES, prepare_source
+from avatar_app.models.eye_flow import LASH, LID_GAIN
+from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
+from avatar_app.runtime.animator import GeometricAnimator
+from avatar_app.types import Landmarks
+
+SIZE = 256
+
+
+def _blink(source, amount: float) -> Landmarks:
+    retarget = Retargeter(source.landmarks)
+    retarget.calibrate(synthetic_landmarks(FacePose()))
+    return retarget(synthetic_landmarks(FacePose(blink_left=amount, blink_right=amount)))
+
+
+def _sampled(source_xy: np.ndarray, target: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Source px sampled by the analytic flow at the target pixels nearest ``points (N, 2)``."""
+    ids = rasterize_triangles(target, topology().triangles, SIZE)
+    grid, _, _ = AnalyticFlow(SIZE)(torch.from_numpy(source_xy[None].copy()),
+                                    torch.from_numpy(target[None, :, :2].copy()), torch.from_numpy(ids)[None])
+    xs, ys = np.round(points).astype(int).T
+    return ((grid[0, ys, xs].double() + 1) * SIZE / 2 - 0.5).numpy()
+
+
+def test_the_lash_line_moves_with_the_lid_instead_of_stretching(astronaut_source):
+    """Upper lids lowered by 3 px: just above the drawn lid line (the source's moved by ``LID_GAIN``
+    times the target's change) the flow samples just above the source's lid line, one to one."""
+    src = astronaut_source.landmarks.points.astype(np.float64)
+    topo = topology()
+    target = src.copy()
+    mids = np.array([topo.right_eye_upper[4], topo.left_eye_upper[4]])
+    for upper in (topo.right_eye_upper, topo.left_eye_upper):
+        target[upper[1:-1], 1] += 3.0
+    drawn = src[mids, :2] + LID_GAIN * (target[mids, :2] - src[mids, :2])
+    width = np.linalg.norm(src[topo.right_eye_upper[0], :2] - src[topo.right_eye_upper[-1], :2])
+    up = np.array([0.0, 0.5 * LASH * width])  # half-way up the lash band
+    got = _sampled(astronaut_source.landmarks.xy, target.astype(np.float32), drawn - up)
+    np.testing.assert_allclose(got, src[mids, :2] - up, atol=0.75)
+
+
+def test_a_full_blink_reads_closed(astronaut_source, still_tracker):
+    animator = GeometricAnimator(astronaut_source)
+    faces = still_tracker.detect_faces(animator.animate(_blink(astronaut_source, 1.0)))
+    assert faces
+    assert eye_openness(faces[0].points) < CLOSED_EYES < eye_openness(astronaut_source.landmarks.points)
+
+
+def test_a_portrait_with_closed_eyes_is_named(astronaut, astronaut_source, still_tracker, caplog):
+    with caplog.at_level(logging.WARNING, logger="avatar_app.face.source"):
+        prepare_source(astronaut, SIZE, tracker=still_tracker)
+    assert "closed" not in caplog.text
+    closed = GeometricAnimator(astronaut_source).animate(_blink(astronaut_source, 1.0))
+    with caplog.at_level(logging.WARNING, logger="avatar_app.face.source"):
+        prepare_source(closed, SIZE, tracker=still_tracker)
+    assert "closed" in caplog.text and "open eyes" in caplog.text
