@@ -104,9 +104,12 @@ def _cuda_detail() -> str:
 
 def _trt_detail() -> str:
     from .inference.backend import gpu_compute_capability
-    from .inference.trt_api import load
+    from .inference.trt_api import find
 
-    return f"{load().label}, its engines run on this GPU (compute capability {gpu_compute_capability()})"
+    flavour, _ = find()
+    if flavour is None:  # probed usable by a stand-in probe: nothing more to say
+        return "usable"
+    return f"{flavour.label}, its engines run on this GPU (compute capability {gpu_compute_capability()})"
 
 
 def _ort_detail() -> str:

@@ -120,12 +120,14 @@ def self_test(backend: str, device: str, version: str, networks: Mapping, make_b
 
 
 def tensorrt_identity() -> tuple[str, str]:
-    """(GPU 0's name, TensorRT's version) — what a TensorRT verdict is kept under."""
+    """(GPU 0's name, TensorRT's version: ``rtx-1.7.1.116`` for TensorRT for RTX) — what a
+    TensorRT verdict is kept under."""
     import pycuda.driver as cuda
-    import tensorrt
+
+    from .trt_api import load
 
     cuda.init()
-    return cuda.Device(0).name(), tensorrt.__version__
+    return cuda.Device(0).name(), load().key
 
 
 def run_tensorrt_self_test(device: str, version: str) -> Verdict:

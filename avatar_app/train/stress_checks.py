@@ -11,7 +11,8 @@ Every output frame is re-detected with mediapipe (static mode, up to four faces)
   points, the measure the retargeter transfers motion by), against ``natural_jump``,
   the same measure on the driver's own continuous motion (its largest natural motion)
   plus ``noise``, the detector's own jitter on the output (:func:`detection_noise` on
-  its first frame: the two sides are different images, each with its own noise);
+  its first frame and on the frame where its largest jump starts: the two sides are
+  different images, each with its own noise, and a smaller face is measured less precisely);
 * ``identity_p95`` — 95th percentile of the dlib identity distance between output
   frames and the source portrait (want ≤ 0.45), when dlib's models are installed.
 """
@@ -183,5 +184,18 @@ def check_output(name: str, images: Sequence[np.ndarray], natural: float, tracke
     return StressResult(
         name=name, frames=len(images), face_found=float(np.mean([bool(f) for f in faces])) if faces else 0.0,
         two_faces=int(sum(second_face(f) for f in faces)), max_jump=float(jumps.max()) if jumps.size else 0.0,
-        natural_jump=natural, identity_p95=ident, noise=detection_noise(images[0], tracker) if len(images) else 0.0,
+        natural_jump=natural, identity_p95=ident, noise=_output_noise(images, seq, jumps, tracker),
     )
+
+
+def _output_noise(images: Sequence[np.ndarray], seq: Sequence[Landmarks | None], jumps: np.ndarray,
+                  tracker: FaceTracker) -> float:
+    """The detector's jitter on the output: on its first frame and on the frame where its largest
+    jump starts (a face shown smaller is measured less precisely, in face sizes)."""
+    if not len(images):
+        return 0.0
+    noise = detection_noise(images[0], tracker)
+    pairs = [i for i in range(len(seq) - 1) if seq[i] is not None and seq[i + 1] is not None]
+    if jumps.size and pairs and pairs[int(jumps.argmax())] != 0:
+        noise = max(noise, detection_noise(images[pairs[int(jumps.argmax())]], tracker))
+    return noise
