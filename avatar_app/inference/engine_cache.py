@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ..files import file_sha256
+
 try:  # POSIX: one lock file serialises builds and manifest updates between processes
     import fcntl
 except ImportError:  # pragma: no cover - Windows: threads of one process are still serialised
@@ -74,14 +76,6 @@ def key_digest(key: Mapping[str, object]) -> str:
     if bad:
         raise TypeError(f"engine key fields must be plain str/int/float/bool, not {bad}")
     return hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CorruptEngine(Exception):

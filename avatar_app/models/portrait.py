@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DependencyError, InputFileError
+from ..files import file_sha256
 from .assets import WEIGHTS_DIR
 from .enhancer import TemporalEnhancer
 from .flow import fill_mouth_interior
@@ -140,7 +141,7 @@ def save_checkpoint(model: PortraitModel, path: str | os.PathLike, metadata: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     reserved = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config)}
     if base is not None:
-        reserved |= {"base": base_reference(base), "base_sha256": _sha256(Path(base))}
+        reserved |= {"base": base_reference(base), "base_sha256": file_sha256(Path(base))}
     clash = sorted(set(metadata or {}) & set(reserved))
     if clash:
         raise ValueError(f"checkpoint metadata keys {clash} are reserved for the format")
@@ -163,16 +164,6 @@ def base_reference(path: str | os.PathLike) -> str:
     return f"shipped:{path.name}" if path.parent == WEIGHTS_DIR.resolve() else str(path)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _resolve_base(path: Path, meta: dict) -> Path:
     """The base checkpoint a delta file names, checked against the SHA-256 it recorded."""
     ref = meta["base"]
@@ -180,7 +171,7 @@ def _resolve_base(path: Path, meta: dict) -> Path:
     if not base.is_file():
         raise InputFileError(f"'{path}' holds only the weights personalization adapted, over '{ref}', which is not "
                              f"on this machine; install avatar-app with its shipped weights or copy that file there.")
-    if meta.get("base_sha256") and _sha256(base) != meta["base_sha256"]:
+    if meta.get("base_sha256") and file_sha256(base) != meta["base_sha256"]:
         raise InputFileError(f"'{path}' was adapted from other weights than the '{base}' on this machine "
                              "(their SHA-256 differs); personalize again from these weights.")
     return base
