@@ -224,10 +224,8 @@ def test_engines_build_are_cached_and_keep_the_networks_interface(networks, trt_
 
 @needs_trt_build
 def test_built_engine_takes_personalized_weights_by_refit(lite, networks, trt_cache):
-    from avatar_app.inference.export import cached_onnx
     from avatar_app.inference.networks import weights_of
     from avatar_app.inference.trt_backend import _trt_logger, cuda_context
-    from avatar_app.inference.trt_build import onnx_source
     from avatar_app.inference.trt_refit import onnx_initializers, refit_engine
 
     net = networks["generator"]
@@ -240,9 +238,8 @@ def test_built_engine_takes_personalized_weights_by_refit(lite, networks, trt_ca
         for p in personal.generator.parameters():
             p.mul_(1.05).add_(0.01)
     new = model_networks(personal, SIZE, names=["generator"])["generator"]
-    source = onnx_source("fp16", b.flavour.strongly_typed)
     with cuda_context():
         count = refit_engine(engine, weights_of(new.model, net.name, net.size),
-                             lambda: onnx_initializers(cached_onnx(new, trt_cache, "fp16" if source == "fp16" else "fp32")),
+                             lambda: onnx_initializers(b.exported_onnx(new, "fp16")),
                              _trt_logger(), b.flavour.module)
     assert count > 10

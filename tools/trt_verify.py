@@ -28,10 +28,10 @@ from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E
 from avatar_app.models.shipped import shipped_weights  # noqa: E402
 from avatar_app.inference.backend import probe  # noqa: E402
 from avatar_app.inference.engine_cache import EngineCache  # noqa: E402
-from avatar_app.inference.export import cached_onnx, model_networks, relative_errors, torch_outputs  # noqa: E402
+from avatar_app.inference.export import model_networks, relative_errors, torch_outputs  # noqa: E402
 from avatar_app.inference.networks import example_inputs, weights_of  # noqa: E402
 from avatar_app.inference.trt_backend import TensorRTBackend, _trt_logger, cuda_context  # noqa: E402
-from avatar_app.inference.trt_build import check_io, engine_io, onnx_source, ordered_like  # noqa: E402
+from avatar_app.inference.trt_build import check_io, engine_io, ordered_like  # noqa: E402
 from avatar_app.inference.trt_refit import onnx_initializers, refit_engine  # noqa: E402
 
 
@@ -82,12 +82,11 @@ def verify(preset: str, size: int, cache: EngineCache, run_reason: str | None) -
                     row["io_ok"] = True
                 except Exception as exc:
                     row["io_ok"], row["io_error"] = False, str(exc)
-                source = onnx_source(row["precision"], backend.flavour.strongly_typed)
                 new = personal[name]
                 try:
                     row["refitted"] = refit_engine(
                         engine, weights_of(new.model, name, size),
-                        lambda: onnx_initializers(cached_onnx(new, cache, "fp16" if source == "fp16" else "fp32")),
+                        lambda: onnx_initializers(backend.exported_onnx(new, row["precision"])),
                         _trt_logger(), trt)
                 except Exception as exc:
                     row["refitted"], row["refit_error"] = 0, str(exc)

@@ -154,12 +154,18 @@ class TensorRTBackend:
         cc = "+".join(self.targets) if getattr(self, "targets", ()) else self.cc
         return engine_key(network, self.precision, self.gpu, cc, self.trt_version, digest, self.refittable)
 
+    def exported_onnx(self, network, precision: str) -> Path:
+        """The cached ONNX export a ``precision`` (as built) engine of ``network`` starts from —
+        the mixed fp16 export for strongly typed fp16, else the fp32 one (a strongly typed int8
+        build quantizes it) — and where a refit finds weights the export derived.  Needs torch."""
+        from .export import cached_onnx
+
+        source = onnx_source(precision, self.flavour.strongly_typed)
+        return cached_onnx(network, self.cache, "fp16" if source == "fp16" else "fp32")
+
     def _builder(self, network, key: dict):
         def build(tmp: Path) -> None:
-            from .export import cached_onnx  # torch: only when an engine must be built
-
-            source = onnx_source(key["precision"], self.flavour.strongly_typed)
-            onnx_path = cached_onnx(network, self.cache, "fp16" if source == "fp16" else "fp32")
+            onnx_path = self.exported_onnx(network, key["precision"])  # torch: only when an engine must be built
             batches, calib = None, None
             if key["precision"] == "int8":
                 frames = self.calibration.inputs_for(getattr(network, "model", None), network.size, network.name)
@@ -335,13 +341,11 @@ class TensorRTBackend:
             raise RefitMismatch("it was built without REFIT")
         if self.built_precision == "int8":
             raise RefitMismatch("its int8 weights are quantized before the build")
-        source = onnx_source(self.built_precision, self.flavour.strongly_typed)
 
         def exported() -> dict[str, np.ndarray]:  # constants the export derived from the weights
-            from .export import cached_onnx
             from .trt_refit import onnx_initializers
 
-            return onnx_initializers(cached_onnx(new, self.cache, "fp16" if source == "fp16" else "fp32"))
+            return onnx_initializers(self.exported_onnx(new, self.built_precision))
 
         with cuda_context() as s:
             s["stream"].synchronize()  # nothing may run while weights change
