@@ -176,3 +176,24 @@ def test_personalization_inputs_rasterise_each_frame_once_and_match_the_trainers
             assert value.dtype == b[key].dtype, key
             torch.testing.assert_close(b[key], value, rtol=0, atol=1e-6, msg=key)
     assert sorted(cached._frames) == [0, 2, 3, 5]  # four distinct frames, each drawn once
+
+
+def test_resident_pairs_gather_what_the_items_collate_to(astronaut_source):
+    """The full plan's device-held sampler (used on a GPU; here on the CPU) gives the same batch as
+    collating FrameFlowInputs' items for the same pairs, and draws the reference as source about half the time."""
+    from avatar_app.train.inputs import FrameFlowInputs
+    from avatar_app.train.adapt_cached import FramePairs, ResidentPairs
+
+    clip = _animated_clip(astronaut_source, n=6)
+    pairs = [(0, 3), (2, 5), (0, 5), (3, 1)]
+    items = FrameFlowInputs(FramePairs(clip, list(range(1, 6)), np.zeros(128, np.float32), pairs=pairs))
+    expected = torch.utils.data.default_collate([items[i] for i in range(len(pairs))])
+    resident = ResidentPairs(FrameFlowInputs(FramePairs(clip, list(range(1, 6)), np.zeros(128, np.float32))), "cpu")
+    got = resident.pairs([a for a, _ in pairs], [b for _, b in pairs])
+    for key, value in got.items():
+        assert value.dtype == expected[key].dtype, key
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=key)
+    drawn = resident.batch(400)
+    from_reference = (drawn["source_points"] == resident.points[resident.row[0]]).flatten(1).all(1).float().mean()
+    assert 0.35 < float(from_reference) < 0.65
+    assert set(expected) - set(got) == {"clip"}

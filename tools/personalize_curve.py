@@ -66,6 +66,11 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
     p.add_argument("--plans", nargs="+", default=["auto"], help="personalization plans to compare (default: auto)")
     p.add_argument("--lr", type=float, default=None, help="default: the plan's")
+    p.add_argument("--cache-frames", type=int, default=48, help="cached plans: how many training frames are cached")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of personalization run once before any measurement, not scored (default: 3 on a GPU, "
+                        "0 on a CPU): a process's first GPU steps load kernels, which a measurement should not count")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -76,6 +81,7 @@ def main() -> int:
                                 key=lambda k: -int(entries[k]["frames"]))[:args.count]
     starts = dict(s.split("=", 1) for s in args.start)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    warmup = args.warmup if args.warmup is not None else (3.0 if torch.device(args.device).type == "cuda" else 0.0)
     for key in keys:
         clip, why = load_clip(args.data, entries[key])
         if clip is None:
@@ -88,13 +94,20 @@ def main() -> int:
         recording = ClipFrames(whole.crops[:len(record)], whole.points[:len(record)], reference=0)
         identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
         later_items = frame_items(whole, [(0, local[f]) for f in later], identity)
+        for plan in args.plans if warmup > 0 else ():
+            t0 = time.perf_counter()
+            w = personalize(recording, start_model(next(iter(starts.values())), args.preset).to(args.device), identity,
+                            budget_s=warmup, batch_size=args.batch_size, device=args.device, plan=plan,
+                            cache_frames=args.cache_frames, amp=args.amp)
+            print(f"  warm-up ({plan}): {w.steps} steps in {time.perf_counter() - t0:.1f} s, not scored", flush=True)
+        warmup = 0.0
         for (name, weights), plan in ((s, pl) for s in starts.items() for pl in args.plans):
             t0 = time.perf_counter()
             res = personalize(recording, start_model(weights, args.preset).to(args.device), identity,
                               budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
                               lr=args.lr, device=args.device, max_steps=args.steps,
                               curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,
-                              also_score={"later": later_items}, plan=plan,
+                              also_score={"later": later_items}, plan=plan, cache_frames=args.cache_frames, amp=args.amp,
                               on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
             est = res.estimate
             results.setdefault(key, {})[name if args.plans == ["auto"] else f"{name}/{res.plan}"] = {

@@ -28,7 +28,8 @@ from ..face.align import face_crop_box, transform_points, warp_to_crop
 from ..face.tracker import FaceTracker
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
-from .adapt_cached import PLANS, FrameCache, FramePairs, Plan, adapted_parameters, cached_loss, plan_optimizer
+from .adapt_cached import (PLANS, FrameCache, FramePairs, Plan, ResidentPairs, adapted_parameters, cached_loss,
+                           plan_optimizer)
 from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
@@ -139,7 +140,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
                 curve_every_s: float | None = None, also_score: dict[str, list[dict]] | None = None,
                 plan: str = "auto", on_estimate: Callable[[Estimate], None] | None = None,
                 cache_frames: int = 48, max_steps: int | None = None,
-                curve_every_steps: int | None = None) -> PersonalizeResult:
+                curve_every_steps: int | None = None, amp: bool = False) -> PersonalizeResult:
     """Adapt a copy of ``base`` to ``clip`` within ``budget_s`` wall-clock seconds.
 
     ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate) and generator on
@@ -153,6 +154,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     time is not counted), and each set of :func:`frame_items` in ``also_score`` beside them (keys
     ``<name>_psnr``, ``<name>_l1``); ``curve_every_steps`` scores every so many steps instead.
     ``max_steps`` also stops after that many steps (measurements that must not depend on the load).
+    ``amp``: bf16 autocast (GPU only).
     """
     n = len(clip.crops)
     held = held_out_indices(n, clip.reference, holdout_every)
@@ -164,7 +166,8 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     if cached is None and plan != "full":
         raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto', 'full' or one of {sorted(PLANS)}")
     batch_size = batch_size or (cached.batch_size if cached else 4)
-    cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=False, seed=seed)
+    cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
+                      seed=seed)
     model = copy.deepcopy(base)
     pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
@@ -246,14 +249,17 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
 
 
 def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, lr: float, warp_lr_scale: float):
-    """Steps of the ``full`` plan: warp network and generator on random pairs of the clip."""
+    """Steps of the ``full`` plan: warp network and generator on random pairs of the clip (on a GPU
+    drawn from frames held there, :class:`~.adapt_cached.ResidentPairs`)."""
     opt = inner_optimizer(model, lr, warp_lr_scale)
     params = [p for g in opt.param_groups for p in g["params"]]
     counter = iter(range(10**12))
+    resident = ResidentPairs(pairs, trainer.device, pairs.base.seed) if trainer.device.type == "cuda" else None
 
     def step() -> float:
         k = next(counter)
-        batch = torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)])
+        batch = (resident.batch(batch_size) if resident is not None else
+                 torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)]))
         opt.zero_grad(set_to_none=True)
         loss, _ = trainer.compute_losses(batch, model=model)
         loss.backward()
@@ -275,7 +281,8 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
+        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
+            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
