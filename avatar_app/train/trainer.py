@@ -33,8 +33,8 @@ from ..inference.networks import EnhancerStage
 from .config import TrainConfig
 from .enhancer_path import enhanced_window
 from .inputs import FlowInputs, WindowFlowInputs
-from .losses import (PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1, region_l1,
-                     temporal_l1)
+from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1,
+                     region_l1, temporal_l1)
 from .state import load_training_state, save_training_state
 from .validation import validate
 
@@ -89,6 +89,7 @@ class Trainer:
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=cfg.betas, **fused)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.perceptual = PerceptualLoss(cfg.perceptual_weights).to(self.device)
+        self.identity = IdentityLoss(cfg.identity_model).to(self.device) if cfg.w_id else None
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -180,6 +181,8 @@ class Trainer:
                 image = out["warped"] if self.cfg.stage == "warp" else out["image"]
                 mask = b.get("mask")
                 parts = self._image_losses(image, b["driving"], b["driving_cond"], mask)
+                if self.identity is not None:
+                    parts["identity"] = self.cfg.w_id * self.identity(image, b["driving"], b["driving_points"])
                 if self.cfg.stage != "warp" and self.cfg.w_warped:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.cfg.stage != "warp" and self.cfg.w_blend:
