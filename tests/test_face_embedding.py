@@ -150,3 +150,22 @@ def test_identity_loss_is_zero_on_the_target_and_its_gradient_reaches_the_image(
     with torch.no_grad():
         last = float(loss(image, target, points))
     assert last < 0.7 * float(first.detach()), (float(first.detach()), last)
+
+
+@needs_dlib
+def test_prepare_without_dlib_writes_the_torch_embedding(monkeypatch, astronaut_source):
+    from avatar_app.errors import DependencyError
+    from avatar_app.models.identity import identity_distance
+    from avatar_app.train import clipio
+
+    crop, points = astronaut_source.crop, astronaut_source.landmarks.points
+    with_dlib, note = clipio.embed_identity(crop, points)
+    assert note is None
+
+    def no_dlib():
+        raise DependencyError("no dlib")
+
+    monkeypatch.setattr(clipio, "identity_encoder", no_dlib)
+    without, note = clipio.embed_identity(crop, points)
+    assert note == clipio.TORCH_IDENTITY_NOTE and without.shape == (128,) and without.dtype == np.float32
+    assert identity_distance(with_dlib, without) < 0.2

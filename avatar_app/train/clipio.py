@@ -213,14 +213,26 @@ def identity_encoder():
     return _ENCODER
 
 
+TORCH_IDENTITY_NOTE = ("dlib is not installed: identity.npy holds the torch port of dlib's face-recognition ResNet "
+                       "(models/face_embedding.py), aligned by the mediapipe landmarks instead of dlib's 5-point "
+                       "predictor — about 0.1 from dlib's own embedding (docs/IDENTITY.md); install dlib-bin for dlib's.")
+
+
 def embed_identity(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """dlib embedding of the face in a crop (``points`` in px of it), or ``(None, why not)``."""
+    """dlib embedding of the face in a crop (``points`` in px of it) — without dlib, its torch port
+    (and :data:`TORCH_IDENTITY_NOTE`) — or ``(None, why not)``."""
     try:
         return identity_encoder().embed(image, Landmarks(points, (image.shape[1], image.shape[0]))), None
     except DependencyError:
-        return None, DLIB_NOTE
+        pass
     except NoFaceError as exc:
         return None, f"no identity embedding: {exc}"
+    from ..models.face_embedding import embed_image, installed_embedding
+
+    try:
+        return embed_image(installed_embedding(), image[:, :, ::-1], points), TORCH_IDENTITY_NOTE
+    except DependencyError:
+        return None, DLIB_NOTE
 
 
 # -- one run over the output folder -----------------------------------------------------------------
@@ -301,14 +313,19 @@ def open_run(out: Path, synthetic: bool) -> tuple[PrepareReport, list[tuple[str,
     earlier_skips = _check_out(out, synthetic)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     report = PrepareReport(out=out)
-    from ..models.identity import model_files
+    from ..models.identity import model_files, recognition_model_file
 
     try:
         model_files()
         want_identity = True
     except DependencyError:
-        want_identity = False
-        report.note(DLIB_NOTE)
+        try:
+            recognition_model_file()
+            want_identity = True
+            report.note(TORCH_IDENTITY_NOTE)
+        except DependencyError:
+            want_identity = False
+            report.note(DLIB_NOTE)
     return report, earlier_skips, want_identity
 
 
