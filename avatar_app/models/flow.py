@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
-from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles
+from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles, eye_remap
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -151,6 +151,7 @@ class AnalyticFlow(nn.Module):
         """
         b, h, w = tri_ids.shape
         nf = self.triangles.shape[0]
+        src_full, tgt_full = src_xy, tgt_xy
         if h != self.size:  # landmarks into flow-resolution px
             k = h / self.size
             src_xy = (src_xy + 0.5) * k - 0.5
@@ -188,7 +189,10 @@ class AnalyticFlow(nn.Module):
         inside = torch.stack([g[0] * x + g[1] * y + g[2], g[3] * x + g[4] * y + g[5]], 1)  # (B, 2, H, W)
         eyes = g[10:12].transpose(0, 1) * covered  # (B, 2, H, W)
         parts = {name: getattr(self, f"eye_{name}") for name in self._eye_parts}
-        inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
+        fine_eyes = h != self.size and self.upsample  # the eyes are re-mapped at the output's size (below)
+        pre_eyes = inside
+        if not fine_eyes:
+            inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
         outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
@@ -202,6 +206,9 @@ class AnalyticFlow(nn.Module):
             up = F.interpolate(torch.cat([grid, mouth, mouth_coord], 1), size=(self.size, self.size),
                                mode="bilinear", align_corners=False)
             grid, mouth, mouth_coord = up[:, :2], up[:, 2:3], up[:, 3:4]
+            # the eye regions lie inside the mesh (blend 1), so their re-map adds after the blend
+            idx, delta = eye_remap(src_full, tgt_full, pre_eyes, eyes, parts, self.eye_knots, (self.size, self.size))
+            grid = grid.reshape(b, 2, -1).scatter_add(2, idx, delta * (2.0 / self.size)).reshape(grid.shape)
         return grid.permute(0, 2, 3, 1), mouth, mouth_coord
 
     def _outside(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
