@@ -96,3 +96,12 @@ def test_at_512_the_eyes_are_drawn_at_512(astronaut_source):
     inside = (full_ids >= 0) & eye_tri[np.maximum(full_ids, 0)]
     err = np.linalg.norm(grids[0] - grids[1], axis=-1)[inside]
     assert np.percentile(err, 95) < 0.5, np.percentile(err, 95)
+
+
+def test_a_full_blink_reads_closed_at_512(astronaut, still_tracker):
+    """The live animator at 512 (the OpenCV warp, which upsamples the 256 flow itself) closes the eyes
+    as at 256: before the eyes were re-mapped at 512, a full blink read 0.14, an eye a fifth open."""
+    source = prepare_source(astronaut, 512, tracker=still_tracker)
+    faces = still_tracker.detect_faces(GeometricAnimator(source).animate(_blink(source, 1.0)))
+    assert faces
+    assert eye_openness(faces[0].points) < CLOSED_EYES

@@ -120,10 +120,15 @@ def main(argv=None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--euro", nargs="*", default=["1.5,3.0"], help="min_cutoff,beta[,d_cutoff] settings to try")
     p.add_argument("--eyes", nargs="*", default=[], help="LandmarkSmoother eye settings min_cutoff,beta,d_cutoff")
+    p.add_argument("--split", choices=("val", "all"), default="val")
+    p.add_argument("--spread", type=int, default=0,
+                   help="score only the N frames `evaluate --spread --frames N` drives with (default: all frames)")
     p.add_argument("--per-clip", action="store_true")
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
-    keys = split_clips(read_manifest(args.data)["clips"], args.val_fraction)[1][: args.clips]
+    entries = read_manifest(args.data)["clips"]
+    keys = (sorted(str(e["key"]) for e in entries) if args.split == "all"
+            else split_clips(entries, args.val_fraction)[1])[: args.clips]
     rows: dict[str, list] = {}
     for key in keys:
         folder = args.data / "clips" / key
@@ -143,9 +148,15 @@ def main(argv=None) -> None:
         for spec in args.eyes:
             vals = [float(v) for v in spec.split(",")]
             variants[f"eyes {spec}"] = euro(t["raw"], t["scale"], t["times"], LandmarkSmoother(eyes=tuple(vals)))
-        o_ref, g_ref = series(t["ref"])
+        keep = np.ones(len(t["ref"]), bool)
+        if args.spread:  # as evaluate's drive_indices(spread): after the first valid frame, over the whole clip
+            valid = np.flatnonzero(np.isfinite(prepared).all(axis=(1, 2)))
+            picks = np.unique(np.linspace(1, len(valid) - 1, min(args.spread, len(valid) - 1)).round().astype(int))
+            keep[:] = False
+            keep[valid[picks]] = True
+        o_ref, g_ref = series(np.where(keep[:, None, None], t["ref"], np.nan))
         for name, pts in variants.items():
-            o, g = series(pts)
+            o, g = series(np.where(keep[:, None, None], pts, np.nan))
             row = (follow(o_ref, o, OPEN_MIN_SD), follow(g_ref, g, GAZE_MIN_SD), rest_jitter(o), rest_jitter(g))
             rows.setdefault(name, []).append(row)
             if args.per_clip:
