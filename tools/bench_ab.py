@@ -2,11 +2,11 @@
 
 On a shared machine, absolute times drift with the load by more than a change costs; a ratio
 measured with both versions taking turns under the same load does not. The other checkout's
-``avatar_app`` is copied to a temporary package (``avatar_base``) and both run
-:func:`avatar_app.runtime.bench.bench_geometric` (mediapipe tracking of a camera frame,
-retargeting, rasterising, the analytic flow and the warp) in alternating rounds.
+``avatar_app`` is copied to a temporary package (``avatar_base``) and both run the
+live path of :func:`avatar_app.runtime.bench.bench_geometric` (mediapipe tracking of a camera frame,
+retargeting, rasterising, the analytic flow and the warp) taking turns frame by frame.
 
-    python tools/bench_ab.py --base /work/main --size 256 512 --rounds 6 --frames 40 --threads 1
+    python tools/bench_ab.py --base /work/main --size 256 512 --frames 200 --threads 1
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,36 +35,65 @@ def load_base(base: Path, where: Path):
         renamed = re.sub(r"\bavatar_app\b", "avatar_base", text)
         if renamed != text:
             f.write_text(renamed, encoding="utf-8")
+    (where / "assets").symlink_to(base / "assets")  # the bench's portraits, found beside the package
     sys.path.insert(0, str(where))
-    return importlib.import_module("avatar_base.runtime.bench")
+    return importlib.import_module("avatar_base")
+
+
+class _Path:
+    """One version's live path, one frame at a time (as ``bench_geometric`` runs it)."""
+
+    def __init__(self, pkg: str, size: int):
+        bench = importlib.import_module(f"{pkg}.runtime.bench")
+        self.frame_type = importlib.import_module(f"{pkg}.types").Frame
+        self.synthetic = importlib.import_module(f"{pkg}.capture.synthetic")
+        src = bench.read_image(bench.ASSETS / "astronaut.jpg")
+        self.driver = bench.camera_frame(bench.read_image(bench.ASSETS / "grace_hopper.jpg"))
+        self.tracker = bench.FaceTracker()
+        source = bench.prepare_source(src, size, tracker=self.tracker)
+        self.animator = bench.GeometricAnimator(source)
+        self.retarget = bench.Retargeter(source.landmarks)
+        self.times: dict[str, list[float]] = {}
+
+    def step(self, i: int, keep: bool) -> None:
+        t0 = time.perf_counter()
+        tracked = self.tracker.track(self.frame_type(self.driver, i / 30.0, i))
+        t1 = time.perf_counter()
+        target = self.retarget(self.synthetic.synthetic_landmarks(self.synthetic.timeline_pose(1.0 + i / 30.0)))
+        t2 = time.perf_counter()
+        self.animator.animate(target)
+        t3 = time.perf_counter()
+        if not tracked.found:
+            raise RuntimeError("the benchmark frame lost its face")
+        if keep:
+            for k, v in {"track": (t1 - t0) * 1e3, "retarget": (t2 - t1) * 1e3, **self.animator.timings,
+                         "total": (t3 - t0) * 1e3}.items():
+                self.times.setdefault(k, []).append(v)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, required=True, help="the other checkout (its repository root)")
     p.add_argument("--size", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--frames", type=int, default=40, help="timed frames per round and version")
+    p.add_argument("--frames", type=int, default=200, help="timed frames per version (they take turns frame by frame)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    from avatar_app.runtime import bench as this
-
     with tempfile.TemporaryDirectory() as tmp:
-        base = load_base(args.base, Path(tmp))
+        load_base(args.base, Path(tmp))
         for size in args.size:
-            runs: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
-            for _ in range(args.rounds):
-                for name, mod in (("base", base), ("this", this)):
-                    res = mod.bench_geometric(size, frames=args.frames, warmup=5)
-                    for stage, (median, _) in [*res.stages_ms.items(), ("total", res.total_ms)]:
-                        runs[name].setdefault(stage, []).append(median)
-            print(f"size {size}: median over {args.rounds} rounds of each round's median ms (base -> this, ratio)")
-            for stage in runs["this"]:
-                a, b = float(np.median(runs["base"][stage])), float(np.median(runs["this"][stage]))
+            paths = {"base": _Path("avatar_base", size), "this": _Path("avatar_app", size)}
+            for i in range(10 + args.frames):
+                for path in (paths.values() if i % 2 else reversed(paths.values())):
+                    path.step(i, keep=i >= 10)
+            print(f"size {size}, {args.frames} frames each, interleaved: median ms (base -> this, ratio)")
+            for stage in paths["this"].times:
+                a, b = (float(np.median(paths[k].times[stage])) for k in ("base", "this"))
                 print(f"  {stage:10s} {a:8.2f} -> {b:8.2f}  {b / max(a, 1e-9):.2f}")
+            for path in paths.values():
+                path.tracker.close()
 
 
 if __name__ == "__main__":
