@@ -7,14 +7,17 @@ prepared 256 crops (what ``avatar-app evaluate`` re-detects on the driver):
 * ``prepared``: the landmarks the dataset stores (video mode + the tracker's One-Euro filter);
 * ``raw``: video-mode landmarks, no filter;
 * ``still``: still-image detection on the full video frame;
-* ``euro A,B``: the raw landmarks through the tracker's filter with other settings
-  (``--euro``), offline, exactly as :class:`~avatar_app.face.tracker.FaceTracker` filters.
+* ``euro A,B[,D]``: the raw landmarks through one One-Euro filter (``--euro``; ``1.5,3.0`` is
+  the face filter the tracker used alone before issue 16's second pass), offline;
+* ``eyes A,B,D``: through :class:`~avatar_app.face.smoothing.LandmarkSmoother` with those eye
+  settings (``--eyes``), as :class:`~avatar_app.face.tracker.FaceTracker` filters now.
 
 Per variant: mean per-clip r and slope (clips whose reference varies by >= 0.02 s.d.) on all
-frames, and the jitter at rest: the median |x[t] - (x[t-1] + x[t+1]) / 2| of the series.
-Raw tracks are cached (``--cache``), so trying filter settings is cheap.
+frames (or on the frames ``evaluate --spread`` drives with: ``--spread 32``), and the jitter at
+rest: the median |x[t] - (x[t-1] + x[t+1]) / 2| of the series. Raw tracks are cached
+(``--cache``), so trying filter settings is cheap.
 
-    python tools/eye_tracking.py --data /work/data/real --cache /work/data/eyes_tmp/tracks
+    python tools/eye_tracking.py --data /work/data/real --cache /tmp/tracks --eyes 1.5,10,10 1.5,20,10 1.5,30,10
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def track_clip(video_file: Path, folder: Path, meta: dict) -> dict:
     """Raw video-mode landmarks (and the tracker's scale per frame), still detections on the frame
     and on the prepared 256 crops; all in px of the 256 crop (NaN where no face)."""
     from avatar_app.capture.video import VideoFileSource
+    from avatar_app.face.mesh import eye_centers
     from avatar_app.face.tracker import FaceTracker
     from avatar_app.train.clipio import frame_name, read_image_file
     from avatar_app.types import Frame
@@ -58,7 +62,8 @@ def track_clip(video_file: Path, folder: Path, meta: dict) -> dict:
                 res = video.track(Frame(image=frame.image, timestamp=i / meta["fps"], index=i))
                 if res.found:
                     raw[i] = transform_points(res.landmarks.points, a256)
-                    scale[i] = float(video._followed[2])
+                    eye_r, eye_l = eye_centers(res.landmarks.xy)  # the tracker's scale: inter-ocular px
+                    scale[i] = float(np.linalg.norm(eye_l - eye_r))
                 faces = single.detect_faces(frame.image)
                 if faces:
                     still[i] = transform_points(faces[0].points, a256)
@@ -73,8 +78,8 @@ VIDEOS = Path("/work/shared/data/real_clips")
 
 
 def euro(raw: np.ndarray, scale: np.ndarray, times: np.ndarray, filt) -> np.ndarray:
-    """``raw`` (in crop px; the filter is affine-equivariant up to the scale, which is in
-    frame px, as the tracker's) through ``filt``; a frame without a face resets it."""
+    """``raw`` (crop px) through ``filt`` as the tracker runs it (``scale``: the inter-ocular distance
+    in the same px); a frame without a face resets it (the tracker's reset on a jump is left out)."""
     out = np.full_like(raw, np.nan)
     filt.reset()
     for i in range(len(raw)):
@@ -118,7 +123,7 @@ def main(argv=None) -> None:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--clips", type=int, default=13)
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--euro", nargs="*", default=["1.5,3.0"], help="min_cutoff,beta[,d_cutoff] settings to try")
+    p.add_argument("--euro", nargs="*", default=["1.5,3.0"], help="one filter's min_cutoff,beta[,d_cutoff] to try")
     p.add_argument("--eyes", nargs="*", default=[], help="LandmarkSmoother eye settings min_cutoff,beta,d_cutoff")
     p.add_argument("--split", choices=("val", "all"), default="val")
     p.add_argument("--spread", type=int, default=0,
