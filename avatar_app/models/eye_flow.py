@@ -40,6 +40,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, topology
 
@@ -230,17 +231,11 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
 
 def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``field (B, C, h, w)`` bilinearly at px ``x, y (B, N)`` (clamped to the grid): ``(B, C, N)``.
-    Four gathers rather than ``grid_sample``, so the export needs no newer opset."""
+    ``grid_sample`` (opset 16 to export): only the fine re-map of :func:`eye_remap` uses it, and
+    exported flows are computed at their output's size."""
     b, c, h, w = field.shape
-    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
-    x0, y0 = x.floor().clamp(max=w - 2), y.floor().clamp(max=h - 2)
-    fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
-    i = (y0 * w + x0).long().unsqueeze(1).expand(b, c, -1)
-    flat = field.reshape(b, c, h * w)
-    a, bb = flat.gather(2, i), flat.gather(2, i + 1)
-    cc, d = flat.gather(2, i + w), flat.gather(2, i + w + 1)
-    top, bottom = a + (bb - a) * fx, cc + (d - cc) * fx
-    return top + (bottom - top) * fy
+    grid = torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)  # (B, 1, N, 2)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
 
 
 def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
