@@ -55,3 +55,74 @@ class OneEuroFilter:
         self._x = a * x + (1 - a) * self._x
         self._t = t
         return self._x.astype(np.float32)
+
+
+# The tracker's defaults: the face as before; the lids and irises, in the face's own frame,
+# with a speed estimate 10x quicker and a cutoff that rises ~7x faster with speed, so a blink
+# (a lid crossing ~0.1 of the inter-ocular distance in ~0.1 s) passes nearly whole while the
+# eyes at rest keep about half the raw jitter (docs/EYES.md, "The targets").
+FACE_SMOOTHING = (1.5, 3.0)
+EYE_SMOOTHING = (1.5, 20.0, 10.0)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:
+    """``(a, b)`` of the least-squares similarity ``z = a·w + b`` taking points ``src`` to ``dst``
+    (``(N, 2)`` each, as complex numbers)."""
+    w = src[:, 0] + 1j * src[:, 1]
+    z = dst[:, 0] + 1j * dst[:, 1]
+    wm, zm = w.mean(), z.mean()
+    a = complex(np.vdot(w - wm, z - zm) / max(float(np.vdot(w - wm, w - wm).real), 1e-12))
+    return a, complex(zm - a * wm)
+
+
+class LandmarkSmoother:
+    """The tracker's filter: the face through one One-Euro filter, the eyes' own motion through a quicker one.
+
+    A One-Euro filter tuned to keep a still face still rounds off a blink: its speed estimate
+    (``d_cutoff`` 1 Hz) rises too late for a lid that closes and opens in 0.1–0.3 s. On the
+    validation clips the face filter kept r 0.90 / 0.80x of the lids' motion that mediapipe
+    sees frame by frame (docs/EYES.md). So the lid and iris points are taken apart:
+
+    * their motion with the head: the similarity that fits the face's rigid points (a
+      neutral face to this frame) is fitted to the raw and to the face-filtered points; the
+      eye points travel with the filtered one, exactly as the rest of the face does;
+    * their motion in the face (blinks, gaze): their coordinates in the neutral face's frame
+      (units of the inter-ocular distance) go through ``eyes``' One-Euro filter.
+
+    Args:
+        face: ``(min_cutoff, beta[, d_cutoff])`` of every point's filter.
+        eyes: the same for the lid and iris points in the face's frame; ``None`` filters them
+            as the face.
+    """
+
+    def __init__(self, face: tuple = FACE_SMOOTHING, eyes: tuple | None = EYE_SMOOTHING):
+        from .mesh import topology
+
+        topo = topology()
+        self.face = OneEuroFilter(*face)
+        self.eyes = OneEuroFilter(*eyes) if eyes else None
+        self._eye_idx = np.unique(np.concatenate([topo.right_eye_upper, topo.right_eye_lower, topo.right_iris,
+                                                  topo.left_eye_upper, topo.left_eye_lower, topo.left_iris]))
+        self._anchor = np.setdiff1d(topo.rigid, self._eye_idx)
+        self._ref = topo.neutral[self._anchor, :2].astype(np.float64)
+
+    def reset(self) -> None:
+        self.face.reset()
+        if self.eyes is not None:
+            self.eyes.reset()
+
+    def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
+        """``x`` ``(478, 2|3)`` px at time ``t`` s, smoothed; ``scale`` is the inter-ocular distance in px."""
+        slow = self.face(x, t, scale=scale)
+        if self.eyes is None:
+            return slow
+        x = np.asarray(x, dtype=np.float64)
+        a_raw, b_raw = _similarity(self._ref, x[self._anchor, :2])
+        a_out, b_out = _similarity(self._ref, slow[self._anchor, :2].astype(np.float64))
+        z = x[self._eye_idx, 0] + 1j * x[self._eye_idx, 1]
+        w = (z - b_raw) / (a_raw if abs(a_raw) > 1e-12 else 1.0)
+        w = self.eyes(np.stack([w.real, w.imag], axis=1), t)  # neutral-face units: speeds in IOD/s, as `face`'s
+        z = a_out * (w[:, 0] + 1j * w[:, 1]) + b_out
+        out = slow.copy()
+        out[self._eye_idx, 0], out[self._eye_idx, 1] = z.real, z.imag
+        return out

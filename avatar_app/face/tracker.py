@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DependencyError, InputFileError
 from ..types import NUM_LANDMARKS, Frame, Landmarks, TrackResult
 from .mesh import eye_centers
-from .smoothing import OneEuroFilter
+from .smoothing import EYE_SMOOTHING, FACE_SMOOTHING, LandmarkSmoother
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class FaceTracker:
             ``None`` uses the bundled FaceMesh solution.
         min_detection_confidence / min_tracking_confidence: mediapipe thresholds.
         smoothing: One-Euro ``(min_cutoff Hz, beta)``, or ``None`` for raw landmarks.
+        eye_smoothing: One-Euro ``(min_cutoff Hz, beta, d_cutoff Hz)`` of the lids' and irises'
+            motion in the face (:class:`~.smoothing.LandmarkSmoother`: quick enough for a blink),
+            or ``None`` to smooth them as the face.
         max_faces: most faces :meth:`detect_faces` returns.
         track_faces: most faces looked at in video frames; with more than one visible the
             tracker follows the face nearest the one it followed last (the largest when it
@@ -98,8 +101,8 @@ class FaceTracker:
     """
 
     def __init__(self, model_path: str | Path | None = None, min_detection_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = (1.5, 3.0),
-                 max_faces: int = 4, track_faces: int = 2):
+                 min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = FACE_SMOOTHING,
+                 max_faces: int = 4, track_faces: int = 2, eye_smoothing: tuple | None = EYE_SMOOTHING):
         self.model_path = Path(model_path) if model_path else None
         if self.model_path is not None and not self.model_path.is_file():
             raise InputFileError(
@@ -111,7 +114,7 @@ class FaceTracker:
         self.max_faces = max_faces
         self.track_faces = max(1, int(track_faces))
         self._followed: np.ndarray | None = None  # (x, y, inter-ocular px) of the last raw face followed
-        self._filter = OneEuroFilter(*smoothing) if smoothing else None
+        self._filter = LandmarkSmoother(smoothing, eye_smoothing) if smoothing else None
         self._video = None
         self._static = None
         self._last_ts_ms = -1

@@ -40,6 +40,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, topology
 
@@ -224,6 +225,30 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
         ``(B, 2, H, W)`` source positions, px: ``inside`` outside the eye regions.
     """
     b, _, h, w = inside.shape
+    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w))
+    return inside.reshape(b, 2, h * w).scatter_add(2, idx, delta).reshape(b, 2, h, w)
+
+
+def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``field (B, C, h, w)`` bilinearly at px ``x, y (B, N)`` (clamped to the grid): ``(B, C, N)``.
+    ``grid_sample`` (opset 16 to export): only the fine re-map of :func:`eye_remap` uses it, and
+    exported flows are computed at their output's size."""
+    b, c, h, w = field.shape
+    grid = torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)  # (B, 1, N, 2)
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
+
+
+def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
+              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int]):
+    """The eyes' re-map on an ``out_hw`` grid, as ``(idx, delta)``: add ``delta (B, 2, 2·N)`` (px of that
+    grid) at the flat pixel indices ``idx (B, 2, 2·N)`` of its source positions.
+
+    ``inside`` and ``regions`` (as for :func:`eye_flow`) may be on a coarser grid than ``out_hw``:
+    they are sampled bilinearly at each fine pixel (inside a triangle the map is affine, so that is
+    exact there). So a flow computed at 256 gets its eyes drawn at 512: the upsampled flow would
+    blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``."""
+    b, _, h_in, w_in = inside.shape
+    h, w = out_hw
     both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
     pts = both[:, parts["points"]]  # (2B, 2, P, 2)
     frames = _Frames(both, pts[:, :, 0], pts[:, :, 1], parts["vertical"], parts["ratio"])
@@ -241,9 +266,15 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
     idx, x, y, taper = window(ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy, h, w, window_size(h, w))  # (B, 2, N)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
-    flat = inside.reshape(b, 2, h * w)
-    x_a, y_a = flat.gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # piecewise-affine source px (B, 2, N)
-    weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+    if (h_in, w_in) == (h, w):
+        x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
+        weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+    else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
+        kx, ky = w_in / w, h_in / h
+        fine = _sample(torch.cat([inside, regions], 1), ((x + 0.5) * kx - 0.5).reshape(b, 2 * n),
+                       ((y + 0.5) * ky - 0.5).reshape(b, 2 * n)).reshape(b, 4, 2, n)
+        x_a, y_a = (fine[:, 0] + 0.5) / kx - 0.5, (fine[:, 1] + 0.5) / ky - 0.5
+        weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
     u, v = ft.uv(x, y)
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
@@ -284,4 +315,4 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
     weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
-    return flat.scatter_add(2, flat_idx, delta.reshape(b, 2, 2 * n)).reshape(b, 2, h, w)
+    return flat_idx, delta.reshape(b, 2, 2 * n)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
-from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles
+from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles, eye_remap
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -134,7 +134,7 @@ class AnalyticFlow(nn.Module):
         coarse_px = pixel_grid(self.coarse, self.coarse) * step + (step - 1) / 2
         self.register_buffer("coarse_pixels", coarse_px, persistent=False)
 
-    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor):
+    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor, fine_eyes: bool = False):
         """Compute the flow.
 
         Args:
@@ -142,15 +142,24 @@ class AnalyticFlow(nn.Module):
             tgt_xy: ``(B, V, 2)`` target landmarks, crop px.
             tri_ids: ``(B, R, R) int64`` from :func:`rasterize_triangles` on the target,
                 ``R`` = ``self.resolution``.
+            fine_eyes: without ``upsample`` and with ``resolution < size``: leave the eyes
+                out of the returned grid and return their re-map at ``size`` as well, for the
+                caller to add once it has upsampled the grid (:func:`.eye_flow.eye_remap`).
+                With ``upsample`` the eyes are always re-mapped at ``size``: upsampling a
+                closed lid line blurs a line of eyeball into it.
 
         Returns:
             ``(grid, mouth, mouth_coord)`` at ``size`` (or ``resolution`` without
             ``upsample``): ``grid (B, S, S, 2)`` norm [-1, 1] source
             sampling positions; ``mouth (B, 1, H, W)`` 1 inside the target's inner
             lips; ``mouth_coord (B, 1, H, W)`` 0 at the upper inner lip .. 1 at the lower.
+            With ``fine_eyes`` a fourth item, ``(idx, delta)``: add ``delta (B, 2, N)`` (px of
+            ``size``) to the upsampled source positions (px, channel first) at flat pixel
+            indices ``idx (B, 2, N)``; ``None`` when the flow is computed at ``size``.
         """
         b, h, w = tri_ids.shape
         nf = self.triangles.shape[0]
+        src_full, tgt_full = src_xy, tgt_xy
         if h != self.size:  # landmarks into flow-resolution px
             k = h / self.size
             src_xy = (src_xy + 0.5) * k - 0.5
@@ -188,7 +197,10 @@ class AnalyticFlow(nn.Module):
         inside = torch.stack([g[0] * x + g[1] * y + g[2], g[3] * x + g[4] * y + g[5]], 1)  # (B, 2, H, W)
         eyes = g[10:12].transpose(0, 1) * covered  # (B, 2, H, W)
         parts = {name: getattr(self, f"eye_{name}") for name in self._eye_parts}
-        inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
+        at_size = h != self.size and (self.upsample or fine_eyes)  # the eyes are re-mapped at `size` (below)
+        pre_eyes = inside
+        if not at_size:
+            inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
         outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
@@ -198,10 +210,18 @@ class AnalyticFlow(nn.Module):
         grid = torch.stack([(src_pos[:, 0] + 0.5) * (2.0 / w), (src_pos[:, 1] + 0.5) * (2.0 / h)], 1) - 1.0
         mouth = g[9].unsqueeze(1) * covered
         mouth_coord = lip.clamp(0, 1)
+        # the eye regions lie inside the mesh (blend 1), so their re-map adds after the blend
+        remap = eye_remap(src_full, tgt_full, pre_eyes, eyes, parts, self.eye_knots,
+                          (self.size, self.size)) if at_size else None
         if h != self.size and self.upsample:
             up = F.interpolate(torch.cat([grid, mouth, mouth_coord], 1), size=(self.size, self.size),
                                mode="bilinear", align_corners=False)
             grid, mouth, mouth_coord = up[:, :2], up[:, 2:3], up[:, 3:4]
+            idx, delta = remap
+            grid = grid.reshape(b, 2, -1).scatter_add(2, idx, delta * (2.0 / self.size)).reshape(grid.shape)
+            remap = None
+        if fine_eyes:
+            return grid.permute(0, 2, 3, 1), mouth, mouth_coord, remap
         return grid.permute(0, 2, 3, 1), mouth, mouth_coord
 
     def _outside(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -69,11 +69,11 @@ class GeometricAnimator:
         t1 = time.perf_counter()
         tgt_xy = torch.from_numpy(target.xy.copy()).unsqueeze(0).to(self.device)
         tri_ids = torch.from_numpy(ids).unsqueeze(0).to(self.device)
-        grid, mouth, mouth_coord = self.flow(self._src_xy, tgt_xy, tri_ids)
+        grid, mouth, mouth_coord, eyes = self.flow(self._src_xy, tgt_xy, tri_ids, fine_eyes=True)
         t2 = time.perf_counter()
         amount = mouth_fill_amount(self._src_gap, mouth_opening(target.points), self.size)
         if self._cpu:
-            image = self._warp_cpu(grid, mouth, mouth_coord, amount)
+            image = self._warp_cpu(grid, mouth, mouth_coord, amount, eyes)
         else:
             out = warp_image(self._src_image, grid)
             if amount > 0:
@@ -83,11 +83,17 @@ class GeometricAnimator:
         self.timings = {"rasterize": (t1 - t0) * 1e3, "flow": (t2 - t1) * 1e3, "warp": (t3 - t2) * 1e3}
         return image
 
-    def _warp_cpu(self, grid: torch.Tensor, mouth: torch.Tensor, mouth_coord: torch.Tensor, amount: float) -> np.ndarray:
+    def _warp_cpu(self, grid: torch.Tensor, mouth: torch.Tensor, mouth_coord: torch.Tensor, amount: float,
+                  eyes=None) -> np.ndarray:
         size, res = self.size, grid.shape[1]
         maps = grid[0].numpy() * (size / 2.0) + (size / 2.0 - 0.5)  # norm -> px of the source crop
         if res != size:
-            maps = cv2.resize(maps, (size, size), interpolation=cv2.INTER_LINEAR)
+            maps = np.ascontiguousarray(cv2.resize(maps, (size, size), interpolation=cv2.INTER_LINEAR))
+        if eyes is not None:  # the eyes, re-mapped at `size` (AnalyticFlow's fine_eyes)
+            idx, delta = eyes
+            flat = torch.from_numpy(maps).view(size * size, 2)
+            for c in range(2):
+                flat[:, c].scatter_add_(0, idx[0, c], delta[0, c])
         image = cv2.remap(self.source.crop, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if amount <= 0:
             return image
