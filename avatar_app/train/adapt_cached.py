@@ -60,7 +60,7 @@ class Plan:
     the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
     rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
     layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
-    ``lr``: Adam's rate.
+    ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys.
     """
 
     name: str
@@ -69,6 +69,7 @@ class Plan:
     lr: float
     batch_size: int = 4
     warp_lr_scale: float = 0.1
+    decay: bool = False  # the rate falls (cosine) to 0 over the steps the budget buys (known after the probe)
 
 
 PLANS = {

@@ -14,6 +14,7 @@ scored against that frame (PSNR, L1).
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -186,7 +187,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
                                         lr or cached.lr, cache_frames, device, seed)
     threads = torch.get_num_threads()
-    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0}
+    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0, "horizon": None}
 
     def elapsed() -> float:  # wall seconds of the budget spent (scoring a curve point is not counted)
         return time.perf_counter() - t_start - run["scoring"]
@@ -194,7 +195,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     def record() -> None:
         if cancel is not None and cancel.cancelled:
             raise _Cancelled
-        run["loss"] = step_fn()
+        run["loss"] = step_fn(run["step"], run["horizon"])
         run["step"] += 1
         if progress is not None:
             spent = elapsed()
@@ -223,6 +224,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
         estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
         run["expected"] = estimate.steps
+        run["horizon"] = min(estimate.steps, max_steps or estimate.steps)
         if on_estimate is not None:
             on_estimate(estimate)
         torch.set_num_threads(timing.threads or threads)
@@ -251,7 +253,7 @@ def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, 
     params = [p for g in opt.param_groups for p in g["params"]]
     counter = iter(range(10**12))
 
-    def step() -> float:
+    def step(done: int, horizon: int | None) -> float:
         k = next(counter)
         batch = torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)])
         opt.zero_grad(set_to_none=True)
@@ -272,8 +274,14 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
     opt, params = plan_optimizer(model, plan, lr)
     rng = np.random.default_rng(seed)
     take = min(batch_size, cache.size)
+    rates = [g["lr"] for g in opt.param_groups]
 
-    def step() -> float:
+    def step(done: int, horizon: int | None) -> float:
+        """One step after ``done``; ``horizon``: the steps the budget buys in all (``None``: not yet known)."""
+        if plan.decay and horizon:
+            scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
+            for g, rate in zip(opt.param_groups, rates):
+                g["lr"] = rate * scale
         opt.zero_grad(set_to_none=True)
         loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
         loss.backward()
