@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -92,6 +93,25 @@ def test_cached_personalization_lowers_heldout_loss(astronaut_source):
                          batch_size=2, lr=3e-3, plan="decoder", max_steps=30)
     assert result.after["l1"] < 0.99 * result.before["l1"], (result.before, result.after)
     assert result.after["psnr"] > result.before["psnr"] + 0.05, (result.before, result.after)
+
+
+def test_a_decaying_plan_lowers_its_rate_to_nothing_at_the_steps_the_budget_buys(astronaut_source):
+    from avatar_app.train.personalize import _cached_steps
+
+    model, clip = _tiny(), _cast_clip(astronaut_source)
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0, amp=False), None,
+                      train_set=[], device="cpu", model=model)
+    plan = replace(PLANS["warp+decoder"], decay=True)
+    step, _ = _cached_steps(trainer, model, clip, list(range(1, len(clip.crops))), np.zeros(128, np.float32), plan,
+                            2, 3e-3, 8, "cpu", 0)
+
+    def moved(done: int, horizon: int | None) -> bool:
+        before = [p.detach().clone() for p in model.parameters()]
+        step(done, horizon)
+        return any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    assert moved(0, None) and moved(0, 4) and moved(3, 4)  # (None: the probe's steps, before the estimate)
+    assert not moved(4, 4) and not moved(6, 4)
 
 
 def test_the_plan_follows_the_device():
