@@ -103,9 +103,9 @@ def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.P
 
 class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
-    reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)``, the landmark image
-    ``cond (6, S, S)`` (uint8) and the decoder's inputs from ``plan.start`` on (``h`` and the warped
-    features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
+    reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
+    ``cond (6, S, S)`` (both uint8: about 0.6 MB a frame in all for the warp plans) and the decoder's
+    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
 
     def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
                  device: str | torch.device = "cpu", chunk: int = 8):
@@ -127,7 +127,8 @@ class FrameCache:
                     src = model.encode_source(b["source"][:1], b["source_cond"][:1], b["identity"][:1])
                 grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
                 s = _expand(src, n)
-                keep = {"driving": b["driving"], "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
+                keep = {"driving": (b["driving"] * 255.0 + 0.5).to(torch.uint8),  # the frames' own uint8 values
+                        "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
                 if start < 0:  # the warp network runs in each step: keep its inputs
                     keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
                 else:
@@ -160,6 +161,7 @@ class FrameCache:
         idx = torch.as_tensor(picks, device=self.device)
         b = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
         b["cond"] = b["cond"].float() / 255.0
+        b["driving"] = b["driving"].float() / 255.0  # exactly the float frame (uint8 / 255 in float32)
         b["warped"] = [b.pop(f"f{i}", None) for i in range(3)]
         b["identity"] = self.identity.expand(len(picks), -1)
         b["source"] = _expand(self.source, len(picks))

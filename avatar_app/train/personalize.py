@@ -187,7 +187,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
                                         lr or cached.lr, cache_frames, device, seed)
     threads = torch.get_num_threads()
-    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0, "horizon": None}
+    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0, "since": None}
 
     def elapsed() -> float:  # wall seconds of the budget spent (scoring a curve point is not counted)
         return time.perf_counter() - t_start - run["scoring"]
@@ -195,12 +195,23 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     def record() -> None:
         if cancel is not None and cancel.cancelled:
             raise _Cancelled
-        run["loss"] = step_fn(run["step"], run["horizon"])
+        run["loss"] = step_fn(run["step"], horizon())
         run["step"] += 1
         if progress is not None:
             spent = elapsed()
             progress({"step": run["step"], "elapsed": spent, "eta": max(0.0, budget_s - spent), "loss": run["loss"],
                       "expected_steps": run["expected"]})
+
+    def horizon() -> int | None:
+        """The steps the budget buys in all, from the pace since the estimate (``None`` before it): a
+        rate that decays reaches its end with the budget, even when the machine's load changes."""
+        if run["since"] is None:
+            return None
+        t0, s0, step_s = run["since"]
+        if run["step"] > s0:
+            step_s = (elapsed() - t0) / (run["step"] - s0)
+        steps = run["step"] + max(1, math.floor((budget_s - elapsed()) / step_s))  # (this step runs)
+        return min(steps, max_steps) if max_steps is not None else steps
 
     def curve_point(point: dict | None = None) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -224,7 +235,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
         estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
         run["expected"] = estimate.steps
-        run["horizon"] = min(estimate.steps, max_steps or estimate.steps)
+        run["since"] = (elapsed(), run["step"], timing.step_s)
         if on_estimate is not None:
             on_estimate(estimate)
         torch.set_num_threads(timing.threads or threads)
