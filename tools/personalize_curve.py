@@ -85,7 +85,8 @@ def main() -> int:
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=PLAN:FIELD=VALUE,...",
                    help="a plan to compare made from another by changing fields of its Plan (e.g. "
                         "b2=warp+decoder:batch_size=2,lr=6e-4,decay=1); then name it in --plans")
-    p.add_argument("--cache-frames", type=int, default=48, help="training frames a cached plan computes inputs for")
+    p.add_argument("--cache-frames", type=int, default=None,
+                   help="training frames a cached plan computes inputs for (default: personalize's, 48)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -117,7 +118,8 @@ def main() -> int:
                               budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
                               lr=args.lr, device=args.device, max_steps=args.steps,
                               curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,
-                              also_score={"later": later_items}, plan=plan, cache_frames=args.cache_frames,
+                              also_score={"later": later_items}, plan=plan,
+                              **({"cache_frames": args.cache_frames} if args.cache_frames else {}),
                               on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
             est = res.estimate
             results.setdefault(key, {})[name if args.plans == ["auto"] else f"{name}/{res.plan}"] = {

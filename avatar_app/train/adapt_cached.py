@@ -73,7 +73,8 @@ class Plan:
 
 
 PLANS = {
-    "warp+decoder": Plan("warp+decoder", -1, "decoder", 3e-4),
+    # batch 2 at 6e-4, decaying: the most later-segment gain per CPU second of those measured (docs/PERSONALIZATION.md)
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),

@@ -224,7 +224,7 @@ class Adapter(QObject):
         here, there = ctx.Pipe()
         process = ctx.Process(target=adapt_job.child_main, args=(there, self.budget_s, self.weights, self.preset),
                               name="avatar-adapt", daemon=True)
-        emit_safely(self.stage, "Starting…")
+        emit_safely(self.stage, "Starting the adaptation…")
         process.start()
         there.close()
         self._conn, self._process = here, process
