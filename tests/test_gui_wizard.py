@@ -63,20 +63,21 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
     wizard.next()  # record: countdown, then 2.5 s with guidance from real tracking
     page = wizard.record_page
     qtbot.waitUntil(page.isComplete, timeout=30000)
-    recording_stall = beat.stop()
+    recording_stall, recording_own = beat.stop(), beat.own()
     assert page.last_guidance.ok and page.face_label.text().startswith("✔")
     assert 25 <= len(page.images) <= 40 and page.view.frames_shown > 20
 
     wizard.next()  # adapt in the background
     adapt = wizard.adapt_page
     beat = Heartbeat()
-    qtbot.waitUntil(adapt.isComplete, timeout=120000)
+    qtbot.waitUntil(adapt.isComplete, timeout=240000)  # (a fresh interpreter starts first)
     adapting_stall = beat.stop()
-    print(f"\nworst event-loop stall: recording {recording_stall:.0f} ms, adapting {adapting_stall:.0f} ms "
-          f"({beat.own():.0f} ms less the UI thread's waits for a core)")
+    print(f"\nworst event-loop stall: recording {recording_stall:.0f} ms ({recording_own:.0f} ms less the UI "
+          f"thread's waits for a core), adapting {adapting_stall:.0f} ms ({beat.own():.0f} ms)")
     # Adapting runs in a process of its own: in this one, dlib loading its models and computing the
-    # identity, torch's first optimiser and the collector held the GIL 0.2-0.4 s at a time.
-    assert recording_stall < 100 and beat.own() < 50
+    # identity, torch's first optimiser and the collector held the GIL 0.2-0.4 s at a time.  (Less
+    # the waits for a core: on a machine loaded by other work, the raw figures are the OS's too.)
+    assert recording_own < 100 and beat.own() < 50
     assert adapt.steps_seen >= 1 and adapt.bar.value() == 1000
     assert adapt.adapted.result.steps == adapt.steps_seen
     # before most of the budget went, it said what the budget buys on this machine now
