@@ -43,3 +43,10 @@ class OutputError(AvatarError):
     """An output (video file, virtual camera) could not be written."""
 
     exit_code = 7
+
+
+def describe_error(exc: BaseException) -> str:
+    """The sentence the app's status area shows for an exception from a worker (thread or process)."""
+    if isinstance(exc, AvatarError):
+        return str(exc)
+    return f"Something went wrong inside the app ({type(exc).__name__}: {exc}); details are in the log."

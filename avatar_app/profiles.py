@@ -172,6 +172,18 @@ def _recover(root: Path, name: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def write_weights(model, path: str | os.PathLike, base: str | os.PathLike | None = None,
+                  adapted: list[str] | None = None) -> Path:
+    """A profile's weights file: with ``base`` and ``adapted``, only the adapted weights, in fp16 like the
+    shipped weights they were adapted from (a delta over ``base``); otherwise the whole model."""
+    import torch
+
+    from .models.portrait import save_checkpoint
+
+    delta = {"base": base, "keys": adapted, "dtype": torch.float16} if base is not None and adapted is not None else {}
+    return save_checkpoint(model, path, **delta)
+
+
 def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks | None = None,
                  metrics: dict | None = None, provenance: dict | None = None,
                  root: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
@@ -180,7 +192,8 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
 
     Args:
         name: see :data:`NAME_RULE`.
-        model: the personalized :class:`~avatar_app.models.portrait.PortraitModel`.
+        model: the personalized :class:`~avatar_app.models.portrait.PortraitModel`, or the bytes of its
+            weights file as :func:`write_weights` wrote it (``base`` and ``adapted`` then say nothing more).
         source_image: the source portrait, ``(H, W, 3) uint8`` BGR (grey/BGRA are converted); saved as PNG.
         neutral: the user's calibrated neutral landmarks (in px of the image they were measured on).
         metrics, provenance: JSON-able dicts (numpy scalars/arrays and paths are converted).
@@ -193,10 +206,8 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         InputFileError: bad name.  OutputError: the folder could not be written (the old profile is kept).
     """
     import cv2
-    import torch
 
     from .imaging import as_bgr
-    from .models.portrait import save_checkpoint
 
     validate_name(name)
     root = _root(root)
@@ -225,10 +236,10 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
         raise OutputError(f"Could not create the profiles folder '{root}' ({exc}); check its permissions "
                           "or set AVATAR_APP_DATA to a writable folder.") from exc
     try:
-        # a delta: the adapted weights only, in fp16 like the shipped weights they were adapted from
-        delta = ({"base": base, "keys": adapted, "dtype": torch.float16} if base is not None and adapted is not None
-                 else {})
-        save_checkpoint(model, tmp / WEIGHTS_FILE, metadata={"profile": name}, **delta)
+        if isinstance(model, bytes):  # written already (write_weights, in the process that adapted)
+            _write_file(tmp / WEIGHTS_FILE, model)
+        else:
+            write_weights(model, tmp / WEIGHTS_FILE, base, adapted)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError("the PNG encoder failed")

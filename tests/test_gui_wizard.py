@@ -63,22 +63,25 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
     wizard.next()  # record: countdown, then 2.5 s with guidance from real tracking
     page = wizard.record_page
     qtbot.waitUntil(page.isComplete, timeout=30000)
-    recording_stall = beat.stop()
+    recording_stall, recording_own = beat.stop(), beat.own()
     assert page.last_guidance.ok and page.face_label.text().startswith("✔")
     assert 25 <= len(page.images) <= 40 and page.view.frames_shown > 20
 
     wizard.next()  # adapt in the background
     adapt = wizard.adapt_page
     beat = Heartbeat()
-    qtbot.waitUntil(adapt.isComplete, timeout=120000)
+    qtbot.waitUntil(adapt.isComplete, timeout=240000)  # (a fresh interpreter starts first)
     adapting_stall = beat.stop()
-    print(f"\nworst event-loop stall: recording {recording_stall:.0f} ms, adapting {adapting_stall:.0f} ms")
-    # The UI stays usable; dlib's model loading and the trainer's set-up hold the GIL for ~0.1-0.2 s each.
-    assert recording_stall < 100 and adapting_stall < 1000
+    print(f"\nworst event-loop stall: recording {recording_stall:.0f} ms ({recording_own:.0f} ms less the UI "
+          f"thread's waits for a core), adapting {adapting_stall:.0f} ms ({beat.own():.0f} ms)")
+    # Adapting runs in a process of its own: in this one, dlib loading its models and computing the
+    # identity, torch's first optimiser and the collector held the GIL 0.2-0.4 s at a time.  (Less
+    # the waits for a core: on a machine loaded by other work, the raw figures are the OS's too.)
+    assert recording_own < 100 and beat.own() < 50
     assert adapt.steps_seen >= 1 and adapt.bar.value() == 1000
     assert adapt.adapted.result.steps == adapt.steps_seen
     # before most of the budget went, it said what the budget buys on this machine now
-    assert adapt.estimate is adapt.adapted.result.estimate and "steps/s" in adapt.estimate_label.text()
+    assert adapt.estimate == adapt.adapted.result.estimate and "steps/s" in adapt.estimate_label.text()
 
     wizard.next()  # before / after on held-out frames, with the metric
     result = wizard.result_page

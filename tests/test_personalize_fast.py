@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,6 +95,25 @@ def test_cached_personalization_lowers_heldout_loss(astronaut_source):
     assert result.after["psnr"] > result.before["psnr"] + 0.05, (result.before, result.after)
 
 
+def test_a_decaying_plan_lowers_its_rate_to_nothing_at_the_steps_the_budget_buys(astronaut_source):
+    from avatar_app.train.personalize import _cached_steps
+
+    model, clip = _tiny(), _cast_clip(astronaut_source)
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0, amp=False), None,
+                      train_set=[], device="cpu", model=model)
+    plan = replace(PLANS["warp+decoder"], decay=True)
+    step, _ = _cached_steps(trainer, model, clip, list(range(1, len(clip.crops))), np.zeros(128, np.float32), plan,
+                            2, 3e-3, 8, "cpu", 0)
+
+    def moved(done: int, horizon: int | None) -> bool:
+        before = [p.detach().clone() for p in model.parameters()]
+        step(done, horizon)
+        return any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    assert moved(0, None) and moved(0, 4) and moved(3, 4)  # (None: the probe's steps, before the estimate)
+    assert not moved(4, 4) and not moved(6, 4)
+
+
 def test_the_plan_follows_the_device():
     assert auto_plan("cuda") == "full" and auto_plan("cuda:1") == "full"  # a GPU: every weight
     assert auto_plan("cpu") in PLANS  # a CPU: a cached plan
@@ -114,11 +134,12 @@ def test_expected_gain_follows_the_measured_curve():
     (s0, lo0, hi0), (s1, lo1, hi1) = points[1], points[2]
     low, high, beyond = expected_gain("lite", "warp+decoder", (s0 + s1) // 2)
     assert low == pytest.approx((lo0 + lo1) / 2) and high == pytest.approx((hi0 + hi1) / 2) and not beyond
-    assert expected_gain("lite", "warp+decoder", s1 + 50) == (lo1, hi1, True)  # never extrapolated upwards
+    last, lo, hi = points[-1]
+    assert expected_gain("lite", "warp+decoder", last + 50) == (lo, hi, True)  # never extrapolated upwards
     assert expected_gain("lite", "warp+decoder", 0)[:2] == (0.0, 0.0)
     assert expected_gain("lite", "head", 40) is None  # not measured: nothing is promised
-    text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo1, hi1, True)).message()
-    assert f"at least {lo1:.1f}-{hi1:.1f} dB" in text
+    text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo, hi, True)).message()
+    assert f"at least {lo:.1f}-{hi:.1f} dB" in text
 
 
 def test_the_estimate_says_when_the_machine_is_busy():

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E
 from avatar_app.models.shipped import untrained_model  # noqa: E402
 from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
+from avatar_app.train.adapt_cached import PLANS, Plan  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, frame_items, personalize  # noqa: E402
 
 
@@ -46,6 +48,20 @@ def segments(clip, fps: float, record_s: float, later_frames: int) -> tuple[list
 def start_model(weights: str, preset: str) -> PortraitModel:
     """The checkpoint ``weights``, or the untrained ``preset`` model when it is empty (``NAME=``)."""
     return load_checkpoint(weights) if weights else untrained_model(preset)
+
+
+def plan_variant(name: str, spec: str) -> Plan:
+    """``PLAN:FIELD=VALUE,...``: the plan ``PLAN`` with those fields of :class:`Plan` changed, named ``name``."""
+    base, _, changes = spec.partition(":")
+    kinds = {f.name: f.type for f in fields(Plan)}
+    values = {}
+    for change in filter(None, changes.split(",")):
+        key, _, value = change.partition("=")
+        if key not in kinds or key == "name":
+            raise SystemExit(f"--variant {name}: {key!r} is not a field of Plan ({', '.join(sorted(kinds))})")
+        convert = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+        values[key] = convert[str(kinds[key])](value)
+    return replace(PLANS[base], name=name, **values)
 
 
 def main() -> int:
@@ -66,15 +82,22 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: the plan's")
     p.add_argument("--plans", nargs="+", default=["auto"], help="personalization plans to compare (default: auto)")
     p.add_argument("--lr", type=float, default=None, help="default: the plan's")
-    p.add_argument("--cache-frames", type=int, default=48, help="cached plans: how many training frames are cached")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU")
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds of personalization run once before any measurement, not scored (default: 3 on a GPU, "
                         "0 on a CPU): a process's first GPU steps load kernels, which a measurement should not count")
+    p.add_argument("--variant", nargs="+", default=[], metavar="NAME=PLAN:FIELD=VALUE,...",
+                   help="a plan to compare made from another by changing fields of its Plan (e.g. "
+                        "b2=warp+decoder:batch_size=2,lr=6e-4,decay=1); then name it in --plans")
+    p.add_argument("--cache-frames", type=int, default=None,
+                   help="training frames a cached plan computes inputs for (default: personalize's, 48)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        PLANS[name] = plan_variant(name, rest)
     manifest = read_manifest(args.data)
     entries = {c["key"]: c for c in manifest["clips"]}
     keys = args.clips or sorted(split_clips(list(entries.values()), args.val_fraction)[1],
@@ -98,7 +121,7 @@ def main() -> int:
             t0 = time.perf_counter()
             w = personalize(recording, start_model(next(iter(starts.values())), args.preset).to(args.device), identity,
                             budget_s=warmup, batch_size=args.batch_size, device=args.device, plan=plan,
-                            cache_frames=args.cache_frames, amp=args.amp)
+                            amp=args.amp, **({"cache_frames": args.cache_frames} if args.cache_frames else {}))
             print(f"  warm-up ({plan}): {w.steps} steps in {time.perf_counter() - t0:.1f} s, not scored", flush=True)
         warmup = 0.0
         for (name, weights), plan in ((s, pl) for s in starts.items() for pl in args.plans):
@@ -107,7 +130,8 @@ def main() -> int:
                               budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
                               lr=args.lr, device=args.device, max_steps=args.steps,
                               curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,
-                              also_score={"later": later_items}, plan=plan, cache_frames=args.cache_frames, amp=args.amp,
+                              also_score={"later": later_items}, plan=plan, amp=args.amp,
+                              **({"cache_frames": args.cache_frames} if args.cache_frames else {}),
                               on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
             est = res.estimate
             results.setdefault(key, {})[name if args.plans == ["auto"] else f"{name}/{res.plan}"] = {

@@ -101,7 +101,7 @@ class Plan:
     the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
     rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
     layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
-    ``lr``: Adam's rate.
+    ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys.
     """
 
     name: str
@@ -110,10 +110,12 @@ class Plan:
     lr: float
     batch_size: int = 4
     warp_lr_scale: float = 0.1
+    decay: bool = False  # the rate falls (cosine) to 0 over the steps the budget buys (known after the probe)
 
 
 PLANS = {
-    "warp+decoder": Plan("warp+decoder", -1, "decoder", 3e-4),
+    # batch 2 at 6e-4, decaying: the most later-segment gain per CPU second of those measured (docs/PERSONALIZATION.md)
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),
@@ -143,9 +145,9 @@ def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.P
 
 class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
-    reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)``, the landmark image
-    ``cond (6, S, S)`` (uint8) and the decoder's inputs from ``plan.start`` on (``h`` and the warped
-    features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
+    reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
+    ``cond (6, S, S)`` (both uint8: about 0.6 MB a frame in all for the warp plans) and the decoder's
+    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
 
     def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
                  device: str | torch.device = "cpu", chunk: int = 8):
@@ -167,7 +169,8 @@ class FrameCache:
                     src = model.encode_source(b["source"][:1], b["source_cond"][:1], b["identity"][:1])
                 grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
                 s = _expand(src, n)
-                keep = {"driving": b["driving"], "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
+                keep = {"driving": (b["driving"] * 255.0 + 0.5).to(torch.uint8),  # the frames' own uint8 values
+                        "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
                 if start < 0:  # the warp network runs in each step: keep its inputs
                     keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
                 else:
@@ -200,6 +203,7 @@ class FrameCache:
         idx = torch.as_tensor(picks, device=self.device)
         b = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
         b["cond"] = b["cond"].float() / 255.0
+        b["driving"] = b["driving"].float() / 255.0  # exactly the float frame (uint8 / 255 in float32)
         b["warped"] = [b.pop(f"f{i}", None) for i in range(3)]
         b["identity"] = self.identity.expand(len(picks), -1)
         b["source"] = _expand(self.source, len(picks))

@@ -14,6 +14,7 @@ scored against that frame (PSNR, L1).
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -189,7 +190,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
                                         lr or cached.lr, cache_frames, device, seed)
     threads = torch.get_num_threads()
-    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0}
+    run = {"step": 0, "loss": float("nan"), "expected": None, "scoring": 0.0, "scoring_cpu": 0.0, "since": None}
 
     def elapsed() -> float:  # wall seconds of the budget spent (scoring a curve point is not counted)
         return time.perf_counter() - t_start - run["scoring"]
@@ -197,12 +198,23 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     def record() -> None:
         if cancel is not None and cancel.cancelled:
             raise _Cancelled
-        run["loss"] = step_fn()
+        run["loss"] = step_fn(run["step"], horizon())
         run["step"] += 1
         if progress is not None:
             spent = elapsed()
             progress({"step": run["step"], "elapsed": spent, "eta": max(0.0, budget_s - spent), "loss": run["loss"],
                       "expected_steps": run["expected"]})
+
+    def horizon() -> int | None:
+        """The steps the budget buys in all, from the pace since the estimate (``None`` before it): a
+        rate that decays reaches its end with the budget, even when the machine's load changes."""
+        if run["since"] is None:
+            return None
+        t0, s0, step_s = run["since"]
+        if run["step"] > s0:
+            step_s = (elapsed() - t0) / (run["step"] - s0)
+        steps = run["step"] + max(1, math.floor((budget_s - elapsed()) / step_s))  # (this step runs)
+        return min(steps, max_steps) if max_steps is not None else steps
 
     def curve_point(point: dict | None = None) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -226,6 +238,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
         estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
         run["expected"] = estimate.steps
+        run["since"] = (elapsed(), run["step"], timing.step_s)
         if on_estimate is not None:
             on_estimate(estimate)
         torch.set_num_threads(timing.threads or threads)
@@ -256,7 +269,7 @@ def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, 
     counter = iter(range(10**12))
     resident = ResidentPairs(pairs, trainer.device, pairs.base.seed) if trainer.device.type == "cuda" else None
 
-    def step() -> float:
+    def step(done: int, horizon: int | None) -> float:
         k = next(counter)
         batch = (resident.batch(batch_size) if resident is not None else
                  torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)]))
@@ -278,8 +291,14 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
     opt, params = plan_optimizer(model, plan, lr)
     rng = np.random.default_rng(seed)
     take = min(batch_size, cache.size)
+    rates = [g["lr"] for g in opt.param_groups]
 
-    def step() -> float:
+    def step(done: int, horizon: int | None) -> float:
+        """One step after ``done``; ``horizon``: the steps the budget buys in all (``None``: not yet known)."""
+        if plan.decay and horizon:
+            scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
+            for g, rate in zip(opt.param_groups, rates):
+                g["lr"] = rate * scale
         opt.zero_grad(set_to_none=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
             loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())

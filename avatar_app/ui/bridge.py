@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from ..capture.base import FrameSource
-from ..errors import AvatarError
+from ..errors import AvatarError, describe_error  # noqa: F401  (describe_error: used from here too)
 from ..sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,6 @@ def to_qimage(image: np.ndarray) -> QImage:
     image = np.ascontiguousarray(image)
     h, w = image.shape[:2]
     return QImage(image.data, w, h, image.strides[0], QImage.Format.Format_BGR888).copy()
-
-
-def describe_error(exc: BaseException) -> str:
-    """The sentence the status area shows for an exception from a worker."""
-    if isinstance(exc, AvatarError):
-        return str(exc)
-    return f"Something went wrong inside the app ({type(exc).__name__}: {exc}); details are in the log."
 
 
 def call_reporting(fn: Callable[[], object], failed, what: str) -> tuple[bool, object]:

@@ -18,7 +18,9 @@ from PySide6.QtCore import QObject, Signal
 
 from ..capture.base import FrameSource
 from ..errors import NoFaceError
-from ..types import Frame, Landmarks, SourcePortrait
+from ..types import Frame, Landmarks
+from . import adapt_job
+from .adapt_job import Adapted
 from .bridge import FrameRelay, call_reporting, emit_safely
 
 log = logging.getLogger(__name__)
@@ -150,27 +152,17 @@ class Recorder(QObject):
         return images
 
 
-@dataclass
-class Adapted:
-    """The outcome of adaptation, ready to save or discard."""
-
-    result: object  # PersonalizeResult
-    clip: object  # ClipFrames
-    previews: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (held-out frame, before, after), 256 px BGR
-    base_weights: str
-    device: str = "cpu"
-    base_path: str | None = None  # the checkpoint adapted (a profile stores only the adapted weights over it)
-
-
 class Adapter(QObject):
-    """Finds the face in the recording, then personalizes for ``budget_s`` s on a thread.
+    """Finds the face in the recording, then personalizes for ``budget_s`` s, in a process of its own
+    (:mod:`.adapt_job`: nothing it does can hold this process's GIL and stall the UI); a thread here
+    hands it the frames and relays what it says.
 
     Signals:
         stage(str): what it is doing now.
         estimate(object): what the budget buys on this machine now (a :class:`~avatar_app.train.budget.Estimate`,
             measured by a probe before most of the budget is spent).
         progress(dict): personalization's ``{"step", "elapsed", "eta", "loss", "expected_steps"}``.
-        finished(object): an :class:`Adapted`.
+        finished(object): an :class:`~.adapt_job.Adapted`.
         failed(str): one sentence (also when cancelled).
     """
 
@@ -182,12 +174,14 @@ class Adapter(QObject):
 
     def __init__(self, images: list[np.ndarray], fps: float, budget_s: float, weights: str | None = None,
                  preset: str = "lite", parent: QObject | None = None):
-        from ..train.personalize import CancelToken
-
         super().__init__(parent)
         self.images, self.fps, self.budget_s = images, fps, budget_s
         self.weights, self.preset = weights, preset
-        self.cancel_token = CancelToken()
+        self._cancelled = threading.Event()
+        self._sending = threading.Lock()  # held while the frames go (the UI thread never waits for it)
+        self._frames_sent = False
+        self._conn = None
+        self._process = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -195,62 +189,63 @@ class Adapter(QObject):
         self._thread.start()
 
     def cancel(self, wait: float = 0.0) -> None:
-        self.cancel_token.cancel()
+        """Ask the adaptation to stop at its next step; ``wait``: seconds to wait for it (then it is ended)."""
+        self._cancelled.set()
+        if self._sending.acquire(blocking=False):  # else the frames are going: _adapt sends "cancel" after them
+            try:
+                if self._frames_sent:
+                    adapt_job.send(self._conn, "cancel")
+            except OSError:
+                pass  # the child has already finished
+            finally:
+                self._sending.release()
         if wait and self._thread is not None:
             self._thread.join(wait)
+            if self._process is not None and self._process.is_alive():
+                self._process.terminate()
 
     def _run(self) -> None:
-        ok, adapted = call_reporting(self._adapt, self.failed, "adaptation")
-        if not ok:
-            return
-        if adapted is None:
-            emit_safely(self.failed, "Cancelled: nothing was saved.")
-        else:
-            emit_safely(self.finished, adapted)
+        ok, outcome = call_reporting(self._adapt, self.failed, "adaptation")
+        if ok:
+            kind, payload = outcome
+            if kind == "finished":
+                emit_safely(self.finished, payload)
+            elif kind == "failed":
+                emit_safely(self.failed, payload)
+            else:
+                emit_safely(self.failed, "Cancelled: nothing was saved.")
+        if self._process is not None:  # said what happened first: the child's exit takes a moment
+            self._process.join(5.0)
 
-    def _adapt(self) -> Adapted | None:
-        import torch
+    def _adapt(self) -> tuple[str, object]:
+        import multiprocessing
 
-        from ..capture.images import ImageSequenceSource
-        from ..models.identity import IdentityEncoder
-        from ..models.shipped import start_model
-        from ..train.personalize import clip_frames, personalize
-
-        emit_safely(self.stage, "Finding your face in the recording…")
-        clip = clip_frames(ImageSequenceSource(self.images, fps=self.fps, loop=False))
-        ref = clip.reference
-        size = clip.crops[ref].shape[0]
-        emit_safely(self.stage, "Measuring your face's identity…")
-        identity = IdentityEncoder().embed(clip.crops[ref], Landmarks(clip.points[ref], (size, size)))
-        start = start_model(self.preset, self.weights)  # chosen, else the shipped real-trained ones
-        base = start.model
-        emit_safely(self.stage, f"Adapting the model to you ({self.budget_s:.0f} s)…")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = personalize(clip, base, identity, budget_s=self.budget_s, cancel=self.cancel_token, device=device,
-                             progress=lambda info: emit_safely(self.progress, info),
-                             on_estimate=lambda e: emit_safely(self.estimate, e))
-        if result.cancelled:
-            return None
-        emit_safely(self.stage, "Comparing before and after on frames it did not train on…")
-        previews = before_after(clip, base, result.model, identity)
-        return Adapted(result, clip, previews, start.describe(), device,
-                       str(start.weights) if start.weights is not None else None)
-
-
-def before_after(clip, base, adapted, identity: np.ndarray, count: int = 2):
-    """``count`` held-out frames of ``clip`` with the reference frame animated to each by
-    ``base`` and by ``adapted``: a list of ``(frame, before, after)`` BGR crops."""
-    from ..runtime.neural_animator import NeuralAnimator
-    from ..train.personalize import held_out_indices
-
-    ref = clip.reference
-    size = clip.crops[ref].shape[0]
-    portrait = SourcePortrait(crop=clip.crops[ref], landmarks=Landmarks(clip.points[ref], (size, size)), size=size,
-                              image=clip.crops[ref], crop_to_image=np.eye(2, 3))
-    held = held_out_indices(len(clip.crops), ref)
-    picks = [held[round(k * (len(held) - 1) / max(1, count - 1))] for k in range(min(count, len(held)))]
-    animators = [NeuralAnimator(portrait, model=m, identity=identity, device="cpu") for m in (base, adapted)]
-    return [(clip.crops[i], *(a.animate(Landmarks(clip.points[i], (size, size))) for a in animators)) for i in picks]
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: fork after torch/Qt threads can hang
+        here, there = ctx.Pipe()
+        process = ctx.Process(target=adapt_job.child_main, args=(there, self.budget_s, self.weights, self.preset),
+                              name="avatar-adapt", daemon=True)
+        emit_safely(self.stage, "Starting the adaptation…")
+        process.start()
+        there.close()
+        self._conn, self._process = here, process
+        try:
+            with self._sending:
+                adapt_job.send_frames(here, self.images, self.fps)
+                self._frames_sent = True
+                if self._cancelled.is_set():
+                    adapt_job.send(here, "cancel")
+            relay = {"stage": self.stage, "estimate": self.estimate, "progress": self.progress}
+            while True:
+                kind, payload = adapt_job.receive(here)
+                if kind not in relay:
+                    return kind, payload
+                emit_safely(relay[kind], payload)
+        except (EOFError, OSError):
+            if self._cancelled.is_set():
+                return "cancelled", None
+            return "failed", f"Adaptation stopped unexpectedly (its process exited with code {process.exitcode})."
+        finally:
+            here.close()
 
 
 def save_adapted(name: str, adapted: Adapted, budget_s: float):
@@ -262,6 +257,5 @@ def save_adapted(name: str, adapted: Adapted, budget_s: float):
         raise NoFaceError("The recording has no usable frames; record again.")
     provenance = {"base_weights": adapted.base_weights, "budget_s": budget_s, "clip": "recorded in the desktop app",
                   "device": adapted.device, "frames": len(clip.crops)}
-    return save_profile(name, result.model.cpu(), clip.crops[clip.reference], neutral=clip.neutral,
-                        metrics=result.metrics(), provenance=provenance, base=adapted.base_path,
-                        adapted=result.adapted)
+    return save_profile(name, adapted.weights, clip.crops[clip.reference], neutral=clip.neutral,
+                        metrics=result.metrics(), provenance=provenance)
