@@ -37,13 +37,16 @@ class FramePairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs) if self.pairs is not None else 10**9
 
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A random ``(source, driving)`` pair: the source is the reference frame half the time."""
+        source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
+        return source, int(rng.choice(self.indices))
+
     def __getitem__(self, i: int) -> dict:
         if self.pairs is not None:
             source, driving = self.pairs[i]
         else:
-            rng = np.random.default_rng((self.seed, i))
-            source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
-            driving = int(rng.choice(self.indices))
+            source, driving = self.draw(np.random.default_rng((self.seed, i)))
         return {"source": self._rgb[source], "driving": self._rgb[driving],
                 "source_frame": source, "driving_frame": driving,
                 "source_points": torch.from_numpy(self.clip.points[source].astype(np.float32)),
@@ -60,6 +63,7 @@ class ResidentPairs:
 
     def __init__(self, items, device: str | torch.device, seed: int = 0):
         pairs = items.base
+        self.draw = pairs.draw
         self.clip, self.indices = pairs.clip, list(pairs.indices)
         frames = sorted(set(self.indices) | {self.clip.reference})
         self.row = {f: k for k, f in enumerate(frames)}
@@ -75,9 +79,8 @@ class ResidentPairs:
 
     def batch(self, n: int) -> dict:
         """``n`` random pairs: the source is the reference frame half the time, else a training frame."""
-        ref = self.clip.reference
-        src = [ref if self.rng.random() < 0.5 else int(self.rng.choice(self.indices)) for _ in range(n)]
-        return self.pairs(src, [int(self.rng.choice(self.indices)) for _ in range(n)])
+        drawn = [self.draw(self.rng) for _ in range(n)]
+        return self.pairs([a for a, _ in drawn], [b for _, b in drawn])
 
     def pairs(self, sources: list[int], drivers: list[int]) -> dict:
         """The batch animating clip frame ``sources[k]`` to ``drivers[k]`` (what FrameFlowInputs' items collate to)."""
