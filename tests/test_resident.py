@@ -84,7 +84,25 @@ def test_mirrored_frames_are_rendered_from_mirrored_landmarks(train_set):
     assert mirrored[right, 0].mean() == pytest.approx(255 - pts[left, 0].mean(), abs=1e-3)
 
 
-def test_geometric_jitter_moves_landmarks_with_the_image(train_set):
+def test_the_driving_frame_is_not_resampled_by_default(train_set):
+    """The frame the output is compared with keeps its pixels (flip and colour aside): jittering it
+    resamples, i.e. blurs, the target, and the network learns to blur. The source is jittered."""
+    assert not train_set.jitter_target
+    clip, src, drv = train_set.draw(6, np.random.default_rng(1))
+    plain = train_set.assemble(clip, src, drv, None)
+    jit = train_set.assemble(clip, src, drv, np.random.default_rng(2))
+    mirrored = {k: torch.from_numpy(mirror_points(plain[k].numpy())) for k in ("source_points", "driving_points")}
+    for k in range(6):
+        same = [torch.equal(jit["driving_points"][k], ref[k]) for ref in (plain["driving_points"], mirrored["driving_points"])]
+        assert any(same)
+        flipped = same[1] and not same[0]
+        assert torch.equal(jit["tri_ids"][k], train_set.tri[1 if flipped else 0, int(drv[k])].long())
+        ref = mirrored["source_points"] if flipped else plain["source_points"]
+        assert float((jit["source_points"][k, :, :2] - ref[k, :, :2]).abs().max()) > 0.5  # the source moved
+
+
+def test_geometric_jitter_moves_landmarks_with_the_image(train_set, monkeypatch):
+    monkeypatch.setattr(train_set, "jitter_target", True)  # the driving side, where the checks below look
     rng = np.random.default_rng(1)
     clip, src, drv = train_set.draw(6, rng)
     plain = train_set.assemble(clip, src, drv, None)

@@ -91,6 +91,9 @@ def main() -> int:
                         "b2=warp+decoder:batch_size=2,lr=6e-4,decay=1); then name it in --plans")
     p.add_argument("--cache-frames", type=int, default=None,
                    help="training frames a cached plan computes inputs for (default: personalize's, 48)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="personalize each start once per seed (the order its pairs are drawn in); with more than one "
+                        "seed the runs are named NAME#SEED, and the curves' spread shows how much of a gap is noise")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -124,24 +127,27 @@ def main() -> int:
                             amp=args.amp, **({"cache_frames": args.cache_frames} if args.cache_frames else {}))
             print(f"  warm-up ({plan}): {w.steps} steps in {time.perf_counter() - t0:.1f} s, not scored", flush=True)
         warmup = 0.0
-        for (name, weights), plan in ((s, pl) for s in starts.items() for pl in args.plans):
+        for (name, weights), plan, seed in ((s, pl, sd) for s in starts.items() for pl in args.plans
+                                            for sd in args.seeds):
             t0 = time.perf_counter()
             res = personalize(recording, start_model(weights, args.preset).to(args.device), identity,
                               budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
-                              lr=args.lr, device=args.device, max_steps=args.steps,
+                              lr=args.lr, device=args.device, max_steps=args.steps, seed=seed,
                               curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,
                               also_score={"later": later_items}, plan=plan, amp=args.amp,
                               **({"cache_frames": args.cache_frames} if args.cache_frames else {}),
                               on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
             est = res.estimate
-            results.setdefault(key, {})[name if args.plans == ["auto"] else f"{name}/{res.plan}"] = {
+            label = (name if args.plans == ["auto"] else f"{name}/{res.plan}") + (
+                f"#{seed}" if len(args.seeds) > 1 else "")
+            results.setdefault(key, {})[label] = {
                 "weights": weights or f"untrained {args.preset}", "plan": res.plan, "record_frames": len(record),
                 "later_frames": len(later), "steps": res.steps, "estimated_steps": None if args.steps else est.steps,
                 "probe_step_s": est.timing.step_s,
                 "threads": est.timing.threads, "cpu_share": est.timing.cpu_share, "load": os.getloadavg(),
-                "adapted": len(res.adapted or []), "curve": res.curve}
+                "adapted": len(res.adapted or []), "seed": seed, "curve": res.curve}
             c0, c1 = res.curve[0], res.curve[-1]
-            print(f"{key} {name}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
+            print(f"{key} {label}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
                   f"{res.seconds:.1f} s, {c1['cpu_seconds']:.1f} CPU s "
                   f"({time.perf_counter() - t0:.0f} s wall); interleaved {c0['psnr']:.2f} -> {c1['psnr']:.2f} dB, "
                   f"later {c0['later_psnr']:.2f} -> {c1['later_psnr']:.2f} dB", flush=True)

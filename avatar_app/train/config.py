@@ -37,6 +37,7 @@ class TrainConfig:
     amp_dtype: str = "fp16"  # fp16 (with a gradient scaler) | bf16
     compile: bool = False  # torch.compile the trained networks (CUDA)
     resident: bool = False  # pairs stage data held and drawn on the GPU (train.resident); CUDA only
+    jitter_target: bool = False  # resident: also jitter the driving frame (resampling the target softens it)
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64

@@ -78,17 +78,20 @@ class ResidentPairs:
         split: ``"train"``, ``"val"`` or ``"all"`` (:data:`~.data.SPLIT_RULE`).
         val_fraction: share of people held out.
         device: where the tensors live.
-        augment: flip, colour and small geometric jitter (never on ``"val"``).
+        augment: flip, colour and small geometric jitter of the source (never on ``"val"``).
+        jitter_target: jitter the driving frame too. Off by default: resampling the frame the output
+            is compared with blurs it, and the network learns to blur (docs/BENCHMARKS.md).
         workers: processes for the one-off rasterisation (default: all cores).
     """
 
     def __init__(self, root: str | Path, split: str = "train", val_fraction: float = 0.1, device="cuda",
-                 augment: bool = True, workers: int | None = None):
+                 augment: bool = True, workers: int | None = None, jitter_target: bool = False):
         t0 = time.perf_counter()
         self.root = Path(root)
         self.device = torch.device(device)
         self.split = split
         self.augment = augment and split != "val"
+        self.jitter_target = jitter_target
         ds = PreparedDataset(self.root, size=S, split=split, val_fraction=val_fraction, augment=False)
         clips = ds.clip_records  # checked: files there, lengths agreeing, embeddings readable
         if not clips:
@@ -218,7 +221,8 @@ class ResidentPairs:
         if aug:
             self._colour(out, rng)
             self._jitter(out, "source", rng)
-            self._jitter(out, "driving", rng)
+            if self.jitter_target:
+                self._jitter(out, "driving", rng)
         # from the landmarks as augmented (the jitter scales the mouth too), as the app measures its own
         gap_s, gap_d = (self._mouth_gap(out[k]) for k in ("source_points", "driving_points"))
         out["mouth_amount"] = ((gap_d - gap_s) / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = mouth_fill_amount

@@ -116,7 +116,8 @@ class Trainer:
         if self.resident:
             from .resident import ResidentPairs
 
-            return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train")
+            return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train",
+                                 jitter_target=self.cfg.jitter_target)
 
         mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
         app_path = mode == "window" and self.cfg.enhancer_app_path
