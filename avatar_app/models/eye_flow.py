@@ -48,6 +48,9 @@ MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
 CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye corner
 LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
 SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
+CLOSED_GAP = 0.1  # drawn lid gap (eye widths) below which an eye is drawn as closing (face.source.CLOSED_EYES)
+LID_LINE = 0.04  # how far outside the source's lid lines a closed eye's lid lines are drawn from, eye widths
+SKIN_UNFOLD = 4.0  # most exponent of a closed eye's stretched lid skin map (see `skin` in eye_remap)
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
@@ -190,6 +193,15 @@ def _hats(u: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return torch.minimum(left, right).clamp(0, 1)
 
 
+def _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s, low_s) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the upper and lower lids are drawn (``v``, eye widths): the source's, moved by the target's
+    change times :data:`LID_GAIN`, keeping :data:`MIN_SKIN` of the lid bands; a closed eye's upper
+    lid meets the lower one."""
+    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s))
+    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s - lo_s))
+    return torch.minimum(up, lo), lo
+
+
 def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
     """Each eye's window of ``size = (wh, ww)`` px on an ``h``×``w`` grid, centred on ``cx, cy (B, 2, 1)``
     px and kept inside the grid: flat pixel indices ``(B, 2, wh·ww)``, their ``x`` and ``y`` (px), and
@@ -280,10 +292,13 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
                                                                    knots).unbind(-1)  # at the target's u
 
-    # where the lids are drawn: the source's, moved by the target's change times the gain
-    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s0))
-    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s0 - lo_s))
-    up = torch.minimum(up, lo)  # a closed eye: the upper lid meets the lower one
+    up, lo = _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0)
+    # how closed the drawn eye is: 0 while its mean lid gap (at the knots inside the corners) is at
+    # least CLOSED_GAP, 1 when shut
+    up_k, lo_k = _drawn_lids(*torch.cat([curves_t, curves_s], -1).unbind(-1))  # (B, 2, K)
+    inner = (knots.abs() < 0.5).to(up_k.dtype)
+    drawn_gap = ((lo_k - up_k) * inner).sum(-1, keepdim=True) / inner.sum()
+    closed = (1 - drawn_gap * (1 / CLOSED_GAP)).clamp(0, 1)  # (B, 2, 1)
     lash = (0.5 * (up_s - ring_s0)).clamp(0, LASH)
     lash_t = torch.minimum(lash, 0.5 * (up - ring_t).clamp(min=0))
 
@@ -299,17 +314,26 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
 
     # v in the source, layer by layer (target: ring_t < up - lash_t < up <= lo < low_t)
     top = up - lash_t
-    skin = ring_s + (v - ring_t) * (up_s2 - lash - ring_s) / (top - ring_t).clamp(min=1e-4)
-    margin = up_s2 + (v - up) * lash / lash_t.clamp(min=1e-4)
+    # A closing eye (drawn gap below CLOSED_GAP, fully when shut) is drawn as lid meeting lid: the lid
+    # lines come from just outside the source's (the row at a lid landmark is half eyeball, which
+    # showed as a line of sclera), and stretched lid skin from the skin next to the ring (the
+    # source's band near its lid margin is crease and lash shadow, which stretched over the eye
+    # reads as an open one). An open eye's lids are drawn as before.
+    band_s = (up_s2 - lash - ring_s).clamp(min=1e-4)
+    t = ((v - ring_t) / (top - ring_t).clamp(min=1e-4)).clamp(0, 1)
+    unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
+    skin = ring_s + t.pow(unfold) * band_s
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)
+    edge = torch.minimum(torch.full_like(gap, LID_LINE), 0.5 * lash) * closed
+    margin = up_s2 - edge + (v - up) * (lash - edge) / lash_t.clamp(min=1e-4)
     shade = (0.3 * gap).clamp(max=SHADE)
     inset = (0.25 * gap).clamp(max=0.03)
     ball = v + dv * carry
     ball = torch.where(ball < up_s2 + shade, up_s2 + shade, torch.where(ball > lo_s2, lo_s2 - inset, ball))
     ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
-    lower = lo_s2 + (v - lo) * (low_s - lo_s2) / (low_t - lo).clamp(min=1e-4)
+    lower = lo_s2 + edge + (v - lo) * (low_s - lo_s2 - edge) / (low_t - lo).clamp(min=1e-4)
     v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
     keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
     weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
