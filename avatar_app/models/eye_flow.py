@@ -237,8 +237,14 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
         ``(B, 2, H, W)`` source positions, px: ``inside`` outside the eye regions.
     """
     b, _, h, w = inside.shape
-    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w))
+    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w), compact=can_compact(inside))
     return inside.reshape(b, 2, h * w).scatter_add(2, idx, delta).reshape(b, 2, h, w)
+
+
+def can_compact(field: torch.Tensor) -> bool:
+    """Whether :func:`eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count, and
+    exported graphs need static shapes)."""
+    return field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
 def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -251,14 +257,18 @@ def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
-              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int]):
+              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int], compact: bool = False):
     """The eyes' re-map on an ``out_hw`` grid, as ``(idx, delta)``: add ``delta (B, 2, 2·N)`` (px of that
     grid) at the flat pixel indices ``idx (B, 2, 2·N)`` of its source positions.
 
     ``inside`` and ``regions`` (as for :func:`eye_flow`) may be on a coarser grid than ``out_hw``:
     they are sampled bilinearly at each fine pixel (inside a triangle the map is affine, so that is
     exact there). So a flow computed at 256 gets its eyes drawn at 512: the upsampled flow would
-    blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``."""
+    blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``.
+
+    ``compact``: work only on the window pixels inside an eye region (the same values at a third to a
+    quarter of the cost; data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are
+    then ``(B, 2, 2·M)`` with ``M`` at most ``N``."""
     b, _, h_in, w_in = inside.shape
     h, w = out_hw
     both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
@@ -287,6 +297,9 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
                        ((y + 0.5) * ky - 0.5).reshape(b, 2 * n)).reshape(b, 4, 2, n)
         x_a, y_a = (fine[:, 0] + 0.5) / kx - 0.5, (fine[:, 1] + 0.5) / ky - 0.5
         weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
+    if compact:  # only the window's pixels inside an eye region (weight > 0) go on, padded to the larger eye
+        weight, x, y, x_a, y_a, idx = _compact(weight, (weight, x, y, x_a, y_a, idx))
+        flat_idx = idx.reshape(b, 1, -1).expand(b, 2, -1)
     u, v = ft.uv(x, y)
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
@@ -339,4 +352,23 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
-    return flat_idx, delta.reshape(b, 2, 2 * n)
+    return flat_idx, delta.reshape(b, 2, -1)
+
+
+def _compact(weight: torch.Tensor, fields: tuple) -> tuple:
+    """``fields`` (each ``(B, 2, N)``) at the pixels where ``weight > 0``, in window order, each eye padded
+    to the larger eye's count ``M`` with its first pixel at weight 0: ``(B, 2, M)`` each, ``weight``
+    being the first field. Most of a window lies outside its eye region (its re-map is 0 there), so the
+    re-map's per-pixel work shrinks 3-4 times; the shapes depend on the data, so exported graphs keep
+    the whole window."""
+    inside = weight > 0
+    m = max(int(inside.sum(-1).max()), 1)
+    slot = torch.where(inside, inside.cumsum(-1) - 1, torch.full_like(weight, m, dtype=torch.long))
+    n = weight.shape[-1]
+    order = torch.zeros(*weight.shape[:-1], m + 1, dtype=torch.long, device=weight.device)
+    order.scatter_(-1, slot, torch.arange(n, device=weight.device).expand_as(slot))
+    order = order[..., :m]
+    used = (torch.arange(m, device=weight.device) < inside.sum(-1, keepdim=True)).to(weight.dtype)
+    out = [f.gather(-1, order) for f in fields]
+    out[0] = out[0] * used
+    return tuple(out)
