@@ -291,14 +291,23 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     if (h_in, w_in) == (h, w):
         x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
         weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+        if compact:  # only the window's pixels inside an eye region (weight > 0) go on
+            weight, x, y, x_a, y_a, idx = _compact(weight, (weight, x, y, x_a, y_a, idx))
     else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
         kx, ky = w_in / w, h_in / h
-        fine = _sample(torch.cat([inside, regions], 1), ((x + 0.5) * kx - 0.5).reshape(b, 2 * n),
-                       ((y + 0.5) * ky - 0.5).reshape(b, 2 * n)).reshape(b, 4, 2, n)
-        x_a, y_a = (fine[:, 0] + 0.5) / kx - 0.5, (fine[:, 1] + 0.5) / ky - 0.5
-        weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
-    if compact:  # only the window's pixels inside an eye region (weight > 0) go on, padded to the larger eye
-        weight, x, y, x_a, y_a, idx = _compact(weight, (weight, x, y, x_a, y_a, idx))
+        xc, yc = (x + 0.5) * kx - 0.5, (y + 0.5) * ky - 0.5
+        if compact:  # the regions first, then the map only where they are
+            both = _sample(regions, xc.reshape(b, 2 * n), yc.reshape(b, 2 * n)).reshape(b, 2, 2, n)
+            weight = torch.stack([both[:, 0, 0], both[:, 1, 1]], 1) * taper
+            weight, x, y, xc, yc, idx = _compact(weight, (weight, x, y, xc, yc, idx))
+            m = idx.shape[-1]
+            pos = _sample(inside, xc.reshape(b, 2 * m), yc.reshape(b, 2 * m)).reshape(b, 2, 2, m)
+        else:
+            fine = _sample(torch.cat([inside, regions], 1), xc.reshape(b, 2 * n), yc.reshape(b, 2 * n)).reshape(b, 4, 2, n)
+            pos = fine[:, :2]
+            weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
+        x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
+    if compact:
         flat_idx = idx.reshape(b, 1, -1).expand(b, 2, -1)
     u, v = ft.uv(x, y)
     u_a, v_a = fs.uv(x_a, y_a)
@@ -334,8 +343,11 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     # reads as an open one). An open eye's lids are drawn as before.
     band_s = (up_s2 - lash - ring_s).clamp(min=1e-4)
     t = ((v - ring_t) / (top - ring_t).clamp(min=1e-4)).clamp(0, 1)
-    unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
-    skin = ring_s + t.pow(unfold) * band_s
+    if compact and not bool((closed > 0).any()):  # no eye closing: t ** 1 (pow is the slowest op here)
+        skin = ring_s + t * band_s
+    else:
+        unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
+        skin = ring_s + t.pow(unfold) * band_s
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)
