@@ -216,6 +216,29 @@ def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, 
     return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
 
 
+def _box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int, w: int, size: tuple[int, int],
+                margin: int):
+    """:func:`window`'s pixels (same indices, ``x``, ``y`` and taper) inside the bounding box of each eye's
+    ``region (B, 2, P, 2)`` points (px) widened by ``margin`` px: one box size for both eyes (the larger),
+    so the shapes depend on the data (eager only)."""
+    wh, ww = size
+    x0 = (cx - (ww - 1) / 2).round().clamp(0, w - ww)  # (B, 2, 1): the window, as `window` places it
+    y0 = (cy - (wh - 1) / 2).round().clamp(0, h - wh)
+    start = torch.cat([x0, y0], -1)  # (B, 2, 2): x, y
+    lo = torch.maximum((region.amin(2) - margin).floor(), start)
+    hi = torch.minimum((region.amax(2) + margin).ceil(), start + torch.tensor([ww - 1.0, wh - 1.0]))
+    bw, bh = ((hi - lo).amax((0, 1)) + 1).clamp(min=1).tolist()
+    bw, bh = min(int(bw), ww), min(int(bh), wh)
+    bx0, by0 = lo[..., :1], lo[..., 1:]
+    bx0 = torch.minimum(bx0, x0 + ww - bw)  # the common box size kept inside each window
+    by0 = torch.minimum(by0, y0 + wh - bh)
+    dy = torch.arange(bh, dtype=cx.dtype).view(bh, 1).expand(bh, bw).reshape(-1)
+    dx = torch.arange(bw, dtype=cx.dtype).view(1, bw).expand(bh, bw).reshape(-1)
+    x, y = bx0 + dx, by0 + dy  # (B, 2, bh·bw)
+    edge = torch.minimum(torch.minimum(x - x0, x0 + ww - 1 - x), torch.minimum(y - y0, y0 + wh - 1 - y))
+    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+
+
 def window_size(h: int, w: int) -> tuple[int, int]:
     """The per-eye window for an ``h``×``w`` flow grid (:data:`WINDOW`)."""
     return min(h, math.ceil(WINDOW[0] * h)), min(w, math.ceil(WINDOW[1] * w))
@@ -247,12 +270,15 @@ def can_compact(field: torch.Tensor) -> bool:
     return field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
-def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``field (B, C, h, w)`` bilinearly at px ``x, y (B, N)`` (clamped to the grid): ``(B, C, N)``.
+def _grid(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """px ``x, y (B, N)`` of an ``h``×``w`` grid as a ``grid_sample`` grid ``(B, 1, N, 2)``."""
+    return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)
+
+
+def _sample(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``field (B, C, h, w)`` bilinearly at :func:`_grid` points (clamped to the grid): ``(B, C, N)``.
     ``grid_sample`` (opset 16 to export): only the fine re-map of :func:`eye_remap` uses it, and
     exported flows are computed at their output's size."""
-    b, c, h, w = field.shape
-    grid = torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)  # (B, 1, N, 2)
     return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
 
 
@@ -285,31 +311,23 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     fs, ft = frames.half(0, b), frames.half(1, b)
 
     # one window per eye, a little above its corner line (the upper ring reaches further than the lower)
-    idx, x, y, taper = window(ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy, h, w, window_size(h, w))  # (B, 2, N)
+    centre = (ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy)
+    if compact:  # only the part of each window around its eye region (re-mapped by 0 elsewhere)
+        idx, x, y, taper = _box_window(*centre, pts[b:, :, 7:], h, w, window_size(h, w), 2 * max(1, round(w / w_in)))
+    else:
+        idx, x, y, taper = window(*centre, h, w, window_size(h, w))  # (B, 2, N)
+    u, v = ft.uv(x, y)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
     if (h_in, w_in) == (h, w):
         x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
         weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
-        if compact:  # only the window's pixels inside an eye region (weight > 0) go on
-            weight, x, y, x_a, y_a, idx = _compact(weight, (weight, x, y, x_a, y_a, idx))
     else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
         kx, ky = w_in / w, h_in / h
-        xc, yc = (x + 0.5) * kx - 0.5, (y + 0.5) * ky - 0.5
-        if compact:  # the regions first, then the map only where they are
-            both = _sample(regions, xc.reshape(b, 2 * n), yc.reshape(b, 2 * n)).reshape(b, 2, 2, n)
-            weight = torch.stack([both[:, 0, 0], both[:, 1, 1]], 1) * taper
-            weight, x, y, xc, yc, idx = _compact(weight, (weight, x, y, xc, yc, idx))
-            m = idx.shape[-1]
-            pos = _sample(inside, xc.reshape(b, 2 * m), yc.reshape(b, 2 * m)).reshape(b, 2, 2, m)
-        else:
-            fine = _sample(torch.cat([inside, regions], 1), xc.reshape(b, 2 * n), yc.reshape(b, 2 * n)).reshape(b, 4, 2, n)
-            pos = fine[:, :2]
-            weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
+        grid = _grid(((x + 0.5) * kx - 0.5).reshape(b, 2 * n), ((y + 0.5) * ky - 0.5).reshape(b, 2 * n), h_in, w_in)
+        pos = _sample(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
         x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
-    if compact:
-        flat_idx = idx.reshape(b, 1, -1).expand(b, 2, -1)
-    u, v = ft.uv(x, y)
+        weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
                                                                    knots).unbind(-1)  # at the target's u
@@ -365,22 +383,3 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
     return flat_idx, delta.reshape(b, 2, -1)
-
-
-def _compact(weight: torch.Tensor, fields: tuple) -> tuple:
-    """``fields`` (each ``(B, 2, N)``) at the pixels where ``weight > 0``, in window order, each eye padded
-    to the larger eye's count ``M`` with its first pixel at weight 0: ``(B, 2, M)`` each, ``weight``
-    being the first field. Most of a window lies outside its eye region (its re-map is 0 there), so the
-    re-map's per-pixel work shrinks 3-4 times; the shapes depend on the data, so exported graphs keep
-    the whole window."""
-    inside = weight > 0
-    m = max(int(inside.sum(-1).max()), 1)
-    slot = torch.where(inside, inside.cumsum(-1) - 1, torch.full_like(weight, m, dtype=torch.long))
-    n = weight.shape[-1]
-    order = torch.zeros(*weight.shape[:-1], m + 1, dtype=torch.long, device=weight.device)
-    order.scatter_(-1, slot, torch.arange(n, device=weight.device).expand_as(slot))
-    order = order[..., :m]
-    used = (torch.arange(m, device=weight.device) < inside.sum(-1, keepdim=True)).to(weight.dtype)
-    out = [f.gather(-1, order) for f in fields]
-    out[0] = out[0] * used
-    return tuple(out)
