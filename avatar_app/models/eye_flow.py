@@ -30,7 +30,8 @@ the row of eyeball (or lash line) the source shows next to its lid: the analytic
 show an eye it never saw, but it does not hold the eyes shut either.
 
 Everything runs on one fixed-size window per eye (gathered from and scattered back into
-the flow field), so the cost does not grow with the crop; all in torch on ``(B, …)``
+the flow field; on the CPU only on the box around each eye's region inside it), so the cost
+does not grow with the crop; all in torch on ``(B, …)``
 batches, ONNX-exportable (no data-dependent shapes or control flow).
 """
 
@@ -292,9 +293,10 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     exact there). So a flow computed at 256 gets its eyes drawn at 512: the upsampled flow would
     blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``.
 
-    ``compact``: work only on the window pixels inside an eye region (the same values at a third to a
-    quarter of the cost; data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are
-    then ``(B, 2, 2·M)`` with ``M`` at most ``N``."""
+    ``compact``: work only on each window's pixels in the box around its eye region (:func:`_box_window`;
+    the re-map is 0 outside the region, so the values are the same, on a third to a half of the pixels;
+    data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are then ``(B, 2, 2·M)``
+    with ``M`` at most ``N``."""
     b, _, h_in, w_in = inside.shape
     h, w = out_hw
     both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
