@@ -105,3 +105,32 @@ def test_a_full_blink_reads_closed_at_512(astronaut, still_tracker):
     faces = still_tracker.detect_faces(GeometricAnimator(source).animate(_blink(source, 1.0)))
     assert faces
     assert eye_openness(faces[0].points) < CLOSED_EYES
+
+
+def test_the_compact_eye_remap_is_the_windowed_one(astronaut_source, monkeypatch):
+    """On the CPU the eye re-map works only on each eye region's box inside its window (issue 16: the
+    512 eyes were the live path's extra cost); exports and GPUs run the whole window. Both give the
+    same source positions, at 256 (the eyes in the flow) and at 512 (re-mapped at 512), open or blinking."""
+    from avatar_app.face.align import rescale_points
+    from avatar_app.models import eye_flow, flow
+
+    topo = topology()
+    for size in (256, 512):
+        src = rescale_points(astronaut_source.landmarks.points, SIZE, size).astype(np.float32)
+        retarget = Retargeter(Landmarks(src, (size, size)))
+        retarget.calibrate(synthetic_landmarks(FacePose()))
+        model = AnalyticFlow(size, upsample=False)
+        for pose in (FacePose(yaw=12.0, gaze=(0.4, 0.1)), FacePose(pitch=-8.0, blink_left=1.0, blink_right=0.6)):
+            target = retarget(synthetic_landmarks(pose)).points.astype(np.float32)
+            ids = torch.from_numpy(rasterize_triangles(target, topo.triangles, size, model.resolution))[None]
+            out = []
+            for compact in (False, True):
+                monkeypatch.setattr(eye_flow, "can_compact", lambda field, c=compact: c)
+                monkeypatch.setattr(flow, "can_compact", lambda field, c=compact: c)
+                grid, _, _, eyes = model(torch.from_numpy(src[None, :, :2].copy()),
+                                         torch.from_numpy(target[None, :, :2].copy()), ids, fine_eyes=True)
+                if eyes is not None:  # 512: the re-map, as the animator adds it to its upsampled grid
+                    grid = torch.zeros(1, 2, size * size).scatter_add(2, eyes[0], eyes[1])
+                out.append(grid)
+            assert out[0].abs().max() > 0.1  # the eyes are re-mapped at all
+            torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-5)

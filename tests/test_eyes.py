@@ -172,6 +172,28 @@ def test_eye_follow_is_the_correlation_and_slope_against_the_driver():
     assert all(v is None for v in missing.values())
 
 
+def test_gaze_is_scored_where_the_drivers_eyes_are_open():
+    """A blink has no gaze: the iris mediapipe places behind a closed lid, in driver or avatar, is left
+    out of gaze r, amplitude and hold (openness still counts every frame)."""
+    from avatar_app.face.eyes import CLOSED_EYES, eye_openness
+    from avatar_app.train.eval_eyes import eye_follow
+
+    looks = np.linspace(-0.4, 0.4, 9)
+    shut = [0.0] * 4 + [1.0] + [0.0] * 4  # the driver blinks mid-clip
+    driver = [synthetic_landmarks(FacePose(gaze=(x, 0.0), blink_left=b, blink_right=b)).points
+              for x, b in zip(looks, shut)]
+    assert eye_openness(driver[4]) < CLOSED_EYES < eye_openness(driver[3])
+    avatar = [synthetic_landmarks(FacePose(gaze=(x if b == 0 else 0.8, 0.0), blink_left=b, blink_right=b)).points
+              for x, b in zip(looks, shut)]  # behind its closed lids, the iris read far to one side
+    rest = synthetic_landmarks(FacePose()).points
+    m = eye_follow(driver, avatar, rest)
+    assert m["gaze_r"] > 0.99 and m["gaze_amp"] == pytest.approx(1.0, abs=0.05)
+    assert m["gaze_r_all"] < 0.9  # the blink frame counted
+    held = eye_follow(driver, [synthetic_landmarks(FacePose(gaze=(0.8 * b, 0.0))).points for b in shut], rest)
+    assert held["gaze_hold"] == pytest.approx(0.0) and held["gaze_hold_p95"] == pytest.approx(0.0)
+    assert held["open_r"] is not None
+
+
 def test_eye_contact_flags():
     from avatar_app.cli import build_parser
 

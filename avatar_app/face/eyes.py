@@ -18,6 +18,8 @@ import numpy as np
 
 from .mesh import topology
 
+CLOSED_EYES = 0.1  # eye openness (lid gap over eye width) under which eyes count as closed (or nearly so)
+
 
 def _eyes():
     topo = topology()

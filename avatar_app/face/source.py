@@ -12,13 +12,12 @@ from ..errors import InputFileError, NoFaceError
 from ..imaging import as_bgr
 from ..types import SourcePortrait
 from .align import face_crop_box, transform_points, warp_to_crop
-from .eyes import eye_openness
+from .eyes import CLOSED_EYES, eye_openness
 from .tracker import FaceTracker
 
 log = logging.getLogger(__name__)
 
 CROP_SIZES = (256, 512)
-CLOSED_EYES = 0.1  # eye openness (lid gap over eye width) under which a portrait's eyes count as closed
 
 
 def read_image(path: str | Path) -> np.ndarray:

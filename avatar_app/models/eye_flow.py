@@ -30,7 +30,8 @@ the row of eyeball (or lash line) the source shows next to its lid: the analytic
 show an eye it never saw, but it does not hold the eyes shut either.
 
 Everything runs on one fixed-size window per eye (gathered from and scattered back into
-the flow field), so the cost does not grow with the crop; all in torch on ``(B, …)``
+the flow field; on the CPU only on the box around each eye's region inside it), so the cost
+does not grow with the crop; all in torch on ``(B, …)``
 batches, ONNX-exportable (no data-dependent shapes or control flow).
 """
 
@@ -48,6 +49,9 @@ MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
 CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye corner
 LASH = 0.06  # height of the upper lid's margin band that moves rigidly, in eye widths
 SHADE = 0.05  # most height of the shadow under the upper lid that moves with it, in eye widths
+CLOSED_GAP = 0.1  # drawn lid gap (eye widths) below which an eye is drawn as closing (face.source.CLOSED_EYES)
+LID_LINE = 0.04  # how far outside the source's lid lines a closed eye's lid lines are drawn from, eye widths
+SKIN_UNFOLD = 4.0  # most exponent of a closed eye's stretched lid skin map (see `skin` in eye_remap)
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
@@ -190,6 +194,15 @@ def _hats(u: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return torch.minimum(left, right).clamp(0, 1)
 
 
+def _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s, low_s) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the upper and lower lids are drawn (``v``, eye widths): the source's, moved by the target's
+    change times :data:`LID_GAIN`, keeping :data:`MIN_SKIN` of the lid bands; a closed eye's upper
+    lid meets the lower one."""
+    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s))
+    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s - lo_s))
+    return torch.minimum(up, lo), lo
+
+
 def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
     """Each eye's window of ``size = (wh, ww)`` px on an ``h``×``w`` grid, centred on ``cx, cy (B, 2, 1)``
     px and kept inside the grid: flat pixel indices ``(B, 2, wh·ww)``, their ``x`` and ``y`` (px), and
@@ -201,6 +214,29 @@ def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, 
     dx = torch.arange(ww, device=cx.device, dtype=cx.dtype).view(1, ww).expand(wh, ww).reshape(-1)
     edge = torch.minimum(torch.minimum(dx, ww - 1 - dx), torch.minimum(dy, wh - 1 - dy))
     x, y = x0 + dx, y0 + dy
+    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+
+
+def _box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int, w: int, size: tuple[int, int],
+                margin: int):
+    """:func:`window`'s pixels (same indices, ``x``, ``y`` and taper) inside the bounding box of each eye's
+    ``region (B, 2, P, 2)`` points (px) widened by ``margin`` px: one box size for both eyes (the larger),
+    so the shapes depend on the data (eager only)."""
+    wh, ww = size
+    x0 = (cx - (ww - 1) / 2).round().clamp(0, w - ww)  # (B, 2, 1): the window, as `window` places it
+    y0 = (cy - (wh - 1) / 2).round().clamp(0, h - wh)
+    start = torch.cat([x0, y0], -1)  # (B, 2, 2): x, y
+    lo = torch.maximum((region.amin(2) - margin).floor(), start)
+    hi = torch.minimum((region.amax(2) + margin).ceil(), start + torch.tensor([ww - 1.0, wh - 1.0]))
+    bw, bh = ((hi - lo).amax((0, 1)) + 1).clamp(min=1).tolist()
+    bw, bh = min(int(bw), ww), min(int(bh), wh)
+    bx0, by0 = lo[..., :1], lo[..., 1:]
+    bx0 = torch.minimum(bx0, x0 + ww - bw)  # the common box size kept inside each window
+    by0 = torch.minimum(by0, y0 + wh - bh)
+    dy = torch.arange(bh, dtype=cx.dtype).view(bh, 1).expand(bh, bw).reshape(-1)
+    dx = torch.arange(bw, dtype=cx.dtype).view(1, bw).expand(bh, bw).reshape(-1)
+    x, y = bx0 + dx, by0 + dy  # (B, 2, bh·bw)
+    edge = torch.minimum(torch.minimum(x - x0, x0 + ww - 1 - x), torch.minimum(y - y0, y0 + wh - 1 - y))
     return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
 
 
@@ -225,28 +261,42 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
         ``(B, 2, H, W)`` source positions, px: ``inside`` outside the eye regions.
     """
     b, _, h, w = inside.shape
-    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w))
+    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w), compact=can_compact(inside))
     return inside.reshape(b, 2, h * w).scatter_add(2, idx, delta).reshape(b, 2, h, w)
 
 
-def _sample(field: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``field (B, C, h, w)`` bilinearly at px ``x, y (B, N)`` (clamped to the grid): ``(B, C, N)``.
+def can_compact(field: torch.Tensor) -> bool:
+    """Whether :func:`eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count, and
+    exported graphs need static shapes)."""
+    return field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+def _grid(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """px ``x, y (B, N)`` of an ``h``×``w`` grid as a ``grid_sample`` grid ``(B, 1, N, 2)``."""
+    return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)
+
+
+def _sample(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``field (B, C, h, w)`` bilinearly at :func:`_grid` points (clamped to the grid): ``(B, C, N)``.
     ``grid_sample`` (opset 16 to export): only the fine re-map of :func:`eye_remap` uses it, and
     exported flows are computed at their output's size."""
-    b, c, h, w = field.shape
-    grid = torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)  # (B, 1, N, 2)
     return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
 
 
 def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
-              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int]):
+              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int], compact: bool = False):
     """The eyes' re-map on an ``out_hw`` grid, as ``(idx, delta)``: add ``delta (B, 2, 2·N)`` (px of that
     grid) at the flat pixel indices ``idx (B, 2, 2·N)`` of its source positions.
 
     ``inside`` and ``regions`` (as for :func:`eye_flow`) may be on a coarser grid than ``out_hw``:
     they are sampled bilinearly at each fine pixel (inside a triangle the map is affine, so that is
     exact there). So a flow computed at 256 gets its eyes drawn at 512: the upsampled flow would
-    blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``."""
+    blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``.
+
+    ``compact``: work only on each window's pixels in the box around its eye region (:func:`_box_window`;
+    the re-map is 0 outside the region, so the values are the same, on a third to a half of the pixels;
+    data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are then ``(B, 2, 2·M)``
+    with ``M`` at most ``N``."""
     b, _, h_in, w_in = inside.shape
     h, w = out_hw
     both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
@@ -263,7 +313,12 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     fs, ft = frames.half(0, b), frames.half(1, b)
 
     # one window per eye, a little above its corner line (the upper ring reaches further than the lower)
-    idx, x, y, taper = window(ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy, h, w, window_size(h, w))  # (B, 2, N)
+    centre = (ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy)
+    if compact:  # only the part of each window around its eye region (re-mapped by 0 elsewhere)
+        idx, x, y, taper = _box_window(*centre, pts[b:, :, 7:], h, w, window_size(h, w), 2 * max(1, round(w / w_in)))
+    else:
+        idx, x, y, taper = window(*centre, h, w, window_size(h, w))  # (B, 2, N)
+    u, v = ft.uv(x, y)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
     if (h_in, w_in) == (h, w):
@@ -271,19 +326,21 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
         weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
     else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
         kx, ky = w_in / w, h_in / h
-        fine = _sample(torch.cat([inside, regions], 1), ((x + 0.5) * kx - 0.5).reshape(b, 2 * n),
-                       ((y + 0.5) * ky - 0.5).reshape(b, 2 * n)).reshape(b, 4, 2, n)
-        x_a, y_a = (fine[:, 0] + 0.5) / kx - 0.5, (fine[:, 1] + 0.5) / ky - 0.5
-        weight = torch.stack([fine[:, 2, 0], fine[:, 3, 1]], 1) * taper
-    u, v = ft.uv(x, y)
+        grid = _grid(((x + 0.5) * kx - 0.5).reshape(b, 2 * n), ((y + 0.5) * ky - 0.5).reshape(b, 2 * n), h_in, w_in)
+        pos = _sample(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
+        x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
+        weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
                                                                    knots).unbind(-1)  # at the target's u
 
-    # where the lids are drawn: the source's, moved by the target's change times the gain
-    up = torch.maximum(up_s + LID_GAIN * (up_t - up_s), ring_t + MIN_SKIN * (up_s - ring_s0))
-    lo = torch.minimum(lo_s + LID_GAIN * (lo_t - lo_s), low_t - MIN_SKIN * (low_s0 - lo_s))
-    up = torch.minimum(up, lo)  # a closed eye: the upper lid meets the lower one
+    up, lo = _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0)
+    # how closed the drawn eye is: 0 while its mean lid gap (at the knots inside the corners) is at
+    # least CLOSED_GAP, 1 when shut
+    up_k, lo_k = _drawn_lids(*torch.cat([curves_t, curves_s], -1).unbind(-1))  # (B, 2, K)
+    inner = (knots.abs() < 0.5).to(up_k.dtype)
+    drawn_gap = ((lo_k - up_k) * inner).sum(-1, keepdim=True) / inner.sum()
+    closed = (1 - drawn_gap * (1 / CLOSED_GAP)).clamp(0, 1)  # (B, 2, 1)
     lash = (0.5 * (up_s - ring_s0)).clamp(0, LASH)
     lash_t = torch.minimum(lash, 0.5 * (up - ring_t).clamp(min=0))
 
@@ -299,20 +356,32 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
 
     # v in the source, layer by layer (target: ring_t < up - lash_t < up <= lo < low_t)
     top = up - lash_t
-    skin = ring_s + (v - ring_t) * (up_s2 - lash - ring_s) / (top - ring_t).clamp(min=1e-4)
-    margin = up_s2 + (v - up) * lash / lash_t.clamp(min=1e-4)
+    # A closing eye (drawn gap below CLOSED_GAP, fully when shut) is drawn as lid meeting lid: the lid
+    # lines come from just outside the source's (the row at a lid landmark is half eyeball, which
+    # showed as a line of sclera), and stretched lid skin from the skin next to the ring (the
+    # source's band near its lid margin is crease and lash shadow, which stretched over the eye
+    # reads as an open one). An open eye's lids are drawn as before.
+    band_s = (up_s2 - lash - ring_s).clamp(min=1e-4)
+    t = ((v - ring_t) / (top - ring_t).clamp(min=1e-4)).clamp(0, 1)
+    if compact and not bool((closed > 0).any()):  # no eye closing: t ** 1 (pow is the slowest op here)
+        skin = ring_s + t * band_s
+    else:
+        unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
+        skin = ring_s + t.pow(unfold) * band_s
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)
+    edge = torch.minimum(torch.full_like(gap, LID_LINE), 0.5 * lash) * closed
+    margin = up_s2 - edge + (v - up) * (lash - edge) / lash_t.clamp(min=1e-4)
     shade = (0.3 * gap).clamp(max=SHADE)
     inset = (0.25 * gap).clamp(max=0.03)
     ball = v + dv * carry
     ball = torch.where(ball < up_s2 + shade, up_s2 + shade, torch.where(ball > lo_s2, lo_s2 - inset, ball))
     ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
-    lower = lo_s2 + (v - lo) * (low_s - lo_s2) / (low_t - lo).clamp(min=1e-4)
+    lower = lo_s2 + edge + (v - lo) * (low_s - lo_s2 - edge) / (low_t - lo).clamp(min=1e-4)
     v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
     keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
     weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
-    return flat_idx, delta.reshape(b, 2, 2 * n)
+    return flat_idx, delta.reshape(b, 2, -1)

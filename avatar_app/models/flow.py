@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
-from .eye_flow import KNOTS, eye_flow, eye_parts, eye_region_triangles, eye_remap
+from .eye_flow import KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -211,8 +211,8 @@ class AnalyticFlow(nn.Module):
         mouth = g[9].unsqueeze(1) * covered
         mouth_coord = lip.clamp(0, 1)
         # the eye regions lie inside the mesh (blend 1), so their re-map adds after the blend
-        remap = eye_remap(src_full, tgt_full, pre_eyes, eyes, parts, self.eye_knots,
-                          (self.size, self.size)) if at_size else None
+        remap = eye_remap(src_full, tgt_full, pre_eyes, eyes, parts, self.eye_knots, (self.size, self.size),
+                          compact=can_compact(pre_eyes)) if at_size else None
         if h != self.size and self.upsample:
             up = F.interpolate(torch.cat([grid, mouth, mouth_coord], 1), size=(self.size, self.size),
                                mode="bilinear", align_corners=False)

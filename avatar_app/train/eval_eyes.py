@@ -10,8 +10,13 @@ person compare directly. Per clip and animator:
 * ``gaze_amp`` / ``open_amp``: the least-squares slope of the avatar's series on the
   driver's (1 = the driver's amplitude; noise in the driver's series pulls it below 1,
   never above);
-* ``gaze_hold``: mean |avatar gaze − the source portrait's own gaze| (what eye contact
-  holds near 0).
+* ``gaze_hold`` / ``gaze_hold_p95``: the mean / 95th percentile over the frames of |avatar gaze −
+  the source portrait's own gaze| (what eye contact holds near 0).
+
+Gaze is scored only on frames where the **driver's eyes are open** (openness at least
+:data:`~avatar_app.face.eyes.CLOSED_EYES`): with the lids shut there is no gaze to follow or
+hold, and mediapipe places an iris behind a closed lid at random, in the driver and in the
+avatar alike. ``gaze_r_all`` / ``gaze_amp_all`` are the same over all frames, for comparison.
 
 r and slope need the driver to move: they are ``None`` when the driver's series varies by
 less than :data:`GAZE_MIN_SD` (:data:`OPEN_MIN_SD` for openness) over the driven frames —
@@ -22,11 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..face.eyes import eye_openness, horizontal_gaze
+from ..face.eyes import CLOSED_EYES, eye_openness, horizontal_gaze
 
 GAZE_MIN_SD = 0.02  # iris travel, in eye widths (mediapipe's still-image jitter is ~0.005)
 OPEN_MIN_SD = 0.02  # lid gap, in eye widths (a blink moves it by ~0.15)
-EYE_KEYS = ("gaze_r", "gaze_amp", "open_r", "open_amp", "gaze_hold")
+EYE_KEYS = ("gaze_r", "gaze_amp", "open_r", "open_amp", "gaze_hold", "gaze_hold_p95", "gaze_r_all", "gaze_amp_all")
 
 
 def _follow(driver: np.ndarray, avatar: np.ndarray, min_sd: float) -> tuple[float | None, float | None]:
@@ -60,10 +65,13 @@ def eye_follow(driver_points, avatar_points, source_points=None) -> dict:
     ga = np.array([horizontal_gaze(a) for _, a in pairs])
     od = np.array([eye_openness(d) for d, _ in pairs])
     oa = np.array([eye_openness(a) for _, a in pairs])
-    out["gaze_r"], out["gaze_amp"] = _follow(gd, ga, GAZE_MIN_SD)
+    look = od >= CLOSED_EYES  # the driver's eyes open: a gaze to follow (module docstring)
+    out["gaze_r"], out["gaze_amp"] = _follow(gd[look], ga[look], GAZE_MIN_SD)
+    out["gaze_r_all"], out["gaze_amp_all"] = _follow(gd, ga, GAZE_MIN_SD)
     out["open_r"], out["open_amp"] = _follow(od, oa, OPEN_MIN_SD)
-    if source_points is not None:
-        out["gaze_hold"] = float(np.abs(ga - horizontal_gaze(source_points)).mean())
+    if source_points is not None and look.any():
+        off = np.abs(ga[look] - horizontal_gaze(source_points))
+        out["gaze_hold"], out["gaze_hold_p95"] = float(off.mean()), float(np.percentile(off, 95))
     return out
 
 

@@ -150,6 +150,8 @@ def _aggregate(clip_results: list[dict]) -> tuple[dict, dict]:
         entry["clips"] = len(per)
         entry["gaze_clips"] = sum(p["gaze_r"] is not None for p in per)  # clips with clear eye movement
         entry["open_clips"] = sum(p["open_r"] is not None for p in per)
+        for k in ("gaze_hold", "gaze_hold_p95"):  # eye contact: the clip furthest off neutral
+            entry[f"{k}_worst"] = max((p[k] for p in per if p[k] is not None), default=None)
         agg[name] = entry
     gt = {k: mean_of(c["ground_truth"][k] for c in clip_results) for k in ("jitter", "identity_distance")}
     return agg, gt

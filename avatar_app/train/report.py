@@ -28,13 +28,14 @@ _COLUMNS = (  # (key, header) of the report table
     ("open_r", "eye openness follow (r) ↑"),
     ("open_amp", "openness amplitude (× driver)"),
     ("gaze_hold", "gaze off neutral (eye widths)"),
+    ("gaze_hold_p95", "gaze off neutral, p95"),
     ("faces_missed", "no face re-detected (frames)"),
     ("identity_distance", "identity distance (dlib) ↓"),
     ("jitter", "jitter excess (grey levels) ↓"),
     ("ms_per_frame", "ms / frame (median)"),
 )
-_DIGITS = {"ssim": 4, "l1": 4, "mouth_r": 3, "gaze_r": 3, "open_r": 3, "gaze_hold": 3, "identity_distance": 3,
-           "ms_per_frame": 0}  # others: 2
+_DIGITS = {"ssim": 4, "l1": 4, "mouth_r": 3, "gaze_r": 3, "open_r": 3, "gaze_hold": 3, "gaze_hold_p95": 3,
+           "identity_distance": 3, "ms_per_frame": 0}  # others: 2
 
 
 def finite_or_none(v) -> float | None:
