@@ -229,3 +229,21 @@ def test_a_profile_over_shipped_weights_moves_between_machines(tmp_path):
     for name, value in want.items():  # the adapted weights to fp16 precision, the rest exactly the base's
         assert torch.allclose(loaded[name], value, rtol=1e-3, atol=1e-6) if name in names else torch.equal(
             loaded[name], value), name
+
+
+def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astronaut_source):
+    """tools/cpu_variants.py decodes a window of the frame to make a step cheaper (docs/PERSONALIZATION.md,
+    third round); over the whole frame its windowed path must be the model's own frame, and a window its crop's size."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from cpu_variants import image_of
+
+    model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
+    cache = FrameCache(model, clip, [3, 7], np.zeros(128, np.float32), -1)
+    b = cache.batch([0, 1])
+    with torch.no_grad():
+        want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+        whole, part = image_of(model, b, (0, 0, 256)), image_of(model, b, (64, 32, 128))
+    assert torch.allclose(whole, want["image"], atol=1e-6) and part.shape == (2, 3, 128, 128)
