@@ -4,8 +4,10 @@
 
 Drives each portrait with the synthetic face posed along one axis at a time (yaw,
 pitch, roll, scale, shift), re-detects the output with mediapipe and prints, per
-value, whether a face was found and how far its landmarks are from the target (in %
-of the inter-ocular distance).  docs/MOTION.md quotes the table; the soft limits in
+value, whether a face was found, how far its landmarks are from the target (in %
+of the inter-ocular distance) and how much of the source face (and of the face with the
+ears and nearest hair, 0.15 face heights around it) the flow shows again outside the
+moved head (:func:`avatar_app.train.ghost.ghost_area`, % of that area).  docs/MOTION.md quotes the table; the soft limits in
 ``avatar_app/face/retarget.py`` sit inside the ranges where every portrait holds.
 """
 
@@ -18,11 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks  # noqa: E402
 from avatar_app.face.retarget import Retargeter, RetargetOptions  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
+from avatar_app.face.mesh import topology  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
+from avatar_app.models.flow import AnalyticFlow, rasterize_triangles  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
+from avatar_app.train.ghost import ghost_area  # noqa: E402
 from avatar_app.train.metrics import landmark_follow_error  # noqa: E402
 
 AXES = {
@@ -41,11 +48,13 @@ def main() -> int:
     ap.add_argument("--limited", action="store_true", help="retarget with today's soft limits on")
     args = ap.parse_args()
     still = FaceTracker()
-    print("| portrait | axis | value | face found | follow error (% IOD) |")
-    print("|---|---|---|---|---|")
+    print("| portrait | axis | value | faces found | follow error (% IOD) | ghost: face / head (%) |")
+    print("|---|---|---|---|---|---|")
     for portrait in args.portraits:
         source = prepare_source(read_image(portrait), args.size, tracker=still)
         animator = GeometricAnimator(source)
+        flow = AnalyticFlow(args.size, resolution=args.size)
+        src_xy = torch.from_numpy(source.landmarks.xy[None].copy())
         for axis, (values, pose) in AXES.items():
             for v in values:
                 rt = Retargeter(source.landmarks, RetargetOptions(motion_limits=args.limited))
@@ -53,7 +62,11 @@ def main() -> int:
                 target = rt(synthetic_landmarks(pose(v)))
                 faces = still.detect_faces(animator.animate(target))
                 err = landmark_follow_error(faces[0].xy, target.xy) if faces else float("nan")
-                print(f"| {Path(portrait).stem} | {axis} | {v} | {len(faces)} | {err:.1f} |", flush=True)
+                grid = flow(src_xy, torch.from_numpy(target.xy[None].copy()),
+                            torch.from_numpy(rasterize_triangles(target.points, topology().triangles, args.size))[None])[0]
+                ghost = [100 * ghost_area(grid, source.landmarks.xy, target.xy, grow) for grow in (0, 0.15)]
+                print(f"| {Path(portrait).stem} | {axis} | {v} | {len(faces)} | {err:.1f} | "
+                      f"{ghost[0]:.1f} / {ghost[1]:.1f} |", flush=True)
     return 0
 
 

@@ -1,9 +1,11 @@
 """Run the stress drivers through the offline path and print the output checks as a Markdown table.
 
     PYTHONPATH=. python tools/stress_report.py [--clips ../shared/data/real_clips] [--size 256]
-        [--frames 90] [--portraits a.jpg b.jpg ...] [--no-identity]
+        [--frames 90] [--portraits a.jpg b.jpg ...] [--validation-people 3] [--drivers shot_cut ...]
+        [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--no-identity]
 
-The figures in docs/MOTION.md come from this script.
+``--validation-people N`` adds the first frames of N validation people's clips (read from
+``--clips``, never copied) to the portraits.  The figures in docs/MOTION.md come from this script.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from avatar_app.capture import stress  # noqa: E402
+from avatar_app.face.retarget import Retargeter  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
 from avatar_app.runtime.face_loss import DriverGuard  # noqa: E402
 from avatar_app.runtime.render import drive_frames  # noqa: E402
-from avatar_app.face.retarget import Retargeter  # noqa: E402
 from avatar_app.train import stress_checks as sc  # noqa: E402
+
+
+def make_animator(args, source):
+    if args.animator == "geometric":
+        return GeometricAnimator(source)
+    from avatar_app.runtime.neural_animator import NeuralAnimator
+
+    return NeuralAnimator(source, weights=args.weights, preset=args.preset)
 
 
 def main() -> int:
@@ -32,30 +42,49 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--portraits", nargs="*", default=[str(p) for p in sorted((ROOT / "assets" / "portraits").glob("*.jpg"))])
+    ap.add_argument("--validation-people", type=int, default=0, help="also animate N validation people's first frames")
+    ap.add_argument("--drivers", nargs="*", help="only these drivers (default: all)")
+    ap.add_argument("--animator", choices=("geometric", "neural"), default="geometric")
+    ap.add_argument("--weights", help="neural weights (e.g. assets/weights/full-real.safetensors)")
+    ap.add_argument("--preset", choices=("lite", "full"), default="full", help="the neural preset of --weights")
     ap.add_argument("--no-identity", action="store_true")
     args = ap.parse_args()
 
     still = FaceTracker()
     drivers = [stress.profile_turns(), stress.synthetic_cut()]
-    if Path(args.clips, "MANIFEST.tsv").is_file():
+    real = Path(args.clips, "MANIFEST.tsv").is_file()
+    if real:
         drivers = stress.real_stress_drivers(args.clips, args.frames) + drivers
+    if args.drivers:
+        drivers = [d for d in drivers if d.name in args.drivers]
+    portraits = [(Path(p).stem, read_image(p)) for p in args.portraits]
+    if args.validation_people and real:
+        portraits += sc.validation_portraits(args.clips, args.validation_people)
     encoder = None
     if not args.no_identity:
         from avatar_app.models.identity import IdentityEncoder
 
         encoder = IdentityEncoder().load()
+    print(f"{args.animator} animator{' ' + Path(args.weights).name if args.weights else ''}, {args.frames} real frames")
     print("| driver | frames | face found | two faces | max jump (face sizes) | natural + noise (face sizes) | identity p95 |")
     print("|---|---|---|---|---|---|---|")
-    for portrait in args.portraits:
-        source = prepare_source(read_image(portrait), args.size, tracker=still)
+    naturals: dict[str, float] = {}
+    for name, image in portraits:
+        source = prepare_source(image, args.size, tracker=still)
         emb = encoder.embed(source.crop, source.landmarks) if encoder else None
-        print(f"| **{Path(portrait).stem} @ {args.size}** | | | | | | |")
+        animator = make_animator(args, source)
+        print(f"| **{name} @ {args.size}** | | | | | | |")
         for d in drivers:
             t0 = time.perf_counter()
+            if hasattr(animator, "reset"):
+                animator.reset()
             with FaceTracker() as tracker:
                 guard = DriverGuard(Retargeter(source.landmarks))
-                images = [im for im, _ in drive_frames(source, d.frames, tracker, GeometricAnimator(source), guard)]
-            natural = sc.driver_natural_jump(d, still, source)
+                images = [im for im, _ in drive_frames(source, d.frames, tracker, animator, guard)]
+            if d.natural:  # a real driver's natural motion does not depend on the portrait
+                natural = naturals.setdefault(d.name, sc.driver_natural_jump(d, still))
+            else:
+                natural = sc.driver_natural_jump(d, still, source)
             res = sc.check_output(d.name, images, natural, still, encoder, emb)
             print(res.row(), f"<!-- {time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0

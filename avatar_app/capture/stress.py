@@ -101,16 +101,25 @@ def read_clip(path: str | Path, count: int, size: int = 384, start: int = 0) -> 
         cap.release()
 
 
+def manifest_rows(folder: str | Path) -> list[dict[str, str]]:
+    """The rows of ``folder``'s ``MANIFEST.tsv`` (one per clip, in its order)."""
+    with open(Path(folder) / "MANIFEST.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def person_of_row(row: dict[str, str]) -> str:
+    """The ``person=`` tag of a manifest row (the file name when it has none)."""
+    return next((p.split("=", 1)[1] for p in row["notes"].split(";") if p.strip().startswith("person=")), row["file"])
+
+
 def clips_of_different_people(folder: str | Path, count: int, min_frames: int = 90) -> list[Path]:
     """``count`` clips of different people from ``folder``'s ``MANIFEST.tsv`` (a face in every
     frame, at least ``min_frames`` long), spread over the manifest in its order."""
     folder = Path(folder)
-    with open(folder / "MANIFEST.tsv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
     seen: set[str] = set()
     good = []
-    for row in rows:
-        person = next((p.split("=", 1)[1] for p in row["notes"].split(";") if p.strip().startswith("person=")), row["file"])
+    for row in manifest_rows(folder):
+        person = person_of_row(row)
         if person in seen or float(row["face_fraction"]) < 1.0 or int(row["frames_kept"]) < min_frames:
             continue
         if not (folder / row["file"]).is_file():

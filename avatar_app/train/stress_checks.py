@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -199,3 +200,33 @@ def _output_noise(images: Sequence[np.ndarray], seq: Sequence[Landmarks | None],
     if jumps.size and pairs and pairs[int(jumps.argmax())] != 0:
         noise = max(noise, detection_noise(images[pairs[int(jumps.argmax())]], tracker))
     return noise
+
+
+def validation_portraits(folder: str | Path, count: int = 3) -> list[tuple[str, np.ndarray]]:
+    """``(person, BGR image)``: the first frame of a clip of ``count`` validation people.
+
+    Validation people by the training split's rule (:func:`~avatar_app.train.data.split_clips`,
+    by person), never among the stress drivers' people; the clips of the largest frames
+    first (so a 512 px crop is not an upscale), one clip a person.  Read from ``folder``,
+    never copied."""
+    from ..capture import stress
+    from .data import split_clips
+
+    rows = stress.manifest_rows(folder)
+    people = {r["file"]: stress.person_of_row(r) for r in rows}
+    _, val = split_clips([{"key": f, "identity": p} for f, p in people.items()])
+    drivers = {people[p.name] for p in stress.clips_of_different_people(folder, 3, min_frames=1)}
+    chosen: dict[str, dict[str, str]] = {}
+    for row in sorted((r for r in rows if r["file"] in set(val)), key=lambda r: -int(r["orig_width"])):
+        person = people[row["file"]]
+        if person not in chosen and person not in drivers and float(row["face_fraction"]) >= 1.0 \
+                and (Path(folder) / row["file"]).is_file():
+            chosen[person] = row
+    out = []
+    for person, row in list(chosen.items())[:count]:
+        cap = cv2.VideoCapture(str(Path(folder) / row["file"]))
+        ok, image = cap.read()
+        cap.release()
+        if ok:
+            out.append((person, image))
+    return out
