@@ -32,6 +32,7 @@ from torch import nn
 
 from .dlib_format import DlibFormatError, DlibLayer, read_network
 from .identity import recognition_model_file
+from .similarity import similarity_2d
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25  # what dlib's face_recognition_model_v1 uses
@@ -158,21 +159,6 @@ MEDIAPIPE_FIVE = (263, 362, 33, 133, 2)
 _MEDIAPIPE_CHIP = ((111.881, 45.877), (88.303, 46.975), (35.394, 45.939), (58.664, 47.002), (73.094, 84.540))
 
 
-def _similarity(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares similarity ``dst ≈ M @ src + t`` without reflection (dlib's
-    ``find_similarity_transform``, Umeyama's method, in its 2-D closed form).
-
-    ``src (P, 2)``, ``dst (B, P, 2)`` → ``M (B, 2, 2)``, ``t (B, 2)``."""
-    src = src.to(dst)
-    ms, md = src.mean(0), dst.mean(1, keepdim=True)
-    s, d = src - ms, dst - md
-    norm = (s * s).sum()
-    a = (s * d).sum((1, 2)) / norm  # scale * cos(angle)
-    b = (s[:, 0] * d[..., 1] - s[:, 1] * d[..., 0]).sum(1) / norm  # scale * sin(angle)
-    m = torch.stack([torch.stack([a, -b], 1), torch.stack([b, a], 1)], 1)
-    return m, md.squeeze(1) - m @ ms
-
-
 def _homogeneous(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(a.shape[0], 3, 3, dtype=a.dtype, device=a.device)
     out[:, :2, :2], out[:, :2, 2], out[:, 2, 2] = a, t, 1.0
@@ -189,7 +175,7 @@ def dlib_chip_affine(points5: torch.Tensor, size: int = CHIP_SIZE, padding: floa
     (dlib's inclusive ``centered_drect``), chip pixel (size-1, 0) on the next corner.
     """
     tmpl = (torch.tensor(_TEMPLATE_5, dtype=torch.float64) + padding) / (2 * padding + 1) * size
-    m, t = _similarity(tmpl, points5.double())
+    m, t = similarity_2d(tmpl, points5.double())
     p = m[:, :, 0]  # M @ (1, 0)
     scale = p.norm(dim=1)
     cos, sin = p[:, 0] / scale, p[:, 1] / scale
@@ -209,7 +195,7 @@ def mediapipe_chip_affine(landmarks: torch.Tensor) -> torch.Tensor:
     chip dlib's alignment would give, up to its 5-point predictor's own scatter.
     """
     pts = landmarks[:, list(MEDIAPIPE_FIVE), :2].double()
-    m, t = _similarity(torch.tensor(_MEDIAPIPE_CHIP, dtype=torch.float64), pts)
+    m, t = similarity_2d(torch.tensor(_MEDIAPIPE_CHIP, dtype=torch.float64), pts)
     return _homogeneous(m, t)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
 from .eye_flow import KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
+from .similarity import similarity_2d
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -255,16 +256,10 @@ class AnalyticFlow(nn.Module):
         """
         anchors = tgt_xy[:, self.oval]  # (B, K, 2)
         src_oval = src_xy[:, self.oval]
-        tc, sc = anchors.mean(1, keepdim=True), src_oval.mean(1, keepdim=True)  # (B, 1, 2)
-        t, s = anchors - tc, src_oval - sc
-        norm = (t * t).sum((1, 2)).clamp(min=1e-6)[:, None, None]
-        a = (t * s).sum((1, 2))[:, None, None] / norm  # target -> source: [[a, -b], [b, a]]
-        b = (t[..., 0] * s[..., 1] - t[..., 1] * s[..., 0]).sum(1)[:, None, None] / norm
+        m, shift = similarity_2d(anchors, src_oval, eps=1e-6)  # the head's similarity, target -> source
 
         def rigid(p: torch.Tensor) -> torch.Tensor:  # (B, P, 2) target px -> displacement to source px
-            d = p - tc
-            return torch.stack([a[..., 0] * d[..., 0] - b[..., 0] * d[..., 1],
-                                b[..., 0] * d[..., 0] + a[..., 0] * d[..., 1]], -1) + sc - p
+            return p @ m.transpose(1, 2) + shift[:, None] - p
 
         disp = src_oval - anchors
         residual = disp - rigid(anchors)  # the outline's non-rigid motion
@@ -279,6 +274,7 @@ class AnalyticFlow(nn.Module):
         # D px folds nothing while D * 1.5 / (W * face_h) < 1 (with a margin).  D: the head's
         # similarity at the outline pushed out to where the fade starts.
         r0, r1 = self.falloff
+        t = anchors - anchors.mean(1, keepdim=True)
         out = t / t.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         reach = rigid(anchors + out * (r0 * face_h[:, None, None])).norm(dim=-1).amax(1) / face_h  # (B,)
         width = torch.maximum(reach * (1.5 / self.fold_margin), torch.full_like(reach, r1 - r0))
