@@ -203,18 +203,30 @@ def _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s, low_s) -> tuple[t
     return torch.minimum(up, lo), lo
 
 
+def _origin(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
+    """The top-left px ``(x0, y0)`` of each eye's window of ``size = (wh, ww)`` centred on ``cx, cy
+    (B, 2, 1)`` and kept inside the ``h``×``w`` grid."""
+    wh, ww = size
+    return (cx - (ww - 1) / 2).round().clamp(0, w - ww), (cy - (wh - 1) / 2).round().clamp(0, h - wh)
+
+
+def _block(x0, y0, bx0, by0, bh: int, bw: int, w: int, size: tuple[int, int]):
+    """The ``bh``×``bw`` px from ``(bx0, by0)`` of the windows at ``(x0, y0)`` (:func:`_origin`): flat
+    indices into a ``w``-wide grid, ``x``, ``y`` (px) and the window's taper, each ``(B, 2, bh·bw)``."""
+    wh, ww = size
+    dy = torch.arange(bh, device=x0.device, dtype=x0.dtype).view(bh, 1).expand(bh, bw).reshape(-1)
+    dx = torch.arange(bw, device=x0.device, dtype=x0.dtype).view(1, bw).expand(bh, bw).reshape(-1)
+    x, y = bx0 + dx, by0 + dy
+    edge = torch.minimum(torch.minimum(x - x0, x0 + ww - 1 - x), torch.minimum(y - y0, y0 + wh - 1 - y))
+    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+
+
 def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
     """Each eye's window of ``size = (wh, ww)`` px on an ``h``×``w`` grid, centred on ``cx, cy (B, 2, 1)``
     px and kept inside the grid: flat pixel indices ``(B, 2, wh·ww)``, their ``x`` and ``y`` (px), and
     a taper from 1 inside to 0 at the window's edge (so an eye larger than its window shows no seam)."""
-    wh, ww = size
-    x0 = (cx - (ww - 1) / 2).round().clamp(0, w - ww)  # (B, 2, 1)
-    y0 = (cy - (wh - 1) / 2).round().clamp(0, h - wh)
-    dy = torch.arange(wh, device=cx.device, dtype=cx.dtype).view(wh, 1).expand(wh, ww).reshape(-1)
-    dx = torch.arange(ww, device=cx.device, dtype=cx.dtype).view(1, ww).expand(wh, ww).reshape(-1)
-    edge = torch.minimum(torch.minimum(dx, ww - 1 - dx), torch.minimum(dy, wh - 1 - dy))
-    x, y = x0 + dx, y0 + dy
-    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+    x0, y0 = _origin(cx, cy, h, w, size)
+    return _block(x0, y0, x0, y0, size[0], size[1], w, size)
 
 
 def _box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int, w: int, size: tuple[int, int],
@@ -223,21 +235,15 @@ def _box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int
     ``region (B, 2, P, 2)`` points (px) widened by ``margin`` px: one box size for both eyes (the larger),
     so the shapes depend on the data (eager only)."""
     wh, ww = size
-    x0 = (cx - (ww - 1) / 2).round().clamp(0, w - ww)  # (B, 2, 1): the window, as `window` places it
-    y0 = (cy - (wh - 1) / 2).round().clamp(0, h - wh)
+    x0, y0 = _origin(cx, cy, h, w, size)
     start = torch.cat([x0, y0], -1)  # (B, 2, 2): x, y
     lo = torch.maximum((region.amin(2) - margin).floor(), start)
     hi = torch.minimum((region.amax(2) + margin).ceil(), start + torch.tensor([ww - 1.0, wh - 1.0]))
     bw, bh = ((hi - lo).amax((0, 1)) + 1).clamp(min=1).tolist()
     bw, bh = min(int(bw), ww), min(int(bh), wh)
-    bx0, by0 = lo[..., :1], lo[..., 1:]
-    bx0 = torch.minimum(bx0, x0 + ww - bw)  # the common box size kept inside each window
-    by0 = torch.minimum(by0, y0 + wh - bh)
-    dy = torch.arange(bh, dtype=cx.dtype).view(bh, 1).expand(bh, bw).reshape(-1)
-    dx = torch.arange(bw, dtype=cx.dtype).view(1, bw).expand(bh, bw).reshape(-1)
-    x, y = bx0 + dx, by0 + dy  # (B, 2, bh·bw)
-    edge = torch.minimum(torch.minimum(x - x0, x0 + ww - 1 - x), torch.minimum(y - y0, y0 + wh - 1 - y))
-    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
+    bx0 = torch.minimum(lo[..., :1], x0 + ww - bw)  # the common box size kept inside each window
+    by0 = torch.minimum(lo[..., 1:], y0 + wh - bh)
+    return _block(x0, y0, bx0, by0, bh, bw, w, size)
 
 
 def window_size(h: int, w: int) -> tuple[int, int]:
