@@ -202,6 +202,18 @@ def test_val_clips_are_the_training_split(monkeypatch, tmp_path):
     assert _chosen_clips(monkeypatch, tmp_path / "solo", entries, split="all") == sorted(e["key"] for e in entries)
 
 
+def test_train_split_is_one_clip_of_each_training_person(monkeypatch, tmp_path):
+    """split 'train' (for choosing settings without the validation people): the first clip of every
+    training person, none of a validation person."""
+    names = [f"id{i:05d}" for i in range(60)]
+    entries = [{"key": f"{n}__c{j}", "identity": n} for n in names for j in range(3)]
+    train, val = split_clips(entries, 0.1)
+    val_people = {k.split("__")[0] for k in val}
+    assert val_people and len(val_people) < len(names)
+    chosen = _chosen_clips(monkeypatch, tmp_path / "train", entries, split="train")
+    assert chosen == [f"{n}__c0" for n in names if n not in val_people]
+
+
 def test_cli_parser():
     parser = argparse.ArgumentParser()
     add_evaluate_parser(parser.add_subparsers(dest="command"))

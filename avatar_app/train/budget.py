@@ -24,11 +24,13 @@ BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is 
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
 # Sources: docs/PERSONALIZATION.md (lite, CPU plan, batch 2 decaying: the points of one 120-step run,
 # whose rate decayed over all 120; a shorter budget decays sooner, not measured apart) and
-# docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*).
+# docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
+# 2026-12-01 curves of the shipped full-real, interpolated at these steps).
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (30, 0.70, 0.98), (60, 0.97, 1.32), (90, 0.93, 1.55),
                                (120, 0.92, 1.55)],
-    ("full", "full"): [(0, 0.0, 0.0), (25, 0.92, 1.13), (50, 1.35, 1.37), (100, 1.44, 2.03), (240, 1.84, 2.43)],
+    ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
+                       (220, 1.68, 2.07)],
 }
 
 

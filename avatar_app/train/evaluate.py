@@ -180,7 +180,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         device: torch device for both animators.
         clips: most clips to evaluate.
         frames: most driven frames per clip.
-        split: ``"val"`` or ``"all"``.
+        split: ``"val"``, ``"train"`` (training people's clips, the first of each person: for
+            choosing a setting without looking at the validation people) or ``"all"``.
         include_geometric: also evaluate the geometric animator.
         include_neural: also evaluate the neural animator (slow on a CPU, above all at 512).
         progress: show a progress bar over clips.
@@ -205,8 +206,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         InputFileError: no dataset, no manifest, or no usable clip in the split.
         OutputError: ``out`` cannot be written.
     """
-    if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', not {split!r}")
+    if split not in ("val", "train", "all"):
+        raise ValueError(f"split must be 'val', 'train' or 'all', not {split!r}")
     if clips < 1 or frames < 1:
         raise ValueError("clips and frames must be at least 1")
     from .data import SPLIT_RULE, read_manifest, split_clips  # imports torch: not at module import (CLI start-up)
@@ -216,7 +217,11 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     if not entries:
         raise InputFileError(f"The prepared dataset '{data}' has no clips in its manifest; prepare it from a folder "
                              "with face videos.")
-    keys = sorted(entries) if split == "all" else split_clips(list(entries.values()), val_fraction)[1]
+    if split == "all":
+        keys = sorted(entries)
+    else:
+        train_keys, val_keys = split_clips(list(entries.values()), val_fraction)
+        keys = val_keys if split == "val" else _first_of_each_person(train_keys, entries)
 
     usable, skipped = [], []
     for key in keys:
@@ -309,7 +314,8 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
                      "include_geometric": include_geometric,
                      "include_neural": include_neural, "neural": neural_desc,
                      "identity_samples": IDENTITY_SAMPLES},
-        "split_rule": SPLIT_RULE if split == "val" else "all clips (split 'all'); the validation rule is: " + SPLIT_RULE,
+        "split_rule": {"val": SPLIT_RULE, "train": "the training side of: " + SPLIT_RULE + "; the first clip of each person"
+                       }.get(split, "all clips (split 'all'); the validation rule is: " + SPLIT_RULE),
         "labels": labels,
         "clips": results,
         "aggregate": aggregate,
@@ -319,6 +325,17 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     })
     write_evaluation(out, metrics, shown)
     return metrics["aggregate"]
+
+
+def _first_of_each_person(keys: list[str], entries: dict[str, dict]) -> list[str]:
+    """The first of ``keys`` (in order) of each identity: one clip per person."""
+    seen, chosen = set(), []
+    for key in keys:
+        person = str(entries[key].get("identity") or key)
+        if person not in seen:
+            seen.add(person)
+            chosen.append(key)
+    return chosen
 
 
 def _positive_int(text: str) -> int:
@@ -341,8 +358,9 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--clips", type=_positive_int, default=4, help="most clips to evaluate (default 4)")
     p.add_argument("--frames", type=_positive_int, default=32, help="most driven frames per clip (default 32)")
-    p.add_argument("--split", choices=("val", "all"), default="val",
-                   help="val: held-out identities, as training splits them (default); all: every clip")
+    p.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="val: held-out identities, as training splits them (default); train: the training people, "
+                        "one clip each (to choose settings without the validation people); all: every clip")
     p.add_argument("--cross", action="store_true",
                    help="cross-identity: each clip drives another person's first frame (identity kept, motion "
                         "followed; no ground truth)")
