@@ -146,6 +146,23 @@ def test_flow_at_half_resolution_matches_full_resolution(astronaut, still_tracke
     assert diff_px.quantile(0.99) < 1.0  # along triangle edges: under a pixel
 
 
+@pytest.mark.parametrize("size, resolution, fine_eyes", [(256, 256, False), (512, 256, False), (512, 256, True)])
+@pytest.mark.parametrize("case", ["all zero", "one point", "target all zero"])
+def test_degenerate_landmarks_give_a_finite_flow(case, size, resolution, fine_eyes):
+    """Landmarks with no eye to speak of (all at one point: what a compiled graph warms up on, or
+    a broken track) must not make NaN eye frames, whose indices then fall outside the tables (on a
+    GPU: a device-side assert that ends the process)."""
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(1, len(topology().mirror), 2, generator=gen) * size * 0.6 + size * 0.2
+    zero, point = torch.zeros_like(real), torch.full_like(real, size / 3)
+    src, tgt = {"all zero": (zero, zero), "one point": (point, point), "target all zero": (real, zero)}[case]
+    flow = AnalyticFlow(size, resolution=resolution, upsample=not fine_eyes, math_dtype=torch.float32)
+    tri = torch.zeros(1, resolution, resolution, dtype=torch.long)
+    out = flow(src, tgt, tri, fine_eyes=fine_eyes)
+    tensors = [t for o in out if o is not None for t in (o if isinstance(o, tuple) else (o,))]
+    assert tensors and all(torch.isfinite(t.float()).all() for t in tensors)
+
+
 def test_onnx_export_matches_torch(tmp_path, astronaut_source):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

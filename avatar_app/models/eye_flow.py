@@ -58,6 +58,7 @@ IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to th
 WINDOW = (0.15, 0.21)  # per-eye window (height, width) as fractions of the flow's side (an eye up to
 #   0.16 of it wide, 40 px at 256: prepared crops' eyes are 18-35 px wide at 256)
 KNOTS = 13  # common u knots the lid and ring curves are resampled on
+MIN_DET = 1e-6  # px² (px for widths): floor of an eye frame's determinant, so degenerate landmarks stay finite
 
 
 CURVES = ("upper", "lower", "ring_up", "ring_low")
@@ -162,11 +163,14 @@ class _Frames:
         o, a = (p + q) * 0.5, q - p  # (2B, 2, 2)
         c = ((xy[:, vertical[1]] - xy[:, vertical[0]]) * ratio)[:, None].expand_as(a)
         det = a[..., :1] * c[..., 1:] - a[..., 1:] * c[..., :1]  # (2B, 2, 1)
+        # a degenerate frame (coincident landmarks, e.g. an all-zero input while a compiled graph warms
+        # up) must give finite coordinates: NaN would turn into out-of-range indices downstream
+        det = torch.where(det.abs() < MIN_DET, torch.full_like(det, MIN_DET), det)
         inv = torch.cat([c[..., 1:], -c[..., :1], -a[..., 1:], a[..., :1]], -1) / det  # rows of [a c]^-1
         coef = torch.cat([o, a, c, inv], -1).unsqueeze(2)  # (2B, 2, 1, 10)
         self.coef = coef
         (self.ox, self.oy, self.ax, self.ay, self.cx, self.cy, self.ua, self.ub, self.va, self.vb) = coef.unbind(-1)
-        self.width = a.norm(dim=-1, keepdim=True)
+        self.width = a.norm(dim=-1, keepdim=True).clamp(min=MIN_DET)
 
     def uv(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eye coordinates of points ``x, y (2B, 2, N)`` px (per eye)."""
