@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from avatar_app.capture.images import ImageSequenceSource  # noqa: E402
 from avatar_app.profiles import list_profiles, load_profile  # noqa: E402
 from avatar_app.ui.recording import guidance  # noqa: E402
-from test_gui import Heartbeat, make_window, start, stop  # noqa: E402,F401  (make_window is a fixture)
+from gui_helpers import Heartbeat, make_window, start, stop  # noqa: E402,F401  (make_window is a fixture)
 
 
 def framed(crop: np.ndarray, at=(192, 112), shade: float = 1.0) -> np.ndarray:
