@@ -35,8 +35,8 @@ from ..face.align import CropBox, face_crop_box, transform_points, warp_to_crop
 from ..types import NUM_LANDMARKS, Frame
 from .clipio import (BASE_SIZE, ClipWriter, check_sizes, clip_meta, complete_meta, embed_identity, read_image_file,
                      set_identity, size_affine)
+from ..people import person_of, read_people
 from .manifest import PrepareReport, close_run, open_run
-from .people import person_of, read_people
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def discover_clips(src: str | Path, exclude: str | Path | None = None,
     """Videos and frame folders below ``src`` (or ``src`` itself, a video), sorted by key.
 
     A frame folder is any folder with ``.jpg``/``.png`` files (one clip, frames in name
-    order).  Identity = the person ``people`` (:func:`.people.read_people`) names for the
+    order).  Identity = the person ``people`` (:func:`avatar_app.people.read_people`) names for the
     clip, else the first folder level below ``src``; a video or frame folder directly in
     ``src`` is its own identity.  Hidden entries and ``exclude`` (the output folder, if it
     lies inside ``src``) are not searched.
@@ -272,7 +272,7 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
         min_frames: skip a clip with fewer frames showing a face.
         max_frames: use at most this many frames of each clip.
         progress: show a progress bar over clips.
-        people: a people file (:mod:`.people`) saying who each clip shows; clips already
+        people: a people file (:mod:`avatar_app.people`) saying who each clip shows; clips already
             prepared take the person it names too.
 
     Clips that cannot be used (undecodable, too few faces) are skipped and listed with
