@@ -9,9 +9,9 @@ A profile is one folder, ``<profiles_root()>/<name>/``::
     neutral.npy           optional: the user's calibrated neutral face, (478, 3) float32 image px
 
 Saving is atomic: everything is written into a hidden sibling folder
-``.<name>.tmp-XXXX``, fsynced, then swapped in with renames.  A reader sees either
-the old profile or the new one, never a mixture; a failed save leaves the old one
-untouched.  Folders whose names start with ``.`` are this module's work folders and
+``.<name>.tmp-XXXX``, fsynced, then swapped in with renames (:mod:`avatar_app.folder_swap`).
+A reader sees either the old profile or the new one, never a mixture; a failed save leaves
+the old one untouched.  Folders whose names start with ``.`` are those work folders and
 are never profiles (profile names cannot start with ``.``).
 
 ``metrics`` is free-form JSON; ``profiles list`` shows before/after pairs written as
@@ -24,9 +24,7 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 
 from . import __version__
 from .errors import AvatarError, InputFileError, OutputError
+from .folder_swap import fsync_dir, recover, remove, staging_folder, swap_in, write_synced
 from .types import NUM_LANDMARKS, Landmarks
 
 log = logging.getLogger(__name__)
@@ -115,23 +114,6 @@ def _unknown(name: str, root: Path) -> InputFileError:
     return InputFileError(f"There is no profile named '{name}' in '{root}'; {known}.")
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # Windows cannot open folders for fsync; NTFS journals the renames itself
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -142,34 +124,11 @@ def _json_default(obj):
     raise TypeError(f"profile metrics/provenance must be JSON data, not {type(obj).__name__}")
 
 
-def _siblings(root: Path, name: str, kind: str) -> list[Path]:
-    """This module's work folders for ``name``: ``kind`` is ``tmp``, ``trash`` or ``deleted``."""
-    prefix = f".{name}.{kind}-"
-    return [p for p in root.iterdir() if p.name.startswith(prefix)] if root.is_dir() else []
-
-
-def _new_sibling(root: Path, name: str, kind: str) -> Path:
-    """A fresh, unused work-folder path ``.<name>.<kind>-<random>`` next to the profiles."""
-    while True:
-        path = root / f".{name}.{kind}-{secrets.token_hex(4)}"
-        if not path.exists():
-            return path
-
-
 def _recover(root: Path, name: str) -> None:
     """Clean up after a save or delete that was interrupted (power cut, kill) part-way."""
-    for p in _siblings(root, name, "deleted"):
-        shutil.rmtree(p, ignore_errors=True)
-    trash = _siblings(root, name, "trash")
-    if not trash:
-        return
-    if not (root / name).exists():  # died between "old -> trash" and "new -> name": put the old one back
-        newest = max(trash, key=lambda p: p.stat().st_mtime)
-        log.warning("restoring profile '%s' from %s (an earlier save was interrupted)", name, newest)
-        os.rename(newest, root / name)
-        trash.remove(newest)
-    for p in trash:
-        shutil.rmtree(p, ignore_errors=True)
+    restored = recover(root, name)
+    if restored is not None:
+        log.warning("restoring profile '%s' from %s (an earlier save was interrupted)", name, restored)
 
 
 def write_weights(model, path: str | os.PathLike, base: str | os.PathLike | None = None,
@@ -231,26 +190,26 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
     try:
         root.mkdir(parents=True, exist_ok=True)
         _recover(root, name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        tmp = staging_folder(root, name)
     except OSError as exc:
         raise OutputError(f"Could not create the profiles folder '{root}' ({exc}); check its permissions "
                           "or set AVATAR_APP_DATA to a writable folder.") from exc
     try:
         if isinstance(model, bytes):  # written already (write_weights, in the process that adapted)
-            _write_file(tmp / WEIGHTS_FILE, model)
+            write_synced(tmp / WEIGHTS_FILE, model)
         else:
             write_weights(model, tmp / WEIGHTS_FILE, base, adapted)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError("the PNG encoder failed")
-        _write_file(tmp / SOURCE_FILE, png.tobytes())
+        write_synced(tmp / SOURCE_FILE, png.tobytes())
         if neutral is not None:
             with open(tmp / NEUTRAL_FILE, "wb") as f:
                 np.save(f, np.ascontiguousarray(neutral.points, dtype=np.float32), allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-        _write_file(tmp / INFO_FILE, info_bytes)  # last: a folder with profile.json is complete
-        _fsync_dir(tmp)
+        write_synced(tmp / INFO_FILE, info_bytes)  # last: a folder with profile.json is complete
+        fsync_dir(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -258,23 +217,11 @@ def save_profile(name: str, model, source_image: np.ndarray, neutral: Landmarks 
                               "check the folder's permissions and try again (the previous profile is unchanged).") from exc
         raise
 
-    trash = None
     try:
-        if final.exists():
-            trash = _new_sibling(root, name, "trash")
-            os.rename(final, trash)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-    except BaseException as exc:  # Ctrl-C between the two renames too: the old profile goes back
-        if trash is not None and trash.exists() and not final.exists():
-            os.rename(trash, final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(exc, OSError):
-            raise
+        swap_in(tmp, final)  # Ctrl-C between its two renames too: the old profile goes back
+    except OSError as exc:
         raise OutputError(f"Could not put profile '{name}' into place in '{root}' ({exc}); check the folder's "
                           "permissions and that no other program is using it, then try again.") from exc
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
     return _from_info(final, info, neutral)
 
 
@@ -400,14 +347,11 @@ def delete_profile(name: str, root: str | os.PathLike | None = None) -> None:
     folder = root / name
     if not folder.is_dir():
         raise _unknown(name, root)
-    try:  # rename first, so a half-deleted folder never looks like a profile
-        gone = _new_sibling(root, name, "deleted")
-        os.rename(folder, gone)
-        _fsync_dir(root)
+    try:  # renamed first, so a half-deleted folder never looks like a profile
+        remove(folder)
     except OSError as exc:
         raise OutputError(f"Could not delete profile '{name}' in '{root}' ({exc}); check the folder's permissions "
                           "and that no other program is using it.") from exc
-    shutil.rmtree(gone, ignore_errors=True)
 
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "NAME_RULE", "Profile", "delete_profile", "list_profiles", "load_profile",

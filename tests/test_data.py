@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from avatar_app.errors import InputFileError
 from avatar_app.face.mesh import topology
-from avatar_app.train.data import PreparedDataset, split_clips
+from avatar_app.train.data import PreparedDataset
+from avatar_app.train.split import split_clips
 
 from conftest import three_portrait_dataset
 

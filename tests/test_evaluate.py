@@ -24,7 +24,7 @@ from avatar_app.face.retarget import Retargeter
 from avatar_app.models.identity import IdentityEncoder
 from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.train import evaluate as evaluate_module
-from avatar_app.train.data import SPLIT_RULE, split_clips
+from avatar_app.train.split import SPLIT_RULE, split_clips
 from avatar_app.train.evaluate import add_evaluate_parser, evaluate, run_evaluate
 from avatar_app.train.report import SHEET_COLUMNS, format_table
 
@@ -183,7 +183,7 @@ def _hashes_into_val(name: str) -> bool:
 
 
 def test_val_clips_are_the_training_split(monkeypatch, tmp_path):
-    """evaluate's validation clips are exactly data.split_clips(...)[1]: one split rule in the project."""
+    """evaluate's validation clips are exactly split.split_clips(...)[1]: one split rule in the project."""
     names = [f"id{i:05d}" for i in range(200)]
     entries = [{"key": f"{n}__c{j}", "identity": n} for n in reversed(names) for j in range(2)]
     val = split_clips(entries, 0.1)[1]

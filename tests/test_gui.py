@@ -1,17 +1,17 @@
-"""The desktop app's main window with real widgets (offscreen), the real pipeline and real mediapipe."""
+"""The desktop app's main window with real widgets (offscreen), the real pipeline and real mediapipe.
+
+The app as a program (CLI, Ctrl-C, no display, Xvfb) is tests/test_gui_app.py; shared helpers are
+tests/gui_helpers.py."""
 
 from __future__ import annotations
 
-import gc
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,114 +21,11 @@ pytest.importorskip("PySide6.QtWidgets", exc_type=ImportError)
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from avatar_app.cli import main  # noqa: E402
 from avatar_app.inference.backend import BACKEND_CHOICES  # noqa: E402
-from avatar_app.ui.main_window import MainWindow  # noqa: E402
 from avatar_app.ui.settings import SYNTHETIC, Settings, load_settings, save_settings  # noqa: E402
-
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def _waiting_for_a_core() -> float | None:
-    """Seconds this thread has been runnable but waiting for a CPU since it started (Linux's
-    ``/proc/thread-self/schedstat``); ``None`` where the OS does not say."""
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class Heartbeat:
-    """A 5 ms QTimer on the UI thread; the longest gap between its ticks is the worst event-loop stall.
-
-    :meth:`stop` gives the worst gap; :meth:`own` the worst gap less the time the UI thread was
-    ready to run but waited for a core (on a machine loaded by other work that wait is the OS's, not
-    the app's: a stall from the app itself — its UI thread busy, or waiting for the GIL — is counted
-    whole).  Without the OS's figure, :meth:`own` is the gap."""
-
-    def __init__(self, interval_ms: int = 5):
-        # Hundreds of earlier tests leave a large heap behind: a full garbage collection of it,
-        # triggered on any thread, would hold the GIL for 100+ ms and be charged to the app.
-        gc.collect()
-        gc.freeze()
-        self.gaps: list[float] = []
-        self.own_gaps: list[float] = []
-        self._last = time.monotonic()
-        self._waited = _waiting_for_a_core()
-        self.timer = QTimer()
-        self.timer.timeout.connect(self._tick)
-        self.timer.start(interval_ms)
-
-    def _tick(self) -> None:
-        now, waited = time.monotonic(), _waiting_for_a_core()
-        gap = now - self._last
-        self.gaps.append(gap)
-        self.own_gaps.append(gap - (waited - self._waited) if waited is not None and self._waited is not None else gap)
-        self._last, self._waited = now, waited
-
-    def stop(self) -> float:
-        """Stop; the worst stall in ms."""
-        self.timer.stop()
-        gc.unfreeze()
-        return max(self.gaps) * 1e3
-
-    def own(self) -> float:
-        """After :meth:`stop`: the worst stall in ms, less the UI thread's waits for a core."""
-        return max(self.own_gaps) * 1e3
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("AVATAR_APP_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
-
-    def make(**kw) -> MainWindow:
-        kw.setdefault("cameras", [])
-        window = MainWindow(**kw)
-        qtbot.addWidget(window)
-        window.show()
-        return window
-
-    return make
-
-
-def wait_state(qtbot, window: MainWindow, state: str, timeout: int = 15000) -> None:
-    qtbot.waitUntil(lambda: window.state == state, timeout=timeout)
-
-
-def start(qtbot, window: MainWindow) -> int:
-    """Press Start and wait for avatar frames; returns how many frames were shown before."""
-    shown = window.avatar_view.frames_shown
-    qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
-    wait_state(qtbot, window, "running")
-    qtbot.waitUntil(lambda: window.avatar_view.frames_shown >= shown + 5, timeout=15000)
-    return shown
-
-
-def stop(qtbot, window: MainWindow) -> float:
-    """Press Stop; seconds until the pipeline has stopped."""
-    t0 = time.monotonic()
-    qtbot.mouseClick(window.start_button, Qt.MouseButton.LeftButton)
-    wait_state(qtbot, window, "stopped", timeout=5000)
-    return time.monotonic() - t0
-
-
-def as_array(qimage) -> np.ndarray:
-    """A QImage as ``(H, W, 3) uint8`` RGB."""
-    from PySide6.QtGui import QImage
-
-    img = qimage.convertToFormat(QImage.Format.Format_RGB888)
-    arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
-    rows = arr.reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
-    return rows.reshape(img.height(), img.width(), 3).copy()  # (the QImage's memory goes with it)
-
-
-def pipeline_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("avatar-") and not t.name.startswith("avatar-ui")]
+from gui_helpers import (Heartbeat, as_array, make_window, pipeline_threads, start, stop,  # noqa: E402,F401
+                         wait_state)  # (make_window is a fixture)
 
 
 def test_window_opens_with_every_choice(make_window, qtbot, astronaut_source):
@@ -433,110 +330,6 @@ def test_unexpected_errors_go_to_the_status_area(make_window, qtbot, monkeypatch
     threading.Thread(target=broken).start()  # in a thread
     qtbot.waitUntil(lambda: sum("ValueError: a bug" in m for m in w.status.messages()) == 2, timeout=5000)
     assert w.status.messages()[-1].startswith("Something went wrong inside the app")
-
-
-def test_no_command_opens_the_desktop_app(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("AVATAR_APP_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
-    seen = []
-
-    def look_and_close():
-        windows = [x for x in QApplication.topLevelWidgets() if isinstance(x, MainWindow) and x.isVisible()]
-        seen.extend(windows)
-        for x in windows:
-            x.close()
-
-    QTimer.singleShot(1500, look_and_close)
-    assert main([]) == 0
-    assert len(seen) == 1 and seen[0].windowTitle() == "avatar-app"
-    assert (tmp_path / "config" / "settings.json").is_file()  # settings saved on close
-
-
-def test_ctrl_c_in_the_terminal_closes_the_app(tmp_path):
-    """`avatar-app gui --synthetic --start` in a terminal: Ctrl+C (SIGINT) closes the window cleanly."""
-    import signal
-
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", AVATAR_APP_CONFIG=str(tmp_path / "config"),
-               AVATAR_APP_DATA=str(tmp_path / "data"))
-    app = subprocess.Popen([sys.executable, "-m", "avatar_app", "gui", "--synthetic", "--start"], env=env,
-                           cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    settings = tmp_path / "config" / "settings.json"
-    try:
-        deadline = time.monotonic() + 60
-        while not settings.exists() and app.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)  # the window saves the --synthetic choice as it opens
-        time.sleep(2.0)  # running now
-        assert app.poll() is None, app.communicate()[1].decode()[-2000:]
-        app.send_signal(signal.SIGINT)
-        _, err = app.communicate(timeout=15)
-    finally:
-        if app.poll() is None:
-            app.kill()
-    assert app.returncode == 0, err.decode()[-2000:]
-    assert "Traceback" not in err.decode()
-    assert json.loads(settings.read_text())["driver"] == SYNTHETIC
-
-
-def test_gui_without_a_display_or_without_qt_says_so(monkeypatch, capsys):
-    if sys.platform.startswith("linux"):
-        monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
-        monkeypatch.delenv("DISPLAY", raising=False)
-        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-        assert main(["gui"]) == 7
-        assert "no display" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "PySide6.QtWidgets", None)  # as if PySide6 were not installed
-    assert main(["gui"]) == 6
-    err = capsys.readouterr().err
-    assert "needs PySide6" in err and "pip install" in err and "Traceback" not in err
-
-
-def test_signals_keep_reference_counts_balanced():
-    """Thousands of emits (a running app makes ~60 a second) must not wear down True's or None's count
-    (PySide6 6.12.0 did on Python 3.11, and the app crashed; see avatar_app.ui.app.BROKEN_PYSIDE)."""
-    from PySide6.QtCore import QObject, Signal
-
-    from avatar_app.ui.bridge import FrameRelay
-
-    class Emitter(QObject):
-        plain = Signal()
-        payload = Signal(object)
-
-    e, relay, got = Emitter(), FrameRelay(), []
-    e.plain.connect(lambda: None)
-    e.payload.connect(got.append)
-    before = sys.getrefcount(True), sys.getrefcount(None)
-    for _ in range(200):
-        e.plain.emit()
-        e.payload.emit(None)
-        relay.put(np.zeros((4, 4, 3), np.uint8))
-        relay.take()
-    assert (sys.getrefcount(True), sys.getrefcount(None)) == (before[0], before[1] + 200)  # + got's 200 Nones
-
-
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (no X server for a real window)")
-def test_screenshot_of_the_running_app_under_xvfb(tmp_path):
-    """tools/gui_screenshot.py (which makes README's docs/gui.png) on a real X server: a picture, not blank."""
-    display = ":96"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        env = dict(os.environ, DISPLAY=display, AVATAR_APP_CONFIG=str(tmp_path / "config"))
-        env.pop("QT_QPA_PLATFORM", None)
-        env.pop("WAYLAND_DISPLAY", None)
-        out = tmp_path / "gui.png"
-        result = subprocess.run([sys.executable, str(TOOLS / "gui_screenshot.py"), str(out), "--seconds", "2"],
-                                env=env, capture_output=True, text=True, timeout=90)
-        if "platform plugin" in result.stderr and "xcb" in result.stderr:
-            pytest.skip("Qt's xcb plugin cannot load here (Debian: apt install libxcb-icccm4 libxcb-keysyms1)")
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "platform xcb" in result.stdout
-    finally:
-        xvfb.terminate()
-        xvfb.wait(timeout=10)
-    shot = cv2.imread(str(out))
-    assert shot.shape[0] >= 400 and shot.shape[1] >= 600
-    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000
 
 
 def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_window, qtbot, tmp_path):

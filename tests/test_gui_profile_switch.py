@@ -13,7 +13,7 @@ from avatar_app.inference.networks import model_hash  # noqa: E402
 from avatar_app.models.portrait import load_checkpoint  # noqa: E402
 from avatar_app.models.shipped import shipped_weights  # noqa: E402
 from avatar_app.profiles import save_profile  # noqa: E402
-from test_gui import make_window, start, stop  # noqa: E402,F401  (make_window is a fixture)
+from gui_helpers import make_window, start, stop  # noqa: E402,F401  (make_window is a fixture)
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "lite-synthetic.safetensors"
 

@@ -22,7 +22,8 @@ from avatar_app.face.align import CropBox, transform_points
 from avatar_app.face.retarget import Retargeter
 from avatar_app.models.identity import IdentityEncoder, identity_distance
 from avatar_app.runtime.animator import GeometricAnimator
-from avatar_app.train.prepare import add_prepare_parser, prepare_dataset, run_prepare
+from avatar_app.train.commands import add_prepare_parser, run_prepare
+from avatar_app.train.prepare import prepare_dataset
 from avatar_app.train.synthetic import generate_synthetic_dataset
 
 PORTRAITS = Path(__file__).resolve().parents[1] / "assets" / "portraits"

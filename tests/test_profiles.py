@@ -171,13 +171,13 @@ def test_failed_save_keeps_previous_profile(failure, model, model2, image, neutr
         monkeypatch.setattr(cv2, "imencode", lambda *a, **k: (False, None))
         expect = OutputError
     else:
-        real = prof._write_file
+        real = prof.write_synced  # (avatar_app.folder_swap's, as profiles calls it)
 
-        def write_file(path, data):
+        def write_synced(path, data):
             if path.name == "profile.json":
                 raise OSError(28, "No space left on device")
             real(path, data)
-        monkeypatch.setattr(prof, "_write_file", write_file)
+        monkeypatch.setattr(prof, "write_synced", write_synced)
         expect = OutputError
     with pytest.raises(expect) as info:
         prof.save_profile("me", model2, 255 - image, metrics={"psnr": 2.0}, root=tmp_path)

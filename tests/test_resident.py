@@ -21,8 +21,6 @@ from avatar_app.train.config import TrainConfig
 from avatar_app.train.data import PreparedDataset
 from avatar_app.train.losses import ms_ssim_loss, pyramid_l1
 from avatar_app.train.metrics import l1, psnr, ssim
-from avatar_app.train.people import person_of, read_people
-from avatar_app.train.prepare import discover_clips
 from avatar_app.train.resident import ResidentPairs, mirror_points, people_split_summary
 from avatar_app.train.trainer import Trainer
 
@@ -205,34 +203,6 @@ def test_fp16_checkpoint_is_half_the_size_and_loads(tmp_path):
     back = load_checkpoint(half)
     for (k, v), w in zip(model.state_dict().items(), back.state_dict().values()):
         assert w.dtype == v.dtype and torch.allclose(w, v.half().to(v.dtype)), k
-
-
-def test_people_file(tmp_path):
-    f = tmp_path / "MANIFEST.tsv"
-    f.write_text("file\trepo\tnotes\n"
-                 "a__b__x.mp4\trepo\tperson=kim; edge of a graphic; src frames 0-222\n"
-                 "c.mp4\trepo\tno tag here\n"
-                 "sub/d.mp4\trepo\tperson=obama\n", encoding="utf-8")
-    people = read_people(f)
-    assert people == {"a__b__x.mp4": "kim", "sub/d.mp4": "obama"}
-    assert person_of("a__b__x.mp4", people) == "kim" and person_of("x/sub/d.mp4", people) is None
-    assert person_of("folder/a__b__x.mp4", people) == "kim"  # by file name
-    g = tmp_path / "people.tsv"
-    g.write_text("file\tperson\nclip1.mp4\tann\n", encoding="utf-8")
-    assert read_people(g) == {"clip1.mp4": "ann"}
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("name,person\nx,y\n", encoding="utf-8")
-    with pytest.raises(InputFileError, match="'file' column"):
-        read_people(bad)
-    with pytest.raises(InputFileError, match="could not read|Could not read"):
-        read_people(tmp_path / "missing.tsv")
-    # clips side by side in one folder: the people file, not the folder rule, names who is who
-    src = tmp_path / "videos"
-    src.mkdir()
-    for name in ("a__b__x.mp4", "c.mp4"):
-        (src / name).write_bytes(b"")
-    jobs = {j.key: j.identity for j in discover_clips(src, people=people)}
-    assert jobs == {"a__b__x": "kim", "c": "c"}
 
 
 def test_enhancer_data_keeps_only_sharp_clips(root):

@@ -41,7 +41,8 @@ from avatar_app.models.portrait import NET_SIZE, PortraitModel, load_checkpoint 
 from avatar_app.models.shipped import shipped_weights  # noqa: E402
 from avatar_app.runtime.neural_animator import NeuralAnimator  # noqa: E402
 from avatar_app.train.clipio import frame_name, points_for_size, read_image_file  # noqa: E402
-from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
+from avatar_app.train.manifest import read_manifest  # noqa: E402
+from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.metrics import psnr  # noqa: E402
 from avatar_app.types import Landmarks, SourcePortrait  # noqa: E402
 

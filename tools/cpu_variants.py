@@ -33,7 +33,8 @@ from avatar_app.models.layers import resize_grid  # noqa: E402
 from avatar_app.models.portrait import load_checkpoint  # noqa: E402
 from avatar_app.train.adapt_cached import PLANS, FrameCache, _expand, plan_optimizer  # noqa: E402
 from avatar_app.train.config import TrainConfig  # noqa: E402
-from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
+from avatar_app.train.manifest import read_manifest  # noqa: E402
+from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, held_out_indices  # noqa: E402
 from avatar_app.train.trainer import Trainer  # noqa: E402

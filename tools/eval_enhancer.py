@@ -32,7 +32,8 @@ from avatar_app.models.portrait import load_checkpoint  # noqa: E402
 from avatar_app.runtime.neural_animator import NeuralAnimator  # noqa: E402
 from avatar_app.train.clipio import (clip_frame_mask, clip_meta_of, frame_name, points_for_size,  # noqa: E402
                                      read_image_file)
-from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
+from avatar_app.train.manifest import read_manifest  # noqa: E402
+from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.metrics import psnr, temporal_jitter  # noqa: E402
 from avatar_app.types import Landmarks, SourcePortrait  # noqa: E402
 

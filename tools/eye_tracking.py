@@ -115,7 +115,8 @@ def rest_jitter(x: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     from avatar_app.face.smoothing import LandmarkSmoother, OneEuroFilter
-    from avatar_app.train.data import read_manifest, split_clips
+    from avatar_app.train.manifest import read_manifest
+    from avatar_app.train.split import split_clips
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("/work/data/real"))

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar_app.models.portrait import load_checkpoint  # noqa: E402
 from avatar_app.models.assets import WEIGHTS_DIR  # noqa: E402
-from avatar_app.train.data import read_manifest, split_clips  # noqa: E402
+from avatar_app.train.manifest import read_manifest  # noqa: E402
+from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, personalize  # noqa: E402
 

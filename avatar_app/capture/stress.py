@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..people import row_person
 from ..types import Frame, Landmarks
 from .base import FrameSource
 from .synthetic import FacePose, draw_mesh, synthetic_landmarks, timeline_pose
@@ -108,8 +109,8 @@ def manifest_rows(folder: str | Path) -> list[dict[str, str]]:
 
 
 def person_of_row(row: dict[str, str]) -> str:
-    """The ``person=`` tag of a manifest row (the file name when it has none)."""
-    return next((p.split("=", 1)[1] for p in row["notes"].split(";") if p.strip().startswith("person=")), row["file"])
+    """The person a manifest row names (:func:`avatar_app.people.row_person`; the file name when it names none)."""
+    return row_person(row) or row["file"]
 
 
 def clips_of_different_people(folder: str | Path, count: int, min_frames: int = 90) -> list[Path]:

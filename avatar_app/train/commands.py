@@ -1,13 +1,77 @@
-"""``avatar-app train``: one stage of training, on one device or many (torchrun)."""
+"""The training package's commands: ``avatar-app prepare`` (videos or portraits → a prepared
+dataset), ``train`` (one stage, on one device or many under torchrun) and ``personalize``.
+
+Parsers and runners only; the work is :mod:`.prepare` / :mod:`.synthetic`, :mod:`.trainer` /
+:mod:`.meta` and :mod:`.personalize`'s, imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
+from ..errors import NoFaceError
+from .clipio import SIZES
+
 log = logging.getLogger(__name__)
+
+
+def add_prepare_parser(sub) -> argparse.ArgumentParser:
+    """Add ``prepare`` to the CLI's subparsers; returns the new parser."""
+    p = sub.add_parser(
+        "prepare", help="turn videos (or portraits, with --synthetic) into a training dataset",
+        description="Track every frame of the videos or frame folders in SRC (laid out as PERSON/CLIP.mp4 or "
+                    "PERSON/CLIP/000.jpg ...) and write aligned face crops, landmarks and identity embeddings to OUT "
+                    "(see docs/DATASET.md). Re-running resumes: complete clips are not prepared again.")
+    p.add_argument("src", metavar="SRC", help="folder of videos / frame folders, or one video "
+                                              "(with --synthetic: a portrait image or a folder of portraits)")
+    p.add_argument("out", metavar="OUT", help="folder to write the prepared dataset to")
+    p.add_argument("--sizes", type=int, nargs="+", choices=SIZES, default=[256],
+                   help="crop sizes to write (default 256; 512 is needed for the temporal enhancer)")
+    p.add_argument("--workers", type=int, default=2, help="clips prepared in parallel (default 2)")
+    p.add_argument("--people", metavar="FILE.tsv", default=None,
+                   help="who each clip shows, for a split by person when the videos are not in one folder per "
+                        "person: a tab-separated file with 'file' and 'person' columns (or person=TAG in 'notes')")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames of each clip")
+    p.add_argument("--min-frames", type=int, default=8, metavar="N",
+                   help="skip clips with fewer than N frames showing a face (default 8)")
+    p.add_argument("--min-valid", type=float, default=0.5, metavar="F",
+                   help="skip clips where a face shows in less than this fraction of frames (default 0.5)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="animate still portraits instead (teaches geometry only)")
+    p.add_argument("--clips-per-portrait", type=int, default=4, metavar="N", help="with --synthetic (default 4)")
+    p.add_argument("--frames", type=int, default=48, metavar="N", help="with --synthetic: frames per clip (default 48)")
+    p.add_argument("--seed", type=int, default=0, help="with --synthetic: random seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_prepare(args) -> int:
+    """Run ``avatar-app prepare`` from parsed arguments; prints a one-line summary."""
+    from .prepare import prepare_dataset
+    from .synthetic import generate_synthetic_dataset
+
+    if args.synthetic:
+        report = generate_synthetic_dataset(Path(args.src), Path(args.out), clips_per_portrait=args.clips_per_portrait,
+                                            frames=args.frames, sizes=args.sizes, seed=args.seed,
+                                            progress=not args.no_progress)
+    else:
+        report = prepare_dataset(Path(args.src), Path(args.out), sizes=args.sizes, workers=args.workers,
+                                 min_valid=getattr(args, "min_valid", 0.5), min_frames=getattr(args, "min_frames", 8),
+                                 max_frames=args.max_frames, progress=not args.no_progress,
+                                 people=getattr(args, "people", None))
+    print(report.summary())
+    for note in report.notes:
+        print(f"avatar-app: note: {note}", file=sys.stderr)
+    total = len(report.clips_done) + len(report.clips_already_done)
+    if total == 0:
+        raise NoFaceError(f"No clip could be prepared ({len(report.clips_skipped)} skipped); see "
+                          f"{report.report_path} for the reasons.")
+    return 0
+
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
@@ -107,8 +171,6 @@ def _record(camera: str, seconds: float):
 
 
 def run_personalize(args) -> int:
-    import sys
-
     import torch
     from tqdm import tqdm
 

@@ -12,15 +12,14 @@ any sampler order, any number of loader workers and any number of ranks give the
 sample for the same index; :meth:`PreparedDataset.set_epoch` draws new frames for the
 next epoch.  Items hold tensors only, so torch's default collate batches them.
 
-The split (:data:`SPLIT_RULE`) is by identity, stable across runs and machines, and
-the same rule ``avatar-app evaluate`` uses for two or more identities.
+The split (:data:`~.split.SPLIT_RULE`, :mod:`.split`) is by identity, stable across runs and
+machines, and the same rule ``avatar-app evaluate`` uses for two or more identities; the
+manifest is read checked by :func:`~.manifest.read_manifest`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,79 +32,11 @@ from torch.utils.data import Dataset
 from ..errors import InputFileError
 from ..face.mesh import topology
 from ..models.identity import IDENTITY_DIM
-from .clipio import clip_frame_mask, clip_meta_of
-from .prepare import BASE_SIZE, FORMAT, VERSION, frame_name, points_for_size, read_image_file
+from .clipio import BASE_SIZE, clip_frame_mask, clip_meta_of, frame_name, points_for_size, read_image_file
+from .manifest import read_manifest
+from .split import split_clips
 
 log = logging.getLogger(__name__)
-
-_BUCKETS = 1000
-
-SPLIT_RULE = (
-    "With two or more identities: an identity is validation when crc32(UTF-8 name) modulo 1000 is below "
-    "round(val_fraction x 1000); if that picks none, the last identity in name order is validation, and if it "
-    "picks all, the first is training. With one identity the same rule applies to clip keys instead (the person "
-    "is then in both splits). val_fraction 0 puts everything in training. Split 'all' uses every clip."
-)
-
-
-def _in_val(name: str, val_fraction: float) -> bool:
-    return zlib.crc32(name.encode("utf-8")) % _BUCKETS < round(val_fraction * _BUCKETS)
-
-
-def _split_names(names: list[str], val_fraction: float) -> set[str]:
-    """The validation subset of ``names`` (sorted unique), with at least one name on each side."""
-    names = sorted(set(names))
-    if val_fraction <= 0 or not names:
-        return set()
-    val = {n for n in names if _in_val(n, val_fraction)}
-    if len(names) >= 2:
-        if not val:
-            val = {names[-1]}
-        elif len(val) == len(names):
-            val.discard(names[0])
-    return val
-
-
-def split_clips(entries: list[dict], val_fraction: float = 0.1) -> tuple[list[str], list[str]]:
-    """``(train keys, val keys)`` of manifest clip entries by :data:`SPLIT_RULE`, each sorted."""
-    keys = sorted(str(e["key"]) for e in entries)
-    ident = {str(e["key"]): str(e.get("identity") or e["key"]) for e in entries}
-    identities = sorted(set(ident.values()))
-    if len(identities) >= 2:
-        val_ids = _split_names(identities, val_fraction)
-        val = [k for k in keys if ident[k] in val_ids]
-    else:
-        val_keys = _split_names(keys, val_fraction)
-        val = [k for k in keys if k in val_keys]
-    chosen = set(val)
-    return [k for k in keys if k not in chosen], val
-
-
-def read_manifest(root: str | Path) -> dict:
-    """The checked ``manifest.json`` of a prepared dataset; :class:`InputFileError` if unusable."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputFileError(f"Prepared dataset '{root}' does not exist or is not a folder; run `avatar-app prepare` "
-                             "first or check the path.")
-    path = root / "manifest.json"
-    if not path.is_file():
-        raise InputFileError(f"'{root}' has no manifest.json, so it is not a prepared dataset (or preparing did not "
-                             f"finish); run `avatar-app prepare SRC {root}` first.")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputFileError(f"Could not read '{path}' ({exc}); prepare the dataset again.") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputFileError(f"'{path}' is not an avatar-app dataset manifest; prepare the dataset with "
-                             "`avatar-app prepare`.")
-    version = manifest.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise InputFileError(f"'{path}' has dataset format version {version!r}, but this avatar-app reads version "
-                             f"{VERSION}; update avatar-app or prepare the dataset again.")
-    clips = manifest.get("clips")
-    if not isinstance(clips, list) or not all(isinstance(c, dict) and {"key", "frames"} <= set(c) for c in clips):
-        raise InputFileError(f"'{path}' has a damaged clip list; prepare the dataset again.")
-    return manifest
 
 
 @dataclass
@@ -167,7 +98,7 @@ class PreparedDataset(Dataset):
     Args:
         root: the folder ``avatar-app prepare`` wrote.
         size: crop size of ``"pairs"`` samples (must have been prepared).
-        split: ``"train"``, ``"val"`` or ``"all"`` (see :data:`SPLIT_RULE`).
+        split: ``"train"``, ``"val"`` or ``"all"`` (see :data:`~.split.SPLIT_RULE`).
         val_fraction: share of identities held out for validation.
         mode: ``"pairs"`` or ``"window"`` (needs 512 crops).
         window: consecutive frames per ``"window"`` sample.

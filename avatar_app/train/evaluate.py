@@ -22,9 +22,9 @@ Animators: ``geometric`` (when asked), ``neural`` (the checkpoint given with
 one), and ``static`` — the unmoved source crop, a baseline every animator should beat
 on PSNR/SSIM/L1 and landmark error.
 
-The prepared dataset is docs/DATASET.md: its manifest and the train/validation split
-come from :mod:`.data` (the one split rule, :data:`.data.SPLIT_RULE`, that training
-uses); the clip files are read here, skipping (and reporting) clips that cannot be used.
+The prepared dataset is docs/DATASET.md: its manifest comes from :mod:`.manifest` and the
+train/validation split from :mod:`.split` (the one split rule, :data:`.split.SPLIT_RULE`, that
+training uses); the clip files are read here, skipping (and reporting) clips that cannot be used.
 The report files are written by :mod:`.report`.
 """
 
@@ -45,7 +45,9 @@ from .eval_cross import cross_clip, partner
 from .eval_eyes import EYE_KEYS, detect_all
 from .eval_clips import (Context, EvalClip, drive_indices, identity_distance_of, load_clip, mean_of, score,
                          source_portrait)
+from .manifest import read_manifest
 from .report import finite_or_none, format_table, jsonable, write_evaluation
+from .split import SPLIT_RULE, split_clips
 
 VAL_FRACTION = 0.1  # as TrainConfig.val_fraction's default
 IDENTITY_SAMPLES = 4  # outputs per clip and animator that get a dlib embedding
@@ -165,7 +167,7 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
     """Evaluate the animators on up to ``clips`` clips of a prepared dataset and write a report.
 
     ``split="val"`` takes the validation clips exactly as training splits them
-    (:func:`.data.split_clips` with ``val_fraction``, rule :data:`.data.SPLIT_RULE`);
+    (:func:`.split.split_clips` with ``val_fraction``, rule :data:`.split.SPLIT_RULE`);
     ``split="all"`` uses every clip. Clips are taken in key order; incomplete clips and
     clips with fewer than 2 valid frames are skipped (listed in the report).
 
@@ -210,8 +212,6 @@ def evaluate(data: Path, out: Path, weights: str | None = None, preset: str = "l
         raise ValueError(f"split must be 'val', 'train' or 'all', not {split!r}")
     if clips < 1 or frames < 1:
         raise ValueError("clips and frames must be at least 1")
-    from .data import SPLIT_RULE, read_manifest, split_clips  # imports torch: not at module import (CLI start-up)
-
     data, out = Path(data), Path(out)
     entries = {str(e["key"]): e for e in read_manifest(data)["clips"]}
     if not entries:

@@ -9,17 +9,16 @@ a clip whose ``meta.json`` exists is complete and is not prepared again, so an
 interrupted run resumes where it stopped.
 
 Synthetic clips (``--synthetic``) are made by :mod:`.synthetic`; both kinds are written
-through :mod:`.clipio` (clip folders, manifest.json, report.md).
+through :mod:`.clipio` (clip folders) and :mod:`.manifest` (manifest.json, report.md).
+The command line (``add_prepare_parser``, ``run_prepare``) is in :mod:`.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,19 +30,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import AvatarError, InputFileError, NoFaceError
+from ..errors import AvatarError, InputFileError
 from ..face.align import CropBox, face_crop_box, transform_points, warp_to_crop
 from ..types import NUM_LANDMARKS, Frame
-from .clipio import (BASE_SIZE, FORMAT, SIZES, VERSION, ClipWriter, PrepareReport, check_sizes, clip_meta, close_run,
-                     complete_meta, embed_identity, frame_name, open_run, points_for_size, read_image_file, set_identity,
-                     size_affine)
-from .people import person_of, read_people
-from .synthetic import generate_synthetic_dataset
-
-# the format helpers live in .clipio; avatar_app.train.data imports them from here
-__all__ = ["BASE_SIZE", "FORMAT", "SIZES", "VERSION", "ClipJob", "PrepareReport", "add_prepare_parser",
-           "discover_clips", "frame_name", "generate_synthetic_dataset", "median_crop_box", "points_for_size",
-           "prepare_clip", "prepare_dataset", "read_image_file", "run_prepare"]
+from .clipio import (BASE_SIZE, ClipWriter, check_sizes, clip_meta, complete_meta, embed_identity, read_image_file,
+                     set_identity, size_affine)
+from ..people import person_of, read_people
+from .manifest import PrepareReport, close_run, open_run
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +63,7 @@ def discover_clips(src: str | Path, exclude: str | Path | None = None,
     """Videos and frame folders below ``src`` (or ``src`` itself, a video), sorted by key.
 
     A frame folder is any folder with ``.jpg``/``.png`` files (one clip, frames in name
-    order).  Identity = the person ``people`` (:func:`.people.read_people`) names for the
+    order).  Identity = the person ``people`` (:func:`avatar_app.people.read_people`) names for the
     clip, else the first folder level below ``src``; a video or frame folder directly in
     ``src`` is its own identity.  Hidden entries and ``exclude`` (the output folder, if it
     lies inside ``src``) are not searched.
@@ -279,7 +272,7 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
         min_frames: skip a clip with fewer frames showing a face.
         max_frames: use at most this many frames of each clip.
         progress: show a progress bar over clips.
-        people: a people file (:mod:`.people`) saying who each clip shows; clips already
+        people: a people file (:mod:`avatar_app.people`) saying who each clip shows; clips already
             prepared take the person it names too.
 
     Clips that cannot be used (undecodable, too few faces) are skipped and listed with
@@ -359,57 +352,3 @@ def prepare_dataset(src: str | Path, out: str | Path, sizes=(256,), workers: int
         close_run(report, str(src.resolve()), sizes, False, skipped, earlier_skips, {j.key: j.source for j in jobs},
                   start, workers)
     return report
-
-
-
-
-# -- command line (wired into avatar_app.cli by the lead) --------------------------------------------------
-def add_prepare_parser(sub) -> argparse.ArgumentParser:
-    """Add ``prepare`` to the CLI's subparsers; returns the new parser."""
-    p = sub.add_parser(
-        "prepare", help="turn videos (or portraits, with --synthetic) into a training dataset",
-        description="Track every frame of the videos or frame folders in SRC (laid out as PERSON/CLIP.mp4 or "
-                    "PERSON/CLIP/000.jpg ...) and write aligned face crops, landmarks and identity embeddings to OUT "
-                    "(see docs/DATASET.md). Re-running resumes: complete clips are not prepared again.")
-    p.add_argument("src", metavar="SRC", help="folder of videos / frame folders, or one video "
-                                              "(with --synthetic: a portrait image or a folder of portraits)")
-    p.add_argument("out", metavar="OUT", help="folder to write the prepared dataset to")
-    p.add_argument("--sizes", type=int, nargs="+", choices=SIZES, default=[256],
-                   help="crop sizes to write (default 256; 512 is needed for the temporal enhancer)")
-    p.add_argument("--workers", type=int, default=2, help="clips prepared in parallel (default 2)")
-    p.add_argument("--people", metavar="FILE.tsv", default=None,
-                   help="who each clip shows, for a split by person when the videos are not in one folder per "
-                        "person: a tab-separated file with 'file' and 'person' columns (or person=TAG in 'notes')")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames of each clip")
-    p.add_argument("--min-frames", type=int, default=8, metavar="N",
-                   help="skip clips with fewer than N frames showing a face (default 8)")
-    p.add_argument("--min-valid", type=float, default=0.5, metavar="F",
-                   help="skip clips where a face shows in less than this fraction of frames (default 0.5)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="animate still portraits instead (teaches geometry only)")
-    p.add_argument("--clips-per-portrait", type=int, default=4, metavar="N", help="with --synthetic (default 4)")
-    p.add_argument("--frames", type=int, default=48, metavar="N", help="with --synthetic: frames per clip (default 48)")
-    p.add_argument("--seed", type=int, default=0, help="with --synthetic: random seed (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def run_prepare(args) -> int:
-    """Run ``avatar-app prepare`` from parsed arguments; prints a one-line summary."""
-    if args.synthetic:
-        report = generate_synthetic_dataset(Path(args.src), Path(args.out), clips_per_portrait=args.clips_per_portrait,
-                                            frames=args.frames, sizes=args.sizes, seed=args.seed,
-                                            progress=not args.no_progress)
-    else:
-        report = prepare_dataset(Path(args.src), Path(args.out), sizes=args.sizes, workers=args.workers,
-                                 min_valid=getattr(args, "min_valid", 0.5), min_frames=getattr(args, "min_frames", 8),
-                                 max_frames=args.max_frames, progress=not args.no_progress,
-                                 people=getattr(args, "people", None))
-    print(report.summary())
-    for note in report.notes:
-        print(f"avatar-app: note: {note}", file=sys.stderr)
-    total = len(report.clips_done) + len(report.clips_already_done)
-    if total == 0:
-        raise NoFaceError(f"No clip could be prepared ({len(report.clips_skipped)} skipped); see "
-                          f"{report.report_path} for the reasons.")
-    return 0

@@ -41,7 +41,9 @@ from ..face.mesh import topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
 from .clipio import BASE_SIZE
-from .data import PreparedDataset, read_manifest, split_clips
+from .data import PreparedDataset
+from .manifest import read_manifest
+from .split import split_clips
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class ResidentPairs:
 
     Args:
         root: the prepared dataset (``avatar-app prepare``).
-        split: ``"train"``, ``"val"`` or ``"all"`` (:data:`~.data.SPLIT_RULE`).
+        split: ``"train"``, ``"val"`` or ``"all"`` (:data:`~.split.SPLIT_RULE`).
         val_fraction: share of people held out.
         device: where the tensors live.
         augment: flip, colour and small geometric jitter of the source (never on ``"val"``).

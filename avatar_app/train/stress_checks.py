@@ -205,12 +205,12 @@ def _output_noise(images: Sequence[np.ndarray], seq: Sequence[Landmarks | None],
 def validation_portraits(folder: str | Path, count: int = 3) -> list[tuple[str, np.ndarray]]:
     """``(person, BGR image)``: the first frame of a clip of ``count`` validation people.
 
-    Validation people by the training split's rule (:func:`~avatar_app.train.data.split_clips`,
+    Validation people by the training split's rule (:func:`~avatar_app.train.split.split_clips`,
     by person), never among the stress drivers' people; the clips of the largest frames
     first (so a 512 px crop is not an upscale), one clip a person.  Read from ``folder``,
     never copied."""
     from ..capture import stress
-    from .data import split_clips
+    from .split import split_clips
 
     rows = stress.manifest_rows(folder)
     people = {r["file"]: stress.person_of_row(r) for r in rows}

@@ -3,7 +3,7 @@
 Each clip is one still portrait animated by the geometric animator along the synthetic
 driver's timeline; its landmarks are the exact targets.  These clips teach geometry only.
 The folder layout is the one :mod:`.prepare` writes for real videos (``docs/DATASET.md``),
-written through :mod:`.clipio`, with ``"synthetic": true`` in the manifest.
+written through :mod:`.clipio` and :mod:`.manifest`, with ``"synthetic": true`` in the manifest.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from tqdm import tqdm
 from ..errors import AvatarError, InputFileError
 from ..face.align import CropBox, transform_points, warp_to_crop
 from ..types import NUM_LANDMARKS, Landmarks
-from .clipio import (BASE_SIZE, ClipWriter, PrepareReport, check_sizes, clip_meta, close_run, complete_meta,
-                     embed_identity, open_run, points_for_size, points_to_base, size_affine)
+from .clipio import (BASE_SIZE, ClipWriter, check_sizes, clip_meta, complete_meta, embed_identity, points_for_size,
+                     points_to_base, size_affine)
+from .manifest import PrepareReport, close_run, open_run
 
 PORTRAIT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SYNTHETIC_FPS = 25.0

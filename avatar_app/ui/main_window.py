@@ -1,5 +1,8 @@
 """The main window: camera and avatar side by side, the controls, profiles, status and stats.
 
+The Profiles menu is :class:`~avatar_app.ui.profiles_menu.ProfilesMenu`; the window acts on
+what it chooses (:meth:`MainWindow.use_profile`) and opens the personalize wizard.
+
 The window only draws and forwards choices: :class:`~avatar_app.ui.worker.LiveController`
 does the work on its worker thread and answers through signals.  Every choice is saved
 to the settings file as it is made.
@@ -14,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt
-from PySide6.QtGui import QActionGroup, QKeySequence, QShortcut
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QMainWindow,
                                QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from ..capture.base import FrameSource
 from ..inference.backend import BACKEND_CHOICES
 from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, save_settings
+from .profiles_menu import ProfilesMenu
 from .widgets import ImageView, StatusArea, format_stats
 from .worker import LiveConfig, LiveController
 
@@ -147,7 +151,9 @@ class MainWindow(QMainWindow):
         file_menu.addAction("Neural weights…", self.browse_weights)
         file_menu.addAction("Untrained neural model (no weights)", lambda: self.set_weights(None))
         file_menu.addAction("Quit", QKeySequence.StandardKey.Quit, self.close)
-        self.profiles_menu = self.menuBar().addMenu("&Profiles")
+        self.profiles_menu = ProfilesMenu(self.open_wizard, self.refresh_profiles, self)
+        self.profiles_menu.chosen.connect(self.use_profile)
+        self.menuBar().addMenu(self.profiles_menu)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction("Virtual camera setup…", self.show_vcam_help)
         QShortcut(QKeySequence("C"), self, self.calibrate)
@@ -226,7 +232,7 @@ class MainWindow(QMainWindow):
         had_profile, self.settings.profile = self.settings.profile, None
         self._save()
         self._fill_sources()
-        self._check_profile_action(None)
+        self.profiles_menu.check(None)
         if had_profile and self.state == "running":
             self.controller.restart(self.live_config())
         else:
@@ -310,37 +316,13 @@ class MainWindow(QMainWindow):
 
     # -- profiles ----------------------------------------------------------------------------------
     def refresh_profiles(self) -> None:
-        from ..profiles import list_profiles
-
-        menu = self.profiles_menu
-        menu.clear()
-        if getattr(self, "profile_actions", None) is not None:
-            self.profile_actions.deleteLater()
-        self.profile_actions = QActionGroup(self)
-        plain = menu.addAction("Plain portrait (no profile)")
-        entries = [(plain, None)] + [(None, p.name) for p in list_profiles()]
-        if len(entries) > 1:
-            menu.addSeparator()
-        for action, name in entries:
-            action = action or menu.addAction(name)
-            action.setCheckable(True)
-            action.setData(name)
-            action.setChecked(name == self.settings.profile)
-            self.profile_actions.addAction(action)
-            action.triggered.connect(lambda _=False, n=name: self.use_profile(n))
-        menu.addSeparator()
-        menu.addAction("Personalize…", self.open_wizard)
-        menu.addAction("Refresh", self.refresh_profiles)
-
-    def _check_profile_action(self, name: str | None) -> None:
-        for action in self.profile_actions.actions():
-            action.setChecked(action.data() == name)
+        self.profiles_menu.refresh(self.settings.profile)
 
     def use_profile(self, name: str | None) -> None:
         """Animate with a personalized profile (its portrait and adapted weights), or none."""
         self.settings.profile = name
         self._save()
-        self._check_profile_action(name)
+        self.profiles_menu.check(name)
         self.backend_box.setEnabled(self.settings.animator == "neural" or name is not None)
         self.status.add(f"Profile: {name}." if name else "Profile: none (the plain portrait).")
         if self.state == "running":

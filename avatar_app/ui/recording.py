@@ -79,7 +79,11 @@ class Recorder(QObject):
         failed(str): why recording stopped (one sentence).
 
     The live picture goes through :attr:`frames` (a :class:`FrameRelay`).  Frames are read
-    at the source's rate (sources that do not keep time themselves are paced).
+    at the source's rate (sources that do not keep time themselves are paced).  The countdown
+    and the recording are counted in the source's frames (``seconds`` × fps of them), not on
+    the wall clock: a slow moment (a frame stalled on a busy machine) makes the recording
+    later, never shorter, and afterwards the pace goes on from then instead of rushing through
+    the frames it missed.
     """
 
     phase = Signal(str, float)
@@ -128,27 +132,32 @@ class Recorder(QObject):
         last_guidance = 0.0
         with self.source_factory() as source:
             fps = self.fps = source.fps or 30.0
-            start = time.monotonic()
+            period = 1.0 / fps
+            countdown = round(self.countdown * fps)  # frames
+            total = countdown + max(1, round(self.seconds * fps))
+            start = due = time.monotonic()
             for n, frame in enumerate(source):
-                delay = start + n / fps - time.monotonic()
+                delay = due - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     return None
                 if self._stop.is_set():
                     return None
                 now = time.monotonic()
+                if now - due > period:  # more than a frame late (a slow frame before): go on from now, no rush
+                    due = now
+                due += period
                 result = tracker.track(Frame(frame.image, now - start, n))
                 self.frames.put(frame.image)
                 if now - last_guidance >= 0.1:
                     last_guidance = now
                     emit_safely(self.guidance, guidance(frame.image, result.landmarks))
-                elapsed = now - start
-                if elapsed < self.countdown:
-                    emit_safely(self.phase, "countdown", self.countdown - elapsed)
+                if n < countdown:
+                    emit_safely(self.phase, "countdown", (countdown - n) * period)
                     continue
-                if elapsed >= self.countdown + self.seconds:
-                    break
                 images.append(frame.image.copy())
-                emit_safely(self.phase, "recording", self.countdown + self.seconds - elapsed)
+                emit_safely(self.phase, "recording", (total - 1 - n) * period)
+                if n + 1 >= total:
+                    break
         return images
 
 

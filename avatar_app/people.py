@@ -1,4 +1,5 @@
-"""Who is in which clip: a people file for ``avatar-app prepare --people``.
+"""Who is in which clip: the ``person=`` tag of a manifest row, and people files for
+``avatar-app prepare --people``.
 
 Training and validation are split by person, so a dataset whose videos lie side by
 side in one folder (not one folder per person) needs to be told who each clip shows.
@@ -6,17 +7,34 @@ A people file is a tab-separated table with a header row holding a ``file`` colu
 (the video's name, or its path below the source folder) and either a ``person``
 column or a ``notes`` column that contains ``person=TAG`` (the corpus MANIFEST.tsv
 format).  Rows whose person is empty are left to the folder rule.
+
+One parser of a row's person (:func:`row_person`) serves both readers of such tables:
+:func:`read_people` (preparing) and :mod:`avatar_app.capture.stress` (the stress drivers'
+clips of different people).  This module sits below both packages (it imports only
+:mod:`avatar_app.errors`).
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import InputFileError
+from .errors import InputFileError
 
 _TAG = re.compile(r"(?:^|[\s;,])person=([^\s;,]+)")
+
+
+def person_tag(notes: str | None) -> str | None:
+    """The ``TAG`` of the first ``person=TAG`` in a notes cell (it ends at a space, ``;`` or ``,``), if any."""
+    match = _TAG.search(notes or "")
+    return match.group(1) if match else None
+
+
+def row_person(row: Mapping[str, str | None]) -> str | None:
+    """The person a table row names: its ``person`` cell, else the ``person=TAG`` of its ``notes`` cell."""
+    return (row.get("person") or "").strip() or person_tag(row.get("notes"))
 
 
 def read_people(path: str | Path) -> dict[str, str]:
@@ -33,10 +51,7 @@ def read_people(path: str | Path) -> dict[str, str]:
                              "column (or 'notes' holding person=TAG), separated by tabs.")
     people: dict[str, str] = {}
     for row in rows:
-        person = (row.get("person") or "").strip()
-        if not person:
-            match = _TAG.search(row.get("notes") or "")
-            person = match.group(1) if match else ""
+        person = row_person(row)
         name = (row.get("file") or "").strip()
         if name and person:
             people[name] = person
