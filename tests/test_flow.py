@@ -207,3 +207,18 @@ def test_moved_head_leaves_no_copy_of_the_face(motion, astronaut_source, hopper_
         grid = _flow(src, tgt)[0]
         assert ghost_area(grid, src[:, :2], tgt[:, :2]) == 0.0
         assert ghost_area(grid, src[:, :2], tgt[:, :2], grow=0.15) < 0.002
+
+
+def test_flow_stage_compiles_to_one_graph():
+    """torch.compile must see the whole flow as one graph. With a graph break the code between the
+    graphs runs eagerly inside the CUDA graph capture of `--backend torch-cuda`, where any read of a
+    value on the host (a 0-d tensor used as an index, `.item()`, `.tolist()`) fails the capture:
+    the eye re-map once did that, and the neural animator could not start on a GPU."""
+    import torch._dynamo as dynamo
+
+    from avatar_app.inference.networks import FlowStage
+
+    src = torch.rand(1, len(topology().mirror), 2, generator=torch.Generator().manual_seed(1)) * 150 + 50
+    tri = torch.zeros(1, 256, 256, dtype=torch.int32)  # what is drawn does not change the graph
+    explained = dynamo.explain(FlowStage().eval())(src, src + 1, tri)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

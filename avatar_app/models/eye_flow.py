@@ -161,7 +161,8 @@ class _Frames:
     def __init__(self, xy: torch.Tensor, p: torch.Tensor, q: torch.Tensor, vertical: torch.Tensor,
                  ratio: torch.Tensor):
         o, a = (p + q) * 0.5, q - p  # (2B, 2, 2)
-        c = ((xy[:, vertical[1]] - xy[:, vertical[0]]) * ratio)[:, None].expand_as(a)
+        ends = xy.index_select(1, vertical)  # not xy[:, vertical[i]]: a 0-d index is read on the host
+        c = ((ends[:, 1] - ends[:, 0]) * ratio)[:, None].expand_as(a)  # (a sync: no CUDA graph, a graph break)
         det = a[..., :1] * c[..., 1:] - a[..., 1:] * c[..., :1]  # (2B, 2, 1)
         # a degenerate frame (coincident landmarks, e.g. an all-zero input while a compiled graph warms
         # up) must give finite coordinates: NaN would turn into out-of-range indices downstream
@@ -277,8 +278,9 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
 
 def can_compact(field: torch.Tensor) -> bool:
     """Whether :func:`eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count, and
-    exported graphs need static shapes)."""
-    return field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    exported and compiled graphs need static shapes)."""
+    return (field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
 
 
 def _grid(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
