@@ -65,14 +65,21 @@ FACE_SMOOTHING = (1.5, 3.0)
 EYE_SMOOTHING = (1.5, 20.0, 10.0)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:
-    """``(a, b)`` of the least-squares similarity ``z = a·w + b`` taking points ``src`` to ``dst``
-    (``(N, 2)`` each, as complex numbers)."""
-    w = src[:, 0] + 1j * src[:, 1]
-    z = dst[:, 0] + 1j * dst[:, 1]
-    wm, zm = w.mean(), z.mean()
-    a = complex(np.vdot(w - wm, z - zm) / max(float(np.vdot(w - wm, w - wm).real), 1e-12))
-    return a, complex(zm - a * wm)
+class _SimilarityFit:
+    """Least-squares similarities ``z = a·w + b`` from fixed reference points ``ref (N, 2)`` to
+    others (``w``, ``z`` as complex numbers); the reference's part is worked out once."""
+
+    def __init__(self, ref: np.ndarray):
+        w = ref[:, 0] + 1j * ref[:, 1]
+        self.mean = w.mean()
+        wc = w - self.mean
+        self.weights = wc.conj() / max(float(np.vdot(wc, wc).real), 1e-12)  # a = weights · z (they sum to 0)
+
+    def __call__(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` ``(K,)`` complex for ``pts (K, N, 2)``: K point sets at once."""
+        z = pts[..., 0] + 1j * pts[..., 1]
+        a = z @ self.weights
+        return a, z.mean(-1) - a * self.mean
 
 
 class LandmarkSmoother:
@@ -104,7 +111,7 @@ class LandmarkSmoother:
         self._eye_idx = np.unique(np.concatenate([topo.right_eye_upper, topo.right_eye_lower, topo.right_iris,
                                                   topo.left_eye_upper, topo.left_eye_lower, topo.left_iris]))
         self._anchor = np.setdiff1d(topo.rigid, self._eye_idx)
-        self._ref = topo.neutral[self._anchor, :2].astype(np.float64)
+        self._fit = _SimilarityFit(topo.neutral[self._anchor, :2].astype(np.float64))
 
     def reset(self) -> None:
         self.face.reset()
@@ -117,8 +124,7 @@ class LandmarkSmoother:
         if self.eyes is None:
             return slow
         x = np.asarray(x, dtype=np.float64)
-        a_raw, b_raw = _similarity(self._ref, x[self._anchor, :2])
-        a_out, b_out = _similarity(self._ref, slow[self._anchor, :2].astype(np.float64))
+        (a_raw, a_out), (b_raw, b_out) = self._fit(np.stack([x[self._anchor, :2], slow[self._anchor, :2]]))
         z = x[self._eye_idx, 0] + 1j * x[self._eye_idx, 1]
         w = (z - b_raw) / (a_raw if abs(a_raw) > 1e-12 else 1.0)
         w = self.eyes(np.stack([w.real, w.imag], axis=1), t)  # neutral-face units: speeds in IOD/s, as `face`'s

@@ -324,18 +324,27 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
         idx, x, y, taper = _box_window(*centre, pts[b:, :, 7:], h, w, window_size(h, w), 2 * max(1, round(w / w_in)))
     else:
         idx, x, y, taper = window(*centre, h, w, window_size(h, w))  # (B, 2, N)
+    fine = (h_in, w_in) != (h, w)
+    kx, ky = w_in / w, h_in / h
+    if fine:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
+        grid = _grid(((x + 0.5) * kx - 0.5).flatten(1), ((y + 0.5) * ky - 0.5).flatten(1), h_in, w_in)
+        n = idx.shape[-1]
+        weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
+    else:
+        weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+    if compact:  # only the box's pixels inside some eye's region (the re-map is 0 at the others: about half)
+        cols = (weight.amax((0, 1)) > 0).nonzero()[:, 0]  # (weight >= 0)
+        idx, x, y, weight = (t.flatten(0, 1).index_select(1, cols).view(b, 2, -1) for t in (idx, x, y, weight))
+        if fine:
+            grid = _grid(((x + 0.5) * kx - 0.5).flatten(1), ((y + 0.5) * ky - 0.5).flatten(1), h_in, w_in)
     u, v = ft.uv(x, y)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
-    if (h_in, w_in) == (h, w):
-        x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
-        weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
-    else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
-        kx, ky = w_in / w, h_in / h
-        grid = _grid(((x + 0.5) * kx - 0.5).reshape(b, 2 * n), ((y + 0.5) * ky - 0.5).reshape(b, 2 * n), h_in, w_in)
+    if fine:
         pos = _sample(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
         x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
-        weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
+    else:
+        x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
                                                                    knots).unbind(-1)  # at the target's u
