@@ -135,16 +135,18 @@ def eye_region_triangles(topo: MeshTopology | None = None) -> np.ndarray:
 
 def _lerp(u: torch.Tensor, table: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     """``table (B, 2, K, C)`` (values at the evenly spaced ``knots (K,)``) linearly interpolated at
-    ``u (B, 2, N)``, constant beyond the ends: ``(B, 2, N, C)``."""
+    ``u (B, 2, N)``, constant beyond the ends: ``(B, 2, C, N)``, channel first (so each channel's
+    ``unbind(2)`` slice is contiguous: ops on strided slices take twice as long on the CPU)."""
     b, e, k, c = table.shape
     x = ((u - knots[0]) * (1.0 / (knots[1] - knots[0]))).clamp(0, k - 1.001)
     i0 = x.floor()
-    f = (x - i0).unsqueeze(-1)
-    rows = (i0.long() + torch.arange(b * e, device=u.device).view(b, e, 1) * k).reshape(-1)  # into (B·2·K, C)
-    flat = table.reshape(b * e * k, c)
-    lo = flat.index_select(0, rows)
-    hi = flat.index_select(0, rows + 1)
-    return (lo + (hi - lo) * f.reshape(-1, 1)).reshape(b, e, -1, c)
+    f = (x - i0).unsqueeze(2)  # (B, 2, 1, N)
+    start = torch.arange(b * e * c, device=u.device).view(b, e, c, 1) * k  # each (eye, channel)'s K values
+    at = (i0.long().unsqueeze(2) + start).reshape(-1)  # into (B·2·C·K,)
+    flat = table.transpose(-1, -2).reshape(-1)
+    lo = flat.index_select(0, at).view(b, e, c, -1)
+    hi = flat.index_select(0, at + 1).view(b, e, c, -1)
+    return lo + (hi - lo) * f
 
 
 class _Frames:
@@ -278,8 +280,9 @@ def can_compact(field: torch.Tensor) -> bool:
 
 
 def _grid(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """px ``x, y (B, N)`` of an ``h``×``w`` grid as a ``grid_sample`` grid ``(B, 1, N, 2)``."""
-    return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)
+    """px ``x, y (B, 2, N)`` of an ``h``×``w`` grid as a ``grid_sample`` grid ``(B, 1, 2·N, 2)`` (norm [-1, 1]:
+    the same on any grid over the same square, so a fine grid's px sample a coarse field)."""
+    return torch.stack([(x.flatten(1) + 0.5) * (2.0 / w) - 1.0, (y.flatten(1) + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)
 
 
 def _sample(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -325,9 +328,8 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     else:
         idx, x, y, taper = window(*centre, h, w, window_size(h, w))  # (B, 2, N)
     fine = (h_in, w_in) != (h, w)
-    kx, ky = w_in / w, h_in / h
-    if fine:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
-        grid = _grid(((x + 0.5) * kx - 0.5).flatten(1), ((y + 0.5) * ky - 0.5).flatten(1), h_in, w_in)
+    if fine:  # the coarse fields at each fine pixel
+        grid = _grid(x, y, h, w)
         n = idx.shape[-1]
         weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
     else:
@@ -336,18 +338,19 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
         cols = (weight.amax((0, 1)) > 0).nonzero()[:, 0]  # (weight >= 0)
         idx, x, y, weight = (t.flatten(0, 1).index_select(1, cols).view(b, 2, -1) for t in (idx, x, y, weight))
         if fine:
-            grid = _grid(((x + 0.5) * kx - 0.5).flatten(1), ((y + 0.5) * ky - 0.5).flatten(1), h_in, w_in)
+            grid = _grid(x, y, h, w)
     u, v = ft.uv(x, y)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
     if fine:
         pos = _sample(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
-        x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
+        x_a, y_a = (pos + 0.5).unbind(1)
+        x_a, y_a = x_a * (w / w_in) - 0.5, y_a * (h / h_in) - 0.5  # fine px
     else:
         x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
-                                                                   knots).unbind(-1)  # at the target's u
+                                                                   knots).unbind(2)  # at the target's u
 
     up, lo = _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0)
     # how closed the drawn eye is: 0 while its mean lid gap (at the knots inside the corners) is at
@@ -367,7 +370,7 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     right = ((0.5 - u) / (0.5 - cu - r_u).clamp(min=1e-3)).clamp(0, 1)
     carry = torch.minimum(left, right)  # 1 over the iris .. 0 at the corners
     u_s = torch.where((up < v) & (v < lo), u + (iu_s - cu) * carry, u_a)
-    up_s2, lo_s2, ring_s, low_s = _lerp(u_s, curves_s, knots).unbind(-1)  # the source's curves at u_s
+    up_s2, lo_s2, ring_s, low_s = _lerp(u_s, curves_s, knots).unbind(2)  # the source's curves at u_s
 
     # v in the source, layer by layer (target: ring_t < up - lash_t < up <= lo < low_t)
     top = up - lash_t
@@ -386,7 +389,7 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)
-    edge = torch.minimum(torch.full_like(gap, LID_LINE), 0.5 * lash) * closed
+    edge = (0.5 * lash).clamp(max=LID_LINE) * closed
     margin = up_s2 - edge + (v - up) * (lash - edge) / lash_t.clamp(min=1e-4)
     shade = (0.3 * gap).clamp(max=SHADE)
     inset = (0.25 * gap).clamp(max=0.03)
@@ -395,8 +398,8 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
     lower = lo_s2 + edge + (v - lo) * (low_s - lo_s2 - edge) / (low_t - lo).clamp(min=1e-4)
     v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
-    keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
-    weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
+    keep = (v >= ring_t) & (v <= low_t)  # and |u| < 0.62, where the fade is 0
+    weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(0, 1), torch.zeros_like(weight))
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
     return flat_idx, delta.reshape(b, 2, -1)
