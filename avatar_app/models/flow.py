@@ -266,7 +266,8 @@ class AnalyticFlow(nn.Module):
 
         disp = src_oval - anchors
         residual = disp - rigid(anchors)  # the outline's non-rigid motion
-        q = self.coarse_pixels.reshape(1, -1, 1, 2)  # (1, P, 1, 2)
+        coarse = self.coarse_pixels.to(tgt_xy.dtype)  # (float64 landmarks: no float32 matrix product below)
+        q = coarse.reshape(1, -1, 1, 2)  # (1, P, 1, 2)
         dx, dy = (q - anchors[:, None]).unbind(-1)  # (a sum over a last axis of 2 is slow on the CPU)
         d2 = dx * dx + dy * dy  # (B, P, K)
         face_h = (tgt_xy[:, CHIN] - tgt_xy[:, FOREHEAD_TOP]).norm(dim=-1).clamp(min=1.0)  # (B,)
@@ -285,7 +286,7 @@ class AnalyticFlow(nn.Module):
         width = width.clamp(max=self.max_band)[:, None]
         band = _fade(dist, r0, r0 + width)[..., None]
         near = (weights @ disp) * band  # small motions: the outline's own displacements
-        whole = rigid(self.coarse_pixels.reshape(1, -1, 2)) * band + (weights @ residual) * _fade(dist, r0, r1)[..., None]
+        whole = rigid(coarse.reshape(1, -1, 2)) * band + (weights @ residual) * _fade(dist, r0, r1)[..., None]
         lo, hi = self.big_motion
         big = 1 - _fade(reach, lo, hi)[:, None, None]  # 0 below lo, 1 from hi
         d_out = near + big * (whole - near)
