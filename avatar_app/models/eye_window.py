@@ -65,9 +65,10 @@ def window_size(h: int, w: int) -> tuple[int, int]:
 
 
 def can_compact(field: torch.Tensor) -> bool:
-    """Whether :func:`eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count, and
-    exported graphs need static shapes)."""
-    return field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    """Whether :func:`.eye_flow.eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count,
+    and exported and compiled graphs need static shapes)."""
+    return (field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
 
 
 def grid_of(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
