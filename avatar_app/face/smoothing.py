@@ -65,14 +65,38 @@ FACE_SMOOTHING = (1.5, 3.0)
 EYE_SMOOTHING = (1.5, 20.0, 10.0)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:
-    """``(a, b)`` of the least-squares similarity ``z = a·w + b`` taking points ``src`` to ``dst``
-    (``(N, 2)`` each, as complex numbers)."""
-    w = src[:, 0] + 1j * src[:, 1]
-    z = dst[:, 0] + 1j * dst[:, 1]
-    wm, zm = w.mean(), z.mean()
-    a = complex(np.vdot(w - wm, z - zm) / max(float(np.vdot(w - wm, w - wm).real), 1e-12))
-    return a, complex(zm - a * wm)
+def _rotation(a: complex) -> np.ndarray:
+    """``(2, 2)``: ``p @ _rotation(a)`` multiplies the points ``p (N, 2)`` by ``a`` as complex numbers."""
+    return np.array([[a.real, a.imag], [-a.imag, a.real]])
+
+
+class _SimilarityFit:
+    """Least-squares similarities ``z = a·w + b`` (points as complex numbers) from fixed reference points
+    ``ref (N, 2)`` to the points ``anchor`` of landmark sets, as one matrix product: the reference's part
+    is worked out once (the live path runs two fits a frame)."""
+
+    def __init__(self, ref: np.ndarray, anchor: np.ndarray):
+        w = ref[:, 0] + 1j * ref[:, 1]
+        self.mean = complex(w.mean())
+        wc = w - self.mean
+        self._weights = wc.conj() / max(float(np.vdot(wc, wc).real), 1e-12)  # a = weights · z (they sum to 0)
+        self._anchor = anchor
+        self._maps: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, pts: np.ndarray) -> tuple[list[complex], list[complex]]:
+        """``(a, b)``, one each per landmark set of ``pts (K, V, D)`` (px, ``D`` ≥ 2)."""
+        k, v, d = pts.shape
+        m = self._maps.get((v, d))
+        if m is None:  # (V·D, 4): flattened points -> Re a, Im a, mean x, mean y
+            m = np.zeros((v, d, 4))
+            p, q = self._weights.real, self._weights.imag  # a = Σ (p + iq)(x + iy) = Σ (px − qy) + i(qx + py)
+            m[self._anchor, 0, 0], m[self._anchor, 0, 1] = p, q
+            m[self._anchor, 1, 0], m[self._anchor, 1, 1] = -q, p
+            m[self._anchor, 0, 2] = m[self._anchor, 1, 3] = 1.0 / len(self._anchor)
+            m = self._maps[(v, d)] = m.reshape(v * d, 4)
+        r = pts.reshape(k, v * d) @ m
+        a = [complex(x, y) for x, y in r[:, :2]]
+        return a, [complex(x, y) - ai * self.mean for (x, y), ai in zip(r[:, 2:], a)]
 
 
 class LandmarkSmoother:
@@ -104,7 +128,7 @@ class LandmarkSmoother:
         self._eye_idx = np.unique(np.concatenate([topo.right_eye_upper, topo.right_eye_lower, topo.right_iris,
                                                   topo.left_eye_upper, topo.left_eye_lower, topo.left_iris]))
         self._anchor = np.setdiff1d(topo.rigid, self._eye_idx)
-        self._ref = topo.neutral[self._anchor, :2].astype(np.float64)
+        self._fit = _SimilarityFit(topo.neutral[self._anchor, :2].astype(np.float64), self._anchor)
 
     def reset(self) -> None:
         self.face.reset()
@@ -117,12 +141,10 @@ class LandmarkSmoother:
         if self.eyes is None:
             return slow
         x = np.asarray(x, dtype=np.float64)
-        a_raw, b_raw = _similarity(self._ref, x[self._anchor, :2])
-        a_out, b_out = _similarity(self._ref, slow[self._anchor, :2].astype(np.float64))
-        z = x[self._eye_idx, 0] + 1j * x[self._eye_idx, 1]
-        w = (z - b_raw) / (a_raw if abs(a_raw) > 1e-12 else 1.0)
-        w = self.eyes(np.stack([w.real, w.imag], axis=1), t)  # neutral-face units: speeds in IOD/s, as `face`'s
-        z = a_out * (w[:, 0] + 1j * w[:, 1]) + b_out
+        (a_raw, a_out), (b_raw, b_out) = self._fit(np.stack([x, slow]))
+        eyes = x[self._eye_idx, :2] - (b_raw.real, b_raw.imag)
+        w = eyes @ _rotation(1.0 / a_raw if abs(a_raw) > 1e-12 else 1.0)  # in the neutral face's frame
+        w = self.eyes(w, t)  # neutral-face units: speeds in IOD/s, as `face`'s
         out = slow.copy()
-        out[self._eye_idx, 0], out[self._eye_idx, 1] = z.real, z.imag
+        out[self._eye_idx, :2] = w @ _rotation(a_out) + (b_out.real, b_out.imag)
         return out

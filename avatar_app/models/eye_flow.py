@@ -29,21 +29,19 @@ its eyeball (closed or half-closed eyes), the lids still open as far as the targ
 the row of eyeball (or lash line) the source shows next to its lid: the analytic flow cannot
 show an eye it never saw, but it does not hold the eyes shut either.
 
-Everything runs on one fixed-size window per eye (gathered from and scattered back into
-the flow field; on the CPU only on the box around each eye's region inside it), so the cost
-does not grow with the crop; all in torch on ``(B, …)``
-batches, ONNX-exportable (no data-dependent shapes or control flow).
+Everything runs on one fixed-size window per eye (:mod:`.eye_window`: gathered from and scattered
+back into the flow field; on the CPU only on the pixels of each eye's region inside it), so the cost
+does not grow with the crop; all in torch on ``(B, …)`` batches, ONNX-exportable (no data-dependent
+shapes or control flow outside the CPU's eager path).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, topology
+from .eye_window import box_window, can_compact, grid_of, sample_at, window, window_size
 
 MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
 CORNER_OVERLAP = 0.2  # how far (in iris radii) the iris may pass behind an eye corner
@@ -55,8 +53,6 @@ SKIN_UNFOLD = 4.0  # most exponent of a closed eye's stretched lid skin map (see
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
-WINDOW = (0.15, 0.21)  # per-eye window (height, width) as fractions of the flow's side (an eye up to
-#   0.16 of it wide, 40 px at 256: prepared crops' eyes are 18-35 px wide at 256)
 KNOTS = 13  # common u knots the lid and ring curves are resampled on
 MIN_DET = 1e-6  # px² (px for widths): floor of an eye frame's determinant, so degenerate landmarks stay finite
 
@@ -136,16 +132,18 @@ def eye_region_triangles(topo: MeshTopology | None = None) -> np.ndarray:
 
 def _lerp(u: torch.Tensor, table: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     """``table (B, 2, K, C)`` (values at the evenly spaced ``knots (K,)``) linearly interpolated at
-    ``u (B, 2, N)``, constant beyond the ends: ``(B, 2, N, C)``."""
+    ``u (B, 2, N)``, constant beyond the ends: ``(B, 2, C, N)``, channel first (so each channel's
+    ``unbind(2)`` slice is contiguous: ops on strided slices take twice as long on the CPU)."""
     b, e, k, c = table.shape
     x = ((u - knots[0]) * (1.0 / (knots[1] - knots[0]))).clamp(0, k - 1.001)
     i0 = x.floor()
-    f = (x - i0).unsqueeze(-1)
-    rows = (i0.long() + torch.arange(b * e, device=u.device).view(b, e, 1) * k).reshape(-1)  # into (B·2·K, C)
-    flat = table.reshape(b * e * k, c)
-    lo = flat.index_select(0, rows)
-    hi = flat.index_select(0, rows + 1)
-    return (lo + (hi - lo) * f.reshape(-1, 1)).reshape(b, e, -1, c)
+    f = (x - i0).unsqueeze(2)  # (B, 2, 1, N)
+    start = torch.arange(b * e * c, device=u.device).view(b, e, c, 1) * k  # each (eye, channel)'s K values
+    at = (i0.long().unsqueeze(2) + start).reshape(-1)  # into (B·2·C·K,)
+    flat = table.transpose(-1, -2).reshape(-1)
+    lo = flat.index_select(0, at).view(b, e, c, -1)
+    hi = flat.index_select(0, at + 1).view(b, e, c, -1)
+    return lo + (hi - lo) * f
 
 
 class _Frames:
@@ -208,54 +206,6 @@ def _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s, low_s) -> tuple[t
     return torch.minimum(up, lo), lo
 
 
-def _origin(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
-    """The top-left px ``(x0, y0)`` of each eye's window of ``size = (wh, ww)`` centred on ``cx, cy
-    (B, 2, 1)`` and kept inside the ``h``×``w`` grid."""
-    wh, ww = size
-    return (cx - (ww - 1) / 2).round().clamp(0, w - ww), (cy - (wh - 1) / 2).round().clamp(0, h - wh)
-
-
-def _block(x0, y0, bx0, by0, bh: int, bw: int, w: int, size: tuple[int, int]):
-    """The ``bh``×``bw`` px from ``(bx0, by0)`` of the windows at ``(x0, y0)`` (:func:`_origin`): flat
-    indices into a ``w``-wide grid, ``x``, ``y`` (px) and the window's taper, each ``(B, 2, bh·bw)``."""
-    wh, ww = size
-    dy = torch.arange(bh, device=x0.device, dtype=x0.dtype).view(bh, 1).expand(bh, bw).reshape(-1)
-    dx = torch.arange(bw, device=x0.device, dtype=x0.dtype).view(1, bw).expand(bh, bw).reshape(-1)
-    x, y = bx0 + dx, by0 + dy
-    edge = torch.minimum(torch.minimum(x - x0, x0 + ww - 1 - x), torch.minimum(y - y0, y0 + wh - 1 - y))
-    return (y * w + x).long(), x, y, (edge / 3.0).clamp(max=1.0)
-
-
-def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, int]):
-    """Each eye's window of ``size = (wh, ww)`` px on an ``h``×``w`` grid, centred on ``cx, cy (B, 2, 1)``
-    px and kept inside the grid: flat pixel indices ``(B, 2, wh·ww)``, their ``x`` and ``y`` (px), and
-    a taper from 1 inside to 0 at the window's edge (so an eye larger than its window shows no seam)."""
-    x0, y0 = _origin(cx, cy, h, w, size)
-    return _block(x0, y0, x0, y0, size[0], size[1], w, size)
-
-
-def _box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int, w: int, size: tuple[int, int],
-                margin: int):
-    """:func:`window`'s pixels (same indices, ``x``, ``y`` and taper) inside the bounding box of each eye's
-    ``region (B, 2, P, 2)`` points (px) widened by ``margin`` px: one box size for both eyes (the larger),
-    so the shapes depend on the data (eager only)."""
-    wh, ww = size
-    x0, y0 = _origin(cx, cy, h, w, size)
-    start = torch.cat([x0, y0], -1)  # (B, 2, 2): x, y
-    lo = torch.maximum((region.amin(2) - margin).floor(), start)
-    hi = torch.minimum((region.amax(2) + margin).ceil(), start + torch.tensor([ww - 1.0, wh - 1.0]))
-    bw, bh = ((hi - lo).amax((0, 1)) + 1).clamp(min=1).tolist()
-    bw, bh = min(int(bw), ww), min(int(bh), wh)
-    bx0 = torch.minimum(lo[..., :1], x0 + ww - bw)  # the common box size kept inside each window
-    by0 = torch.minimum(lo[..., 1:], y0 + wh - bh)
-    return _block(x0, y0, bx0, by0, bh, bw, w, size)
-
-
-def window_size(h: int, w: int) -> tuple[int, int]:
-    """The per-eye window for an ``h``×``w`` flow grid (:data:`WINDOW`)."""
-    return min(h, math.ceil(WINDOW[0] * h)), min(w, math.ceil(WINDOW[1] * w))
-
-
 def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
              parts: dict[str, torch.Tensor], knots: torch.Tensor) -> torch.Tensor:
     """The flow's source positions with the eyes re-mapped (module docstring).
@@ -276,25 +226,6 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
     return inside.reshape(b, 2, h * w).scatter_add(2, idx, delta).reshape(b, 2, h, w)
 
 
-def can_compact(field: torch.Tensor) -> bool:
-    """Whether :func:`eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count, and
-    exported and compiled graphs need static shapes)."""
-    return (field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
-
-
-def _grid(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """px ``x, y (B, N)`` of an ``h``×``w`` grid as a ``grid_sample`` grid ``(B, 1, N, 2)``."""
-    return torch.stack([(x + 0.5) * (2.0 / w) - 1.0, (y + 0.5) * (2.0 / h) - 1.0], -1).unsqueeze(1)
-
-
-def _sample(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """``field (B, C, h, w)`` bilinearly at :func:`_grid` points (clamped to the grid): ``(B, C, N)``.
-    ``grid_sample`` (opset 16 to export): only the fine re-map of :func:`eye_remap` uses it, and
-    exported flows are computed at their output's size."""
-    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
-
-
 def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
               parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int], compact: bool = False):
     """The eyes' re-map on an ``out_hw`` grid, as ``(idx, delta)``: add ``delta (B, 2, 2·N)`` (px of that
@@ -305,7 +236,7 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     exact there). So a flow computed at 256 gets its eyes drawn at 512: the upsampled flow would
     blur a closed lid line into a thin line of eyeball. ``src_xy``, ``tgt_xy``: px of ``out_hw``.
 
-    ``compact``: work only on each window's pixels in the box around its eye region (:func:`_box_window`;
+    ``compact``: work only on each window's pixels in the box around its eye region (:func:`box_window`;
     the re-map is 0 outside the region, so the values are the same, on a third to a half of the pixels;
     data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are then ``(B, 2, 2·M)``
     with ``M`` at most ``N``."""
@@ -327,24 +258,33 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     # one window per eye, a little above its corner line (the upper ring reaches further than the lower)
     centre = (ft.ox - 0.1 * ft.cx, ft.oy - 0.1 * ft.cy)
     if compact:  # only the part of each window around its eye region (re-mapped by 0 elsewhere)
-        idx, x, y, taper = _box_window(*centre, pts[b:, :, 7:], h, w, window_size(h, w), 2 * max(1, round(w / w_in)))
+        idx, x, y, taper = box_window(*centre, pts[b:, :, 7:], h, w, window_size(h, w), 2 * max(1, round(w / w_in)))
     else:
         idx, x, y, taper = window(*centre, h, w, window_size(h, w))  # (B, 2, N)
+    fine = (h_in, w_in) != (h, w)
+    if fine:  # the coarse fields at each fine pixel
+        grid = grid_of(x, y, h, w)
+        n = idx.shape[-1]
+        weight = sample_at(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
+    else:
+        weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
+    if compact:  # only the box's pixels inside some eye's region (the re-map is 0 at the others: about half)
+        cols = (weight.amax((0, 1)) > 0).nonzero()[:, 0]  # (weight >= 0)
+        idx, x, y, weight = (t.flatten(0, 1).index_select(1, cols).view(b, 2, -1) for t in (idx, x, y, weight))
+        if fine:
+            grid = grid_of(x, y, h, w)
     u, v = ft.uv(x, y)
     n = idx.shape[-1]
     flat_idx = idx.reshape(b, 1, 2 * n).expand(b, 2, 2 * n)
-    if (h_in, w_in) == (h, w):
+    if fine:
+        pos = sample_at(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
+        x_a, y_a = (pos + 0.5).unbind(1)
+        x_a, y_a = x_a * (w / w_in) - 0.5, y_a * (h / h_in) - 0.5  # fine px
+    else:
         x_a, y_a = inside.reshape(b, 2, h * w).gather(2, flat_idx).reshape(b, 2, 2, n).unbind(1)  # source px (B, 2, N)
-        weight = regions.reshape(b, 2, h * w).gather(2, idx) * taper
-    else:  # the coarse fields at each fine pixel (px: x_coarse = (x + 0.5)·k − 0.5)
-        kx, ky = w_in / w, h_in / h
-        grid = _grid(((x + 0.5) * kx - 0.5).reshape(b, 2 * n), ((y + 0.5) * ky - 0.5).reshape(b, 2 * n), h_in, w_in)
-        pos = _sample(inside, grid).reshape(b, 2, 2, n)  # (no copy of the whole field to sample both at once)
-        x_a, y_a = (pos[:, 0] + 0.5) / kx - 0.5, (pos[:, 1] + 0.5) / ky - 0.5
-        weight = _sample(regions, grid).reshape(b, 2, 2, n).diagonal(dim1=1, dim2=2).transpose(1, 2) * taper
     u_a, v_a = fs.uv(x_a, y_a)
     up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0 = _lerp(u, torch.cat([curves_t, curves_s], -1),
-                                                                   knots).unbind(-1)  # at the target's u
+                                                                   knots).unbind(2)  # at the target's u
 
     up, lo = _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s0, low_s0)
     # how closed the drawn eye is: 0 while its mean lid gap (at the knots inside the corners) is at
@@ -364,7 +304,7 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     right = ((0.5 - u) / (0.5 - cu - r_u).clamp(min=1e-3)).clamp(0, 1)
     carry = torch.minimum(left, right)  # 1 over the iris .. 0 at the corners
     u_s = torch.where((up < v) & (v < lo), u + (iu_s - cu) * carry, u_a)
-    up_s2, lo_s2, ring_s, low_s = _lerp(u_s, curves_s, knots).unbind(-1)  # the source's curves at u_s
+    up_s2, lo_s2, ring_s, low_s = _lerp(u_s, curves_s, knots).unbind(2)  # the source's curves at u_s
 
     # v in the source, layer by layer (target: ring_t < up - lash_t < up <= lo < low_t)
     top = up - lash_t
@@ -383,7 +323,7 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)
-    edge = torch.minimum(torch.full_like(gap, LID_LINE), 0.5 * lash) * closed
+    edge = (0.5 * lash).clamp(max=LID_LINE) * closed
     margin = up_s2 - edge + (v - up) * (lash - edge) / lash_t.clamp(min=1e-4)
     shade = (0.3 * gap).clamp(max=SHADE)
     inset = (0.25 * gap).clamp(max=0.03)
@@ -392,8 +332,8 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     ball = torch.where(v < up + shade, up_s2 + (v - up), ball)
     lower = lo_s2 + edge + (v - lo) * (low_s - lo_s2 - edge) / (low_t - lo).clamp(min=1e-4)
     v_s = torch.where(v < top, skin, torch.where(v < up, margin, torch.where(v <= lo, ball, lower)))
-    keep = (v >= ring_t) & (v <= low_t) & (u.abs() < 0.62)
-    weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(max=1.0), torch.zeros_like(weight))
+    keep = (v >= ring_t) & (v <= low_t)  # and |u| < 0.62, where the fade is 0
+    weight = torch.where(keep, weight * ((0.62 - u.abs()) * (1 / 0.12)).clamp(0, 1), torch.zeros_like(weight))
     du, dvv = u_s - u_a, v_s - v_a
     delta = torch.stack([(du * fs.ax + dvv * fs.cx) * weight, (du * fs.ay + dvv * fs.cy) * weight], 1)
     return flat_idx, delta.reshape(b, 2, -1)
