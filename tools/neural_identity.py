@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/neural_identity.py --weights assets/weights/full-real.safetensors \
         [--portrait assets/portraits/astronaut.jpg] [--drivers approach_retreat profile_turns] \
-        [--frames 60] [--worst 16] [--spread 6] [--variants ...]
+        [--frames 60] [--worst 16] [--spread 6] [--variants ...] [--every 6] [--limits 15 15 20 1.15]
 
 The driver plays through the offline loop (tracker, DriverGuard, limits) with the geometric
 animator, which records each target.  Then, on a few frames only (the network takes ~1 s a
@@ -19,7 +19,9 @@ check does (mediapipe landmarks of the output, dlib embedding):
 
 Printed: per frame the head motion (scale, yaw / pitch / roll in degrees), each variant's
 distance and the blend mask's mean inside the target face; then each variant's mean and
-maximum over the frames.
+maximum over the frames.  ``--every N`` instead takes every N-th frame (the stress check's
+sampling: N = 6) and also prints the 95th percentile; ``--limits PITCH YAW ROLL ZOOM`` runs the
+retargeting with other motion limits (to test whether tighter limits would help).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 
 from avatar_app.capture import stress  # noqa: E402
+from avatar_app.face import retarget  # noqa: E402
 from avatar_app.face.align import similarity_fit  # noqa: E402
 from avatar_app.face.mesh import topology  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
@@ -133,7 +136,11 @@ def main() -> int:
     ap.add_argument("--worst", type=int, default=16)
     ap.add_argument("--spread", type=int, default=6)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--every", type=int, help="every N-th frame instead of --worst / --spread")
+    ap.add_argument("--limits", type=float, nargs=4, metavar=("PITCH", "YAW", "ROLL", "ZOOM"))
     args = ap.parse_args()
+    if args.limits:  # the retargeter's default limits, for this run only
+        retarget.limit_motion.__defaults__ = (retarget.MotionLimits(*args.limits),)
 
     still = FaceTracker()
     encoder = IdentityEncoder().load()
@@ -154,7 +161,7 @@ def main() -> int:
         geometric = offline_avatars(source, d, rec)
         motion = [head_motion(source, t) for t in rec.targets]
         size = np.array([abs(np.log(s)) + np.linalg.norm(np.radians(r)) for s, r in motion])
-        frames = pick(size, args.worst, args.spread)
+        frames = list(range(0, len(size), args.every)) if args.every else pick(size, args.worst, args.spread)
         print(f"\n{Path(args.portrait).stem} {d.name}: {len(frames)} of {len(rec.targets)} frames")
         print("| frame | scale | pitch | yaw | roll | " + " | ".join(args.variants) + " | mask in face |")
         print("|---" * (6 + len(args.variants)) + "|")
@@ -176,6 +183,9 @@ def main() -> int:
                   + " | ".join(f"{x:.3f}" for x in row) + f" | {mask:.2f} |", flush=True)
         print("| mean | | | | | " + " | ".join(f"{np.nanmean(table[v]):.3f}" for v in args.variants) + " | |")
         print("| max | | | | | " + " | ".join(f"{np.nanmax(table[v]):.3f}" for v in args.variants) + " | |")
+        if args.every:
+            print("| p95 | | | | | " + " | ".join(f"{np.nanpercentile(table[v], 95):.3f}" for v in args.variants)
+                  + " | |")
     return 0
 
 
