@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from avatar_app.capture import stress
-from avatar_app.face.retarget import Retargeter
 from avatar_app.face.source import prepare_source
-from avatar_app.face.tracker import FaceTracker
-from avatar_app.runtime.animator import GeometricAnimator
-from avatar_app.runtime.face_loss import DriverGuard
-from avatar_app.runtime.pipeline import Pipeline
-from avatar_app.runtime.render import drive_frames
-from avatar_app.sinks.base import Sink
 from avatar_app.train import stress_checks as sc
+from avatar_app.train.stress_run import live_avatars, offline_avatars
 
 CLIPS = Path(os.environ.get("AVATAR_APP_REAL_CLIPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"))
 REAL_FRAMES = 60
@@ -66,10 +61,7 @@ def real_drivers(still_tracker):
 
 def _offline(source, driver: stress.StressDriver, tmp_path=None, animator=None) -> list:
     """The avatars the offline render makes (before video encoding, whose noise is not the avatar's)."""
-    with FaceTracker() as tracker:
-        guard = DriverGuard(Retargeter(source.landmarks))
-        animator = animator or GeometricAnimator(source)
-        return [im for im, _ in drive_frames(source, driver.frames, tracker, animator, guard)]
+    return offline_avatars(source, driver, animator)
 
 
 def _assert_holds(result: sc.StressResult) -> None:
@@ -96,32 +88,14 @@ def test_real_stress_offline(portrait, name, real_drivers, portraits, still_trac
     _assert_holds(sc.check_output(driver.name, images, natural, still_tracker, identity, emb))
 
 
-class _Collect(Sink):
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.frames = []
-
-    def send(self, image) -> None:
-        self.frames.append(image.copy())
-
-    def close(self) -> None:
-        pass
-
-
 def test_live_pipeline_survives_shot_cuts(hopper_source, still_tracker):
-    """The live path (paced, threaded) under cuts to other places and sizes."""
+    """The live path (paced, threaded) under cuts to other places and sizes; a machine that cannot
+    keep up skips frames, so each output jump is taken per driver frame it spans."""
     driver = stress.synthetic_cut()
-    sink = _Collect()
-    p = Pipeline(hopper_source, driver.source(), [sink], fps=driver.fps, pace=True)
-    p.start()
-    deadline = time.monotonic() + 3 * len(driver.frames) / driver.fps
-    while p.running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    p.stop()
-    assert p.error is None and len(sink.frames) >= len(driver.frames) // 2
+    images, indices, info = live_avatars(hopper_source, driver)
+    assert len(images) >= len(driver.frames) // 4, info
     natural = sc.driver_natural_jump(driver, still_tracker, hopper_source)
-    _assert_holds(sc.check_output("live synthetic_cut", sink.frames, natural, still_tracker))
+    _assert_holds(sc.check_output("live synthetic_cut", images, natural, still_tracker, indices=indices))
 
 
 SLOW = pytest.mark.slow
@@ -193,3 +167,49 @@ def test_shipped_lite_network_under_stress(name, hopper_source, request, still_t
     animator = NeuralAnimator(hopper_source, weights=str(weights), preset="lite")
     _assert_holds(sc.check_output(f"lite {name}", _offline(hopper_source, driver, animator=animator), natural,
                                   still_tracker, identity, emb))
+
+
+# -- the live pipeline at 512 (``avatar-app live``: threads, latest-wins slots, the driver's clock) --
+
+
+@pytest.mark.parametrize("name", [pytest.param("synthetic_cut"), pytest.param("shot_cut", marks=SLOW)])
+def test_live_pipeline_makes_the_offline_avatars(name, hopper, request, still_tracker):
+    """Given every frame (lockstep), the live pipeline shows exactly what the offline render does:
+    the guard runs on the driver's clock, not on when tracking happened to finish, so the offline
+    stress rows hold live too; only skipped frames (next test) differ."""
+    source = prepare_source(hopper, 512, tracker=still_tracker)
+    driver, _ = _driver(name, request, still_tracker, source)
+    offline = offline_avatars(source, driver)
+    live, indices, info = live_avatars(source, driver, lockstep=True)
+    assert indices == list(range(len(driver.frames))), info
+    worst = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(offline, live))
+    assert worst <= 1, f"live avatars differ from the offline ones by up to {worst} levels"
+
+
+def _live_rows():
+    quick = {("grace_hopper", "side_to_side")}
+    known = {("hm_jgz", "profile_turns"): pytest.mark.xfail(strict=False, reason=(
+        "identity p95 at the limit: offline at 512 0.440 on every 6th frame, 0.461 on every frame "
+        "(docs/MOTION.md §6); geometry holds"))}
+    return [pytest.param(p, d, marks=[m for m in (None if (p, d) in quick else SLOW, known.get((p, d))) if m])
+            for p in ("astronaut", "grace_hopper", "vr_4", "hm_jgz", "menendez") for d in DRIVERS]
+
+
+@pytest.mark.parametrize("portrait, name", _live_rows())
+def test_live_stress_at_512(portrait, name, astronaut, hopper, request, still_tracker, identity):
+    """Every stress driver through the live pipeline at 512, paced at the driver's frame rate
+    (frames the machine cannot keep up with are skipped, as live)."""
+    if portrait in ("astronaut", "grace_hopper"):
+        image = astronaut if portrait == "astronaut" else hopper
+    else:
+        people = request.getfixturevalue("people")
+        if portrait not in people:
+            pytest.skip(f"{portrait} is not among the validation people of {CLIPS}")
+        image = people[portrait]
+    source = prepare_source(image, 512, tracker=still_tracker)
+    emb = identity.embed(source.crop, source.landmarks) if identity else None
+    driver, natural = _driver(name, request, still_tracker, source)
+    images, indices, info = live_avatars(source, driver)
+    assert len(images) >= len(driver.frames) // 4, info
+    _assert_holds(sc.check_output(f"{portrait} {name} live @ 512", images, natural, still_tracker, identity, emb,
+                                  indices=indices))

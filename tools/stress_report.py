@@ -3,6 +3,12 @@
     PYTHONPATH=. python tools/stress_report.py [--clips ../shared/data/real_clips] [--size 256]
         [--frames 90] [--portraits a.jpg b.jpg ...] [--validation-people 3] [--drivers shot_cut ...]
         [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--no-identity]
+        [--live | --lockstep]
+
+``--live`` plays each driver through the live pipeline (``avatar-app live``'s threads, paced at
+the driver's frame rate; a machine that cannot keep up skips frames, and each output jump is
+then divided by the driver frames it spans); ``--lockstep`` through the same pipeline one frame
+at a time (nothing skipped: the same avatars as offline).
 
 ``--validation-people N`` adds the first frames of N validation people's clips (read from
 ``--clips``, never copied) to the portraits.  The figures in docs/MOTION.md come from this script.
@@ -19,13 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from avatar_app.capture import stress  # noqa: E402
-from avatar_app.face.retarget import Retargeter  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
-from avatar_app.runtime.face_loss import DriverGuard  # noqa: E402
-from avatar_app.runtime.render import drive_frames  # noqa: E402
 from avatar_app.train import stress_checks as sc  # noqa: E402
+from avatar_app.train.stress_run import live_avatars, offline_avatars  # noqa: E402
 
 
 def make_animator(args, source):
@@ -48,6 +52,9 @@ def main() -> int:
     ap.add_argument("--weights", help="neural weights (e.g. assets/weights/full-real.safetensors)")
     ap.add_argument("--preset", choices=("lite", "full"), default="full", help="the neural preset of --weights")
     ap.add_argument("--no-identity", action="store_true")
+    path = ap.add_mutually_exclusive_group()
+    path.add_argument("--live", action="store_true", help="through the live pipeline, paced at the driver's rate")
+    path.add_argument("--lockstep", action="store_true", help="through the live pipeline, one frame at a time")
     args = ap.parse_args()
 
     still = FaceTracker()
@@ -65,7 +72,9 @@ def main() -> int:
         from avatar_app.models.identity import IdentityEncoder
 
         encoder = IdentityEncoder().load()
-    print(f"{args.animator} animator{' ' + Path(args.weights).name if args.weights else ''}, {args.frames} real frames")
+    how = "live (paced)" if args.live else "live (lockstep)" if args.lockstep else "offline"
+    print(f"{args.animator} animator{' ' + Path(args.weights).name if args.weights else ''}, {args.frames} real frames, "
+          f"{how}")
     print("| driver | frames | face found | two faces | max jump (face sizes) | natural + noise (face sizes) | identity p95 |")
     print("|---|---|---|---|---|---|---|")
     naturals: dict[str, float] = {}
@@ -76,18 +85,24 @@ def main() -> int:
         print(f"| **{name} @ {args.size}** | | | | | | |")
         for d in drivers:
             t0 = time.perf_counter()
-            if hasattr(animator, "reset"):
-                animator.reset()
-            with FaceTracker() as tracker:
-                guard = DriverGuard(Retargeter(source.landmarks))
-                images = [im for im, _ in drive_frames(source, d.frames, tracker, animator, guard)]
+            indices, note = None, ""
+            if args.live or args.lockstep:
+                images, indices, info = live_avatars(source, d, animator, lockstep=args.lockstep)
+                note = f"{len(images)} of {info['frames']} driver frames, largest skip {_skip(indices)}; "
+            else:
+                images = offline_avatars(source, d, animator)
             if d.natural:  # a real driver's natural motion does not depend on the portrait
                 natural = naturals.setdefault(d.name, sc.driver_natural_jump(d, still))
             else:
                 natural = sc.driver_natural_jump(d, still, source)
-            res = sc.check_output(d.name, images, natural, still, encoder, emb)
-            print(res.row(), f"<!-- {time.perf_counter() - t0:.1f} s -->", flush=True)
+            res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices)
+            print(res.row(), f"<!-- {note}{time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0
+
+
+def _skip(indices: list[int]) -> int:
+    """The most driver frames one live output frame stepped over."""
+    return max((b - a - 1 for a, b in zip(indices, indices[1:])), default=0)
 
 
 if __name__ == "__main__":

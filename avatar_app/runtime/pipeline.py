@@ -95,6 +95,8 @@ class Pipeline:
         if self._tracker is None:
             self._tracker = FaceTracker()
         self.driver.open()
+        with self._lock:
+            self._driver_guard.reset()  # a new run: the driver's clock may start over
         self._stop.clear()
         self._stopped.clear()
         self._frames: LatestSlot[tuple[Frame, float]] = LatestSlot()
@@ -266,7 +268,11 @@ class Pipeline:
                 if result.found and self._calibrate_next:
                     self._retarget.calibrate(result.landmarks)
                     self._calibrate_next = False
-                shown = self._driver_guard.update(time.monotonic(), result.landmarks if result.found else None, neutral)
+                # on the driver's clock (capture time, a video's presentation time), as the tracker's
+                # smoothing and the offline render: tracking latency and its jitter never change
+                # how fast the guard lets the pose move, how long it holds or when a face settles
+                shown = self._driver_guard.update(frame.timestamp, result.landmarks if result.found else None,
+                                                  neutral)
             t2 = time.perf_counter()
             self._face_state = self._driver_guard.state
             self._timings.add("track", (t1 - t0) * 1e3)

@@ -12,7 +12,10 @@ Every output frame is re-detected with mediapipe (static mode, up to four faces)
   the same measure on the driver's own continuous motion (its largest natural motion)
   plus ``noise``, the detector's own jitter on the output (:func:`detection_noise` on
   its first frame and on the frame where its largest jump starts: the two sides are
-  different images, each with its own noise, and a smaller face is measured less precisely);
+  different images, each with its own noise, and a smaller face is measured less precisely).
+  Live output skips driver frames when the machine cannot keep up; there each jump is
+  divided by the number of driver frames it spans (``indices``), i.e. the motion per driver
+  frame is compared with the driver's own per frame;
 * ``identity_p95`` — 95th percentile of the dlib identity distance between output
   frames and the source portrait (want ≤ 0.45), when dlib's models are installed.
 """
@@ -93,12 +96,18 @@ def _nearest(faces: list[Landmarks], previous: Landmarks | None) -> Landmarks | 
 def frame_jumps(sequence: Sequence[Landmarks | None]) -> np.ndarray:
     """Frame-to-frame motion: median point displacement / :func:`face_size`, for each pair
     of consecutive frames that both have a face."""
-    out = []
-    for a, b in zip(sequence[:-1], sequence[1:]):
+    return _pair_jumps(sequence)[1]
+
+
+def _pair_jumps(sequence: Sequence[Landmarks | None]) -> tuple[list[int], np.ndarray]:
+    """``(i, jump)`` for each pair ``i, i + 1`` of consecutive frames that both have a face."""
+    pairs, out = [], []
+    for i, (a, b) in enumerate(zip(sequence[:-1], sequence[1:])):
         if a is None or b is None:
             continue
+        pairs.append(i)
         out.append(float(np.median(np.linalg.norm(b.xy - a.xy, axis=1))) / max(face_size(a.xy), 1e-6))
-    return np.asarray(out, np.float64)
+    return pairs, np.asarray(out, np.float64)
 
 
 def followed(faces: Sequence[list[Landmarks]]) -> list[Landmarks | None]:
@@ -168,36 +177,51 @@ def driver_natural_jump(driver, tracker: FaceTracker, source=None) -> float:
 
 
 def check_output(name: str, images: Sequence[np.ndarray], natural: float, tracker: FaceTracker,
-                 identity=None, source_embedding: np.ndarray | None = None, identity_every: int = 6) -> StressResult:
+                 identity=None, source_embedding: np.ndarray | None = None, identity_every: int = 6,
+                 indices: Sequence[int] | None = None) -> StressResult:
     """Run the checks on output ``images`` (BGR).  ``identity`` (an
     :class:`~avatar_app.models.identity.IdentityEncoder`) and ``source_embedding`` enable the
-    identity check, on every ``identity_every``-th frame with a face."""
+    identity check, on every ``identity_every``-th frame with a face.  ``indices``: the
+    driver frame each image was made from (live output, which skips frames when it cannot
+    keep up); each jump is then divided by the driver frames it spans, and the identity is
+    measured once every ``identity_every`` *driver* frames."""
     faces = detect_all(images, tracker)
     seq = followed(faces)
-    jumps = frame_jumps(seq)
+    pairs, jumps = _pair_jumps(seq)
+    if indices is not None and jumps.size:
+        if len(indices) != len(images):
+            raise ValueError(f"{len(indices)} driver indices for {len(images)} images")
+        steps = np.diff(np.asarray(indices, np.float64))[pairs]
+        if (steps < 1).any():
+            raise ValueError("driver indices must increase from one image to the next")
+        jumps = jumps / steps
     ident = None
     if identity is not None and source_embedding is not None:
         from ..models.identity import identity_distance
 
-        dists = [identity_distance(identity.embed(im, lm), source_embedding)
-                 for im, lm in list(zip(images, seq))[::identity_every] if lm is not None]
+        if indices is None:
+            picked = range(0, len(images), identity_every)
+        else:  # the first image in each run of ``identity_every`` driver frames
+            picked = [k for k, i in enumerate(indices)
+                      if k == 0 or i // identity_every != indices[k - 1] // identity_every]
+        dists = [identity_distance(identity.embed(images[k], seq[k]), source_embedding)
+                 for k in picked if seq[k] is not None]
         ident = float(np.percentile(dists, 95)) if dists else None
     return StressResult(
         name=name, frames=len(images), face_found=float(np.mean([bool(f) for f in faces])) if faces else 0.0,
         two_faces=int(sum(second_face(f) for f in faces)), max_jump=float(jumps.max()) if jumps.size else 0.0,
-        natural_jump=natural, identity_p95=ident, noise=_output_noise(images, seq, jumps, tracker),
+        natural_jump=natural, identity_p95=ident, noise=_output_noise(images, pairs, jumps, tracker),
     )
 
 
-def _output_noise(images: Sequence[np.ndarray], seq: Sequence[Landmarks | None], jumps: np.ndarray,
+def _output_noise(images: Sequence[np.ndarray], pairs: Sequence[int], jumps: np.ndarray,
                   tracker: FaceTracker) -> float:
     """The detector's jitter on the output: on its first frame and on the frame where its largest
     jump starts (a face shown smaller is measured less precisely, in face sizes)."""
     if not len(images):
         return 0.0
     noise = detection_noise(images[0], tracker)
-    pairs = [i for i in range(len(seq) - 1) if seq[i] is not None and seq[i + 1] is not None]
-    if jumps.size and pairs and pairs[int(jumps.argmax())] != 0:
+    if jumps.size and pairs[int(jumps.argmax())] != 0:
         noise = max(noise, detection_noise(images[pairs[int(jumps.argmax())]], tracker))
     return noise
 
