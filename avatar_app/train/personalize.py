@@ -168,7 +168,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto', 'full' or one of {sorted(PLANS)}")
     batch_size = batch_size or (cached.batch_size if cached else 4)
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
-                      seed=seed)
+                      seed=seed, w_warped=cached.w_warped if cached else 0.0, w_ssim=cached.w_ssim if cached else 0.0)
     model = copy.deepcopy(base)
     pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
