@@ -49,8 +49,7 @@ from personalize_curve import segments  # noqa: E402
 # frames spread over the recording, each animating the cached frames; the reference half the time); wise: also
 # score base + a * (adapted - base) for a in 0.5, 0.75, 1.25, 1.5; steps: this variant's step count; warped: weight of
 # the warped source's pyramid L1 (what the lite model was trained with: 0.5); ssim: weight of multi-scale SSIM (the
-# lite training's 1.0); l2sp: weight of the squared distance of the adapted weights from the start (summed, the
-# "L2-SP" regulariser); frames: training frames cached (spread over the recording).
+# lite training's 1.0); frames: training frames cached (spread over the recording).
 VARIANTS = {
     "base": {},
     "basew": {"wise": 1},
@@ -66,15 +65,14 @@ VARIANTS = {
     "lr1": {"lr": 1e-3},
     "enc": {"enc": 1},
     "src4": {"src": 4, "wise": 1},
-    "w2": {"warp": 0.2},
     "wrp": {"warped": 0.5},
-    "ssim": {"ssim": 1.0},
     "train": {"warped": 0.5, "ssim": 1.0},
-    "l2sp": {"l2sp": 1e-3},
+    "train99": {"warped": 0.5, "ssim": 1.0, "steps": 99},
     "all": {"frames": 1000},
+    "crop280": {"crop": 128, "steps": 280},
 }
 DEFAULT = {"batch": 2, "lr": 6e-4, "warp": 0.1, "crop": 0, "ema": 0.0, "aug": 0, "decay": 1, "enc": 0, "src": 1,
-           "warped": 0.0, "ssim": 0.0, "l2sp": 0.0, "frames": 48}
+           "warped": 0.0, "ssim": 0.0, "frames": 48}
 
 
 def augmented(clip: ClipFrames, idx: list[int], rng: np.random.Generator, copies: int,
@@ -183,7 +181,6 @@ def run(base, trainer, train: list[FrameCache], scored: dict, opts: dict, steps:
         opt.add_param_group({"params": code, "lr": opts["lr"] * opts["warp"]})
         params = params + enc + code
     rates = [g["lr"] for g in opt.param_groups]
-    start = [p.detach().clone() for p in params] if opts["l2sp"] else None
     trainer.cfg.w_ssim = opts["ssim"]
     ema = [p.detach().clone() for p in params] if opts["ema"] else None
     rng = np.random.default_rng(seed)
@@ -228,8 +225,6 @@ def run(base, trainer, train: list[FrameCache], scored: dict, opts: dict, steps:
         loss = sum(trainer._image_losses(img, gt, cond).values())
         if opts["warped"]:
             loss = loss + opts["warped"] * pyramid_l1(warped, gt)
-        if start is not None:
-            loss = loss + opts["l2sp"] * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
