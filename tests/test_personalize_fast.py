@@ -174,6 +174,22 @@ def test_the_probe_keeps_the_faster_thread_count_and_measures_the_cpu_share():
     assert computing.threads == 1 and computing.cpu_share > 2 * waiting.cpu_share  # (how much depends on the load)
 
 
+def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower_trial():
+    calls = []
+
+    def step():  # computes for one thread; with more, waits as a thread whose core is busy does
+        calls.append(torch.get_num_threads())
+        end = time.perf_counter() + (0.02 if calls[-1] == 1 else 0.2)
+        while time.perf_counter() < end:
+            pass
+
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 3.0)  # other work runnable: one thread only
+    assert steps == 3 and calls == [1, 1, 1] and timing.threads == 1
+    calls.clear()
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)  # only this process: tried, stopped after a step
+    assert steps == 4 and calls == [1, 1, 1, 2] and timing.threads == 1
+
+
 def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):
     estimates, infos = [], []
     result = personalize(_animated_clip(astronaut_source, n=20), _tiny(), np.zeros(128, np.float32), budget_s=3.0,

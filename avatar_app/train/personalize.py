@@ -287,7 +287,12 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
                   plan: Plan, batch_size: int, lr: float, cache_frames: int, device: str, seed: int):
     """Steps of a cached plan over up to ``cache_frames`` training frames spread over the clip."""
     picks = np.linspace(0, len(train_idx) - 1, min(cache_frames, len(train_idx))).round().astype(int)
-    cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # before the probe: on a machine with one core busy, two threads took 15x longer
+    try:
+        cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+    finally:
+        torch.set_num_threads(threads)
     opt, params = plan_optimizer(model, plan, lr)
     rng = np.random.default_rng(seed)
     take = min(batch_size, cache.size)
