@@ -62,8 +62,8 @@ def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, pl
     model, ident = _trained_like(), np.linspace(-1, 1, 128).astype(np.float32)
     frames = [3, 7, 11]
     cache = FrameCache(model, clip, frames, ident, PLANS[plan].start, chunk=2)
-    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False), None,
-                      train_set=[], model=model)
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False, w_warped=0.5), None,
+                      train_set=[], model=model)  # w_warped: the warped source's L1 too (the CPU default's loss)
     items = FrameFlowInputs(FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
     batch = torch.utils.data.default_collate([items[k] for k in range(3)])
     model.eval()
@@ -172,6 +172,22 @@ def test_the_probe_keeps_the_faster_thread_count_and_measures_the_cpu_share():
 
     computing, _ = probe(computing_step, cores=1, n=2)
     assert computing.threads == 1 and computing.cpu_share > 2 * waiting.cpu_share  # (how much depends on the load)
+
+
+def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower_trial():
+    calls = []
+
+    def step():  # computes for one thread; with more, waits as a thread whose core is busy does
+        calls.append(torch.get_num_threads())
+        end = time.perf_counter() + (0.02 if calls[-1] == 1 else 0.2)
+        while time.perf_counter() < end:
+            pass
+
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 3.0)  # other work runnable: one thread only
+    assert steps == 3 and calls == [1, 1, 1] and timing.threads == 1
+    calls.clear()
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)  # only this process: tried, stopped after a step
+    assert steps == 4 and calls == [1, 1, 1, 2] and timing.threads == 1
 
 
 def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):

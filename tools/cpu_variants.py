@@ -36,6 +36,7 @@ from avatar_app.train.config import TrainConfig  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
 from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
+from avatar_app.train.losses import pyramid_l1  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, held_out_indices  # noqa: E402
 from avatar_app.train.trainer import Trainer  # noqa: E402
 from personalize_curve import segments  # noqa: E402
@@ -47,7 +48,9 @@ from personalize_curve import segments  # noqa: E402
 # frame (scale 0.9-1.1, shift +-24 px, landmarks moved with them); enc: adapt the generator's encoder and the warp
 # network's source code too (the reference re-encoded each step); src: sources (the reference and src-1 training
 # frames spread over the recording, each animating the cached frames; the reference half the time); wise: also
-# score base + a * (adapted - base) for a in 0.5, 0.75, 1.25, 1.5; steps: this variant's step count.
+# score base + a * (adapted - base) for a in 0.5, 0.75, 1.25, 1.5; steps: this variant's step count; warped: weight of
+# the warped source's pyramid L1 (what the lite model was trained with: 0.5); ssim: weight of multi-scale SSIM (the
+# lite training's 1.0); frames: training frames cached (spread over the recording).
 VARIANTS = {
     "base": {},
     "basew": {"wise": 1},
@@ -63,8 +66,14 @@ VARIANTS = {
     "lr1": {"lr": 1e-3},
     "enc": {"enc": 1},
     "src4": {"src": 4, "wise": 1},
+    "wrp": {"warped": 0.5},
+    "train": {"warped": 0.5, "ssim": 1.0},
+    "train99": {"warped": 0.5, "ssim": 1.0, "steps": 99},
+    "all": {"frames": 1000},
+    "crop280": {"crop": 128, "steps": 280},
 }
-DEFAULT = {"batch": 2, "lr": 6e-4, "warp": 0.1, "crop": 0, "ema": 0.0, "aug": 0, "decay": 1, "enc": 0, "src": 1}
+DEFAULT = {"batch": 2, "lr": 6e-4, "warp": 0.1, "crop": 0, "ema": 0.0, "aug": 0, "decay": 1, "enc": 0, "src": 1,
+           "warped": 0.0, "ssim": 0.0, "frames": 48}
 
 
 def augmented(clip: ClipFrames, idx: list[int], rng: np.random.Generator, copies: int,
@@ -94,14 +103,15 @@ def window(size: int, rng: np.random.Generator) -> tuple[int, int]:
     return int(rng.integers(0, hi // 8 + 1)) * 8, int(rng.integers(0, hi // 8 + 1)) * 8
 
 
-def image_of(model, b: dict, crop: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """The adapted model's frame for cached batch ``b`` (whole, or the window ``(y, x, size)``)."""
+def image_of(model, b: dict, crop: tuple[int, int, int] | None = None, warped_too: bool = False):
+    """The adapted model's frame for cached batch ``b`` (whole, or the window ``(y, x, size)``); with
+    ``warped_too`` also the warped source image (the same window)."""
     src = b["source"]
     out = model.warp_frame(src, b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
     gen = model.generator
     if crop is None:
         image, _ = gen(src.features, out["grid"], out["occlusion"], b["cond"], src.identity, out["warped"])
-        return image
+        return (image, out["warped"]) if warped_too else image
     y, x, s = crop
     cut = lambda t: t[:, :, y:y + s, x:x + s]  # noqa: E731
     grid = out["grid"][:, y:y + s, x:x + s]
@@ -113,7 +123,7 @@ def image_of(model, b: dict, crop: tuple[int, int, int] | None = None) -> torch.
         warped.append(F.grid_sample(f, resize_grid(grid, size), mode="bilinear", padding_mode="border",
                                     align_corners=False) * o)
     image, _ = gen.decode(warped, cut(b["cond"]), src.identity, cut(out["warped"]))
-    return image
+    return (image, cut(out["warped"])) if warped_too else image
 
 
 @torch.no_grad()
@@ -172,6 +182,7 @@ def run(base, trainer, train: list[FrameCache], scored: dict, opts: dict, steps:
         opt.add_param_group({"params": code, "lr": opts["lr"] * opts["warp"]})
         params = params + enc + code
     rates = [g["lr"] for g in opt.param_groups]
+    trainer.cfg.w_ssim = opts["ssim"]
     ema = [p.detach().clone() for p in params] if opts["ema"] else None
     rng = np.random.default_rng(seed)
     crop_rng = np.random.default_rng(seed + 1)
@@ -207,12 +218,14 @@ def run(base, trainer, train: list[FrameCache], scored: dict, opts: dict, steps:
         if opts["crop"]:
             y, x = window(opts["crop"], crop_rng)
             crop = (y, x, opts["crop"])
-        img = image_of(model, b, crop)
+        img, warped = image_of(model, b, crop, warped_too=True)
         gt, cond = b["driving"], b["cond"]
         if crop is not None:
             y, x, s = crop
             gt, cond = gt[:, :, y:y + s, x:x + s], cond[:, :, y:y + s, x:x + s]
         loss = sum(trainer._image_losses(img, gt, cond).values())
+        if opts["warped"]:
+            loss = loss + opts["warped"] * pyramid_l1(warped, gt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -270,8 +283,11 @@ def main() -> int:
         n = len(record)
         held = held_out_indices(n)
         train_idx = [i for i in range(n) if i not in held]
-        picks = np.unique(np.linspace(0, len(train_idx) - 1, min(48, len(train_idx))).round().astype(int))
-        chosen = [train_idx[i] for i in picks]
+        def spread(count: int) -> list[int]:
+            picks = np.unique(np.linspace(0, len(train_idx) - 1, min(count, len(train_idx))).round().astype(int))
+            return [train_idx[i] for i in picks]
+
+        chosen = spread(48)
         identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
         pts = np.stack([p[:, :2] for p in whole.points])
         for name, sel in (("record", list(range(n))), ("later", list(range(n, len(frames))))):
@@ -286,9 +302,9 @@ def main() -> int:
         caches = {}
         for vname in args.variants:
             opts = {**DEFAULT, **VARIANTS[vname]}
-            for k in ("batch", "crop", "aug", "decay", "enc", "src"):
+            for k in ("batch", "crop", "aug", "decay", "enc", "src", "frames"):
                 opts[k] = int(opts[k])
-            aug = opts["aug"]
+            aug = (opts["aug"], opts["frames"])
             if opts["src"] > 1 and ("src", opts["src"]) not in caches:
                 c0 = time.process_time()
                 refs = [chosen[int(round(j))] for j in np.linspace(0, len(chosen) - 1, opts["src"])[1:]]
@@ -300,11 +316,12 @@ def main() -> int:
                 aug = ("src", opts["src"])
             elif aug not in caches:
                 c0 = time.process_time()
-                if aug:
-                    clip_a, extra = augmented(whole, chosen, np.random.default_rng(7), aug)
-                    caches[aug] = ([FrameCache(base, clip_a, chosen + extra, identity, -1)], time.process_time() - c0)
+                frames = spread(opts["frames"])
+                if opts["aug"]:
+                    clip_a, extra = augmented(whole, frames, np.random.default_rng(7), opts["aug"])
+                    caches[aug] = ([FrameCache(base, clip_a, frames + extra, identity, -1)], time.process_time() - c0)
                 else:
-                    caches[aug] = ([FrameCache(base, whole, chosen, identity, -1)], time.process_time() - c0)
+                    caches[aug] = ([FrameCache(base, whole, frames, identity, -1)], time.process_time() - c0)
             cache, build = caches[aug]
             t0 = time.perf_counter()
             steps = int(opts.get("steps", args.steps))

@@ -21,6 +21,7 @@ from ..face.mesh import mouth_fill_amount
 from ..imaging import bgr_to_rgb_chw
 from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel
+from .losses import pyramid_l1
 
 
 class FramePairs(torch.utils.data.Dataset):
@@ -104,7 +105,9 @@ class Plan:
     the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
     rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
     layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
-    ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys.
+    ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys;
+    ``w_warped``: weight of the warped source's pyramid L1 in the loss (the trainer's ``w_warped``), so the
+    warp network keeps doing the moving; ``w_ssim``: weight of multi-scale SSIM (the trainer's ``w_ssim``).
     """
 
     name: str
@@ -114,11 +117,14 @@ class Plan:
     batch_size: int = 4
     warp_lr_scale: float = 0.1
     decay: bool = False  # the rate falls (cosine) to 0 over the steps the budget buys (known after the probe)
+    w_warped: float = 0.0
+    w_ssim: float = 0.0
 
 
 PLANS = {
-    # batch 2 at 6e-4, decaying: the most later-segment gain per CPU second of those measured (docs/PERSONALIZATION.md)
-    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True),
+    # batch 2 at 6e-4, decaying, the warped source's L1 at the lite training's 0.5: the most later-segment gain per
+    # CPU second of those measured (docs/PERSONALIZATION.md)
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True, w_warped=0.5),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),
@@ -241,10 +247,17 @@ def _expand(src, n: int):
 
 
 def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[int]) -> torch.Tensor:
-    """Personalization's loss (the trainer's image losses) of the adapted stages on cached frames."""
+    """Personalization's loss (the trainer's image losses, and its warped-source L1 where ``w_warped`` is set) of
+    the adapted stages on cached frames."""
     b = cache.batch(picks)
     if cache.start < 0:
         out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
-        return sum(trainer._image_losses(out["image"], b["driving"], b["cond"]).values())
-    image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start, b.get("h"))
-    return sum(trainer._image_losses(image, b["driving"], b["cond"]).values())
+        image, warped = out["image"], out["warped"]
+    else:
+        image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start,
+                                          b.get("h"))
+        warped = b["warped_source"]
+    parts = trainer._image_losses(image, b["driving"], b["cond"])
+    if trainer.cfg.w_warped:
+        parts["warped"] = trainer.cfg.w_warped * pyramid_l1(warped, b["driving"])
+    return sum(parts.values())

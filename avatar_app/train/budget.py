@@ -22,13 +22,14 @@ BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is 
 
 # Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
-# Sources: docs/PERSONALIZATION.md (lite, CPU plan, batch 2 decaying: the points of one 120-step run,
-# whose rate decayed over all 120; a shorter budget decays sooner, not measured apart) and
+# Sources: docs/PERSONALIZATION.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 0.5 — from the
+# lite-real of 2026-12-01, *Fourth round*: the points of one 112-step run per person, what 30 s bought on two idle
+# cores, whose rate decayed over all 112; a shorter budget decays sooner, not measured apart) and
 # docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (30, 0.70, 0.98), (60, 0.97, 1.32), (90, 0.93, 1.55),
-                               (120, 0.92, 1.55)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.52, 1.03), (56, 0.99, 1.32), (84, 1.06, 1.45),
+                               (112, 1.05, 1.44)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
@@ -123,17 +124,36 @@ def time_steps(step: Callable[[], None], n: int, threads: int, over: Callable[[]
 
 
 def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
-          over: Callable[[], bool] = lambda: False) -> tuple[Timing, int]:
+          over: Callable[[], bool] = lambda: False, load: Callable[[], float] | None = None) -> tuple[Timing, int]:
     """Time ``step`` (one adaptation step, run for real) with one thread after a warm-up step, then,
-    if that thread had a core to itself and ``cores > 1``, with ``cores`` threads; returns the faster
-    timing and how many steps ran.  (More threads are not tried on a busy machine: there each barrier
-    waits for a thread that waits for a core, and a step can take many times longer.)  Stops early once
-    ``over()`` (the budget is spent)."""
+    if that thread had a core to itself, ``cores > 1`` and no other work is runnable (``load``: the
+    1-minute load average, our own thread included; default the OS's, where it has one), with ``cores``
+    threads, stopping after the first of those steps if it was slower than one thread's; returns the
+    faster timing and how many steps ran.  (More threads are not tried on a busy machine: there each
+    barrier waits for a thread that waits for a core, and a step can take many times longer — measured
+    here with one core taken by other work: 9.8 s a step on two threads against 0.46 s on one.)  Stops
+    early once ``over()`` (the budget is spent)."""
     cores = cores or usable_cores()
-    warm = time_steps(step, 1, 1)
+    ran = []
+
+    def counted() -> None:
+        ran.append(1)
+        step()
+
+    warm = time_steps(counted, 1, 1)
     if over():
-        return warm, 1
-    timings = [time_steps(step, n, 1, over)]
-    if cores > 1 and timings[0].cpu_share >= BUSY_SHARE and not over():
-        timings.append(time_steps(step, n, cores, over))
-    return min(timings, key=lambda t: t.step_s), 1 + n * len(timings)
+        return warm, len(ran)
+    timings = [time_steps(counted, n, 1, over)]
+    others = (load or _load_average)() - 1.0  # runnable work besides this process's one thread
+    if cores > 1 and timings[0].cpu_share >= BUSY_SHARE and others < 0.5 and not over():
+        start, single = time.perf_counter(), timings[0].step_s
+        timings.append(time_steps(counted, n, cores, lambda: over() or time.perf_counter() - start > single))
+    return min(timings, key=lambda t: t.step_s), len(ran)
+
+
+def _load_average() -> float:
+    """The 1-minute load average (0 where the OS has none: Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0

@@ -168,7 +168,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
         raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto', 'full' or one of {sorted(PLANS)}")
     batch_size = batch_size or (cached.batch_size if cached else 4)
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
-                      seed=seed)
+                      seed=seed, w_warped=cached.w_warped if cached else 0.0, w_ssim=cached.w_ssim if cached else 0.0)
     model = copy.deepcopy(base)
     pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
@@ -287,7 +287,12 @@ def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, trai
                   plan: Plan, batch_size: int, lr: float, cache_frames: int, device: str, seed: int):
     """Steps of a cached plan over up to ``cache_frames`` training frames spread over the clip."""
     picks = np.linspace(0, len(train_idx) - 1, min(cache_frames, len(train_idx))).round().astype(int)
-    cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # before the probe: on a machine with one core busy, two threads took 15x longer
+    try:
+        cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+    finally:
+        torch.set_num_threads(threads)
     opt, params = plan_optimizer(model, plan, lr)
     rng = np.random.default_rng(seed)
     take = min(batch_size, cache.size)
