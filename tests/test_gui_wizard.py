@@ -143,6 +143,37 @@ def test_a_slow_moment_makes_the_recording_later_not_shorter(qtbot, clip_images,
     assert seconds >= 1.5 + 20 / 15  # the 22 frames after the slow one at the source's pace (a burst: ~0.2 s)
 
 
+def test_a_camera_slower_than_it_says_still_records_the_seconds_asked(qtbot, clip_images):
+    """Cameras often report 30 fps and deliver 15 in low light: the recording's length is read on
+    the frames' capture clock, so 1 s is 1 s of the camera's time (15 frames here), not 30 frames
+    (2 s), and the countdown does not tick at half speed."""
+    from avatar_app.types import Frame
+    from avatar_app.ui.recording import Recorder
+
+    class HalfRateCamera:
+        fps = 30.0  # what it reports
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            for i in range(200):  # what it delivers: a frame every 1/15 s of capture time
+                yield Frame(image=clip_images[i % len(clip_images)], timestamp=100.0 + i / 15.0, index=i)
+
+    recorder = Recorder(HalfRateCamera, seconds=1.0, countdown=0.5)
+    outcome = []
+    recorder.finished.connect(lambda images: outcome.append(images))
+    recorder.failed.connect(outcome.append)
+    recorder.start()
+    qtbot.waitUntil(lambda: bool(outcome), timeout=30000)
+    recorder.stop()
+    assert isinstance(outcome[0], list), outcome[0]
+    assert len(outcome[0]) == 15  # 1 s of capture time at the 15 fps delivered (counting frames: 30)
+
+
 def test_cancelling_adaptation_saves_nothing(make_window, qtbot, clip_images):  # noqa: F811
     pytest.importorskip("dlib", exc_type=ImportError)
     w = make_window(recording_source=lambda: ImageSequenceSource(clip_images, fps=15.0, loop=True))

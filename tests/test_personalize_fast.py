@@ -14,7 +14,7 @@ from avatar_app.errors import InputFileError
 from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
 from avatar_app.models.shipped import shipped_weights
 from avatar_app.train.adapt_cached import PLANS, FrameCache, adapted_parameters, cached_loss
-from avatar_app.train.budget import BUSY_SHARE, Estimate, Timing, plan_steps, probe
+from avatar_app.train.budget import BUSY_SHARE, Estimate, Timing, plan_steps, probe, spare_threads
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FrameFlowInputs
 from avatar_app.train.adapt_cached import FramePairs
@@ -188,6 +188,22 @@ def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower
     calls.clear()
     timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)  # only this process: tried, stopped after a step
     assert steps == 4 and calls == [1, 1, 1, 2] and timing.threads == 1
+
+
+def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster():
+    """Other runnable work takes cores, not the whole machine: with 2 runnable besides this process
+    on 8 cores the trial runs on the 6 left, and keeps them when they are faster."""
+    calls = []
+
+    def step():  # faster with more threads, as a step that has cores of its own is
+        calls.append(torch.get_num_threads())
+        end = time.perf_counter() + (0.03 if calls[-1] == 1 else 0.01)
+        while time.perf_counter() < end:
+            pass
+
+    timing, steps = probe(step, cores=8, n=2, load=lambda: 3.0)
+    assert steps == 5 and calls == [1, 1, 1, 6, 6] and timing.threads == 6
+    assert [spare_threads(2, x) for x in (-0.2, 0.4, 0.6, 1.0, 5.0)] == [2, 2, 1, 1, 1]
 
 
 def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):

@@ -126,13 +126,14 @@ def time_steps(step: Callable[[], None], n: int, threads: int, over: Callable[[]
 def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
           over: Callable[[], bool] = lambda: False, load: Callable[[], float] | None = None) -> tuple[Timing, int]:
     """Time ``step`` (one adaptation step, run for real) with one thread after a warm-up step, then,
-    if that thread had a core to itself, ``cores > 1`` and no other work is runnable (``load``: the
-    1-minute load average, our own thread included; default the OS's, where it has one), with ``cores``
-    threads, stopping after the first of those steps if it was slower than one thread's; returns the
-    faster timing and how many steps ran.  (More threads are not tried on a busy machine: there each
-    barrier waits for a thread that waits for a core, and a step can take many times longer — measured
-    here with one core taken by other work: 9.8 s a step on two threads against 0.46 s on one.)  Stops
-    early once ``over()`` (the budget is spent)."""
+    if that thread had a core to itself and more than one core is free of other runnable work
+    (``load``: the 1-minute load average, our own thread included; default the OS's, where it has one),
+    with as many threads as cores are free (:func:`spare_threads`), stopping after the first of those
+    steps if it was slower than one thread's; returns the faster timing and how many steps ran.  (More
+    threads are not tried on a busy machine: there each barrier waits for a thread that waits for a
+    core, and a step can take many times longer — measured here with one core taken by other work:
+    9.8 s a step on two threads against 0.46 s on one.)  Stops early once ``over()`` (the budget is
+    spent)."""
     cores = cores or usable_cores()
     ran = []
 
@@ -145,10 +146,17 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
         return warm, len(ran)
     timings = [time_steps(counted, n, 1, over)]
     others = (load or _load_average)() - 1.0  # runnable work besides this process's one thread
-    if cores > 1 and timings[0].cpu_share >= BUSY_SHARE and others < 0.5 and not over():
+    threads = spare_threads(cores, others)
+    if threads > 1 and timings[0].cpu_share >= BUSY_SHARE and not over():
         start, single = time.perf_counter(), timings[0].step_s
-        timings.append(time_steps(counted, n, cores, lambda: over() or time.perf_counter() - start > single))
+        timings.append(time_steps(counted, n, threads, lambda: over() or time.perf_counter() - start > single))
     return min(timings, key=lambda t: t.step_s), len(ran)
+
+
+def spare_threads(cores: int, others: float) -> int:
+    """Threads that each get a core of their own: ``cores`` less the runnable work besides ours
+    (``others``, from the load average), rounded; at least 1."""
+    return max(1, min(cores, int(cores - max(others, 0.0) + 0.5)))
 
 
 def _load_average() -> float:

@@ -133,9 +133,13 @@ class Recorder(QObject):
         with self.source_factory() as source:
             fps = self.fps = source.fps or 30.0
             period = 1.0 / fps
-            countdown = round(self.countdown * fps)  # frames
-            total = countdown + max(1, round(self.seconds * fps))
+            # lengths on the source's clock (a camera: capture time; a file: index / fps), so a camera that
+            # delivers fewer frames than it reports still records self.seconds, and a slow moment here
+            # makes a file's recording later, never shorter
+            countdown = round(self.countdown * fps) * period
+            total = countdown + max(1, round(self.seconds * fps)) * period
             start = due = time.monotonic()
+            first = None
             for n, frame in enumerate(source):
                 delay = due - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
@@ -151,12 +155,15 @@ class Recorder(QObject):
                 if now - last_guidance >= 0.1:
                     last_guidance = now
                     emit_safely(self.guidance, guidance(frame.image, result.landmarks))
-                if n < countdown:
-                    emit_safely(self.phase, "countdown", (countdown - n) * period)
+                first = frame.timestamp if first is None else first
+                t = frame.timestamp - first
+                if t < countdown - period / 2:
+                    emit_safely(self.phase, "countdown", countdown - t)
                     continue
                 images.append(frame.image.copy())
-                emit_safely(self.phase, "recording", (total - 1 - n) * period)
-                if n + 1 >= total:
+                left = total - period - t  # until the last frame's time
+                emit_safely(self.phase, "recording", max(0.0, left))
+                if left < period / 2:
                     break
         return images
 
