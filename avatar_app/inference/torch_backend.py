@@ -139,12 +139,11 @@ class TorchBackend:
             self._fill(inputs)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        if not self._ready:  # warm up on the first frame's inputs, not on the zeroed buffers
-            with torch.inference_mode():
-                self._fill(inputs)
-            self._warm_up()
         with torch.inference_mode():
             self._fill(inputs)
+        if not self._ready:  # warm up on the first frame's inputs, not on the zeroed buffers
+            self._warm_up()
+        with torch.inference_mode():
             if self._graph is not None:
                 self._graph.replay()
                 outs = self._outputs

@@ -43,7 +43,7 @@ def window(cx: torch.Tensor, cy: torch.Tensor, h: int, w: int, size: tuple[int, 
 
 
 def box_window(cx: torch.Tensor, cy: torch.Tensor, region: torch.Tensor, h: int, w: int, size: tuple[int, int],
-                margin: int):
+               margin: int):
     """:func:`window`'s pixels (same indices, ``x``, ``y`` and taper) inside the bounding box of each eye's
     ``region (B, 2, P, 2)`` points (px) widened by ``margin`` px: one box size for both eyes (the larger),
     so the shapes depend on the data (eager only)."""
@@ -64,11 +64,17 @@ def window_size(h: int, w: int) -> tuple[int, int]:
     return min(h, math.ceil(WINDOW[0] * h)), min(w, math.ceil(WINDOW[1] * w))
 
 
+def eager_on_cpu(t: torch.Tensor) -> bool:
+    """Whether ``t`` is on the CPU and torch runs eagerly (not exporting to ONNX, tracing or compiling):
+    where the flow may take its CPU-only fast paths (data-dependent shapes, OpenCV)."""
+    return (t.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
 def can_compact(field: torch.Tensor) -> bool:
     """Whether :func:`.eye_flow.eye_remap` may ``compact``: eager on the CPU (a GPU would wait for the count,
     and exported and compiled graphs need static shapes)."""
-    return (field.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
+    return eager_on_cpu(field)
 
 
 def grid_of(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
 from .eye_flow import KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
+from .eye_window import eager_on_cpu
 from .similarity import similarity_2d
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
@@ -331,8 +332,7 @@ def _upsample(field: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
     On the CPU, eager (not exported or compiled) and without gradients, with OpenCV plane by plane: the same
     values (to 2e-5 px on the outside field) at a third of ``F.interpolate``'s time, on the live path."""
-    if (field.device.type != "cpu" or field.dtype != torch.float32 or field.requires_grad
-            or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+    if not eager_on_cpu(field) or field.dtype != torch.float32 or field.requires_grad:
         return F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
     planes = field.reshape(-1, *field.shape[2:]).numpy()
     up = [torch.from_numpy(cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)) for p in planes]

@@ -80,10 +80,11 @@ class Recorder(QObject):
 
     The live picture goes through :attr:`frames` (a :class:`FrameRelay`).  Frames are read
     at the source's rate (sources that do not keep time themselves are paced).  The countdown
-    and the recording are counted in the source's frames (``seconds`` × fps of them), not on
-    the wall clock: a slow moment (a frame stalled on a busy machine) makes the recording
-    later, never shorter, and afterwards the pace goes on from then instead of rushing through
-    the frames it missed.
+    and the recording are timed on the frames' own clock (a camera's capture time, a file's
+    index / fps), not on the wall clock: a slow moment (a frame stalled on a busy machine) makes
+    a file's recording later, never shorter, and afterwards the pace goes on from then instead of
+    rushing through the frames it missed; a camera that delivers fewer frames than it reports
+    still records ``seconds`` of its time.
     """
 
     phase = Signal(str, float)
