@@ -58,6 +58,10 @@ class Heartbeat:
         gc.unfreeze()
         return max(self.gaps) * 1e3
 
+    def percentile(self, q: float) -> float:
+        """After :meth:`stop`: the q-th percentile of the gaps between ticks, in ms."""
+        return float(np.percentile(self.gaps, q)) * 1e3
+
     def own(self) -> float:
         """After :meth:`stop`: the worst stall in ms, less the UI thread's waits for a core."""
         return max(self.own_gaps) * 1e3
