@@ -64,6 +64,20 @@ def test_retargeting_with_eye_contact_holds_gaze_and_keeps_blinks(astronaut_sour
     assert eye_openness(contact) < 0.8 * eye_openness(src)
 
 
+@pytest.mark.parametrize("yaw", (15.0, 30.0, -30.0))
+def test_eye_contact_holds_gaze_while_the_head_turns(astronaut_source, yaw):
+    """The held irises are placed after the head's 3-D turn, as `evaluate --eye-contact` holds
+    them: placed before it, the turn carried them along (0.056 eye widths off at 30 degrees)."""
+    src = astronaut_source.landmarks.points
+    turned = _targets(astronaut_source, yaw=yaw, gaze=(0.2, 0.0))
+    contact = _targets(astronaut_source, eye_contact=True, yaw=yaw, gaze=(0.2, 0.0))
+    assert abs(horizontal_gaze(turned.points) - horizontal_gaze(src)) > 0.03
+    assert abs(horizontal_gaze(contact.points) - horizontal_gaze(src)) < 0.01
+    iris = np.concatenate([topology().right_iris, topology().left_iris])
+    others = np.setdiff1d(np.arange(len(src)), iris)
+    assert np.array_equal(contact.points[others], turned.points[others])  # the head and lids still follow
+
+
 def _grid_px_at(source, target, point: np.ndarray) -> np.ndarray:
     """Where the analytic flow samples the source for the target pixel nearest ``point`` (px)."""
     flow = AnalyticFlow(SIZE)
