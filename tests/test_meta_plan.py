@@ -112,3 +112,18 @@ def test_the_inner_loop_animates_one_fixed_source_the_recordings_first_frame(tra
         assert len(task.train) == 8 and not any(i % 10 == 9 for i in task.train)  # personalization's held-out rule
         first[(task.key, task.frames[0])] = reference
     assert len(first) > 1  # different tasks, different sources: the check could fail
+
+
+def test_tasks_loaded_by_workers_are_the_serial_ones(trainer):
+    trainer.cfg.num_workers = 1
+    stream = trainer._task_stream(3)
+    for step in (3, 4):
+        task, items = next(stream)
+        want = trainer.recordings.recording(step)
+        assert task == want
+        serial = trainer.recordings.inputs(want)
+        assert len(items) == len(serial) == len(want.train)
+        for k in range(len(serial)):
+            for key, value in serial[k].items():
+                assert torch.equal(items[k][key], value), (step, k, key)
+    assert trainer.recordings.recording(3) != trainer.recordings.recording(4)  # the check could fail
