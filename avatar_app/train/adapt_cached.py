@@ -134,7 +134,7 @@ PLANS = {
 }
 
 
-CACHE_FRAMES = 48  # training frames a cached plan computes inputs for, spread over the recording (docs/PERSONALIZATION.md)
+CACHE_FRAMES = 48  # training frames a cached plan computes inputs for, spread over the recording
 
 
 def cache_picks(train_idx: list[int], frames: int = CACHE_FRAMES) -> list[int]:
@@ -184,8 +184,9 @@ class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
     reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
     ``cond (6, S, S)`` (both uint8: about 0.6 MB a frame in all for the warp plans) and the decoder's
-    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients.
-    ``items``: :func:`pair_items` of the same arguments, made beforehand (e.g. in a loader's worker)."""
+    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of
+    ``chunk`` frames without gradients.  ``items``: :func:`pair_items` of the same arguments, made beforehand
+    (e.g. in a loader's worker)."""
 
     def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
                  device: str | torch.device = "cpu", chunk: int = 8, items=None):

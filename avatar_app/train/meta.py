@@ -180,7 +180,8 @@ class MetaTrainer(Trainer):
         stream = self._task_stream(self.step) if self.cfg.num_workers > 0 else None
         while self.step < target:
             if self.plan is not None:
-                task, items = next(stream) if stream is not None else (self.recordings.recording(self.step, self.rank), None)
+                task, items = (next(stream) if stream is not None
+                               else (self.recordings.recording(self.step, self.rank), None))
                 losses = self.reptile_step(task=task, items=items)
             else:
                 batches = ([next(stream) for _ in range(self.cfg.inner_steps)] if stream is not None
