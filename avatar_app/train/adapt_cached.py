@@ -12,6 +12,7 @@ stages forward and backward.  Which parameters pay most per second on a CPU was 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,24 @@ PLANS = {
 }
 
 
+CACHE_FRAMES = 48  # training frames a cached plan computes inputs for, spread over the recording
+
+
+def cache_picks(train_idx: list[int], frames: int = CACHE_FRAMES) -> list[int]:
+    """The (at most ``frames``) training frames of ``train_idx`` a cached plan caches, spread evenly over it."""
+    picks = np.linspace(0, len(train_idx) - 1, min(frames, len(train_idx))).round().astype(int)
+    return [train_idx[i] for i in np.unique(picks)]
+
+
+def inner_optimizer(model: PortraitModel, lr: float, warp_lr_scale: float) -> torch.optim.Optimizer:
+    """The ``full`` plan's optimiser (personalization on a GPU, and Reptile's default inner loop): Adam over the
+    warp network (at ``warp_lr_scale`` × ``lr``) and the generator."""
+    return torch.optim.Adam([
+        {"params": model.warp.parameters(), "lr": lr * warp_lr_scale},
+        {"params": model.generator.parameters(), "lr": lr},
+    ], betas=(0.9, 0.999))
+
+
 def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.Parameter]:
     """The parameters ``plan`` adapts, by their names in ``model``."""
     g = model.generator
@@ -152,18 +171,27 @@ def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.P
     return chosen
 
 
+def pair_items(clip, indices: list[int], identity: np.ndarray):
+    """The samples animating ``clip``'s reference frame into each frame of ``indices`` (the
+    :class:`~.inputs.FrameFlowInputs` a :class:`FrameCache` is built from; each frame's landmark image and
+    triangle map drawn once, on first use)."""
+    from .inputs import FrameFlowInputs
+    return FrameFlowInputs(FramePairs(clip, sorted(set(indices) | {clip.reference}), identity,
+                                      pairs=[(clip.reference, i) for i in indices]))
+
+
 class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
     reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
     ``cond (6, S, S)`` (both uint8: about 0.6 MB a frame in all for the warp plans) and the decoder's
-    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of ``chunk`` frames without gradients."""
+    inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of
+    ``chunk`` frames without gradients.  ``items``: :func:`pair_items` of the same arguments, made beforehand
+    (e.g. in a loader's worker)."""
 
     def __init__(self, model: PortraitModel, clip, indices: list[int], identity: np.ndarray, start: int,
-                 device: str | torch.device = "cpu", chunk: int = 8):
-        from .inputs import FrameFlowInputs
+                 device: str | torch.device = "cpu", chunk: int = 8, items=None):
         self.start, self.device = start, torch.device(device)
-        items = FrameFlowInputs(FramePairs(clip, sorted(set(indices) | {clip.reference}), identity,
-                                            pairs=[(clip.reference, i) for i in indices]))
+        items = items if items is not None else pair_items(clip, indices, identity)
         flow = AnalyticFlow(NET_SIZE).to(self.device)
         parts: dict[str, list[torch.Tensor]] = {}
         was_training = model.training
@@ -231,6 +259,34 @@ def plan_optimizer(model: PortraitModel, plan: Plan, lr: float | None = None) ->
     rest = [p for n, p in chosen.items() if not n.startswith("warp.")]
     groups = [{"params": rest, "lr": lr}] + ([{"params": warp, "lr": lr * plan.warp_lr_scale}] if warp else [])
     return torch.optim.Adam(groups, betas=(0.9, 0.999)), warp + rest
+
+
+def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, batch_size: int, lr: float,
+                 seed: int):
+    """The step function of a cached plan over ``cache`` (personalization's, and Reptile's inner loop with
+    ``inner_plan``): ``step(done, horizon) -> loss`` takes one Adam step (:func:`plan_optimizer`) on ``batch_size``
+    random cached frames; with ``plan.decay`` the rate falls along a cosine to 0 at step ``horizon`` (the steps
+    the budget buys in all; ``None``: not known yet, the full rate).  Returns it and the adapted parameters' names."""
+    opt, params = plan_optimizer(model, plan, lr)
+    rng = np.random.default_rng(seed)
+    take = min(batch_size, cache.size)
+    rates = [g["lr"] for g in opt.param_groups]
+
+    def step(done: int, horizon: int | None) -> float:
+        """One step after ``done``; ``horizon``: the steps the budget buys in all (``None``: not yet known)."""
+        if plan.decay and horizon:
+            scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
+            for g, rate in zip(opt.param_groups, rates):
+                g["lr"] = rate * scale
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
+            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    return step, sorted(adapted_parameters(model, plan))
 
 
 def _reads(start: int, level: int) -> bool:

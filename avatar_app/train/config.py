@@ -70,6 +70,12 @@ class TrainConfig:
     inner_lr: float = 1e-4
     meta_lr: float = 1.0
     warp_lr_scale: float = 0.1
+    # "": the inner loop adapts every warp and generator weight on the data's pairs (the `full` plan); a name of
+    # adapt_cached.PLANS: the inner loop is that cached plan, as personalization runs it (its parameters, optimiser,
+    # rate, schedule, batch and loss weights replace batch_size, inner_lr, warp_lr_scale, w_warped, w_ssim), on a
+    # recording of `inner_record_s` seconds of one training person's clip animating its first frame (train.meta_tasks)
+    inner_plan: str = ""
+    inner_record_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -9,41 +9,69 @@ part of the way towards the adapted weights:
 
 With several ranks each takes its own task and the moves are averaged across ranks
 (``all_reduce``), i.e. a batch of tasks per outer step.
+
+With ``inner_plan`` (a name of :data:`~.adapt_cached.PLANS`) the inner loop is that cached plan exactly as
+personalization runs it on a CPU: a recording of one training person (:mod:`.meta_tasks`), its first frame the
+source for the whole loop, only the plan's parameters adapted (its optimiser, rate, schedule over the inner
+loop, batch and loss weights), and only those moved by the outer step — the weights learn to adapt the way
+they will be adapted.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from ..errors import InputFileError
 from ..models.portrait import PortraitModel
+from .adapt_cached import PLANS, FrameCache, Plan, adapted_parameters, cached_steps, inner_optimizer
 from .trainer import Trainer
 
-ADAPTED = ("warp.", "generator.")  # the sub-networks personalization adapts
+ADAPTED = ("warp.", "generator.")  # the sub-networks the `full` plan adapts (the default inner loop)
+log = logging.getLogger(__name__)
 
 
-def inner_optimizer(model: PortraitModel, lr: float, warp_lr_scale: float) -> torch.optim.Optimizer:
-    """The optimiser used to adapt to one person (shared with personalization)."""
-    return torch.optim.Adam([
-        {"params": model.warp.parameters(), "lr": lr * warp_lr_scale},
-        {"params": model.generator.parameters(), "lr": lr},
-    ], betas=(0.9, 0.999))
+def plan_config(cfg, plan: Plan):
+    """``cfg`` with the inner-loop settings ``plan`` fixes (as personalization sets them): batch, rate, the warp
+    network's rate scale, the loss weights; no discriminator."""
+    return replace(cfg, batch_size=plan.batch_size, inner_lr=plan.lr, warp_lr_scale=plan.warp_lr_scale,
+                   w_warped=plan.w_warped, w_ssim=plan.w_ssim, w_gan=0.0)
 
 
 class MetaTrainer(Trainer):
     """Reptile over the identities of a prepared dataset (``stage = "meta"``)."""
 
-    def __init__(self, cfg, run_dir, train_set=None, val_set=None, data=None, device: str = "cpu"):
+    def __init__(self, cfg, run_dir, train_set=None, val_set=None, data=None, device: str = "cpu", recordings=None):
         if cfg.stage != "meta":
             raise ValueError("MetaTrainer runs the 'meta' stage")
+        self.plan = None
+        if cfg.inner_plan:
+            if cfg.inner_plan not in PLANS:
+                raise InputFileError(f"inner_plan '{cfg.inner_plan}' is not a personalization plan; choose one of "
+                                     f"{', '.join(sorted(PLANS))} (or \"\" for every warp and generator weight).")
+            self.plan = PLANS[cfg.inner_plan]
+            cfg = plan_config(cfg, self.plan)
+            log.info("inner loop: plan %s (batch %d, lr %g, warp x%g, w_warped %g, w_ssim %g, decay %s)",
+                     self.plan.name, cfg.batch_size, cfg.inner_lr, cfg.warp_lr_scale, cfg.w_warped, cfg.w_ssim,
+                     self.plan.decay)
         super().__init__(cfg, run_dir, train_set=train_set, val_set=val_set, data=data, device=device)
-        self.tasks = self._group_by_identity()
+        if self.plan is not None:
+            from .meta_tasks import RecordingTasks
+
+            self.recordings = (recordings if recordings is not None else
+                               RecordingTasks.from_prepared(data, cfg.val_fraction, cfg.inner_record_s, cfg.seed))
+            self.adapted = sorted(adapted_parameters(self.model, self.plan))
+        else:
+            self.tasks = self._group_by_identity()
+            self.adapted = [n for n, _ in self.model.named_parameters() if n.startswith(ADAPTED)]
 
     def _group_by_identity(self) -> list[list[int]]:
         ds = getattr(self.train_set, "base", self.train_set)
@@ -73,7 +101,14 @@ class MetaTrainer(Trainer):
 
     def _task_stream(self, start: int):
         """The batches of steps ``start``, ``start + 1``, … loaded by ``num_workers`` DataLoader
-        workers ahead of the training (the same batches as :meth:`task_batches`)."""
+        workers ahead of the training (the same batches as :meth:`task_batches`); with ``inner_plan`` each
+        step's ``(recording, inputs)`` instead."""
+        if self.plan is not None:
+            from .meta_tasks import TaskInputs
+
+            steps = iter(range(start, 10**12))
+            return iter(DataLoader(TaskInputs(self.recordings, self.rank), batch_size=None, sampler=steps,
+                                   num_workers=self.cfg.num_workers, prefetch_factor=2))
         trainer = self
 
         class Batches:
@@ -101,14 +136,31 @@ class MetaTrainer(Trainer):
             losses.append(float(total.detach()))
         return clone, losses
 
-    def reptile_step(self, batches: list[dict]) -> dict[str, float]:
-        """One outer step; returns the inner losses (first and last)."""
-        adapted, losses = self.adapt(batches)
+    def adapt_plan(self, task, items=None, model: PortraitModel | None = None) -> tuple[PortraitModel, list[float]]:
+        """A copy of ``model`` (default: the meta-model) after ``inner_steps`` steps of the inner plan on the
+        recording ``task`` (a :class:`~.meta_tasks.Recording`; ``items``: its inputs, loaded beforehand): the
+        source is the recording's first frame throughout, the rate decays (if the plan's does) over the loop."""
+        clone = copy.deepcopy(model if model is not None else self.model).train()
+        rec = self.recordings
+        clip = rec.clip_frames(task)
+        items = items if items is not None else rec.inputs(task)
+        cache = FrameCache(clone, clip, task.train, rec.identity(task), self.plan.start, self.device, items=items)
+        seed = int(np.random.default_rng((self.cfg.seed, self.step, self.rank, 1)).integers(2**31))
+        step, _ = cached_steps(self, clone, cache, self.plan, self.cfg.batch_size, self.cfg.inner_lr, seed)
+        losses = [step(k, self.cfg.inner_steps) for k in range(self.cfg.inner_steps)]
+        clone.requires_grad_(True)
+        return clone, losses
+
+    def reptile_step(self, batches: list[dict] | None = None, task=None, items=None) -> dict[str, float]:
+        """One outer step over the inner batches (the ``full`` plan) or the recording ``task`` (``inner_plan``);
+        returns the inner losses (first and last)."""
+        adapted, losses = self.adapt(batches) if self.plan is None else self.adapt_plan(task, items)
         eps = self.cfg.meta_lr * self._lr_factor(self.step)
         new = dict(adapted.named_parameters())
+        moved = set(self.adapted)
         with torch.no_grad():
             for name, p in self.model.named_parameters():
-                if not name.startswith(ADAPTED):
+                if name not in moved:
                     continue
                 delta = new[name].detach() - p
                 if self.world > 1:
@@ -127,9 +179,14 @@ class MetaTrainer(Trainer):
         t0, done0 = time.perf_counter(), self.step
         stream = self._task_stream(self.step) if self.cfg.num_workers > 0 else None
         while self.step < target:
-            batches = ([next(stream) for _ in range(self.cfg.inner_steps)] if stream is not None
-                       else self.task_batches(self.step))
-            losses = self.reptile_step(batches)
+            if self.plan is not None:
+                task, items = (next(stream) if stream is not None
+                               else (self.recordings.recording(self.step, self.rank), None))
+                losses = self.reptile_step(task=task, items=items)
+            else:
+                batches = ([next(stream) for _ in range(self.cfg.inner_steps)] if stream is not None
+                           else self.task_batches(self.step))
+                losses = self.reptile_step(batches)
             self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size * self.cfg.inner_steps)
             if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
                 target = self._fit_budget(t0, done0, bar)

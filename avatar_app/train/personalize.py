@@ -29,12 +29,11 @@ from ..face.align import face_crop_box, transform_points, warp_to_crop
 from ..face.tracker import FaceTracker
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
-from .adapt_cached import (PLANS, FrameCache, FramePairs, Plan, ResidentPairs, adapted_parameters, cached_loss,
-                           plan_optimizer)
+from .adapt_cached import (CACHE_FRAMES, PLANS, FrameCache, FramePairs, Plan, ResidentPairs, cache_picks, cached_steps,
+                           inner_optimizer)
 from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
-from .meta import inner_optimizer
 from .trainer import Trainer
 
 
@@ -140,7 +139,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
                 cancel: CancelToken | None = None, device: str = "cpu", seed: int = 0,
                 curve_every_s: float | None = None, also_score: dict[str, list[dict]] | None = None,
                 plan: str = "auto", on_estimate: Callable[[Estimate], None] | None = None,
-                cache_frames: int = 48, max_steps: int | None = None,
+                cache_frames: int = CACHE_FRAMES, max_steps: int | None = None,
                 curve_every_steps: int | None = None, amp: bool = False) -> PersonalizeResult:
     """Adapt a copy of ``base`` to ``clip`` within ``budget_s`` wall-clock seconds.
 
@@ -286,33 +285,13 @@ def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, 
 def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, train_idx: list[int], identity,
                   plan: Plan, batch_size: int, lr: float, cache_frames: int, device: str, seed: int):
     """Steps of a cached plan over up to ``cache_frames`` training frames spread over the clip."""
-    picks = np.linspace(0, len(train_idx) - 1, min(cache_frames, len(train_idx))).round().astype(int)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # before the probe: on a machine with one core busy, two threads took 15x longer
     try:
-        cache = FrameCache(model, clip, [train_idx[i] for i in np.unique(picks)], identity, plan.start, device)
+        cache = FrameCache(model, clip, cache_picks(train_idx, cache_frames), identity, plan.start, device)
     finally:
         torch.set_num_threads(threads)
-    opt, params = plan_optimizer(model, plan, lr)
-    rng = np.random.default_rng(seed)
-    take = min(batch_size, cache.size)
-    rates = [g["lr"] for g in opt.param_groups]
-
-    def step(done: int, horizon: int | None) -> float:
-        """One step after ``done``; ``horizon``: the steps the budget buys in all (``None``: not yet known)."""
-        if plan.decay and horizon:
-            scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
-            for g, rate in zip(opt.param_groups, rates):
-                g["lr"] = rate * scale
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
-            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return float(loss.detach())
-
-    return step, sorted(adapted_parameters(model, plan))
+    return cached_steps(trainer, model, cache, plan, batch_size, lr, seed)
 
 
 def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.ndarray) -> list[dict]:
