@@ -3,7 +3,7 @@
     PYTHONPATH=. python tools/stress_report.py [--clips ../shared/data/real_clips] [--size 256]
         [--frames 90] [--portraits a.jpg b.jpg ...] [--validation-people 3] [--drivers shot_cut ...]
         [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--no-identity]
-        [--live | --lockstep] [--unseen]
+        [--live | --lockstep] [--unseen] [--identity-every 6]
 
 ``--live`` plays each driver through the live pipeline (``avatar-app live``'s threads, paced at
 the driver's frame rate; a machine that cannot keep up skips frames, and each output jump is
@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--weights", help="neural weights (e.g. assets/weights/full-real.safetensors)")
     ap.add_argument("--preset", choices=("lite", "full"), default="full", help="the neural preset of --weights")
     ap.add_argument("--no-identity", action="store_true")
+    ap.add_argument("--identity-every", type=int, default=6, help="the identity on every N-th (driver) frame")
     ap.add_argument("--unseen", action="store_true", help="the unseen drivers (stress_unseen) instead of the seen ones")
     path = ap.add_mutually_exclusive_group()
     path.add_argument("--live", action="store_true", help="through the live pipeline, paced at the driver's rate")
@@ -103,7 +104,8 @@ def main() -> int:
                 natural = naturals.setdefault(d.name, sc.driver_natural_jump(d, still))
             else:
                 natural = sc.driver_natural_jump(d, still, source)
-            res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices)
+            res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices,
+                                  identity_every=args.identity_every)
             print(res.row(), f"<!-- {note}{time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0
 
