@@ -10,6 +10,9 @@ distance p95 ≤ 0.45.  Real-clip drivers skip, with the reason, when the clips 
 Beyond the bundled portraits at 256: three validation people's first frames (from the
 real clips, never copied) and both portraits at 512, and the shipped lite network.  A
 few of those rows run in every suite; the rest are marked ``slow`` (``pytest -m slow``).
+
+``test_unseen_drivers``: the same checks on drivers nobody here developed on (other people, new
+constructions: :mod:`avatar_app.train.stress_unseen`); two rows in the suite, the rest ``slow``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from avatar_app.capture import stress
 from avatar_app.face.source import prepare_source
 from avatar_app.train import stress_checks as sc
 from avatar_app.train.stress_run import live_avatars, offline_avatars
+from avatar_app.train.stress_unseen import unseen_stress_drivers, unseen_synthetic_cut
 
 CLIPS = Path(os.environ.get("AVATAR_APP_REAL_CLIPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"))
 REAL_FRAMES = 60
@@ -213,3 +217,68 @@ def test_live_stress_at_512(portrait, name, astronaut, hopper, request, still_tr
     assert len(images) >= len(driver.frames) // 4, info
     _assert_holds(sc.check_output(f"{portrait} {name} live @ 512", images, natural, still_tracker, identity, emb,
                                   indices=indices))
+
+
+# -- stress drivers nobody here has seen (other people, new constructions; docs/MOTION.md §8) --
+
+
+@pytest.fixture(scope="module")
+def unseen_drivers():
+    """name -> [driver, its natural jump or None until first asked]; skips without the clips."""
+    if not (CLIPS / "MANIFEST.tsv").is_file():
+        pytest.skip(f"real clips not found at {CLIPS} (they are never copied into the repository)")
+    return {d.name: [d, None] for d in unseen_stress_drivers(CLIPS, REAL_FRAMES)}
+
+
+UNSEEN = ["unseen_shot_cut", "unseen_cut_pair", "unseen_approach_retreat", "unseen_side_to_side",
+          "unseen_second_face", "unseen_synthetic_cut"]
+UNSEEN_PATHS = [(256, "offline"), (512, "offline"), (512, "live")]
+
+
+def _unseen_rows():
+    quick = {("grace_hopper", "unseen_synthetic_cut", 256, "offline"),
+             ("astronaut", "unseen_cut_pair", 256, "offline")}
+    cuts = pytest.mark.xfail(strict=False, reason=(
+        "cuts between face-centred clips of people whose faces differ less than is_jump's thresholds per frame "
+        "(the tracker spreads a cut over 3-4 frames) are followed as motion: docs/MOTION.md §8"))
+    edge = pytest.mark.xfail(strict=False, reason=(
+        "identity at the portrait's edge: the driver tilts and looks down (second face) or the head is shifted "
+        "far (side-to-side); every-frame p95 over 0.45, the sampled frames decide (docs/MOTION.md §8)"))
+    known = {("astronaut", "unseen_synthetic_cut", 256, "offline"): pytest.mark.xfail(strict=False, reason=(
+        "0.075 against 0.067 + 0.007: the blend after a re-anchor adds its own motion to the driver's "
+        "(docs/MOTION.md §8)")),
+        ("grace_hopper", "unseen_second_face", 512, "offline"): edge,
+        ("grace_hopper", "unseen_second_face", 512, "live"): edge,
+        ("astronaut", "unseen_side_to_side", 512, "live"): edge}
+    rows = []
+    for portrait in ("astronaut", "grace_hopper"):
+        for name in UNSEEN:
+            for size, path in UNSEEN_PATHS:
+                key = (portrait, name, size, path)
+                marks = [m for m in (None if key in quick else SLOW, cuts if name == "unseen_shot_cut" else None,
+                                     known.get(key)) if m]
+                rows.append(pytest.param(*key, marks=marks, id=f"{portrait}-{name}-{size}-{path}"))
+    return rows
+
+
+@pytest.mark.parametrize("portrait, name, size, path", _unseen_rows())
+def test_unseen_drivers(portrait, name, size, path, astronaut, hopper, request, still_tracker, identity):
+    """The same checks on drivers the product was not developed on (:mod:`avatar_app.train.stress_unseen`)."""
+    source = prepare_source(astronaut if portrait == "astronaut" else hopper, size, tracker=still_tracker)
+    emb = identity.embed(source.crop, source.landmarks) if identity else None
+    if name == "unseen_synthetic_cut":  # needs no clips
+        driver = unseen_synthetic_cut()
+        natural = sc.driver_natural_jump(driver, still_tracker, source)
+    else:
+        entry = request.getfixturevalue("unseen_drivers")[name]
+        if entry[1] is None:
+            entry[1] = sc.driver_natural_jump(entry[0], still_tracker)
+        driver, natural = entry
+    indices = None
+    if path == "live":
+        images, indices, info = live_avatars(source, driver)
+        assert len(images) >= len(driver.frames) // 4, info
+    else:
+        images = _offline(source, driver)
+    _assert_holds(sc.check_output(f"{portrait} {name} {path} @ {size}", images, natural, still_tracker, identity,
+                                  emb, indices=indices))

@@ -3,12 +3,15 @@
     PYTHONPATH=. python tools/stress_report.py [--clips ../shared/data/real_clips] [--size 256]
         [--frames 90] [--portraits a.jpg b.jpg ...] [--validation-people 3] [--drivers shot_cut ...]
         [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--no-identity]
-        [--live | --lockstep]
+        [--live | --lockstep] [--unseen] [--identity-every 6]
 
 ``--live`` plays each driver through the live pipeline (``avatar-app live``'s threads, paced at
 the driver's frame rate; a machine that cannot keep up skips frames, and each output jump is
 then divided by the driver frames it spans); ``--lockstep`` through the same pipeline one frame
 at a time (nothing skipped: the same avatars as offline).
+
+``--unseen`` plays the drivers nobody here has seen instead (:mod:`avatar_app.train.stress_unseen`:
+other people than the seen drivers' and the validation portraits', new constructions).
 
 ``--validation-people N`` adds the first frames of N validation people's clips (read from
 ``--clips``, never copied) to the portraits.  The figures in docs/MOTION.md come from this script.
@@ -30,6 +33,7 @@ from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
 from avatar_app.train import stress_checks as sc  # noqa: E402
 from avatar_app.train.stress_run import live_avatars, offline_avatars  # noqa: E402
+from avatar_app.train.stress_unseen import unseen_stress_drivers, unseen_synthetic_cut  # noqa: E402
 
 
 def make_animator(args, source):
@@ -52,16 +56,21 @@ def main() -> int:
     ap.add_argument("--weights", help="neural weights (e.g. assets/weights/full-real.safetensors)")
     ap.add_argument("--preset", choices=("lite", "full"), default="full", help="the neural preset of --weights")
     ap.add_argument("--no-identity", action="store_true")
+    ap.add_argument("--identity-every", type=int, default=6, help="the identity on every N-th (driver) frame")
+    ap.add_argument("--unseen", action="store_true", help="the unseen drivers (stress_unseen) instead of the seen ones")
     path = ap.add_mutually_exclusive_group()
     path.add_argument("--live", action="store_true", help="through the live pipeline, paced at the driver's rate")
     path.add_argument("--lockstep", action="store_true", help="through the live pipeline, one frame at a time")
     args = ap.parse_args()
 
     still = FaceTracker()
-    drivers = [stress.profile_turns(), stress.synthetic_cut()]
     real = Path(args.clips, "MANIFEST.tsv").is_file()
-    if real:
-        drivers = stress.real_stress_drivers(args.clips, args.frames) + drivers
+    if args.unseen:
+        drivers = unseen_stress_drivers(args.clips, args.frames) if real else [unseen_synthetic_cut()]
+    else:
+        drivers = [stress.profile_turns(), stress.synthetic_cut()]
+        if real:
+            drivers = stress.real_stress_drivers(args.clips, args.frames) + drivers
     if args.drivers:
         drivers = [d for d in drivers if d.name in args.drivers]
     portraits = [(Path(p).stem, read_image(p)) for p in args.portraits]
@@ -74,7 +83,7 @@ def main() -> int:
         encoder = IdentityEncoder().load()
     how = "live (paced)" if args.live else "live (lockstep)" if args.lockstep else "offline"
     print(f"{args.animator} animator{' ' + Path(args.weights).name if args.weights else ''}, {args.frames} real frames, "
-          f"{how}")
+          f"{how}{', unseen drivers' if args.unseen else ''}")
     print("| driver | frames | face found | two faces | max jump (face sizes) | natural + noise (face sizes) | identity p95 |")
     print("|---|---|---|---|---|---|---|")
     naturals: dict[str, float] = {}
@@ -95,7 +104,8 @@ def main() -> int:
                 natural = naturals.setdefault(d.name, sc.driver_natural_jump(d, still))
             else:
                 natural = sc.driver_natural_jump(d, still, source)
-            res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices)
+            res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices,
+                                  identity_every=args.identity_every)
             print(res.row(), f"<!-- {note}{time.perf_counter() - t0:.1f} s -->", flush=True)
     return 0
 

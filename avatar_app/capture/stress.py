@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -113,11 +113,13 @@ def person_of_row(row: dict[str, str]) -> str:
     return row_person(row) or row["file"]
 
 
-def clips_of_different_people(folder: str | Path, count: int, min_frames: int = 90) -> list[Path]:
+def clips_of_different_people(folder: str | Path, count: int, min_frames: int = 90,
+                              exclude: Collection[str] = ()) -> list[Path]:
     """``count`` clips of different people from ``folder``'s ``MANIFEST.tsv`` (a face in every
-    frame, at least ``min_frames`` long), spread over the manifest in its order."""
+    frame, at least ``min_frames`` long; each person's first such clip; none of the people in
+    ``exclude``), spread over the manifest in its order."""
     folder = Path(folder)
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     good = []
     for row in manifest_rows(folder):
         person = person_of_row(row)
@@ -169,12 +171,14 @@ def _modulated(name: str, images: Sequence[np.ndarray], fps: float,
 
 
 def approach_retreat(images: Sequence[np.ndarray], fps: float, period_s: float = 4.0,
-                     low: float = 0.5, high: float = 2.0) -> StressDriver:
-    """The face comes closer (to ``high`` × its size) and backs away (to ``low`` ×), smoothly."""
+                     low: float = 0.5, high: float = 2.0, retreat_first: bool = False) -> StressDriver:
+    """The face comes closer (to ``high`` × its size) and backs away (to ``low`` ×), smoothly
+    (``retreat_first``: backs away first)."""
     lo, hi = math.log(low), math.log(high)
+    sign = -1.0 if retreat_first else 1.0
 
     def zoom(im: np.ndarray, t: float) -> np.ndarray:
-        u = math.sin(2 * math.pi * t / period_s)  # 0 -> +1 -> 0 -> -1 -> 0
+        u = sign * math.sin(2 * math.pi * t / period_s)  # 0 -> +1 -> 0 -> -1 -> 0 (or -1 first)
         return _affine(im, math.exp(u * (hi if u > 0 else -lo)), 0, 0)
 
     return _modulated("approach_retreat", images, fps, zoom)
@@ -238,29 +242,51 @@ def profile_turns(fps: float = 25.0, seconds: float = 6.0, max_yaw: float = 60.0
     return _synthetic("profile_turns", poses, fps)
 
 
-def synthetic_cut(fps: float = 25.0, seconds: float = 4.0) -> StressDriver:
+SYNTHETIC_SHOTS = (FacePose(), FacePose(yaw=25, shift=(0.9, 0.3), scale=1.8),
+                   FacePose(roll=-15, shift=(-0.8, -0.2), scale=0.6), FacePose(pitch=15, shift=(0.4, 0.0), scale=1.3))
+
+
+def random_shots(seed: int, count: int = 4) -> list[FacePose]:
+    """``count`` shots for :func:`synthetic_cut`: the first at rest (the neutral a user starts in), the
+    others drawn from ``seed`` over the span of :data:`SYNTHETIC_SHOTS` (yaw, pitch, roll ±25°/±15°/±15°,
+    shift ±0.9 / ±0.3 face widths, scale 0.6–1.8× log-uniform)."""
+    rng = np.random.default_rng(seed)
+    return [FacePose()] + [
+        FacePose(yaw=float(rng.uniform(-25, 25)), pitch=float(rng.uniform(-15, 15)), roll=float(rng.uniform(-15, 15)),
+                 shift=(float(rng.uniform(-0.9, 0.9)), float(rng.uniform(-0.3, 0.3))),
+                 scale=float(math.exp(rng.uniform(math.log(0.6), math.log(1.8)))))
+        for _ in range(count - 1)]
+
+
+def synthetic_cut(fps: float = 25.0, seconds: float = 4.0, shots: Sequence[FacePose] = SYNTHETIC_SHOTS,
+                  talk_seed: int = 0) -> StressDriver:
     """The synthetic timeline, cut every second to another place, size and head turn
-    (what a shot cut looks like to the retargeter when no real clips are at hand)."""
-    shots = [FacePose(), FacePose(yaw=25, shift=(0.9, 0.3), scale=1.8), FacePose(roll=-15, shift=(-0.8, -0.2), scale=0.6),
-             FacePose(pitch=15, shift=(0.4, 0.0), scale=1.3)]
+    (what a shot cut looks like to the retargeter when no real clips are at hand); the talking,
+    blinks and nods are :func:`timeline_pose`'s with ``talk_seed``."""
     poses = []
     for i in range(int(seconds * fps)):
         t = i / fps
         shot = shots[int(i // fps) % len(shots)]
-        talk = timeline_pose(1.5 + t)
+        talk = timeline_pose(1.5 + t, seed=talk_seed)
         poses.append(replace(talk, yaw=talk.yaw + shot.yaw, pitch=talk.pitch + shot.pitch, roll=talk.roll + shot.roll,
                              shift=shot.shift, scale=shot.scale))
     return _synthetic("synthetic_cut", poses, fps, shot=int(fps))
 
 
+def read_clips(paths: Sequence[Path], count: int, frames: int, size: int, folder: str | Path = ""
+               ) -> tuple[list[list[np.ndarray]], float]:
+    """``(frames of each clip, the first clip's frame rate)`` for ``count`` clips of different people
+    (:func:`read_clip`); ``FileNotFoundError`` when fewer were found (in ``folder``)."""
+    if len(paths) < count:
+        raise FileNotFoundError(f"fewer than {count} usable clips of different people in {folder}")
+    fps = cv2.VideoCapture(str(paths[0])).get(cv2.CAP_PROP_FPS) or 25.0
+    return [read_clip(p, frames, size) for p in paths[:count]], fps
+
+
 def real_stress_drivers(folder: str | Path, frames: int = 90, size: int = 384) -> list[StressDriver]:
     """The real-clip stress drivers: shot cuts between three people, approach/retreat,
     side-to-side and a second face, each ``frames`` long (fewer if the clips are short)."""
-    paths = clips_of_different_people(folder, 3, min_frames=frames)
-    if len(paths) < 3:
-        raise FileNotFoundError(f"fewer than three usable clips of different people in {folder}")
-    clips = [read_clip(p, frames, size) for p in paths]
-    fps = cv2.VideoCapture(str(paths[0])).get(cv2.CAP_PROP_FPS) or 25.0
+    clips, fps = read_clips(clips_of_different_people(folder, 3, min_frames=frames), 3, frames, size, folder)
     third = frames // 3
     return [
         shot_cut([c[:third * 2] for c in clips], fps, shot=max(10, frames // 6)),

@@ -129,17 +129,24 @@ class JumpThresholds:
     shape: float = 0.09
 
 
-def is_jump(a: Landmarks, b: Landmarks, dt: float, limits: JumpThresholds = JumpThresholds()) -> bool:
-    """True when ``b`` (``dt`` s after ``a``) is not a continuation of ``a``'s face: a shot cut,
-    a re-detection somewhere else, another person (different shape)."""
+def jump_terms(a: Landmarks, b: Landmarks) -> tuple[float, float, float]:
+    """``(shift, zoom, shape)`` from face ``a`` to face ``b``, the terms :func:`is_jump` tests
+    (:class:`JumpThresholds`' units: IOD, ``|log scale|``, IOD)."""
     rigid = topology().rigid
     pa, pb = a.points[rigid].astype(np.float64), b.points[rigid].astype(np.float64)
     iod = max(inter_ocular(a.points), 1e-6)
     s, rot, t = similarity_fit(pa, pb)
-    frames = min(max(1.0, dt * 30.0), 3.0)  # a face re-found after a long gap must still be near
     shift = float(np.linalg.norm(pb[:, :2].mean(0) - pa[:, :2].mean(0))) / iod
     shape = float(np.sqrt(((pb - (s * pa @ rot.T + t)) ** 2).sum(1).mean())) / (max(s, 1e-6) * iod)
-    return shift > limits.shift * frames or abs(np.log(max(s, 1e-6))) > limits.zoom * frames or shape > limits.shape
+    return shift, abs(float(np.log(max(s, 1e-6)))), shape
+
+
+def is_jump(a: Landmarks, b: Landmarks, dt: float, limits: JumpThresholds = JumpThresholds()) -> bool:
+    """True when ``b`` (``dt`` s after ``a``) is not a continuation of ``a``'s face: a shot cut,
+    a re-detection somewhere else, another person (different shape)."""
+    frames = min(max(1.0, dt * 30.0), 3.0)  # a face re-found after a long gap must still be near
+    shift, zoom, shape = jump_terms(a, b)
+    return shift > limits.shift * frames or zoom > limits.zoom * frames or shape > limits.shape
 
 
 class DriverGuard:

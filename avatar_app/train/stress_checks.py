@@ -226,13 +226,8 @@ def _output_noise(images: Sequence[np.ndarray], pairs: Sequence[int], jumps: np.
     return noise
 
 
-def validation_portraits(folder: str | Path, count: int = 3) -> list[tuple[str, np.ndarray]]:
-    """``(person, BGR image)``: the first frame of a clip of ``count`` validation people.
-
-    Validation people by the training split's rule (:func:`~avatar_app.train.split.split_clips`,
-    by person), never among the stress drivers' people; the clips of the largest frames
-    first (so a 512 px crop is not an upscale), one clip a person.  Read from ``folder``,
-    never copied."""
+def validation_rows(folder: str | Path, count: int = 3) -> list[dict[str, str]]:
+    """The manifest rows of :func:`validation_portraits`' clips (one a person, ``count`` at most)."""
     from ..capture import stress
     from .split import split_clips
 
@@ -246,11 +241,23 @@ def validation_portraits(folder: str | Path, count: int = 3) -> list[tuple[str, 
         if person not in chosen and person not in drivers and float(row["face_fraction"]) >= 1.0 \
                 and (Path(folder) / row["file"]).is_file():
             chosen[person] = row
+    return list(chosen.values())[:count]
+
+
+def validation_portraits(folder: str | Path, count: int = 3) -> list[tuple[str, np.ndarray]]:
+    """``(person, BGR image)``: the first frame of a clip of ``count`` validation people.
+
+    Validation people by the training split's rule (:func:`~avatar_app.train.split.split_clips`,
+    by person), never among the stress drivers' people; the clips of the largest frames
+    first (so a 512 px crop is not an upscale), one clip a person.  Read from ``folder``,
+    never copied."""
+    from ..capture import stress
+
     out = []
-    for person, row in list(chosen.items())[:count]:
+    for row in validation_rows(folder, count):
         cap = cv2.VideoCapture(str(Path(folder) / row["file"]))
         ok, image = cap.read()
         cap.release()
         if ok:
-            out.append((person, image))
+            out.append((stress.person_of_row(row), image))
     return out
