@@ -174,7 +174,15 @@ def test_the_probe_keeps_the_faster_thread_count_and_measures_the_cpu_share():
     assert computing.threads == 1 and computing.cpu_share > 2 * waiting.cpu_share  # (how much depends on the load)
 
 
-def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower_trial():
+def _own_core(monkeypatch) -> None:
+    """The steps below busy-wait on the wall clock: their CPU share is whatever the machine's load
+    leaves them, and a share under ``BUSY_SHARE`` rightly stops the probe from trying more threads.
+    These tests are about what it does with the load average, so each step has its core."""
+    monkeypatch.setattr(time, "process_time", time.perf_counter)
+
+
+def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower_trial(monkeypatch):
+    _own_core(monkeypatch)
     calls = []
 
     def step():  # computes for one thread; with more, waits as a thread whose core is busy does
@@ -190,9 +198,10 @@ def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower
     assert steps == 4 and calls == [1, 1, 1, 2] and timing.threads == 1
 
 
-def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster():
+def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster(monkeypatch):
     """Other runnable work takes cores, not the whole machine: with 2 runnable besides this process
     on 8 cores the trial runs on the 6 left, and keeps them when they are faster."""
+    _own_core(monkeypatch)
     calls = []
 
     def step():  # faster with more threads, as a step that has cores of its own is
