@@ -273,7 +273,7 @@ def test_a_profile_over_shipped_weights_moves_between_machines(tmp_path):
 
 
 def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astronaut_source):
-    """tools/cpu_variants.py decodes a window of the frame to make a step cheaper (docs/PERSONALIZATION.md,
+    """tools/cpu_variants.py decodes a window of the frame to make a step cheaper (docs/PERSONALIZATION_ROUNDS.md,
     third round); over the whole frame its windowed path must be the model's own frame, and a window its crop's size."""
     import sys
     from pathlib import Path

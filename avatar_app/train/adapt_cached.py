@@ -124,7 +124,7 @@ class Plan:
 
 PLANS = {
     # batch 2 at 6e-4, decaying, the warped source's L1 at the lite training's 0.5: the most later-segment gain per
-    # CPU second of those measured (docs/PERSONALIZATION.md)
+    # CPU second of those measured (docs/PERSONALIZATION_ROUNDS.md)
     "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True, w_warped=0.5),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),

@@ -22,14 +22,15 @@ BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is 
 
 # Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
-# Sources: docs/PERSONALIZATION.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 0.5 — from the
-# lite-real of 2026-12-01, *Fourth round*: the points of one 112-step run per person, what 30 s bought on two idle
-# cores, whose rate decayed over all 112; a shorter budget decays sooner, not measured apart) and
+# Sources: docs/PERSONALIZATION_ROUNDS.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 0.5 — from the
+# lite-real of 2026-12-01 with its blend-mask offset, *fifth round*: the points of one 112-step run
+# per person, what 30 s bought on two idle cores, whose rate decayed over all 112; a shorter budget decays sooner,
+# not measured apart) and
 # docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.52, 1.03), (56, 0.99, 1.32), (84, 1.06, 1.45),
-                               (112, 1.05, 1.44)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.74, 0.99), (56, 1.05, 1.31), (84, 1.12, 1.43),
+                               (112, 1.14, 1.45)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
