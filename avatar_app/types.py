@@ -69,12 +69,15 @@ class Frame:
 class TrackResult:
     """What the tracker says about one frame.
 
-    ``landmarks`` is ``None`` when no face was found (``found`` is False then).
+    ``landmarks`` is ``None`` when no face was found (``found`` is False then).  ``cut`` is True
+    when the face's raw landmarks jumped from the last frame's (a shot cut, another person: the
+    tracker restarted its smoothing there); the driver guard treats that frame as a jump.
     """
 
     landmarks: Landmarks | None
     confidence: float
     timestamp: float = 0.0
+    cut: bool = False
 
     @property
     def found(self) -> bool:

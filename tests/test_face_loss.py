@@ -92,6 +92,23 @@ def test_a_jump_never_reaches_the_avatar_and_the_new_face_is_re_anchored(astrona
     assert np.abs(shown[-1].points - src.points).max() < 1.0
 
 
+def test_a_cut_the_tracker_saw_is_a_jump_even_where_the_face_stays(astronaut_source):
+    """A face the tracker flags as a cut (its raw landmarks jumped) is a jump for the guard, even
+    when the smoothed landmarks it gets barely moved: it holds, then re-anchors."""
+    from avatar_app.face.retarget import Retargeter
+    from avatar_app.runtime.face_loss import SETTLING, DriverGuard
+
+    src = astronaut_source.landmarks
+    guard = DriverGuard(Retargeter(src), settle_s=0.5)
+    for i in range(10):
+        guard.update(i / 30, _driver(), src)
+    guard.update(10 / 30, _driver(), src, cut=True)
+    assert guard.jumps == 1 and guard.state == SETTLING
+    for i in range(11, 40):
+        guard.update(i / 30, _driver(), src)
+    assert guard.jumps == 1 and guard.state == TRACKING
+
+
 def test_natural_motion_is_not_a_jump():
     from avatar_app.capture.synthetic import timeline_pose
     from avatar_app.runtime.face_loss import is_jump

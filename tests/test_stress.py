@@ -237,10 +237,8 @@ UNSEEN_PATHS = [(256, "offline"), (512, "offline"), (512, "live")]
 
 def _unseen_rows():
     quick = {("grace_hopper", "unseen_synthetic_cut", 256, "offline"),
-             ("astronaut", "unseen_cut_pair", 256, "offline")}
-    cuts = pytest.mark.xfail(strict=False, reason=(
-        "cuts between face-centred clips of people whose faces differ less than is_jump's thresholds per frame "
-        "(the tracker spreads a cut over 3-4 frames) are followed as motion: docs/MOTION.md §8"))
+             ("astronaut", "unseen_cut_pair", 256, "offline"),
+             ("astronaut", "unseen_shot_cut", 256, "offline")}
     edge = pytest.mark.xfail(strict=False, reason=(
         "identity at the portrait's edge: the driver tilts and looks down (second face) or the head is shifted "
         "far (side-to-side); every-frame p95 over 0.45, the sampled frames decide (docs/MOTION.md §8)"))
@@ -255,8 +253,7 @@ def _unseen_rows():
         for name in UNSEEN:
             for size, path in UNSEEN_PATHS:
                 key = (portrait, name, size, path)
-                marks = [m for m in (None if key in quick else SLOW, cuts if name == "unseen_shot_cut" else None,
-                                     known.get(key)) if m]
+                marks = [m for m in (None if key in quick else SLOW, known.get(key)) if m]
                 rows.append(pytest.param(*key, marks=marks, id=f"{portrait}-{name}-{size}-{path}"))
     return rows
 

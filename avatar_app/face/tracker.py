@@ -8,7 +8,8 @@ Two ways to run mediapipe, chosen by whether a model file is given:
   mediapipe releases ship no models, so the file must come from the user).
 
 Video frames are tracked (mediapipe re-uses the last face region, much faster than
-detecting every frame) and smoothed causally with a One-Euro filter; still images
+detecting every frame) and smoothed causally with a One-Euro filter, restarted when the
+followed face jumps (a shot cut: :func:`~.jumps.is_jump` on the raw landmarks); still images
 go through :meth:`FaceTracker.detect_faces` (static mode, several faces).
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..errors import DependencyError, InputFileError
 from ..types import NUM_LANDMARKS, Frame, Landmarks, TrackResult
+from .jumps import JumpThresholds, is_jump
 from .mesh import eye_centers
 from .smoothing import EYE_SMOOTHING, FACE_SMOOTHING, LandmarkSmoother
 
@@ -98,11 +100,18 @@ class FaceTracker:
         track_faces: most faces looked at in video frames; with more than one visible the
             tracker follows the face nearest the one it followed last (the largest when it
             had none), not whichever mediapipe lists first.
+        jump_thresholds: when the followed face's raw landmarks jump from the last frame's
+            (:func:`~.jumps.is_jump`, the driver guard's own test: a shot cut, even between two
+            faces at the same place and size) the smoothing restarts, so the cut shows in one
+            frame instead of being spread over several as motion, and the frame's
+            :class:`TrackResult` says ``cut`` (the guard's test on the smoothed landmarks alone
+            can miss it by a little: the last smoothed face lagged).
     """
 
     def __init__(self, model_path: str | Path | None = None, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = FACE_SMOOTHING,
-                 max_faces: int = 4, track_faces: int = 2, eye_smoothing: tuple | None = EYE_SMOOTHING):
+                 max_faces: int = 4, track_faces: int = 2, eye_smoothing: tuple | None = EYE_SMOOTHING,
+                 jump_thresholds: JumpThresholds = JumpThresholds()):
         self.model_path = Path(model_path) if model_path else None
         if self.model_path is not None and not self.model_path.is_file():
             raise InputFileError(
@@ -114,6 +123,9 @@ class FaceTracker:
         self.max_faces = max_faces
         self.track_faces = max(1, int(track_faces))
         self._followed: np.ndarray | None = None  # (x, y, inter-ocular px) of the last raw face followed
+        self._raw: tuple[float, Landmarks] | None = None  # (time, raw landmarks) of last frame's followed face
+        self.jump_thresholds = jump_thresholds
+        self.restarts = 0  # smoothing restarts on a followed face that jumped or was elsewhere
         self._filter = LandmarkSmoother(smoothing, eye_smoothing) if smoothing else None
         self._video = None
         self._static = None
@@ -190,31 +202,36 @@ class FaceTracker:
         if not faces:
             if self._filter is not None:
                 self._filter.reset()
+            self._raw = None
             return TrackResult(None, 0.0, frame.timestamp)
-        lm = self._follow([_to_landmarks(f, w, h) for f in faces])
+        lm, away = self._follow([_to_landmarks(f, w, h) for f in faces])
+        last, self._raw = self._raw, (frame.timestamp, lm)
+        cut = last is not None and is_jump(last[1], lm, frame.timestamp - last[0], self.jump_thresholds)
         if self._filter is not None:
+            if away or cut:
+                self._filter.reset()
+                self.restarts += 1
             lm = lm.with_points(self._filter(lm.points, frame.timestamp, scale=max(float(self._followed[2]), 1.0)))
-        return TrackResult(lm, lm.confidence, frame.timestamp)
+        return TrackResult(lm, lm.confidence, frame.timestamp, cut=cut)
 
-    def _follow(self, faces: list[Landmarks]) -> Landmarks:
-        """The face to follow: nearest the last one followed, else the largest.  A face that
-        is not where the last one was (a cut, another person) restarts the smoothing, so
-        the filter never sweeps landmarks across the frame."""
+    def _follow(self, faces: list[Landmarks]) -> tuple[Landmarks, bool]:
+        """The face to follow: nearest the last one followed, else the largest; and whether it
+        is not where the last one was (a cut, another person: the smoothing restarts, so the
+        filter never sweeps landmarks across the frame)."""
         def centre(lm: Landmarks) -> np.ndarray:
             eye_r, eye_l = eye_centers(lm.xy)
             return np.array([*(eye_r + eye_l) / 2, np.linalg.norm(eye_l - eye_r)])
 
         keyed = [(centre(f), f) for f in faces]
-        last = self._followed
+        last, away = self._followed, False
         if last is None:
             c, lm = max(keyed, key=lambda k: face_area(k[1]))
         else:
             c, lm = min(keyed, key=lambda k: float(np.linalg.norm(k[0][:2] - last[:2])))
             moved = float(np.linalg.norm(c[:2] - last[:2])) / max(last[2], 1.0)
-            if self._filter is not None and (moved > 1.0 or abs(np.log(max(c[2], 1e-6) / max(last[2], 1e-6))) > 0.3):
-                self._filter.reset()
+            away = moved > 1.0 or abs(np.log(max(c[2], 1e-6) / max(last[2], 1e-6))) > 0.3
         self._followed = c
-        return lm
+        return lm, away
 
     def reset(self) -> None:
         """Forget tracking state (a new video or camera)."""
@@ -224,6 +241,7 @@ class FaceTracker:
         if self._filter is not None:
             self._filter.reset()
         self._followed = None
+        self._raw = None
         self._last_ts_ms = -1
 
     @property

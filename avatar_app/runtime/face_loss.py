@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..face.align import similarity_fit
-from ..face.mesh import face_size, topology
+from ..face.jumps import JumpThresholds, is_jump  # the guard's test (also the tracker's)
+from ..face.mesh import face_size
 from ..face.retarget import Retargeter, inter_ocular, soft_limit
 from ..types import Landmarks
 
@@ -109,54 +109,14 @@ class FaceLossSmoother:
         return out
 
 
-@dataclass(frozen=True)
-class JumpThresholds:
-    """When one tracked face → the next is a *jump*, not motion (per frame at 30 fps; gaps
-    allow proportionally more for the rate-like terms, up to three frames' worth).
-
-    Measured on the real clips' own tracked motion (docs/MOTION.md): a head moves at most
-    about 0.2 inter-ocular distances (IOD) and 4 % in scale per frame, and the rigid
-    points' shape changes by at most 0.07 IOD between consecutive frames.
-
-    Attributes:
-        shift: rigid-centroid motion, IOD.
-        zoom: ``|log scale|``.
-        shape: RMS residual of the rigid points after the best similarity, IOD.
-    """
-
-    shift: float = 0.45
-    zoom: float = 0.12
-    shape: float = 0.09
-
-
-def jump_terms(a: Landmarks, b: Landmarks) -> tuple[float, float, float]:
-    """``(shift, zoom, shape)`` from face ``a`` to face ``b``, the terms :func:`is_jump` tests
-    (:class:`JumpThresholds`' units: IOD, ``|log scale|``, IOD)."""
-    rigid = topology().rigid
-    pa, pb = a.points[rigid].astype(np.float64), b.points[rigid].astype(np.float64)
-    iod = max(inter_ocular(a.points), 1e-6)
-    s, rot, t = similarity_fit(pa, pb)
-    shift = float(np.linalg.norm(pb[:, :2].mean(0) - pa[:, :2].mean(0))) / iod
-    shape = float(np.sqrt(((pb - (s * pa @ rot.T + t)) ** 2).sum(1).mean())) / (max(s, 1e-6) * iod)
-    return shift, abs(float(np.log(max(s, 1e-6)))), shape
-
-
-def is_jump(a: Landmarks, b: Landmarks, dt: float, limits: JumpThresholds = JumpThresholds()) -> bool:
-    """True when ``b`` (``dt`` s after ``a``) is not a continuation of ``a``'s face: a shot cut,
-    a re-detection somewhere else, another person (different shape)."""
-    frames = min(max(1.0, dt * 30.0), 3.0)  # a face re-found after a long gap must still be near
-    shift, zoom, shape = jump_terms(a, b)
-    return shift > limits.shift * frames or zoom > limits.zoom * frames or shape > limits.shape
-
-
 class DriverGuard:
     """The one mechanism between the tracker and the animator: driver landmarks in, the
     pose to show out, whatever the driver does.
 
     * a tracked face is retargeted (with the retargeter's soft motion limits);
     * no face: hold, then ease to the neutral (:class:`FaceLossSmoother`);
-    * a **jump** (:func:`is_jump` against the last accepted face: a shot cut, another
-      person, a face re-found far away) is handled like a lost face — the avatar holds
+    * a **jump** (:func:`is_jump` against the last accepted face, or the tracker's ``cut``: a
+      shot cut, another person, a face re-found far away) is handled like a lost face — the avatar holds
       and eases, nothing of the jump reaches it — and once the new face has stayed
       continuous for ``settle_s`` it becomes the new neutral (re-anchored) and the
       avatar blends into it;
@@ -193,11 +153,11 @@ class DriverGuard:
     def state(self) -> str:
         return SETTLING if self._candidate is not None and self.smoother.state != TRACKING else self.smoother.state
 
-    def _settle(self, now: float, driver: Landmarks) -> Landmarks | None:
+    def _settle(self, now: float, driver: Landmarks, cut: bool) -> Landmarks | None:
         """Watch a face that arrived with a jump; re-anchor on it once it has stayed."""
         assert self._candidate is not None
         since, seen, face = self._candidate
-        if is_jump(face, driver, now - seen, self.thresholds):
+        if cut or is_jump(face, driver, now - seen, self.thresholds):
             since = now  # it moved again: start over
         if now - since < self.settle_s:
             self._candidate = (since, now, driver)
@@ -207,20 +167,22 @@ class DriverGuard:
         self._accepted = (now, driver)
         return self.retarget(driver)
 
-    def update(self, now: float, driver: Landmarks | None, neutral: Landmarks) -> Landmarks:
+    def update(self, now: float, driver: Landmarks | None, neutral: Landmarks, cut: bool = False) -> Landmarks:
         """The pose to show at ``now`` (s) for this frame's driver face (None = no face);
-        ``neutral`` is the source's own pose (crop px)."""
+        ``neutral`` is the source's own pose (crop px); ``cut``: the tracker saw this face jump
+        (:attr:`~avatar_app.types.TrackResult.cut`, its raw landmarks), a jump whatever
+        :func:`is_jump` says of the smoothed ones."""
         target = None
         if driver is not None:
             if not self.retarget.calibrated:
                 self.retarget.calibrate(driver)
             if self._candidate is None and self._accepted is not None:
                 at, last = self._accepted
-                if is_jump(last, driver, now - at, self.thresholds):
+                if cut or is_jump(last, driver, now - at, self.thresholds):
                     self._candidate = (now, now, driver)
                     self.jumps += 1
             if self._candidate is not None:
-                target = self._settle(now, driver)
+                target = self._settle(now, driver, cut)
             else:
                 self._accepted = (now, driver)
                 target = self.retarget(driver)

@@ -272,7 +272,7 @@ class Pipeline:
                 # smoothing and the offline render: tracking latency and its jitter never change
                 # how fast the guard lets the pose move, how long it holds or when a face settles
                 shown = self._driver_guard.update(frame.timestamp, result.landmarks if result.found else None,
-                                                  neutral)
+                                                  neutral, cut=result.cut)
             t2 = time.perf_counter()
             self._face_state = self._driver_guard.state
             self._timings.add("track", (t1 - t0) * 1e3)

@@ -57,7 +57,8 @@ def drive_frames(source: SourcePortrait, frames: Iterable[Frame], tracker: FaceT
     """
     for frame in frames:
         tracked = tracker.track(frame)
-        target = guard.update(frame.timestamp, tracked.landmarks if tracked.found else None, source.landmarks)
+        target = guard.update(frame.timestamp, tracked.landmarks if tracked.found else None, source.landmarks,
+                              cut=tracked.cut)
         yield animator.animate(target), tracked.found
 
 
