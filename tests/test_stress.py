@@ -194,7 +194,7 @@ def _live_rows():
     quick = {("grace_hopper", "side_to_side")}
     known = {("hm_jgz", "profile_turns"): pytest.mark.xfail(strict=False, reason=(
         "identity p95 at the limit: offline at 512 0.440 on every 6th frame, 0.461 on every frame "
-        "(docs/MOTION.md §6); geometry holds"))}
+        "(docs/MOTION_PORTRAITS.md §6); geometry holds"))}
     return [pytest.param(p, d, marks=[m for m in (None if (p, d) in quick else SLOW, known.get((p, d))) if m])
             for p in ("astronaut", "grace_hopper", "vr_4", "hm_jgz", "menendez") for d in DRIVERS]
 
@@ -219,7 +219,7 @@ def test_live_stress_at_512(portrait, name, astronaut, hopper, request, still_tr
                                   indices=indices))
 
 
-# -- stress drivers nobody here has seen (other people, new constructions; docs/MOTION.md §8) --
+# -- stress drivers nobody here has seen (other people, new constructions; docs/MOTION_UNSEEN.md §8) --
 
 
 @pytest.fixture(scope="module")
@@ -241,10 +241,10 @@ def _unseen_rows():
              ("astronaut", "unseen_shot_cut", 256, "offline")}
     edge = pytest.mark.xfail(strict=False, reason=(
         "identity at the portrait's edge: the driver tilts and looks down (second face) or the head is shifted "
-        "far (side-to-side); every-frame p95 over 0.45, the sampled frames decide (docs/MOTION.md §8)"))
+        "far (side-to-side); every-frame p95 over 0.45, the sampled frames decide (docs/MOTION_UNSEEN.md §8)"))
     known = {("astronaut", "unseen_synthetic_cut", 256, "offline"): pytest.mark.xfail(strict=False, reason=(
         "0.075 against 0.067 + 0.007: the blend after a re-anchor adds its own motion to the driver's "
-        "(docs/MOTION.md §8)")),
+        "(docs/MOTION_UNSEEN.md §8)")),
         ("grace_hopper", "unseen_second_face", 512, "offline"): edge,
         ("grace_hopper", "unseen_second_face", 512, "live"): edge,
         ("astronaut", "unseen_side_to_side", 512, "live"): edge}

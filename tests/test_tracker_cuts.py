@@ -1,6 +1,6 @@
 """The tracker at a shot cut between two real people whose faces sit alike in the frame.
 
-Face-centred clips cut into one another (docs/MOTION.md §8): the face stays near where it was, so
+Face-centred clips cut into one another (docs/MOTION_UNSEEN.md §8): the face stays near where it was, so
 only the tracker's raw landmarks show the cut in one frame; its One-Euro smoothing used to spread
 it over 3-4 frames, each step under the guard's per-frame jump thresholds, and the guard followed
 the cut as motion.  Reads the real clips in place; skips without them.

@@ -9,7 +9,7 @@ restarted when the raw landmarks jump) and on the same tracker without smoothing
 where the tracker restarted its smoothing (``restart``).  ``--natural`` prints the largest terms
 over the drivers' own continuous clips instead (side-to-side left out: its shifts are a jump's by
 design) and how many of their frame pairs restarted the smoothing (none should).  Reads the
-clips in place (docs/MOTION.md §8).
+clips in place (docs/MOTION_UNSEEN.md §8).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ stress drivers (:func:`~avatar_app.capture.stress.real_stress_drivers`) nor the 
 (fixed before any result was looked at), plus new constructions of the same kinds.
 
 The drivers play through the same paths and checks as the seen ones
-(``tools/stress_report.py --unseen``, ``tests/test_stress.py``); docs/MOTION.md §8 has the rows.
+(``tools/stress_report.py --unseen``, ``tests/test_stress.py``); docs/MOTION_UNSEEN.md §8 has the rows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ UNSEEN_SEED = 13  # the issue's number; fixed before any result was seen
 UNSEEN_RULE = (
     "Seen people: those of every clip set the seen real drivers can be built from in the folder "
     "(clips_of_different_people(folder, 3, min_frames=m) for m = 1 and every clip length in the manifest, "
-    "so whatever --frames a run used) and the three validation portraits of docs/MOTION.md section 5. "
+    "so whatever --frames a run used) and the three validation portraits of docs/MOTION_PORTRAITS.md section 5. "
     f"Unseen drivers: {UNSEEN_PEOPLE} other people, each one's first clip in manifest order with a face in "
     "every frame and at least the driver's frames, spread evenly over the manifest in its order (the seen "
     "drivers' own rule, the seen people excluded): P0..P5."
