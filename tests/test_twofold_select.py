@@ -52,3 +52,10 @@ def test_each_half_chooses_on_its_own_peoples_portraits(tmp_path, capsys):
     # half A sees its own portraits' identity lost and keeps "safe"; half B's portraits keep it, so it takes "sharp"
     # (counted by driver, half A would see b's and d's portraits and take "sharp", B would keep "safe")
     assert "chosen on half A: safe" in out and "chosen on half B: sharp" in out, out
+
+
+def test_a_person_no_cross_row_animated_is_left_out_of_that_mean():
+    """A person whose portrait no cross-identity row animated (evaluate skipped the row, e.g. a damaged frame
+    file) has no cross figure; the half's mean is over the others, not a KeyError."""
+    table = {"a": {"identity_distance": 0.2}, "c": {"identity_distance": 0.4}}
+    assert abs(_tool().mean_over(table, ["a", "b", "c"], "identity_distance") - 0.3) < 1e-12

@@ -41,7 +41,7 @@ def per_person(report: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def mean_over(table: dict[str, dict[str, float]], people: list[str], metric: str) -> float:
-    return float(np.mean([table[p][metric] for p in people if metric in table[p]]))
+    return float(np.mean([table[p][metric] for p in people if metric in table.get(p, {})]))
 
 
 def summary(self_rep, cross_rep, people: list[str]) -> dict[str, float]:
