@@ -42,7 +42,7 @@ more() {  # $1: outer steps in all
 }
 
 curve() {  # $1: output folder
-    local out=$1 core=0 pin=()
+    local out=$1 core=0 pin=() pids=() logs=() failed=()
     mkdir -p "$out"
     [ -f "$RUN/model.safetensors" ] || { echo "no meta weights in $RUN: train first" >&2; exit 3; }
     for clip in "${CLIPS[@]}"; do
@@ -54,9 +54,10 @@ curve() {  # $1: output folder
                 --start "$start" --preset lite --plans warp+decoder --steps "${STEPS:-112}" \
                 --every-steps "${EVERY:-28}" --later-frames 24 --val-fraction 0.15 --device cpu \
                 --out "$out/curve_${name}_$clip.json" > "$out/curve_${name}_$clip.log" 2>&1 &
+            pids+=($!) logs+=("$out/curve_${name}_$clip.log")
         done
     done
-    wait
+    for k in "${!pids[@]}"; do wait "${pids[$k]}" || failed+=("${logs[$k]}"); done
     python3 - "$out" <<'EOF' | tee "$out/summary.md"
 import json, sys
 from pathlib import Path
@@ -71,6 +72,10 @@ for path in sorted(Path(sys.argv[1]).glob("curve_*.json")):
             print(f"| {clip} | {label} | {r['steps']} | {a['psnr']:.2f} -> {b['psnr']:.2f} ({b['psnr'] - a['psnr']:+.2f}) "
                   f"| {a['later_psnr']:.2f} -> {later} -> {b['later_psnr']:.2f} ({b['later_psnr'] - a['later_psnr']:+.2f}) |")
 EOF
+    if [ ${#failed[@]} -gt 0 ]; then  # a run that failed has no row: say so, and fail
+        for log in "${failed[@]}"; do echo "curve run failed: $log" >&2; tail -n 3 "$log" >&2; done
+        exit 4
+    fi
 }
 
 case ${1:?train, more, curve or all} in

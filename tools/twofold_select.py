@@ -23,12 +23,16 @@ METRICS = ("psnr", "ssim", "landmark_error", "identity_distance")
 
 
 def per_person(report: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """``{animator: {person: {metric: mean over that person's clips}}}`` of one report."""
+    """``{animator: {person: {metric: mean over that person's clips}}}`` of one report.
+
+    A cross-identity row counts for the person whose portrait was animated (``source_identity``: the identity
+    its distance is measured against), not for the driver (``identity``), who is mostly of the other half
+    (``eval_cross.partner``: the next clip of another person), so a half chooses on its own people's faces."""
     clips = json.loads(report.read_text())["clips"]
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for clip in clips:
         for animator, m in clip["animators"].items():
-            person = out.setdefault(animator, {}).setdefault(clip["identity"], {})
+            person = out.setdefault(animator, {}).setdefault(clip.get("source_identity") or clip["identity"], {})
             for k in METRICS:
                 if m.get(k) is not None:
                     person.setdefault(k, []).append(float(m[k]))
@@ -37,7 +41,7 @@ def per_person(report: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def mean_over(table: dict[str, dict[str, float]], people: list[str], metric: str) -> float:
-    return float(np.mean([table[p][metric] for p in people if metric in table[p]]))
+    return float(np.mean([table[p][metric] for p in people if metric in table.get(p, {})]))
 
 
 def summary(self_rep, cross_rep, people: list[str]) -> dict[str, float]:

@@ -46,7 +46,7 @@ class Recording:
     key: str
     person: str
     frames: list[int]
-    train: list[int]  # positions in ``frames`` of the frames the plan caches (never 0: the reference)
+    train: list[int]  # positions in ``frames`` the plan caches (0, the reference, among them, as personalize does)
 
 
 class _LazyCrops:
