@@ -29,8 +29,8 @@ BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is 
 # docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.74, 0.99), (56, 1.05, 1.31), (84, 1.12, 1.43),
-                               (112, 1.14, 1.45)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
+                               (112, 1.20, 1.45)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
