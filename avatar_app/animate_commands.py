@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .inference.backend import BACKEND_CHOICES
+from .models.shipped import DEFAULT_ANIMATOR_WHY
 
 
 def _add_driver_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,8 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 def _add_animator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--animator", choices=("geometric", "neural"), default="geometric",
                    help="geometric: analytic flow, no weights (default); neural: MetaPortrait's networks "
-                        "(the shipped weights trained on real faces unless --weights says otherwise)")
+                        "(the shipped weights trained on real faces unless --weights says otherwise). "
+                        + DEFAULT_ANIMATOR_WHY)
     p.add_argument("--weights", metavar="PATH",
                    help="neural model checkpoint (.safetensors; default: the shipped weights of --preset)")
     p.add_argument("--preset", choices=("lite", "full"), default=None,

@@ -355,3 +355,15 @@ def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_wi
     assert json.loads((tmp_path / "config" / "settings.json").read_text())["eye_contact"] is True
     again = make_window()
     assert again.eye_contact_box.isChecked()
+
+
+def test_the_app_and_the_cli_say_why_the_geometric_animator_is_the_default(make_window, capsys):
+    """Issue 12: the neural animator is not the default where it does not hold 25 fps, and the app says why."""
+    w = make_window()
+    tip = w.animator_box.toolTip()
+    assert w.animator_box.currentData() == "geometric"
+    assert tip.startswith("Geometric is the default") and "13 fps" in tip and "25 fps" in tip
+    from avatar_app.cli import main
+    with pytest.raises(SystemExit):
+        main(["live", "--help"])
+    assert "geometric is the default" in " ".join(capsys.readouterr().out.split())

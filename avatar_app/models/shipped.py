@@ -20,6 +20,15 @@ from pathlib import Path
 
 from .assets import WEIGHTS_DIR
 SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
+
+# Why the geometric animator is still the default (the CLI's --animator help and the app's animator
+# box say it).  Measured with `bench --live --animator {geometric,neural} --preset lite --backend
+# onnxruntime --size 256 --kind tracked --seconds 8` on a 2-core CPU (docs/BENCHMARKS.md, *Neural
+# models live on a CPU*); on GPUs the compiled `full` path is still to be measured live.
+DEFAULT_ANIMATOR_WHY = (
+    "geometric is the default: the shipped neural models are closer to real faces (full +1.09 dB, lite "
+    "+0.76 dB on people they never saw), but on a 2-core CPU the lite model ran live at 13 fps against the "
+    "geometric avatar's 30, under the 25 fps a call needs, and the GPU path is not yet measured live")
 UNTRAINED_SEED = 0
 
 

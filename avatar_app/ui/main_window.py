@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, Q
 
 from ..capture.base import FrameSource
 from ..inference.backend import BACKEND_CHOICES
+from ..models.shipped import DEFAULT_ANIMATOR_WHY
 from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, save_settings
 from .profiles_menu import ProfilesMenu
 from .widgets import ImageView, StatusArea, format_stats
@@ -96,6 +97,7 @@ class MainWindow(QMainWindow):
         self.animator_box = QComboBox()
         for name in ANIMATORS:
             self.animator_box.addItem(name, name)
+        self.animator_box.setToolTip(DEFAULT_ANIMATOR_WHY[0].upper() + DEFAULT_ANIMATOR_WHY[1:] + ".")
         self.backend_box = QComboBox()
         for name in BACKEND_CHOICES:
             self.backend_box.addItem(name, name)
