@@ -81,6 +81,9 @@ def test_a_plan_adapts_only_its_parameters(astronaut_source, plan):
                          plan=plan, max_steps=8)
     chosen = set(adapted_parameters(base, PLANS[plan]))
     assert result.adapted == sorted(chosen) and result.steps == 8 and result.plan == plan
+    # the CPU probe's steps count towards max_steps too (it took three whatever the cap)
+    assert personalize(_cast_clip(astronaut_source), base, np.zeros(128, np.float32), budget_s=600,
+                       plan=plan, max_steps=2).steps == 2
     after, before = dict(result.model.named_parameters()), dict(base.named_parameters())
     changed = {n for n in before if not torch.equal(after[n], before[n])}
     assert changed and changed <= chosen, changed - chosen

@@ -10,8 +10,9 @@ part of the way towards the adapted weights:
 With several ranks each takes its own task and the moves are averaged across ranks
 (``all_reduce``), i.e. a batch of tasks per outer step.
 
-With ``inner_plan`` (a name of :data:`~.adapt_cached.PLANS`) the inner loop is that cached plan exactly as
-personalization runs it on a CPU: a recording of one training person (:mod:`.meta_tasks`), its first frame the
+With ``inner_plan`` (a name of :data:`~.adapt_cached.PLANS`) the inner loop is that cached plan as
+personalization runs it on a CPU (its cosine squeezed into the ``inner_steps``, where the app's spans the
+~100 steps its budget buys): a recording of one training person (:mod:`.meta_tasks`), its first frame the
 source for the whole loop, only the plan's parameters adapted (its optimiser, rate, schedule over the inner
 loop, batch and loss weights), and only those moved by the outer step — the weights learn to adapt the way
 they will be adapted.

@@ -226,7 +226,8 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     next_curve, next_step = curve_every_s or float("inf"), curve_every_steps or 10**12
     try:
         if torch.device(device).type == "cpu":
-            timing, _ = probe(record, over=lambda: elapsed() >= budget_s)
+            timing, _ = probe(record, over=lambda: elapsed() >= budget_s or (max_steps is not None
+                                                                             and run["step"] >= max_steps))
         else:  # a GPU: one warm-up step, then three timed
             record()
             wall = time.perf_counter()
