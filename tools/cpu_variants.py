@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar_app.models.layers import resize_grid  # noqa: E402
 from avatar_app.models.portrait import load_checkpoint  # noqa: E402
-from avatar_app.train.adapt_cached import PLANS, FrameCache, _expand, plan_optimizer  # noqa: E402
+from avatar_app.train.adapt_cached import PLANS, FrameCache, _expand, cache_picks, plan_optimizer  # noqa: E402
 from avatar_app.train.config import TrainConfig  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
 from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.losses import pyramid_l1  # noqa: E402
-from avatar_app.train.personalize import ClipFrames, held_out_indices  # noqa: E402
+from avatar_app.train.personalize import ClipFrames, held_out_indices, training_indices  # noqa: E402
 from avatar_app.train.trainer import Trainer  # noqa: E402
 from personalize_curve import segments  # noqa: E402
 
@@ -281,13 +281,8 @@ def main() -> int:
         frames = record + later
         whole = ClipFrames([clip.image(f) for f in frames], [clip.landmarks[f] for f in frames], reference=0)
         n = len(record)
-        held = held_out_indices(n)
-        train_idx = [i for i in range(n) if i not in held]
-        def spread(count: int) -> list[int]:
-            picks = np.unique(np.linspace(0, len(train_idx) - 1, min(count, len(train_idx))).round().astype(int))
-            return [train_idx[i] for i in picks]
-
-        chosen = spread(48)
+        held, train_idx = held_out_indices(n), training_indices(n)
+        chosen = cache_picks(train_idx, 48)
         identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
         pts = np.stack([p[:, :2] for p in whole.points])
         for name, sel in (("record", list(range(n))), ("later", list(range(n, len(frames))))):
@@ -316,7 +311,7 @@ def main() -> int:
                 aug = ("src", opts["src"])
             elif aug not in caches:
                 c0 = time.process_time()
-                frames = spread(opts["frames"])
+                frames = cache_picks(train_idx, opts["frames"])
                 if opts["aug"]:
                     clip_a, extra = augmented(whole, frames, np.random.default_rng(7), opts["aug"])
                     caches[aug] = ([FrameCache(base, clip_a, frames + extra, identity, -1)], time.process_time() - c0)

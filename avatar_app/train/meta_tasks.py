@@ -23,7 +23,7 @@ import torch
 
 from ..errors import InputFileError
 from .adapt_cached import CACHE_FRAMES, cache_picks, pair_items
-from .personalize import ClipFrames, held_out_indices
+from .personalize import ClipFrames, training_indices
 
 
 class PersonClip(Protocol):
@@ -101,8 +101,7 @@ class RecordingTasks:
         n = min(max(2, int(round(self.record_s * fps))), len(valid))
         start = int(rng.integers(len(valid) - n + 1))
         frames = valid[start:start + n].tolist()
-        held = set(held_out_indices(n, 0))
-        train = cache_picks([i for i in range(n) if i not in held], self.cache_frames)
+        train = cache_picks(training_indices(n), self.cache_frames)
         return Recording(clip.key, person, frames, train)
 
     def clip_frames(self, task: Recording) -> ClipFrames:

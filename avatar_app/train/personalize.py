@@ -92,6 +92,12 @@ def held_out_indices(n: int, reference: int = 0, every: int = 10) -> list[int]:
     return [i for i in range(n) if i % every == every - 1 and i != reference]
 
 
+def training_indices(n: int, reference: int = 0, every: int = 10) -> list[int]:
+    """The clip frames personalization may train on: all but :func:`held_out_indices`."""
+    held = set(held_out_indices(n, reference, every))
+    return [i for i in range(n) if i not in held]
+
+
 def clip_frames(source: FrameSource, tracker: FaceTracker | None = None, max_frames: int = 300,
                 min_frames: int = 10) -> ClipFrames:
     """Track a clip and cut one aligned crop for all of it (the median face box)."""
@@ -158,7 +164,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     """
     n = len(clip.crops)
     held = held_out_indices(n, clip.reference, holdout_every)
-    train_idx = [i for i in range(n) if i not in held]
+    train_idx = training_indices(n, clip.reference, holdout_every)
     if not held or len(train_idx) < 2:
         raise NoFaceError(f"The clip has too few usable frames ({n}) to personalize; record at least 10 s.")
     plan = auto_plan(device) if plan == "auto" else plan
