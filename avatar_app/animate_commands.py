@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .inference.backend import BACKEND_CHOICES
-from .models.shipped import DEFAULT_ANIMATOR_WHY
+from .inference.default_animator import WHY_GEOMETRIC, WHY_NEURAL
 
 
 def _add_driver_args(p: argparse.ArgumentParser) -> None:
@@ -25,10 +25,11 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_animator_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--animator", choices=("geometric", "neural"), default="geometric",
-                   help="geometric: analytic flow, no weights (default); neural: MetaPortrait's networks "
-                        "(the shipped weights trained on real faces unless --weights says otherwise). "
-                        + DEFAULT_ANIMATOR_WHY)
+    p.add_argument("--animator", choices=("auto", "geometric", "neural"), default="auto",
+                   help="geometric: analytic flow, no weights; neural: MetaPortrait's networks (the shipped weights "
+                        "trained on real faces unless --weights says otherwise); auto (the default): neural where "
+                        "a GPU runs it (or --weights is given), else geometric. " + WHY_NEURAL + "; "
+                        + WHY_GEOMETRIC + ".")
     p.add_argument("--weights", metavar="PATH",
                    help="neural model checkpoint (.safetensors; default: the shipped weights of --preset)")
     p.add_argument("--preset", choices=("lite", "full"), default=None,
@@ -113,14 +114,23 @@ def resolve_source(args):
 
 
 def make_animator(args, source):
-    """The animator the options ask for (None = the pipeline's default, geometric)."""
+    """The animator the options ask for (None = the pipeline's default, geometric); ``auto`` is
+    :func:`~avatar_app.inference.default_animator.machine_default` (said on stderr), or neural with ``--weights``."""
     from .errors import AvatarError
+    from .inference.default_animator import machine_default
+    from .models.shipped import default_preset, start_model
 
+    if args.animator == "auto":
+        if args.weights:
+            args.animator = "neural"
+        else:
+            default = machine_default()
+            args.animator, args.preset = default.animator, args.preset or default.preset
+            print(f"avatar-app: note: {default.why} (--animator chooses)", file=sys.stderr)
     if args.animator == "geometric":
         if args.weights:
             raise AvatarError("--weights only applies to --animator neural.")
         return None
-    from .models.shipped import default_preset, start_model
     from .runtime.neural_animator import NeuralAnimator
 
     args.preset = args.preset or default_preset()

@@ -56,6 +56,33 @@ def test_render_synthetic_writes_a_playable_video(tmp_path, astronaut_path):
     assert np.std(frames[0]) > 20  # a real picture, not a blank frame
 
 
+def test_the_animator_is_chosen_for_the_machine_and_says_why(monkeypatch, capsys, astronaut_source):
+    """--animator auto (the default): geometric without a GPU, neural with the full model where one runs it,
+    and neural whenever --weights names a model; the note says which and why."""
+    import argparse
+
+    from avatar_app import animate_commands
+    from avatar_app.inference import default_animator
+
+    args = argparse.Namespace(animator="auto", weights=None, preset=None, backend="auto", precision=None,
+                              calibration=None)
+    monkeypatch.setattr(default_animator, "machine_default", lambda: default_animator.MachineDefault("geometric", "lite", "WHY-GEO"))
+    assert animate_commands.make_animator(args, astronaut_source) is None and args.animator == "geometric"
+    assert "WHY-GEO" in capsys.readouterr().err
+    built = []
+
+    def neural(source, model, **kw):  # the model it would run; building the networks is tested elsewhere
+        built.append(model.preset)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("avatar_app.runtime.neural_animator.NeuralAnimator", neural)
+    monkeypatch.setattr(default_animator, "machine_default", lambda: default_animator.MachineDefault("neural", "full", "WHY-GPU"))
+    args.animator, args.preset = "auto", None
+    with pytest.raises(RuntimeError, match="stop here"):
+        animate_commands.make_animator(args, astronaut_source)
+    assert built == ["full"] and args.animator == "neural" and "WHY-GPU" in capsys.readouterr().err
+
+
 def test_render_from_a_driving_video_with_paste_back(tmp_path, astronaut_path, astronaut, astronaut_source, hopper):
     drive = camera_frame(hopper)
     driving = _write_video(tmp_path / "drive.mp4", [drive] * 6)

@@ -32,7 +32,7 @@ def test_window_opens_with_every_choice(make_window, qtbot, astronaut_source):
     w = make_window()
     assert w.windowTitle() == "avatar-app"
     assert [w.backend_box.itemData(i) for i in range(w.backend_box.count())] == list(BACKEND_CHOICES)
-    assert [w.animator_box.itemData(i) for i in range(w.animator_box.count())] == ["geometric", "neural"]
+    assert [w.animator_box.itemData(i) for i in range(w.animator_box.count())] == ["auto", "geometric", "neural"]
     assert [w.size_box.itemData(i) for i in range(w.size_box.count())] == [256, 512]
     assert w.driver_box.currentData() == SYNTHETIC
     sources = [w.source_box.itemText(i) for i in range(w.source_box.count())]
@@ -358,12 +358,31 @@ def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_wi
 
 
 def test_the_app_and_the_cli_say_why_the_geometric_animator_is_the_default(make_window, capsys):
-    """Issue 12: the neural animator is not the default where it does not hold 25 fps, and the app says why."""
+    """Issue 12: without a GPU the neural animator is not the default (it does not hold 25 fps), and the
+    app and the CLI say why."""
     w = make_window()
     tip = w.animator_box.toolTip()
-    assert w.animator_box.currentData() == "geometric"
-    assert tip.startswith("Geometric is the default") and "13 fps" in tip and "25 fps" in tip
+    assert w.animator_box.currentData() == "auto" and w.animator_box.currentText() == "auto (geometric here)"
+    assert tip.startswith("Auto: Geometric is the default") and "13 fps" in tip and "25 fps" in tip
+    assert w.live_config().choices.animator == "geometric" and not w.backend_box.isEnabled()
     from avatar_app.cli import main
     with pytest.raises(SystemExit):
         main(["live", "--help"])
-    assert "geometric is the default" in " ".join(capsys.readouterr().out.split())
+    assert "geometric is the default without a GPU" in " ".join(capsys.readouterr().out.split())
+
+
+def test_on_a_gpu_auto_runs_the_shipped_full_model(make_window, monkeypatch, tmp_path):
+    """Issue 12: where a GPU runs it, "auto" is the neural animator with the full model (live and the wizard)."""
+    from avatar_app.inference import default_animator as d
+    from avatar_app.ui import main_window
+
+    monkeypatch.setattr(main_window, "machine_default", lambda: d.MachineDefault("neural", "full", d.WHY_NEURAL))
+    w = make_window()
+    assert w.animator_box.currentText() == "auto (neural here)" and w.backend_box.isEnabled()
+    c = w.live_config().choices
+    assert (c.animator, c.preset) == ("neural", "full") and w.settings.animator == "auto"
+    w.animator_box.setCurrentIndex(w.animator_box.findData("geometric"))  # a choice made stays made
+    w.animator_box.activated.emit(w.animator_box.currentIndex())
+    assert w.live_config().choices.animator == "geometric" and not w.backend_box.isEnabled()
+    saved = json.loads((tmp_path / "config" / "settings.json").read_text())
+    assert saved["animator"] == "geometric" and saved["preset"] == "auto"

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from avatar_app.models.shipped import shipped_weights
+from avatar_app.models import shipped
 
 pytest.importorskip("PySide6.QtWidgets", exc_type=ImportError)
 
@@ -95,7 +95,8 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
         qtbot.mouseClick(result.save_button, Qt.MouseButton.LeftButton)
     profile = load_profile("me")
     assert profile.metrics["psnr"]["after"] == pytest.approx(m["psnr"]["after"])
-    assert profile.provenance["base_weights"] == str(shipped_weights("lite"))  # no weights chosen: the shipped ones
+    # no weights chosen: adapted from the shipped meta-learned start (the profile's delta names it)
+    assert profile.provenance["base_weights"] == str(shipped.WEIGHTS_DIR / shipped.SHIPPED_META["lite"])
     assert w.settings.profile == "me"
     names = [a.text() for a in w.profiles_menu.actions()]
     assert "me" in names and "Personalize…" in names

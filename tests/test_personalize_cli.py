@@ -27,10 +27,11 @@ def test_personalize_saves_a_profile_that_render_uses(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "profile 'me' saved" in out and "held-out PSNR" in out
     # without --weights it starts from the shipped real-trained weights of this machine's preset (CPU: lite)
-    from avatar_app.models.shipped import default_preset, shipped_weights
+    from avatar_app.models.shipped import default_preset, personalization_start
     from avatar_app.profiles import load_profile
 
-    assert load_profile("me").provenance["base_weights"] == str(shipped_weights(default_preset()))
+    shipped, meta = personalization_start(default_preset())  # adapted from the meta-learned start where one ships
+    assert load_profile("me").provenance["base_weights"] == str((meta or shipped).weights)
     assert main(["profiles", "list"]) == 0
     assert "me" in capsys.readouterr().out
     video = tmp_path / "p.mp4"

@@ -90,6 +90,23 @@ def test_a_plan_adapts_only_its_parameters(astronaut_source, plan):
     assert all(p.requires_grad for p in result.model.parameters())  # handed back as a normal model
 
 
+def test_from_a_meta_learned_start_before_is_the_base_and_the_start_is_what_adapts(astronaut_source):
+    """personalize(start=...): the weights adapted are the start's; "before" and a curve's first point score
+    base (the model the app animates with unpersonalized), and the gain promised is the meta start's."""
+    clip, ident = _cast_clip(astronaut_source), np.zeros(128, np.float32)
+    base, meta = _tiny(), _trained_like(seed=2)
+    plain = personalize(clip, base, ident, budget_s=600, plan="decoder", max_steps=2)
+    from_meta = personalize(clip, base, ident, budget_s=600, plan="decoder", max_steps=2, curve_every_steps=1,
+                            start=meta)
+    assert from_meta.before == plain.before and from_meta.curve[0]["psnr"] == plain.before["psnr"]
+    adapted, m = dict(from_meta.model.named_parameters()), dict(meta.named_parameters())
+    untouched = [n for n in m if n not in set(from_meta.adapted)]
+    assert untouched and all(torch.equal(adapted[n], m[n]) for n in untouched)  # the start's, not base's
+    assert not torch.equal(adapted[untouched[0]], dict(base.named_parameters())[untouched[0]])
+    from avatar_app.train.budget import expected_gain
+    assert expected_gain("lite", "warp+decoder", 0, meta=True) != expected_gain("lite", "warp+decoder", 0)
+
+
 def test_cached_personalization_lowers_heldout_loss(astronaut_source):
     # a fixed number of steps, so the result does not depend on how busy the machine is
     result = personalize(_cast_clip(astronaut_source), _tiny(), np.zeros(128, np.float32), budget_s=600,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -37,3 +38,58 @@ def test_default_preset_follows_the_gpu(monkeypatch):
     assert shipped.default_preset() == "full"
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", shipped.WEIGHTS_DIR / "nowhere")
     assert shipped.shipped_weights("full") is None and shipped.shipped_weights("nope") is None
+
+
+def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personalization_adapts():
+    from avatar_app.train.adapt_cached import PLANS, adapted_parameters
+
+    path = shipped.WEIGHTS_DIR / shipped.SHIPPED_META["lite"]
+    meta, base = load_checkpoint(path), load_checkpoint(shipped.shipped_weights("lite"))
+    assert path.stat().st_size < 4 * 2**20 and meta.config == base.config
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"} and f.metadata().get("data")
+    a, b = meta.state_dict(), base.state_dict()
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    plan = set(adapted_parameters(base, PLANS["warp+decoder"]))  # Reptile moved the CPU plan's weights only
+    assert moved and moved <= plan, sorted(moved - plan)[:5]
+
+
+def test_personalization_starts_from_the_meta_weights_only_over_the_shipped_model(tmp_path):
+    base, meta = shipped.personalization_start("lite")
+    assert base.shipped and base.weights == shipped.shipped_weights("lite")
+    assert meta is not None and meta.weights.name == shipped.SHIPPED_META["lite"] and meta.preset == "lite"
+    chosen = tmp_path / "mine.safetensors"
+    shutil.copy(shipped.shipped_weights("lite"), chosen)
+    base, meta = shipped.personalization_start("lite", chosen)  # chosen weights: adapted themselves
+    assert base.weights == chosen and meta is None
+    assert shipped.personalization_start("full")[1] is None  # no meta-learned full start ships (measured behind)
+
+
+def test_the_default_animator_is_neural_full_where_a_gpu_runs_it(monkeypatch):
+    from avatar_app.inference import backend, default_animator
+
+    gpu = {"torch-cuda": None, "tensorrt": "TensorRT is not installed"}
+    monkeypatch.setattr(backend, "probe", lambda name, build_only=False: gpu[name])
+    d = default_animator.machine_default()
+    assert (d.animator, d.preset) == ("neural", "full") and "30 fps" in d.why
+    gpu["torch-cuda"] = "no CUDA GPU is visible to torch"
+    d = default_animator.machine_default()
+    assert (d.animator, d.preset) == ("geometric", "lite") and "13 fps" in d.why and "25 fps" in d.why
+    gpu["tensorrt"] = None  # TensorRT (for RTX) without a CUDA build of torch: still a GPU
+    assert default_animator.machine_default().animator == "neural"
+    from avatar_app.errors import DependencyError
+    from avatar_app.models import identity
+
+    def no_dlib():
+        raise DependencyError("The identity embedding needs dlib, which is not installed; run `pip install x`.")
+
+    monkeypatch.setattr(identity, "model_files", no_dlib)  # the neural animator could not start: never the default
+    d = default_animator.machine_default()
+    assert d.animator == "geometric" and "needs dlib" in d.why
+    monkeypatch.undo()
+    monkeypatch.setattr(backend, "probe", lambda name, build_only=False: gpu[name])
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", shipped.WEIGHTS_DIR / "nowhere")
+    d = default_animator.machine_default()  # no trained full weights: the untrained model would only copy the warp
+    assert d.animator == "geometric" and "not installed" in d.why

@@ -5,8 +5,11 @@ talking-head video: ``full-real.safetensors`` (warp network, generator and 256â†
 enhancer) and ``lite-real.safetensors`` (warp network and generator for CPUs).  They are
 found next to the package in a source checkout (``pip install -e .``); a wheel without
 them falls back to the untrained networks, and says so.  They are what ``--animator neural``
-runs without ``--weights``; the geometric animator stays the default until a model beats it
-on the validation people (docs/BENCHMARKS.md, "Real faces (issue 12)").
+runs without ``--weights``.  ``lite-meta.safetensors`` is the meta-learned start the CPU
+personalization plan adapts from (:func:`personalization_start`): a start, not a model to animate with.
+
+The default animator depends on the machine (:func:`~avatar_app.inference.default_animator.machine_default`):
+the shipped ``full`` model where a GPU runs it live, the geometric avatar elsewhere.
 
 The untrained model is always the same one (:data:`UNTRAINED_SEED`): its weights hash is
 what the engine cache keys its exports and engines by, so a fresh random initialisation on
@@ -20,15 +23,12 @@ from pathlib import Path
 
 from .assets import WEIGHTS_DIR
 SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
+# Meta-learned starts for personalization, where one measured better than the shipped weights themselves: lite's
+# for the CPU plan (the personalization curve ahead at 112 steps on all 8 validation people tried,
+# docs/PERSONALIZATION.md).  None for full: Reptile's full weights ended behind the base's 30 s curve (H200,
+# 2026-12-01, docs/BENCHMARKS.md), so personalization on a GPU starts from full-real.
+SHIPPED_META = {"lite": "lite-meta.safetensors"}
 
-# Why the geometric animator is still the default (the CLI's --animator help and the app's animator
-# box say it).  Measured with `bench --live --animator {geometric,neural} --preset lite --backend
-# onnxruntime --size 256 --kind tracked --seconds 8` on a 2-core CPU (docs/BENCHMARKS.md, *Neural
-# models live on a CPU*); on GPUs the compiled `full` path is still to be measured live.
-DEFAULT_ANIMATOR_WHY = (
-    "geometric is the default: the shipped neural models are closer to real faces (full +1.09 dB, lite "
-    "+0.76 dB on people they never saw), but on a 2-core CPU the lite model ran live at 13 fps against the "
-    "geometric avatar's 30, under the 25 fps a call needs, and the GPU path is not yet measured live")
 UNTRAINED_SEED = 0
 
 
@@ -86,3 +86,18 @@ def start_model(preset: str, weights: str | Path | None = None) -> StartModel:
         return StartModel(untrained_model(preset), preset, None, False)
     model = load_checkpoint(path, "cpu")
     return StartModel(model, model.preset, path, not weights)
+
+
+def personalization_start(preset: str, weights: str | Path | None = None) -> tuple[StartModel, StartModel | None]:
+    """``(base, meta)``: the model personalization is compared against (:func:`start_model`: what the
+    app animates with, unpersonalized) and the weights it adapts from when they differ -- the shipped
+    meta-learned start of ``preset`` (:data:`SHIPPED_META`) when ``base`` is the shipped model and that
+    file is installed; ``None`` otherwise (chosen weights, or no meta-learned start: adapt ``base``)."""
+    from .portrait import load_checkpoint
+
+    base = start_model(preset, weights)
+    name = SHIPPED_META.get(base.preset)
+    path = WEIGHTS_DIR / name if name else None
+    if not base.shipped or path is None or not path.is_file():
+        return base, None
+    return base, StartModel(load_checkpoint(path, "cpu"), base.preset, path, True)

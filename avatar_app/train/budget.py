@@ -27,20 +27,25 @@ BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is 
 # per person, what 30 s bought on two idle cores, whose rate decayed over all 112; a shorter budget decays sooner,
 # not measured apart) and
 # docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
-# 2026-12-01 curves of the shipped full-real, interpolated at these steps).
+# 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
+# personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
+# shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION.md, *From the meta-learned start*:
+# the same two clips, 112 steps on one core of the GPU machine, 2026-12-01).
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
                                (112, 1.20, 1.45)],
+    ("lite", "warp+decoder", "meta"): [(0, 0.20, 0.61), (28, 0.99, 1.08), (56, 1.29, 1.40), (84, 1.32, 1.52),
+                                       (112, 1.31, 1.53)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
 
 
-def expected_gain(preset: str, plan: str, steps: int) -> tuple[float, float, bool] | None:
+def expected_gain(preset: str, plan: str, steps: int, meta: bool = False) -> tuple[float, float, bool] | None:
     """``(low, high, beyond)``: the measured later-segment gain (dB) after ``steps`` steps,
     interpolated linearly; ``beyond``: more steps than were measured (then at least the last
-    figures).  ``None`` where this preset and plan were not measured."""
-    points = MEASURED_GAIN.get((preset, plan))
+    figures).  ``meta``: from the meta-learned start.  ``None`` where this was not measured."""
+    points = MEASURED_GAIN.get((preset, plan, "meta") if meta else (preset, plan))
     if points is None:
         return None
     last = points[-1]
@@ -93,7 +98,8 @@ class Estimate:
         if self.gain is not None:
             low, high, beyond = self.gain
             text += (f"; on two people the model never saw, {'more than ' if beyond else ''}that many steps raised "
-                     f"the frames after the recording by {'at least ' if beyond else 'about '}{low:.1f}-{high:.1f} dB")
+                     f"the frames after the recording by {'at least ' if beyond else 'about '}{low:.1f}-{high:.1f} dB "
+                     "over the unpersonalized model")
         if self.busy:
             text += (f"; the machine is busy with other work (this process gets {100 * t.cpu_share:.0f} % of the CPU "
                      f"it asks for), so the budget buys fewer steps than on an idle machine")

@@ -177,7 +177,7 @@ def run_personalize(args) -> int:
     from ..capture.video import VideoFileSource
     from ..face.source import prepare_source, read_image
     from ..models.identity import IdentityEncoder
-    from ..models.shipped import default_preset, start_model
+    from ..models.shipped import default_preset, personalization_start
     from ..profiles import save_profile, validate_name
     from .personalize import CancelToken, clip_frames, personalize
 
@@ -186,11 +186,14 @@ def run_personalize(args) -> int:
     source = VideoFileSource(args.clip) if args.clip else _record(args.camera, args.record)
     clip = clip_frames(source)
     preset = args.preset or default_preset()
-    start = start_model(preset, args.weights)
-    base = start.model
-    if not start.trained:
+    shipped, meta = personalization_start(preset, args.weights)
+    start = meta or shipped  # the weights adapted (and the base a profile's delta names)
+    if not shipped.trained:
         print(f"avatar-app: note: no --weights given and no shipped {preset} weights installed: personalizing the "
               f"untrained {preset} model", file=sys.stderr)
+    elif meta is not None:
+        print(f"avatar-app: note: adapting from the meta-learned start {meta.weights}; 'before' is the shipped "
+              f"{preset} model ({shipped.weights})", file=sys.stderr)
     ref_crop, ref_points = clip.crops[clip.reference], clip.points[clip.reference]
     from ..types import Landmarks
 
@@ -204,7 +207,8 @@ def run_personalize(args) -> int:
                         loss=f"{info['loss']:.4f}", eta=f"{info['eta']:.0f}s")
 
     try:
-        result = personalize(clip, base, identity, budget_s=args.budget, progress=progress, cancel=token,
+        result = personalize(clip, shipped.model, identity, budget_s=args.budget, progress=progress, cancel=token,
+                             start=meta.model if meta is not None else None,
                              device=device, on_estimate=lambda e: tqdm.write(f"avatar-app: {e.message()}", file=sys.stderr))
     except KeyboardInterrupt:
         token.cancel()

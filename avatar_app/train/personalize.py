@@ -146,8 +146,13 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
                 curve_every_s: float | None = None, also_score: dict[str, list[dict]] | None = None,
                 plan: str = "auto", on_estimate: Callable[[Estimate], None] | None = None,
                 cache_frames: int = CACHE_FRAMES, max_steps: int | None = None,
-                curve_every_steps: int | None = None, amp: bool = False) -> PersonalizeResult:
-    """Adapt a copy of ``base`` to ``clip`` within ``budget_s`` wall-clock seconds.
+                curve_every_steps: int | None = None, amp: bool = False,
+                start: PortraitModel | None = None) -> PersonalizeResult:
+    """Adapt a copy of ``base`` (or of ``start``) to ``clip`` within ``budget_s`` wall-clock seconds.
+
+    ``start``: weights to adapt from that differ from ``base`` (the shipped meta-learned start,
+    :func:`~avatar_app.models.shipped.personalization_start`); ``base`` is then only what the "before"
+    scores (and a curve's first point) measure: the model the app animates with, unpersonalized.
 
     ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate) and generator on
     random pairs; a name in :data:`~.adapt_cached.PLANS` adapts a part of the model animating the
@@ -174,7 +179,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     batch_size = batch_size or (cached.batch_size if cached else 4)
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
                       seed=seed, w_warped=cached.w_warped if cached else 0.0, w_ssim=cached.w_ssim if cached else 0.0)
-    model = copy.deepcopy(base)
+    model = copy.deepcopy(base if start is None else start)
     pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
@@ -185,7 +190,11 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
             out.update({f"{name}_{k}": v for k, v in _score(trainer, model, items).items()})
         return out
 
-    before = scores()
+    before = scores() if start is None else _score(trainer, copy.deepcopy(base).to(trainer.device), held_items)
+    if start is not None and also_score:
+        reference = copy.deepcopy(base).to(trainer.device)
+        before.update({f"{name}_{k}": v for name, items in also_score.items()
+                       for k, v in _score(trainer, reference, items).items()})
     curving = bool(curve_every_s or curve_every_steps)
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "step": 0, **before}] if curving else []
     t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -242,7 +251,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
             torch.cuda.synchronize(device)
             timing = Timing(0, (time.perf_counter() - wall) / 3, 1.0)
         estimate = Estimate(budget_s, elapsed(), run["step"], timing, torch.device(device).type)
-        estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps))
+        estimate = replace(estimate, gain=expected_gain(base.preset, plan, estimate.steps, meta=start is not None))
         run["expected"] = estimate.steps
         run["since"] = (elapsed(), run["step"], timing.step_s)
         if on_estimate is not None:

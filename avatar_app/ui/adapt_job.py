@@ -127,7 +127,7 @@ def adapt(images: list[np.ndarray], fps: float, budget_s: float, weights: str | 
 
     from ..capture.images import ImageSequenceSource
     from ..models.identity import IdentityEncoder
-    from ..models.shipped import start_model
+    from ..models.shipped import personalization_start
     from ..profiles import write_weights
     from ..train.personalize import clip_frames, personalize
 
@@ -137,11 +137,12 @@ def adapt(images: list[np.ndarray], fps: float, budget_s: float, weights: str | 
     size = clip.crops[ref].shape[0]
     say("stage", "Measuring your face's identity…")
     identity = IdentityEncoder().embed(clip.crops[ref], Landmarks(clip.points[ref], (size, size)))
-    start = start_model(preset, weights)  # chosen, else the shipped real-trained ones
-    base = start.model
+    shipped, meta = personalization_start(preset, weights)  # chosen, else the shipped ones (and their meta start)
+    start, base = meta or shipped, shipped.model  # adapted from start; "before" is base, what the app animates with
     say("stage", f"Adapting the model to you ({budget_s:.0f} s)…")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = personalize(clip, base, identity, budget_s=budget_s, cancel=cancel, device=device,
+                         start=meta.model if meta is not None else None,
                          progress=lambda info: say("progress", info), on_estimate=lambda e: say("estimate", e))
     if result.cancelled:
         return None

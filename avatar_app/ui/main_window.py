@@ -10,7 +10,7 @@ to the settings file as it is made.
 
 from __future__ import annotations
 
-import copy
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, Q
 
 from ..capture.base import FrameSource
 from ..inference.backend import BACKEND_CHOICES
-from ..models.shipped import DEFAULT_ANIMATOR_WHY
-from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, save_settings
+from ..inference.default_animator import MachineDefault, machine_default
+from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, resolved, save_settings
 from .profiles_menu import ProfilesMenu
 from .widgets import ImageView, StatusArea, format_stats
 from .worker import LiveConfig, LiveController
@@ -57,6 +57,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.config_dir = config_dir
         self.settings: Settings = load_settings(config_dir)
+        self.machine: MachineDefault = machine_default()  # what "auto" means here (animator, preset, why)
         self.driver_factory = driver_factory
         self.driver_paced = driver_paced
         self.recording_source = recording_source
@@ -76,6 +77,9 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromHex(self.settings.geometry.encode()))
         if self.settings.source:
             self.controller.prepare(self.settings.source, self.settings.size)
+        # What is loaded by now (torch's objects among them) lives as long as the app: frozen, full collections
+        # on the UI thread skip it (walking 270k objects took 115 ms, stalling the wizard's adapting page).
+        gc.freeze()
 
     # -- building ------------------------------------------------------------------------------
     def _build(self, cameras: list[str] | None) -> None:
@@ -96,8 +100,9 @@ class MainWindow(QMainWindow):
         self.driver_box.addItem("Synthetic driver (no camera)", SYNTHETIC)
         self.animator_box = QComboBox()
         for name in ANIMATORS:
-            self.animator_box.addItem(name, name)
-        self.animator_box.setToolTip(DEFAULT_ANIMATOR_WHY[0].upper() + DEFAULT_ANIMATOR_WHY[1:] + ".")
+            self.animator_box.addItem(f"auto ({self.machine.animator} here)" if name == "auto" else name, name)
+        why = self.machine.why
+        self.animator_box.setToolTip(f"Auto: {why[0].upper() + why[1:]}.")
         self.backend_box = QComboBox()
         for name in BACKEND_CHOICES:
             self.backend_box.addItem(name, name)
@@ -189,7 +194,7 @@ class MainWindow(QMainWindow):
                 box.insertItem(0, f"Camera {value} (not found)", value)
                 i = 0
             box.setCurrentIndex(max(i, 0))
-        self.backend_box.setEnabled(s.animator == "neural" or s.profile is not None)
+        self.backend_box.setEnabled(self._neural())
         for box, on in ((self.vcam_box, s.virtual_camera), (self.eye_contact_box, s.eye_contact)):
             box.blockSignals(True)
             box.setChecked(on)
@@ -210,8 +215,17 @@ class MainWindow(QMainWindow):
         box.setCurrentIndex(max(0, box.findData(s.source)))
 
     # -- the live avatar ------------------------------------------------------------------------
+    def resolved(self) -> Settings:
+        """A copy of the settings with ``auto`` animator and preset made this machine's (:attr:`machine`)."""
+        return resolved(self.settings, self.machine.animator, self.machine.preset)
+
+    def _neural(self) -> bool:
+        """Whether the avatar runs networks (the neural animator, or a profile's weights)."""
+        s = self.resolved()
+        return s.animator == "neural" or s.profile is not None
+
     def live_config(self) -> LiveConfig:
-        return LiveConfig(copy.deepcopy(self.settings), driver_factory=self.driver_factory, pace=self.driver_paced)
+        return LiveConfig(self.resolved(), driver_factory=self.driver_factory, pace=self.driver_paced)
 
     def toggle_running(self) -> None:
         if self.state in ("running", "starting"):
@@ -256,7 +270,7 @@ class MainWindow(QMainWindow):
         self.settings.weights = path
         self._save()
         self.status.add(f"Neural weights: {path}." if path else "Neural weights: none (the untrained model).")
-        if self.state == "running" and self.settings.animator == "neural":
+        if self.state == "running" and self.resolved().animator == "neural":
             self.controller.restart(self.live_config())
 
     def _choices_changed(self) -> None:
@@ -266,7 +280,7 @@ class MainWindow(QMainWindow):
         s.animator = self.animator_box.currentData()
         s.backend = self.backend_box.currentData()
         s.size = self.size_box.currentData()
-        self.backend_box.setEnabled(s.animator == "neural" or s.profile is not None)
+        self.backend_box.setEnabled(self._neural())
         self._save()
         if self.state == "running":
             self.controller.restart(self.live_config())
@@ -325,7 +339,7 @@ class MainWindow(QMainWindow):
         self.settings.profile = name
         self._save()
         self.profiles_menu.check(name)
-        self.backend_box.setEnabled(self.settings.animator == "neural" or name is not None)
+        self.backend_box.setEnabled(self._neural())
         self.status.add(f"Profile: {name}." if name else "Profile: none (the plain portrait).")
         if self.state == "running":
             self.controller.switch_profile(self.live_config())
@@ -343,7 +357,7 @@ class MainWindow(QMainWindow):
             self.controller.stop()
         source = self.recording_source or self._camera_source
         wizard = PersonalizeWizard(self, source, budget_s=self.settings.budget_s, weights=self.settings.weights,
-                                   preset=self.settings.preset, **options)
+                                   preset=self.resolved().preset, **options)
         wizard.profile_saved.connect(self._profile_saved)
         wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         wizard.show()

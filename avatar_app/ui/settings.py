@@ -8,6 +8,7 @@ never stop the app from opening.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from ..inference.backend import BACKEND_CHOICES
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
-ANIMATORS = ("geometric", "neural")
+ANIMATORS = ("auto", "geometric", "neural")  # auto: this machine's default (inference.default_animator)
 SIZES = (256, 512)
 SYNTHETIC = "synthetic"  # the driver setting for the built-in synthetic driver (else a camera device)
 MAX_RECENT = 8
@@ -37,7 +38,7 @@ class Settings:
         driver: :data:`SYNTHETIC` or a camera device (``"/dev/video0"``, ``"0"``).
         animator: one of :data:`ANIMATORS`.
         backend: one of :data:`~avatar_app.inference.backend.BACKEND_CHOICES` (neural animator).
-        preset: neural model size without weights (``lite`` or ``full``).
+        preset: neural model size without weights (``lite``, ``full``, or ``auto``: full on a GPU).
         weights: neural checkpoint (``None``: the untrained preset).
         size: avatar crop side in px, one of :data:`SIZES`.
         virtual_camera: stream to a virtual camera while running.
@@ -50,9 +51,9 @@ class Settings:
     source: str | None = None
     recent_sources: list[str] = field(default_factory=list)
     driver: str = SYNTHETIC
-    animator: str = "geometric"
+    animator: str = "auto"
     backend: str = "auto"
-    preset: str = "lite"
+    preset: str = "auto"
     weights: str | None = None
     size: int = 256
     virtual_camera: bool = False
@@ -67,7 +68,15 @@ class Settings:
         self.recent_sources = [path] + [p for p in self.recent_sources if p != path][: MAX_RECENT - 1]
 
 
-_CHOICES = {"animator": ANIMATORS, "backend": BACKEND_CHOICES, "preset": ("lite", "full"), "size": SIZES}
+def resolved(settings: Settings, animator: str, preset: str) -> Settings:
+    """A copy of ``settings`` whose ``auto`` animator and preset are ``animator`` and ``preset`` (this machine's)."""
+    s = copy.deepcopy(settings)
+    s.animator = animator if s.animator == "auto" else s.animator
+    s.preset = preset if s.preset == "auto" else s.preset
+    return s
+
+
+_CHOICES = {"animator": ANIMATORS, "backend": BACKEND_CHOICES, "preset": ("auto", "lite", "full"), "size": SIZES}
 
 
 def config_dir(folder: str | os.PathLike | None = None) -> Path:
