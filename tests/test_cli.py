@@ -63,6 +63,7 @@ def test_the_animator_is_chosen_for_the_machine_and_says_why(monkeypatch, capsys
 
     from avatar_app import animate_commands
     from avatar_app.inference import default_animator
+    from avatar_app.models.shipped import shipped_weights
 
     args = argparse.Namespace(animator="auto", weights=None, preset=None, backend="auto", precision=None,
                               calibration=None)
@@ -81,6 +82,15 @@ def test_the_animator_is_chosen_for_the_machine_and_says_why(monkeypatch, capsys
     with pytest.raises(RuntimeError, match="stop here"):
         animate_commands.make_animator(args, astronaut_source)
     assert built == ["full"] and args.animator == "neural" and "WHY-GPU" in capsys.readouterr().err
+
+    def no_default():
+        raise AssertionError("--weights chose the animator already")
+
+    monkeypatch.setattr(default_animator, "machine_default", no_default)
+    args.animator, args.preset, args.weights = "auto", None, str(shipped_weights("lite"))
+    with pytest.raises(RuntimeError, match="stop here"):
+        animate_commands.make_animator(args, astronaut_source)
+    assert built == ["full", "lite"] and args.animator == "neural"
 
 
 def test_render_from_a_driving_video_with_paste_back(tmp_path, astronaut_path, astronaut, astronaut_source, hopper):

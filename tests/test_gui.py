@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -255,6 +256,22 @@ def test_settings_file_round_trip_and_bad_values(tmp_path, caplog):
     assert "unreadable settings" in caplog.text
 
 
+def test_settings_of_the_previous_version_take_the_machine_default(tmp_path):
+    """Files written before "auto" stored the old defaults (geometric, lite) with every other field: those are
+    not choices, so they load as "auto"; a choice the old app offered (neural) is kept, and so is geometric
+    chosen in a file of this version."""
+    old = {k: v for k, v in asdict(Settings(size=512)).items()}
+    old.update(animator="geometric", preset="lite")
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    loaded = load_settings(tmp_path)
+    assert (loaded.animator, loaded.preset, loaded.size) == ("auto", "auto", 512)
+    (tmp_path / "settings.json").write_text(json.dumps({**old, "animator": "neural"}))
+    assert load_settings(tmp_path).animator == "neural"
+    save_settings(Settings(animator="geometric", preset="lite"), tmp_path)
+    loaded = load_settings(tmp_path)
+    assert (loaded.animator, loaded.preset) == ("geometric", "lite")
+
+
 @pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="this machine has video devices (a real one may open)")
 def test_virtual_camera_toggle_reports_status_and_setup_help(make_window, qtbot):
     from avatar_app.sinks.virtualcam import setup_help
@@ -357,9 +374,14 @@ def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_wi
     assert again.eye_contact_box.isChecked()
 
 
-def test_the_app_and_the_cli_say_why_the_geometric_animator_is_the_default(make_window, capsys):
+def test_the_app_and_the_cli_say_why_the_geometric_animator_is_the_default(make_window, capsys, monkeypatch):
     """Issue 12: without a GPU the neural animator is not the default (it does not hold 25 fps), and the
     app and the CLI say why."""
+    from avatar_app.inference import backend
+    from avatar_app.ui import main_window
+
+    monkeypatch.setattr(backend, "probe", lambda name, build_only=False: "no GPU here")  # whatever this machine has
+    assert main_window.machine_default().animator == "geometric"
     w = make_window()
     tip = w.animator_box.toolTip()
     assert w.animator_box.currentData() == "auto" and w.animator_box.currentText() == "auto (geometric here)"

@@ -96,7 +96,8 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
     profile = load_profile("me")
     assert profile.metrics["psnr"]["after"] == pytest.approx(m["psnr"]["after"])
     # no weights chosen: adapted from the shipped meta-learned start (the profile's delta names it)
-    assert profile.provenance["base_weights"] == str(shipped.WEIGHTS_DIR / shipped.SHIPPED_META["lite"])
+    meta = shipped.WEIGHTS_DIR / shipped.SHIPPED_META[("lite", "warp+decoder")]
+    assert profile.provenance["base_weights"] == str(meta)
     assert w.settings.profile == "me"
     names = [a.text() for a in w.profiles_menu.actions()]
     assert "me" in names and "Personalize…" in names

@@ -28,9 +28,10 @@ def test_personalize_saves_a_profile_that_render_uses(tmp_path, monkeypatch, cap
     assert "profile 'me' saved" in out and "held-out PSNR" in out
     # without --weights it starts from the shipped real-trained weights of this machine's preset (CPU: lite)
     from avatar_app.models.shipped import default_preset, personalization_start
+    from avatar_app.train.personalize import auto_plan
     from avatar_app.profiles import load_profile
 
-    shipped, meta = personalization_start(default_preset())  # adapted from the meta-learned start where one ships
+    shipped, meta = personalization_start(default_preset(), plan=auto_plan("cpu"))  # the meta start where one ships
     assert load_profile("me").provenance["base_weights"] == str((meta or shipped).weights)
     assert main(["profiles", "list"]) == 0
     assert "me" in capsys.readouterr().out

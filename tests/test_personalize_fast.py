@@ -96,9 +96,13 @@ def test_from_a_meta_learned_start_before_is_the_base_and_the_start_is_what_adap
     clip, ident = _cast_clip(astronaut_source), np.zeros(128, np.float32)
     base, meta = _tiny(), _trained_like(seed=2)
     plain = personalize(clip, base, ident, budget_s=600, plan="decoder", max_steps=2)
+    from avatar_app.train.personalize import frame_items, held_out_indices
+
+    again = frame_items(clip, [(clip.reference, i) for i in held_out_indices(len(clip.crops))], ident)
     from_meta = personalize(clip, base, ident, budget_s=600, plan="decoder", max_steps=2, curve_every_steps=1,
-                            start=meta)
-    assert from_meta.before == plain.before and from_meta.curve[0]["psnr"] == plain.before["psnr"]
+                            start=meta, also_score={"again": again})
+    assert from_meta.before["psnr"] == plain.before["psnr"] == from_meta.curve[0]["psnr"]
+    assert from_meta.before["again_psnr"] == pytest.approx(plain.before["psnr"])  # also scored on base
     adapted, m = dict(from_meta.model.named_parameters()), dict(meta.named_parameters())
     untouched = [n for n in m if n not in set(from_meta.adapted)]
     assert untouched and all(torch.equal(adapted[n], m[n]) for n in untouched)  # the start's, not base's

@@ -43,7 +43,7 @@ def test_default_preset_follows_the_gpu(monkeypatch):
 def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personalization_adapts():
     from avatar_app.train.adapt_cached import PLANS, adapted_parameters
 
-    path = shipped.WEIGHTS_DIR / shipped.SHIPPED_META["lite"]
+    path = shipped.WEIGHTS_DIR / shipped.SHIPPED_META[("lite", "warp+decoder")]
     meta, base = load_checkpoint(path), load_checkpoint(shipped.shipped_weights("lite"))
     assert path.stat().st_size < 4 * 2**20 and meta.config == base.config
     from safetensors import safe_open
@@ -57,21 +57,25 @@ def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personal
 
 
 def test_personalization_starts_from_the_meta_weights_only_over_the_shipped_model(tmp_path):
-    base, meta = shipped.personalization_start("lite")
+    base, meta = shipped.personalization_start("lite", plan="warp+decoder")
     assert base.shipped and base.weights == shipped.shipped_weights("lite")
-    assert meta is not None and meta.weights.name == shipped.SHIPPED_META["lite"] and meta.preset == "lite"
+    assert meta is not None and meta.weights.name == shipped.SHIPPED_META[("lite", "warp+decoder")] and meta.preset == "lite"
     chosen = tmp_path / "mine.safetensors"
     shutil.copy(shipped.shipped_weights("lite"), chosen)
-    base, meta = shipped.personalization_start("lite", chosen)  # chosen weights: adapted themselves
+    base, meta = shipped.personalization_start("lite", chosen, plan="warp+decoder")  # chosen: adapted themselves
     assert base.weights == chosen and meta is None
-    assert shipped.personalization_start("full")[1] is None  # no meta-learned full start ships (measured behind)
+    assert shipped.personalization_start("lite", plan="full")[1] is None  # learned for the CPU plan only
+    assert shipped.personalization_start("full", plan="full")[1] is None  # no meta full start (measured behind)
 
 
 def test_the_default_animator_is_neural_full_where_a_gpu_runs_it(monkeypatch):
+    from avatar_app.errors import DependencyError
     from avatar_app.inference import backend, default_animator
+    from avatar_app.models import identity
 
     gpu = {"torch-cuda": None, "tensorrt": "TensorRT is not installed"}
     monkeypatch.setattr(backend, "probe", lambda name, build_only=False: gpu[name])
+    monkeypatch.setattr(identity, "model_files", dict)  # dlib and its models installed (or not: patched below)
     d = default_animator.machine_default()
     assert (d.animator, d.preset) == ("neural", "full") and "30 fps" in d.why
     gpu["torch-cuda"] = "no CUDA GPU is visible to torch"
@@ -79,8 +83,6 @@ def test_the_default_animator_is_neural_full_where_a_gpu_runs_it(monkeypatch):
     assert (d.animator, d.preset) == ("geometric", "lite") and "13 fps" in d.why and "25 fps" in d.why
     gpu["tensorrt"] = None  # TensorRT (for RTX) without a CUDA build of torch: still a GPU
     assert default_animator.machine_default().animator == "neural"
-    from avatar_app.errors import DependencyError
-    from avatar_app.models import identity
 
     def no_dlib():
         raise DependencyError("The identity embedding needs dlib, which is not installed; run `pip install x`.")
@@ -88,8 +90,7 @@ def test_the_default_animator_is_neural_full_where_a_gpu_runs_it(monkeypatch):
     monkeypatch.setattr(identity, "model_files", no_dlib)  # the neural animator could not start: never the default
     d = default_animator.machine_default()
     assert d.animator == "geometric" and "needs dlib" in d.why
-    monkeypatch.undo()
-    monkeypatch.setattr(backend, "probe", lambda name, build_only=False: gpu[name])
+    monkeypatch.setattr(identity, "model_files", dict)
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", shipped.WEIGHTS_DIR / "nowhere")
     d = default_animator.machine_default()  # no trained full weights: the untrained model would only copy the warp
     assert d.animator == "geometric" and "not installed" in d.why

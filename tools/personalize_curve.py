@@ -51,6 +51,16 @@ def start_model(weights: str, preset: str) -> PortraitModel:
     return load_checkpoint(weights) if weights else untrained_model(preset)
 
 
+def start_models(spec: str, preset: str, device: str) -> tuple[PortraitModel, PortraitModel | None]:
+    """``(base, start)`` of a ``--start`` value: ``WEIGHTS`` adapts those weights (``start`` None);
+    ``META@BASE`` adapts ``META`` while "before" (the curve's first point) scores ``BASE``, as the app
+    does from its shipped meta-learned start (``personalize(start=)``)."""
+    meta, _, base = spec.partition("@")
+    if not base:
+        return start_model(meta, preset).to(device), None
+    return start_model(base, preset).to(device), start_model(meta, preset).to(device)
+
+
 def plan_variant(name: str, spec: str) -> Plan:
     """``PLAN:FIELD=VALUE,...``: the plan ``PLAN`` with those fields of :class:`Plan` changed, named ``name``."""
     base, _, changes = spec.partition(":")
@@ -68,7 +78,8 @@ def plan_variant(name: str, spec: str) -> Plan:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="a prepared dataset")
-    p.add_argument("--start", nargs="+", required=True, metavar="NAME=WEIGHTS", help="starting points ('NAME=': untrained)")
+    p.add_argument("--start", nargs="+", required=True, metavar="NAME=WEIGHTS", help="starting points ('NAME=': untrained; "
+                   "'NAME=META@BASE': adapt META, score 'before' on BASE, as from the app's meta-learned start)")
     p.add_argument("--clips", nargs="*", help="clip keys (default: the --count longest validation clips)")
     p.add_argument("--count", type=int, default=2)
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -123,7 +134,7 @@ def main() -> int:
         later_items = frame_items(whole, [(0, local[f]) for f in later], identity)
         for plan in args.plans if warmup > 0 else ():
             t0 = time.perf_counter()
-            w = personalize(recording, start_model(next(iter(starts.values())), args.preset).to(args.device), identity,
+            w = personalize(recording, start_models(next(iter(starts.values())), args.preset, args.device)[0], identity,
                             budget_s=warmup, batch_size=args.batch_size, device=args.device, plan=plan,
                             amp=args.amp, **({"cache_frames": args.cache_frames} if args.cache_frames else {}))
             print(f"  warm-up ({plan}): {w.steps} steps in {time.perf_counter() - t0:.1f} s, not scored", flush=True)
@@ -131,7 +142,8 @@ def main() -> int:
         for (name, weights), plan, seed in ((s, pl, sd) for s in starts.items() for pl in args.plans
                                             for sd in args.seeds):
             t0 = time.perf_counter()
-            res = personalize(recording, start_model(weights, args.preset).to(args.device), identity,
+            base, meta = start_models(weights, args.preset, args.device)
+            res = personalize(recording, base, identity, start=meta,
                               budget_s=1e9 if args.steps else args.budget, batch_size=args.batch_size,
                               lr=args.lr, device=args.device, max_steps=args.steps, seed=seed,
                               curve_every_s=None if args.steps else args.every, curve_every_steps=args.every_steps,

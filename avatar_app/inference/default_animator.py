@@ -17,8 +17,9 @@ from . import backend
 # --animator {geometric,neural} --size 256 --kind synthetic tracked` (docs/BENCHMARKS.md, *Neural models live*):
 # on a 2-core CPU the lite model through ONNX Runtime, on an H200 the full model compiled with CUDA graphs.
 WHY_NEURAL = ("neural (the shipped full model) is the default on a GPU: it is closer to real faces than the "
-              "geometric avatar (+1.09 dB on people it never saw) and ran live at the camera's 30 fps on an H200, "
-              "7 ms from frame to output")
+              "geometric avatar (+1.09 dB on people it never saw) and on an H200 it kept up with a 30 fps camera, "
+              "16 ms from camera frame to output with face tracking (a smaller GPU may be slower: the fps readout "
+              "shows it; choose geometric if it stays under 25)")
 WHY_GEOMETRIC = ("geometric is the default without a GPU: the shipped lite model is closer to real faces (+0.76 dB on "
                  "people it never saw), but on a 2-core CPU it ran live at 13 fps against the geometric avatar's 30, "
                  "under the 25 fps a call needs")

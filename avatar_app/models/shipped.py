@@ -23,11 +23,11 @@ from pathlib import Path
 
 from .assets import WEIGHTS_DIR
 SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
-# Meta-learned starts for personalization, where one measured better than the shipped weights themselves: lite's
-# for the CPU plan (the personalization curve ahead at 112 steps on all 8 validation people tried,
-# docs/PERSONALIZATION.md).  None for full: Reptile's full weights ended behind the base's 30 s curve (H200,
-# 2026-12-01, docs/BENCHMARKS.md), so personalization on a GPU starts from full-real.
-SHIPPED_META = {"lite": "lite-meta.safetensors"}
+# Meta-learned starts for personalization, by (preset, plan), where one measured better than the shipped weights
+# themselves: lite's for the CPU plan, which its meta-training ran as its inner loop (the personalization curve
+# ahead at 112 steps on all 8 validation people tried, docs/PERSONALIZATION.md).  None for full: Reptile's full
+# weights ended behind the base's 30 s curve (H200, 2026-12-01, docs/BENCHMARKS.md).
+SHIPPED_META = {("lite", "warp+decoder"): "lite-meta.safetensors"}
 
 UNTRAINED_SEED = 0
 
@@ -88,15 +88,17 @@ def start_model(preset: str, weights: str | Path | None = None) -> StartModel:
     return StartModel(model, model.preset, path, not weights)
 
 
-def personalization_start(preset: str, weights: str | Path | None = None) -> tuple[StartModel, StartModel | None]:
+def personalization_start(preset: str, weights: str | Path | None = None,
+                          plan: str = "warp+decoder") -> tuple[StartModel, StartModel | None]:
     """``(base, meta)``: the model personalization is compared against (:func:`start_model`: what the
     app animates with, unpersonalized) and the weights it adapts from when they differ -- the shipped
-    meta-learned start of ``preset`` (:data:`SHIPPED_META`) when ``base`` is the shipped model and that
-    file is installed; ``None`` otherwise (chosen weights, or no meta-learned start: adapt ``base``)."""
+    meta-learned start of ``preset`` for ``plan`` (:data:`SHIPPED_META`) when ``base`` is the shipped
+    model and that file is installed; ``None`` otherwise (chosen weights, another plan, or no
+    meta-learned start: adapt ``base``)."""
     from .portrait import load_checkpoint
 
     base = start_model(preset, weights)
-    name = SHIPPED_META.get(base.preset)
+    name = SHIPPED_META.get((base.preset, plan))
     path = WEIGHTS_DIR / name if name else None
     if not base.shipped or path is None or not path.is_file():
         return base, None

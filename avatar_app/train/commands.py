@@ -179,14 +179,14 @@ def run_personalize(args) -> int:
     from ..models.identity import IdentityEncoder
     from ..models.shipped import default_preset, personalization_start
     from ..profiles import save_profile, validate_name
-    from .personalize import CancelToken, clip_frames, personalize
+    from .personalize import CancelToken, auto_plan, clip_frames, personalize
 
     validate_name(args.name)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = VideoFileSource(args.clip) if args.clip else _record(args.camera, args.record)
     clip = clip_frames(source)
     preset = args.preset or default_preset()
-    shipped, meta = personalization_start(preset, args.weights)
+    shipped, meta = personalization_start(preset, args.weights, auto_plan(device))
     start = meta or shipped  # the weights adapted (and the base a profile's delta names)
     if not shipped.trained:
         print(f"avatar-app: note: no --weights given and no shipped {preset} weights installed: personalizing the "

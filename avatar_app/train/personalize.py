@@ -184,17 +184,13 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
     trainer = Trainer(cfg, None, train_set=pairs, device=device, model=model)
 
-    def scores() -> dict:
-        out = _score(trainer, model, held_items)
+    def scores(m: PortraitModel = model) -> dict:
+        out = _score(trainer, m, held_items)
         for name, items in (also_score or {}).items():
-            out.update({f"{name}_{k}": v for k, v in _score(trainer, model, items).items()})
+            out.update({f"{name}_{k}": v for k, v in _score(trainer, m, items).items()})
         return out
 
-    before = scores() if start is None else _score(trainer, copy.deepcopy(base).to(trainer.device), held_items)
-    if start is not None and also_score:
-        reference = copy.deepcopy(base).to(trainer.device)
-        before.update({f"{name}_{k}": v for name, items in also_score.items()
-                       for k, v in _score(trainer, reference, items).items()})
+    before = scores() if start is None else scores(copy.deepcopy(base).to(trainer.device))
     curving = bool(curve_every_s or curve_every_steps)
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "step": 0, **before}] if curving else []
     t_start, cpu_start = time.perf_counter(), time.process_time()

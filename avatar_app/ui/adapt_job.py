@@ -129,7 +129,7 @@ def adapt(images: list[np.ndarray], fps: float, budget_s: float, weights: str | 
     from ..models.identity import IdentityEncoder
     from ..models.shipped import personalization_start
     from ..profiles import write_weights
-    from ..train.personalize import clip_frames, personalize
+    from ..train.personalize import auto_plan, clip_frames, personalize
 
     say("stage", "Finding your face in the recording…")
     clip = clip_frames(ImageSequenceSource(images, fps=fps, loop=False))
@@ -137,10 +137,11 @@ def adapt(images: list[np.ndarray], fps: float, budget_s: float, weights: str | 
     size = clip.crops[ref].shape[0]
     say("stage", "Measuring your face's identity…")
     identity = IdentityEncoder().embed(clip.crops[ref], Landmarks(clip.points[ref], (size, size)))
-    shipped, meta = personalization_start(preset, weights)  # chosen, else the shipped ones (and their meta start)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # chosen weights, else the shipped ones (and their meta-learned start for this device's plan)
+    shipped, meta = personalization_start(preset, weights, auto_plan(device))
     start, base = meta or shipped, shipped.model  # adapted from start; "before" is base, what the app animates with
     say("stage", f"Adapting the model to you ({budget_s:.0f} s)…")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     result = personalize(clip, base, identity, budget_s=budget_s, cancel=cancel, device=device,
                          start=meta.model if meta is not None else None,
                          progress=lambda info: say("progress", info), on_estimate=lambda e: say("estimate", e))

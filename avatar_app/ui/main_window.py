@@ -10,7 +10,6 @@ to the settings file as it is made.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -77,9 +76,6 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromHex(self.settings.geometry.encode()))
         if self.settings.source:
             self.controller.prepare(self.settings.source, self.settings.size)
-        # What is loaded by now (torch's objects among them) lives as long as the app: frozen, full collections
-        # on the UI thread skip it (walking 270k objects took 115 ms, stalling the wizard's adapting page).
-        gc.freeze()
 
     # -- building ------------------------------------------------------------------------------
     def _build(self, cameras: list[str] | None) -> None:

@@ -26,6 +26,11 @@ ANIMATORS = ("auto", "geometric", "neural")  # auto: this machine's default (inf
 SIZES = (256, 512)
 SYNTHETIC = "synthetic"  # the driver setting for the built-in synthetic driver (else a camera device)
 MAX_RECENT = 8
+# Files of version 1 (no "version" key) stored every field, defaults included, when the animator's
+# default was always "geometric" and the preset, which no control sets, "lite": those two stored
+# values were the old defaults, not choices, so they load as today's ("auto": this machine's).
+SETTINGS_VERSION = 2
+_VERSION_1_DEFAULTS = {"animator": "geometric", "preset": "lite"}
 
 
 @dataclass
@@ -116,6 +121,8 @@ def load_settings(folder: str | os.PathLike | None = None) -> Settings:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         log.warning("ignoring unreadable settings file %s (%s); using defaults", path, exc)
         return defaults
+    if "version" not in data:  # version 1: its stored defaults were not choices (SETTINGS_VERSION)
+        data = {k: v for k, v in data.items() if _VERSION_1_DEFAULTS.get(k, object()) != v}
     values = {}
     for f in fields(Settings):
         if f.name not in data:
@@ -132,7 +139,7 @@ def save_settings(settings: Settings, folder: str | os.PathLike | None = None) -
     """Write the settings atomically (temp file, fsync, rename); returns the file's path."""
     folder = config_dir(folder)
     path = folder / SETTINGS_FILE
-    data = (json.dumps(asdict(settings), indent=2) + "\n").encode("utf-8")
+    data = (json.dumps({"version": SETTINGS_VERSION, **asdict(settings)}, indent=2) + "\n").encode("utf-8")
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
