@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,24 @@ def test_the_probe_tries_more_threads_only_on_an_idle_machine_and_stops_a_slower
     calls.clear()
     timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)  # only this process: tried, stopped after a step
     assert steps == 4 and calls == [1, 1, 1, 2] and timing.threads == 1
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="reads Linux's /proc/loadavg")
+def test_runnable_now_counts_other_work_running_now_not_over_the_last_minute():
+    """The probe's view of other work: threads runnable at this moment (a busy process counts, our own
+    reading thread too), not the load average, which remembers this process's own last minute."""
+    import subprocess
+    import sys
+
+    from avatar_app.train.budget import runnable_now
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert runnable_now() >= 1.9  # the spinning process and this thread, in every reading
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster(monkeypatch):

@@ -134,7 +134,7 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
           over: Callable[[], bool] = lambda: False, load: Callable[[], float] | None = None) -> tuple[Timing, int]:
     """Time ``step`` (one adaptation step, run for real) with one thread after a warm-up step, then,
     if that thread had a core to itself and more than one core is free of other runnable work
-    (``load``: the 1-minute load average, our own thread included; default the OS's, where it has one),
+    (``load``: runnable threads, our own included; default :func:`runnable_now`),
     with as many threads as cores are free (:func:`spare_threads`), stopping after the first of those
     steps if it was slower than one thread's; returns the faster timing and how many steps ran.  (More
     threads are not tried on a busy machine: there each barrier waits for a thread that waits for a
@@ -152,7 +152,7 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
     if over():
         return warm, len(ran)
     timings = [time_steps(counted, n, 1, over)]
-    others = (load or _load_average)() - 1.0  # runnable work besides this process's one thread
+    others = (load or runnable_now)() - 1.0  # runnable work besides this process's one thread
     threads = spare_threads(cores, others)
     if threads > 1 and timings[0].cpu_share >= BUSY_SHARE and not over():
         start, single = time.perf_counter(), timings[0].step_s
@@ -164,6 +164,24 @@ def spare_threads(cores: int, others: float) -> int:
     """Threads that each get a core of their own: ``cores`` less the runnable work besides ours
     (``others``, from the load average), rounded; at least 1."""
     return max(1, min(cores, int(cores - max(others, 0.0) + 0.5)))
+
+
+def runnable_now(samples: int = 20, every_s: float = 0.005) -> float:
+    """Threads runnable on the machine now, the calling one included: the mean of the kernel's running
+    count (``/proc/loadavg``) over ``samples`` readings ``every_s`` apart (Linux); elsewhere the 1-minute
+    load average.  Not the load average where there is a choice: it remembers this process's own last
+    minute, and the recording (tracking) or a personalization just before counted as "other work" that
+    kept the probe from trying a second thread (measured: two 30 s runs back to back, the second
+    probed 1 thread and ran 68 steps where the first ran 102)."""
+    try:
+        counts = []
+        for _ in range(samples):
+            with open("/proc/loadavg", encoding="ascii") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+            time.sleep(every_s)
+        return sum(counts) / len(counts)
+    except (OSError, ValueError, IndexError):
+        return _load_average()
 
 
 def _load_average() -> float:
