@@ -95,6 +95,15 @@ def backend_checks(probe_fn=None, verdict_fn=None) -> list[Check]:
     return out
 
 
+def animator_check() -> Check:
+    """What ``--animator auto`` (the app's *auto*) runs here, and why."""
+    from .inference.default_animator import machine_default
+
+    d = machine_default()
+    return Check("backends", "--animator auto", True, f"{d.animator}" + (f" ({d.preset})" if d.animator == "neural"
+                                                                         else "") + f": {d.why}")
+
+
 def _cuda_detail() -> str:
     import torch
 
@@ -128,7 +137,7 @@ def camera_checks() -> list[Check]:
 def run_checks() -> list[Check]:
     checks = [Check("system", "avatar-app", True, __version__),
               Check("system", "python", True, f"{sys.version.split()[0]} on {platform.platform()}")]
-    return checks + package_checks() + [tracker_check()] + backend_checks() + camera_checks()
+    return checks + package_checks() + [tracker_check()] + backend_checks() + [animator_check()] + camera_checks()
 
 
 def format_checks(checks: list[Check]) -> str:

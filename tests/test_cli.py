@@ -211,6 +211,9 @@ def test_doctor_reports_tracker_and_backends(capsys):
     for needle in ("packages:", "mediapipe", "face mesh model", "backends:", "torch-cpu", "torch-cuda", "cameras:"):
         assert needle in out
     assert "[ok] face mesh model" in out  # mediapipe 0.10.21 bundles its model
+    from avatar_app.inference.default_animator import machine_default
+
+    assert f"--animator auto: {machine_default().animator}" in out  # what auto runs here, and why
 
 
 def test_bench_prints_stage_times(capsys):
