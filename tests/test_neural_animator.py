@@ -78,8 +78,11 @@ def test_cli_neural_with_and_without_weights(tmp_path, capsys, astronaut_path, m
     assert main(["render", "--source", str(astronaut_path), "--synthetic", "--animator", "neural",
                  "--weights", str(bad), "-o", str(out), "--no-progress"]) == 3
     assert "bad.safetensors" in capsys.readouterr().err
-    assert main(["render", "--source", str(astronaut_path), "--synthetic", "--weights", str(weights),
-                 "-o", str(out)]) == 1
+    assert main(["render", "--source", str(astronaut_path), "--synthetic", "--animator", "geometric",
+                 "--weights", str(weights), "-o", str(out)]) == 1  # weights with the geometric animator: an error
+    assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "0.4", "--fps", "10",
+                 "--weights", str(weights), "-o", str(out), "--no-progress"]) == 0  # auto: weights mean neural
+    assert "neural networks on" in capsys.readouterr().err
 
 
 def test_live_pipeline_runs_the_neural_animator(astronaut_source):
