@@ -148,6 +148,7 @@ def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
     print(f"\nneural (shipped lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
           f"while starting, {running:.1f} ms while running")
     assert any("shipped lite model, trained on real faces" in m for m in w.status.messages())
+    assert any(m.startswith("Preparing the neural networks") for m in w.status.messages())  # a slow start says so
     assert running < 50
     stop(qtbot, w)
 

@@ -184,6 +184,9 @@ class LiveController(QObject):
         c = cfg.choices
         profile, portrait = self._profile_portrait(cfg)
         start = start_model_for(cfg, profile)
+        if start is not None:  # (the CLI says the same): a first start on a GPU is slow, not stuck
+            emit_safely(self.message, "Preparing the neural networks (on a GPU the first start compiles them: "
+                                      "about a minute)…")
         animator = make_animator(cfg, portrait, start)
         if animator is not None and profile is None and not c.weights:
             emit_safely(self.message, f"Neural weights: the shipped {c.preset} model, trained on real faces."
