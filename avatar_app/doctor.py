@@ -100,8 +100,8 @@ def animator_check() -> Check:
     from .inference.default_animator import machine_default
 
     d = machine_default()
-    return Check("backends", "--animator auto", True, f"{d.animator}" + (f" ({d.preset})" if d.animator == "neural"
-                                                                         else "") + f": {d.why}")
+    which = f"neural ({d.preset})" if d.animator == "neural" else d.animator
+    return Check("backends", "--animator auto", True, f"{which}: {d.why}")
 
 
 def _cuda_detail() -> str:

@@ -77,14 +77,9 @@ def make_window(qtbot, tmp_path, monkeypatch):
         window = MainWindow(**kw)
         qtbot.addWidget(window)
         window.show()
-        # as ui/app.py does once the window exists: what is loaded is kept out of the collector's full passes
-        # (in this test process they walked 270k objects, 115 ms on the UI thread, failing the stall checks)
-        gc.collect()
-        gc.freeze()
         return window
 
-    yield make
-    gc.unfreeze()
+    return make
 
 
 def wait_state(qtbot, window: MainWindow, state: str, timeout: int = 15000) -> None:

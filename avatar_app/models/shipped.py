@@ -34,7 +34,11 @@ UNTRAINED_SEED = 0
 
 def shipped_weights(preset: str) -> Path | None:
     """The shipped checkpoint of ``preset`` (``lite`` or ``full``), or ``None`` when it is not installed."""
-    name = SHIPPED.get(preset)
+    return _installed(SHIPPED.get(preset))
+
+
+def _installed(name: str | None) -> Path | None:
+    """``assets/weights/NAME`` where it is installed, else ``None`` (also for no name)."""
     path = WEIGHTS_DIR / name if name else None
     return path if path is not None and path.is_file() else None
 
@@ -98,8 +102,7 @@ def personalization_start(preset: str, weights: str | Path | None = None,
     from .portrait import load_checkpoint
 
     base = start_model(preset, weights)
-    name = SHIPPED_META.get((base.preset, plan))
-    path = WEIGHTS_DIR / name if name else None
-    if not base.shipped or path is None or not path.is_file():
+    path = _installed(SHIPPED_META.get((base.preset, plan)))
+    if not base.shipped or path is None:
         return base, None
     return base, StartModel(load_checkpoint(path, "cpu"), base.preset, path, True)
