@@ -8,7 +8,7 @@ import torch
 
 from avatar_app.imaging import bgr_to_rgb_chw
 from avatar_app.models.portrait import PortraitModel
-from avatar_app.train.adapt_cached import PLANS, adapted_parameters
+from avatar_app.train.adapt_cached import FULL_PLANS, PLANS, adapted_parameters
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FlowInputs
 from avatar_app.train.meta import MetaTrainer
@@ -127,3 +127,43 @@ def test_tasks_loaded_by_workers_are_the_serial_ones(trainer):
             for key, value in serial[k].items():
                 assert torch.equal(items[k][key], value), (step, k, key)
     assert trainer.recordings.recording(3) != trainer.recordings.recording(4)  # the check could fail
+
+
+def test_the_gpus_plan_as_inner_loop_adapts_every_weight_on_pairs_of_the_recordings_frames(tmp_path, astronaut_source,
+                                                                                          hopper_source, monkeypatch):
+    """``inner_plan = "full"``: personalization's GPU plan on a recording -- every warp and generator weight, random
+    pairs of the recording's (cached) frames with its first frame the source half the time, the plan's settings."""
+    people = {"astronaut": [(_PersonClip("a", "astronaut", _animated_clip(astronaut_source, 24)), 25.0)],
+              "hopper": [(_PersonClip("h", "hopper", _animated_clip(hopper_source, 24)), 25.0)]}
+    recordings = RecordingTasks(people, record_s=0.8, cache_frames=8)
+    cfg = TrainConfig(stage="meta", model=TINY, inner_plan="full", inner_steps=6, meta_lr=0.5, warmup_steps=0,
+                      schedule="constant", num_workers=0, batch_size=8, inner_lr=1.0, amp=False)
+    trainer = MetaTrainer(cfg, tmp_path, train_set=FlowInputs(ShiftedPairs([astronaut_source], n=4)),
+                          recordings=recordings)
+    plan = FULL_PLANS["full"]
+    assert (trainer.cfg.batch_size, trainer.cfg.inner_lr, trainer.cfg.warp_lr_scale) == (
+        plan.batch_size, plan.lr, plan.warp_lr_scale)
+    everything = sorted(n for n, _ in trainer.model.named_parameters() if n.startswith(("warp.", "generator.")))
+    assert sorted(trainer.adapted) == everything
+    task = trainer.recordings.recording(0)
+    clip = trainer.recordings.clips[task.key]
+    frames = {bytes(bgr_to_rgb_chw(clip.image(task.frames[i])).tobytes()) for i in task.train}
+    seen = []
+    losses_of = trainer.compute_losses
+
+    def spy(batch, *args, **kwargs):
+        seen.append((batch["source"].detach().clone(), batch["driving"].detach().clone()))
+        return losses_of(batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_losses", spy)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    adapted, losses = trainer.adapt_plan(task)
+    assert len(losses) == 6 and len(seen) == 6
+    assert all(s.shape[0] == plan.batch_size for s, _ in seen)
+    images = [x for s, d in seen for x in list(s) + list(d)]
+    assert all(bytes(x.numpy().tobytes()) in frames for x in images)  # only the recording's cached frames
+    reference = bytes(bgr_to_rgb_chw(clip.image(task.frames[0])).tobytes())
+    sources = [bytes(x.numpy().tobytes()) for s, _ in seen for x in s]
+    assert 0 < sum(x == reference for x in sources) < len(sources)  # the first frame is the source some of the time
+    changed = {n for n, p in adapted.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("warp.code") for n in changed) and any(n.startswith("generator.") for n in changed)

@@ -120,15 +120,20 @@ def test_cached_personalization_lowers_heldout_loss(astronaut_source):
     assert result.after["psnr"] > result.before["psnr"] + 0.05, (result.before, result.after)
 
 
-def test_a_decaying_plan_lowers_its_rate_to_nothing_at_the_steps_the_budget_buys(astronaut_source):
-    from avatar_app.train.personalize import _cached_steps
+@pytest.mark.parametrize("kind", ["cached", "full"])
+def test_a_decaying_plan_lowers_its_rate_to_nothing_at_the_steps_the_budget_buys(astronaut_source, kind):
+    from avatar_app.train.personalize import _cached_steps, _full_steps
 
     model, clip = _tiny(), _cast_clip(astronaut_source)
     trainer = Trainer(TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0, amp=False), None,
                       train_set=[], device="cpu", model=model)
-    plan = replace(PLANS["warp+decoder"], decay=True)
-    step, _ = _cached_steps(trainer, model, clip, list(range(1, len(clip.crops))), np.zeros(128, np.float32), plan,
-                            2, 3e-3, 8, "cpu", 0)
+    train_idx = list(range(1, len(clip.crops)))
+    if kind == "cached":
+        plan = replace(PLANS["warp+decoder"], decay=True)
+        step, _ = _cached_steps(trainer, model, clip, train_idx, np.zeros(128, np.float32), plan, 2, 3e-3, 8, "cpu", 0)
+    else:  # the GPU's plan (here on the CPU): every warp and generator weight on random pairs
+        pairs = FrameFlowInputs(FramePairs(clip, train_idx, np.zeros(128, np.float32), 0))
+        step, _ = _full_steps(trainer, model, pairs, 2, 3e-3, 0.1, decay=True)
 
     def moved(done: int, horizon: int | None) -> bool:
         before = [p.detach().clone() for p in model.parameters()]

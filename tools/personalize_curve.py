@@ -32,7 +32,7 @@ from avatar_app.models.shipped import untrained_model  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
 from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
-from avatar_app.train.adapt_cached import PLANS, Plan  # noqa: E402
+from avatar_app.train.adapt_cached import FULL_PLANS, PLANS, Plan  # noqa: E402
 from avatar_app.train.personalize import ClipFrames, frame_items, personalize  # noqa: E402
 
 
@@ -72,7 +72,8 @@ def plan_variant(name: str, spec: str) -> Plan:
             raise SystemExit(f"--variant {name}: {key!r} is not a field of Plan ({', '.join(sorted(kinds))})")
         convert = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}
         values[key] = convert[str(kinds[key])](value)
-    return replace(PLANS[base], name=name, **values)
+    plans = FULL_PLANS if base in FULL_PLANS else PLANS
+    return replace(plans[base], name=name, **values)
 
 
 def main() -> int:
@@ -100,7 +101,7 @@ def main() -> int:
                         "0 on a CPU): a process's first GPU steps load kernels, which a measurement should not count")
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=PLAN:FIELD=VALUE,...",
                    help="a plan to compare made from another by changing fields of its Plan (e.g. "
-                        "b2=warp+decoder:batch_size=2,lr=6e-4,decay=1); then name it in --plans")
+                        "b2=warp+decoder:batch_size=2,lr=6e-4,decay=1, or fulld=full:decay=1); then name it in --plans")
     p.add_argument("--cache-frames", type=int, default=None,
                    help="training frames a cached plan computes inputs for (default: personalize's, 48)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -112,7 +113,8 @@ def main() -> int:
 
     for spec in args.variant:
         name, _, rest = spec.partition("=")
-        PLANS[name] = plan_variant(name, rest)
+        variant = plan_variant(name, rest)
+        (FULL_PLANS if variant.params == "all" else PLANS)[name] = variant
     manifest = read_manifest(args.data)
     entries = {c["key"]: c for c in manifest["clips"]}
     keys = args.clips or sorted(split_clips(list(entries.values()), args.val_fraction)[1],

@@ -105,7 +105,8 @@ class Plan:
     network runs each step); ``params``: ``"decoder"`` (every weight of the stages after ``start``,
     the top and the head; with ``start = -1`` also the warp network's, at ``warp_lr_scale`` × the
     rate, as MetaPortrait adapts it) or ``"modulation"`` (only the identity modulation, the AdaIN
-    layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``);
+    layers of the stages after ``start``) or ``"warp"`` (the warp network alone, ``start = -1``) or ``"all"``
+    (:data:`FULL_PLANS`: not cached; every weight of the warp network and the generator on random pairs);
     ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys;
     ``w_warped``: weight of the warped source's pyramid L1 in the loss (the trainer's ``w_warped``), so the
     warp network keeps doing the moving; ``w_ssim``: weight of multi-scale SSIM (the trainer's ``w_ssim``).
@@ -132,6 +133,22 @@ PLANS = {
     "head": Plan("head", 3, "decoder", 1e-3),
     "modulation": Plan("modulation", 0, "modulation", 1e-3),
 }
+
+
+FULL_PLANS = {
+    # every weight of the warp network (at 0.1x) and the generator on random pairs of the recording: the GPU's plan
+    # (docs/BENCHMARKS.md, *Personalization within 10 s on a GPU*)
+    "full": Plan("full", -1, "all", 1e-4, batch_size=4),
+}
+
+
+def cosine_rates(opt: torch.optim.Optimizer, rates: list[float], done: int, horizon: int | None) -> None:
+    """Set ``opt``'s group rates to ``rates`` times a cosine falling from 1 at step 0 to 0 at ``horizon`` (the steps
+    the budget buys in all; ``None``: not known yet, the full rates)."""
+    if horizon:
+        scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
+        for g, rate in zip(opt.param_groups, rates):
+            g["lr"] = rate * scale
 
 
 CACHE_FRAMES = 48  # training frames a cached plan computes inputs for, spread over the recording
@@ -274,10 +291,8 @@ def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, b
 
     def step(done: int, horizon: int | None) -> float:
         """One step after ``done``; ``horizon``: the steps the budget buys in all (``None``: not yet known)."""
-        if plan.decay and horizon:
-            scale = 0.5 * (1.0 + math.cos(math.pi * min(1.0, done / horizon)))
-            for g, rate in zip(opt.param_groups, rates):
-                g["lr"] = rate * scale
+        if plan.decay:
+            cosine_rates(opt, rates, done, horizon)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
             loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
@@ -287,6 +302,30 @@ def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, b
         return float(loss.detach())
 
     return step, sorted(adapted_parameters(model, plan))
+
+
+def full_steps(trainer, model: PortraitModel, draw, batch_size: int, lr: float, warp_lr_scale: float,
+               decay: bool = False):
+    """The step function of a :data:`FULL_PLANS` plan (personalization's on a GPU, and Reptile's inner loop with
+    that ``inner_plan``): ``step(done, horizon) -> loss`` takes one Adam step (:func:`inner_optimizer`) over every
+    weight of the warp network and the generator on the batch ``draw(batch_size)`` returns; with ``decay`` the rate
+    falls along a cosine to 0 at step ``horizon``.  Returns it and the adapted parameters' names."""
+    opt = inner_optimizer(model, lr, warp_lr_scale)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    rates = [g["lr"] for g in opt.param_groups]
+
+    def step(done: int, horizon: int | None) -> float:
+        if decay:
+            cosine_rates(opt, rates, done, horizon)
+        batch = draw(batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss, _ = trainer.compute_losses(batch, model=model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    return step, sorted(n for n, _ in model.named_parameters() if n.startswith(("warp.", "generator.")))
 
 
 def _reads(start: int, level: int) -> bool:

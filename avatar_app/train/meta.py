@@ -15,7 +15,9 @@ personalization runs it on a CPU (its cosine squeezed into the ``inner_steps``, 
 ~100 steps its budget buys): a recording of one training person (:mod:`.meta_tasks`), its first frame the
 source for the whole loop, only the plan's parameters adapted (its optimiser, rate, schedule over the inner
 loop, batch and loss weights), and only those moved by the outer step — the weights learn to adapt the way
-they will be adapted.
+they will be adapted.  With a name of :data:`~.adapt_cached.FULL_PLANS` (``"full"``) it is the GPU's plan
+on such a recording: every warp and generator weight on random pairs of its frames (those a cached plan
+would cache), as personalization draws them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputFileError
 from ..models.portrait import PortraitModel
-from .adapt_cached import PLANS, FrameCache, Plan, adapted_parameters, cached_steps, inner_optimizer
+from .adapt_cached import (FULL_PLANS, PLANS, FrameCache, Plan, ResidentPairs, adapted_parameters, cached_steps,
+                           full_steps, inner_optimizer)
 from .trainer import Trainer
 
 ADAPTED = ("warp.", "generator.")  # the sub-networks the `full` plan adapts (the default inner loop)
@@ -55,10 +58,11 @@ class MetaTrainer(Trainer):
             raise ValueError("MetaTrainer runs the 'meta' stage")
         self.plan = None
         if cfg.inner_plan:
-            if cfg.inner_plan not in PLANS:
+            self.plan = PLANS.get(cfg.inner_plan) or FULL_PLANS.get(cfg.inner_plan)
+            if self.plan is None:
                 raise InputFileError(f"inner_plan '{cfg.inner_plan}' is not a personalization plan; choose one of "
-                                     f"{', '.join(sorted(PLANS))} (or \"\" for every warp and generator weight).")
-            self.plan = PLANS[cfg.inner_plan]
+                                     f"{', '.join(sorted(FULL_PLANS) + sorted(PLANS))} (or \"\" for every warp and "
+                                     f"generator weight on pairs of a person's clips).")
             cfg = plan_config(cfg, self.plan)
             log.info("inner loop: plan %s (batch %d, lr %g, warp x%g, w_warped %g, w_ssim %g, decay %s)",
                      self.plan.name, cfg.batch_size, cfg.inner_lr, cfg.warp_lr_scale, cfg.w_warped, cfg.w_ssim,
@@ -69,7 +73,8 @@ class MetaTrainer(Trainer):
 
             self.recordings = (recordings if recordings is not None else
                                RecordingTasks.from_prepared(data, cfg.val_fraction, cfg.inner_record_s, cfg.seed))
-            self.adapted = sorted(adapted_parameters(self.model, self.plan))
+            self.adapted = (sorted(adapted_parameters(self.model, self.plan)) if self.plan.params != "all" else
+                            [n for n, _ in self.model.named_parameters() if n.startswith(ADAPTED)])
         else:
             self.tasks = self._group_by_identity()
             self.adapted = [n for n, _ in self.model.named_parameters() if n.startswith(ADAPTED)]
@@ -140,14 +145,21 @@ class MetaTrainer(Trainer):
     def adapt_plan(self, task, items=None, model: PortraitModel | None = None) -> tuple[PortraitModel, list[float]]:
         """A copy of ``model`` (default: the meta-model) after ``inner_steps`` steps of the inner plan on the
         recording ``task`` (a :class:`~.meta_tasks.Recording`; ``items``: its inputs, loaded beforehand): the
-        source is the recording's first frame throughout, the rate decays (if the plan's does) over the loop."""
+        source is the recording's first frame throughout (a cached plan) or random pairs of its frames, the first
+        one the source half the time (a :data:`~.adapt_cached.FULL_PLANS` plan, as personalization draws them), and
+        the rate decays (if the plan's does) over the loop."""
         clone = copy.deepcopy(model if model is not None else self.model).train()
         rec = self.recordings
-        clip = rec.clip_frames(task)
         items = items if items is not None else rec.inputs(task)
-        cache = FrameCache(clone, clip, task.train, rec.identity(task), self.plan.start, self.device, items=items)
         seed = int(np.random.default_rng((self.cfg.seed, self.step, self.rank, 1)).integers(2**31))
-        step, _ = cached_steps(self, clone, cache, self.plan, self.cfg.batch_size, self.cfg.inner_lr, seed)
+        if self.plan.params == "all":
+            draw = ResidentPairs(items, self.device, seed).batch
+            step, _ = full_steps(self, clone, draw, self.cfg.batch_size, self.cfg.inner_lr, self.cfg.warp_lr_scale,
+                                 self.plan.decay)
+        else:
+            cache = FrameCache(clone, rec.clip_frames(task), task.train, rec.identity(task), self.plan.start,
+                               self.device, items=items)
+            step, _ = cached_steps(self, clone, cache, self.plan, self.cfg.batch_size, self.cfg.inner_lr, seed)
         losses = [step(k, self.cfg.inner_steps) for k in range(self.cfg.inner_steps)]
         clone.requires_grad_(True)
         return clone, losses

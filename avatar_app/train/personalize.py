@@ -29,8 +29,8 @@ from ..face.align import face_crop_box, transform_points, warp_to_crop
 from ..face.tracker import FaceTracker
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
-from .adapt_cached import (CACHE_FRAMES, PLANS, FrameCache, FramePairs, Plan, ResidentPairs, cache_picks, cached_steps,
-                           inner_optimizer)
+from .adapt_cached import (CACHE_FRAMES, FULL_PLANS, PLANS, FrameCache, FramePairs, Plan, ResidentPairs, cache_picks,
+                           cached_steps, full_steps)
 from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
@@ -173,12 +173,14 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     if not held or len(train_idx) < 2:
         raise NoFaceError(f"The clip has too few usable frames ({n}) to personalize; record at least 10 s.")
     plan = auto_plan(device) if plan == "auto" else plan
-    cached = PLANS.get(plan)
-    if cached is None and plan != "full":
-        raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto', 'full' or one of {sorted(PLANS)}")
-    batch_size = batch_size or (cached.batch_size if cached else 4)
+    cached, whole = PLANS.get(plan), FULL_PLANS.get(plan)
+    if cached is None and whole is None:
+        raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto' or one of {sorted(FULL_PLANS)} "
+                         f"{sorted(PLANS)}")
+    chosen = cached or whole
+    batch_size = batch_size or chosen.batch_size
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
-                      seed=seed, w_warped=cached.w_warped if cached else 0.0, w_ssim=cached.w_ssim if cached else 0.0)
+                      seed=seed, w_warped=chosen.w_warped, w_ssim=chosen.w_ssim)
     model = copy.deepcopy(base if start is None else start)
     pairs = FrameFlowInputs(FramePairs(clip, train_idx, identity, seed))
     held_items = frame_items(clip, [(clip.reference, i) for i in held], identity)
@@ -195,7 +197,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "step": 0, **before}] if curving else []
     t_start, cpu_start = time.perf_counter(), time.process_time()
     if cached is None:
-        step_fn, params = _full_steps(trainer, model, pairs, batch_size, lr or 1e-4, warp_lr_scale)
+        step_fn, params = _full_steps(trainer, model, pairs, batch_size, lr or whole.lr, warp_lr_scale, whole.decay)
     else:
         step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
                                         lr or cached.lr, cache_frames, device, seed)
@@ -272,26 +274,20 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     return PersonalizeResult(model.eval(), step, trained_s, before, after, cancelled, curve, plan, estimate, params)
 
 
-def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, lr: float, warp_lr_scale: float):
-    """Steps of the ``full`` plan: warp network and generator on random pairs of the clip (on a GPU
-    drawn from frames held there, :class:`~.adapt_cached.ResidentPairs`)."""
-    opt = inner_optimizer(model, lr, warp_lr_scale)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    counter = iter(range(10**12))
-    resident = ResidentPairs(pairs, trainer.device, pairs.base.seed) if trainer.device.type == "cuda" else None
+def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, lr: float, warp_lr_scale: float,
+                decay: bool = False):
+    """Steps of a :data:`~.adapt_cached.FULL_PLANS` plan (:func:`~.adapt_cached.full_steps`) on random pairs of the
+    clip: on a GPU drawn from frames held there (:class:`~.adapt_cached.ResidentPairs`), on a CPU collated."""
+    if trainer.device.type == "cuda":
+        draw = ResidentPairs(pairs, trainer.device, pairs.base.seed).batch
+    else:
+        counter = iter(range(10**12))
 
-    def step(done: int, horizon: int | None) -> float:
-        k = next(counter)
-        batch = (resident.batch(batch_size) if resident is not None else
-                 torch.utils.data.default_collate([pairs[k * batch_size + j] for j in range(batch_size)]))
-        opt.zero_grad(set_to_none=True)
-        loss, _ = trainer.compute_losses(batch, model=model)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return float(loss.detach())
+        def draw(n: int) -> dict:
+            k = next(counter)
+            return torch.utils.data.default_collate([pairs[k * n + j] for j in range(n)])
 
-    return step, sorted(n for n, _ in model.named_parameters() if n.startswith(("warp.", "generator.")))
+    return full_steps(trainer, model, draw, batch_size, lr, warp_lr_scale, decay)
 
 
 def _cached_steps(trainer: Trainer, model: PortraitModel, clip: ClipFrames, train_idx: list[int], identity,
