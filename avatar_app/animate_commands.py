@@ -113,18 +113,22 @@ def resolve_source(args):
     return args.source, None
 
 
-def make_animator(args, source):
+def make_animator(args, source, live: bool = False):
     """The animator the options ask for (None = the pipeline's default, geometric); ``auto`` is
-    :func:`~avatar_app.inference.default_animator.machine_default` (said on stderr), or neural with ``--weights``."""
+    :func:`~avatar_app.inference.default_animator.machine_default` (said on stderr), or neural with ``--weights``.
+    ``live``: where ``auto`` chose the neural animator, it must keep up (:mod:`~avatar_app.inference.live_speed`:
+    measured on the first start here), else the geometric one runs, saying why."""
     from .errors import AvatarError
     from .inference.default_animator import machine_default
     from .models.shipped import default_preset, start_model
 
+    chosen_by_auto = False
     if args.animator == "auto":
         if args.weights:
             args.animator = "neural"
         else:
-            default = machine_default()
+            default = machine_default(source.size, live=live)
+            chosen_by_auto = default.animator == "neural"
             args.animator, args.preset = default.animator, args.preset or default.preset
             print(f"avatar-app: note: {default.why} (--animator chooses)", file=sys.stderr)
     if args.animator == "geometric":
@@ -153,6 +157,14 @@ def make_animator(args, source):
     animator = NeuralAnimator(source, model=start.model, backend=args.backend, precision=args.precision,
                               calibration=calibration)
     print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)
+    if chosen_by_auto and live:
+        from .inference import live_speed
+
+        verdict = live_speed.check(animator, args.preset, source.size)
+        if not verdict.ok:
+            print(f"avatar-app: note: {live_speed.fallback_note(verdict)}", file=sys.stderr)
+            args.animator = "geometric"
+            return None
     return animator
 
 
@@ -240,7 +252,7 @@ def _run_live(args, opts, tracker) -> int:
     else:
         device = int(args.camera) if str(args.camera).isdigit() else args.camera
         driver, pace = CameraSource(device, fps=args.fps), False
-    animator = make_animator(args, source)  # before any output file is created
+    animator = make_animator(args, source, live=True)  # before any output file is created
     ref: list = []
     sinks, warnings = open_sinks(opts, args.size, args.fps, ref)
     for w in warnings:

@@ -99,9 +99,15 @@ def animator_check() -> Check:
     """What ``--animator auto`` (the app's *auto*) runs here, and why."""
     from .inference.default_animator import machine_default
 
+    from .inference import live_speed
+    from .inference.selftest import VerdictStore
+
     d = machine_default()
     which = f"neural ({d.preset})" if d.animator == "neural" else d.animator
-    return Check("backends", "--animator auto", True, f"{which}: {d.why}")
+    measured = VerdictStore().all(live_speed.KIND, live_speed.gpu_name())
+    speed = "; ".join(f"{v.version}: {v.detail} ({v.when})" for v in measured)
+    return Check("backends", "--animator auto", True, f"{which}: {d.why}"
+                 + (f". Measured live here: {speed}" if speed else ""))
 
 
 def _cuda_detail() -> str:

@@ -67,7 +67,7 @@ def test_the_animator_is_chosen_for_the_machine_and_says_why(monkeypatch, capsys
 
     args = argparse.Namespace(animator="auto", weights=None, preset=None, backend="auto", precision=None,
                               calibration=None)
-    monkeypatch.setattr(default_animator, "machine_default", lambda: default_animator.MachineDefault("geometric", "lite", "WHY-GEO"))
+    monkeypatch.setattr(default_animator, "machine_default", lambda *a, **k: default_animator.MachineDefault("geometric", "lite", "WHY-GEO"))
     assert animate_commands.make_animator(args, astronaut_source) is None and args.animator == "geometric"
     assert "WHY-GEO" in capsys.readouterr().err
     built = []
@@ -77,13 +77,13 @@ def test_the_animator_is_chosen_for_the_machine_and_says_why(monkeypatch, capsys
         raise RuntimeError("stop here")
 
     monkeypatch.setattr("avatar_app.runtime.neural_animator.NeuralAnimator", neural)
-    monkeypatch.setattr(default_animator, "machine_default", lambda: default_animator.MachineDefault("neural", "full", "WHY-GPU"))
+    monkeypatch.setattr(default_animator, "machine_default", lambda *a, **k: default_animator.MachineDefault("neural", "full", "WHY-GPU"))
     args.animator, args.preset = "auto", None
     with pytest.raises(RuntimeError, match="stop here"):
         animate_commands.make_animator(args, astronaut_source)
     assert built == ["full"] and args.animator == "neural" and "WHY-GPU" in capsys.readouterr().err
 
-    def no_default():
+    def no_default(*args, **kwargs):
         raise AssertionError("--weights chose the animator already")
 
     monkeypatch.setattr(default_animator, "machine_default", no_default)

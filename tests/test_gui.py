@@ -409,3 +409,33 @@ def test_on_a_gpu_auto_runs_the_shipped_full_model(make_window, monkeypatch, tmp
     assert w.live_config().choices.animator == "geometric" and not w.backend_box.isEnabled()
     saved = json.loads((tmp_path / "config" / "settings.json").read_text())
     assert saved["animator"] == "geometric" and saved["preset"] == "auto"
+
+def test_on_a_gpu_too_slow_for_live_auto_runs_the_geometric_avatar_and_says_why(make_window, qtbot, monkeypatch,
+                                                                                 tmp_path):
+    """Issue 12: "auto" is the neural animator on a GPU, but the first start times the networks; where they cannot
+    keep up (here: the lite model on this CPU, measured for real over a few frames against a camera of 1000 fps, which
+    nothing keeps up with) the avatar runs geometric, the app says why, and the verdict is remembered."""
+    pytest.importorskip("dlib", exc_type=ImportError)
+    from avatar_app.inference import default_animator as d
+    from avatar_app.inference import live_speed
+    from avatar_app.ui import main_window
+
+    monkeypatch.setenv("AVATAR_APP_ENGINES", str(tmp_path / "engines"))
+    monkeypatch.setattr(live_speed, "WARMUP", 1)
+    monkeypatch.setattr(live_speed, "FRAMES", 3)
+    monkeypatch.setattr(live_speed, "LIVE_FPS", 1000.0)
+    monkeypatch.setattr(main_window, "machine_default", lambda: d.MachineDefault("neural", "lite", d.WHY_NEURAL))
+    w = make_window()
+    w.backend_box.setCurrentIndex(w.backend_box.findData("torch-cpu"))
+    w.backend_box.activated.emit(w.backend_box.currentIndex())
+    assert w.live_config().auto and w.live_config().choices.animator == "neural"
+    qtbot.mouseClick(w.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: any("instead of the neural one" in m for m in w.status.messages()), timeout=120000)
+    wait_state(qtbot, w, "running")
+    shown = w.avatar_view.frames_shown
+    qtbot.waitUntil(lambda: w.avatar_view.frames_shown >= shown + 5, timeout=15000)
+    qtbot.wait(1000)
+    assert "networks" not in w.stats_label.text()  # the geometric avatar runs: no network timings
+    stop(qtbot, w)
+    verdict = live_speed.known_slow("lite", 256)
+    assert verdict is not None and "ms a frame" in verdict.detail and "1000 fps" in verdict.detail

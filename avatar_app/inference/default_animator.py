@@ -18,8 +18,8 @@ from . import backend
 # on a 2-core CPU the lite model through ONNX Runtime, on an H200 the full model compiled with CUDA graphs.
 WHY_NEURAL = ("neural (the shipped full model) is the default on a GPU: it is closer to real faces than the "
               "geometric avatar (+1.09 dB on people it never saw) and on an H200 it kept up with a 30 fps camera, "
-              "16 ms from camera frame to output with face tracking (a smaller GPU may be slower: the fps readout "
-              "shows it; choose geometric if it stays under 25)")
+              "16 ms from camera frame to output with face tracking (a smaller GPU may be slower: the first start "
+              "times the networks here and falls back to geometric if they cannot keep up with 25 fps)")
 WHY_GEOMETRIC = ("geometric is the default without a GPU: the shipped lite model is closer to real faces (+0.76 dB on "
                  "people it never saw), but on a 2-core CPU it ran live at 13 fps against the geometric avatar's 30, "
                  "under the 25 fps a call needs")
@@ -34,11 +34,14 @@ class MachineDefault:
     why: str
 
 
-def machine_default() -> MachineDefault:
+def machine_default(size: int = 256, live: bool = True) -> MachineDefault:
     """``neural`` with the shipped ``full`` weights where a GPU backend can run them (TensorRT or torch
     on CUDA) and the identity embedding they need is installed, else ``geometric`` (the CPU's lite
-    model does not hold 25 fps live), with the reason."""
+    model does not hold 25 fps live), with the reason.  For ``live`` use, where a first start measured that
+    the ``full`` networks do not keep up at ``size`` on this GPU (:mod:`.live_speed`), ``geometric``, saying so
+    (a render is not live: it takes the networks however fast they run)."""
     from ..models.identity import model_files
+    from .live_speed import fallback_note, known_slow
 
     gpu = backend.probe("torch-cuda") is None or backend.probe("tensorrt") is None
     if not gpu:
@@ -52,4 +55,8 @@ def machine_default() -> MachineDefault:
         why = str(exc).rstrip(".")
         return MachineDefault("geometric", "full", "geometric is the default here although there is a GPU: "
                                                    + why[:1].lower() + why[1:])
+    slow = known_slow("full", size) if live else None
+    if slow is not None:
+        return MachineDefault("geometric", "full", "geometric is the default here although there is a GPU: "
+                                                   + fallback_note(slow))
     return MachineDefault("neural", "full", WHY_NEURAL)

@@ -73,6 +73,18 @@ class VerdictStore:
         except TypeError:  # written by another version of this file's format
             return None
 
+    def all(self, backend: str, device: str) -> list[Verdict]:
+        """Every readable verdict of ``backend`` on ``device``, oldest first."""
+        found = []
+        for entry in self._read().values():
+            try:
+                v = Verdict(**entry)
+            except TypeError:
+                continue
+            if v.backend == backend and v.device == device:
+                found.append(v)
+        return sorted(found, key=lambda v: v.when)
+
     def put(self, verdict: Verdict) -> None:
         verdicts = self._read()
         verdicts[self._key(verdict.backend, verdict.device, verdict.version)] = asdict(verdict)

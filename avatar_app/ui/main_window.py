@@ -221,7 +221,8 @@ class MainWindow(QMainWindow):
         return s.animator == "neural" or s.profile is not None
 
     def live_config(self) -> LiveConfig:
-        return LiveConfig(self.resolved(), driver_factory=self.driver_factory, pace=self.driver_paced)
+        return LiveConfig(self.resolved(), driver_factory=self.driver_factory, pace=self.driver_paced,
+                          auto=self.settings.animator == "auto")
 
     def toggle_running(self) -> None:
         if self.state in ("running", "starting"):

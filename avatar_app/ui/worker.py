@@ -42,6 +42,7 @@ class LiveConfig:
     fps: float = 30.0
     driver_factory: Callable[[], FrameSource] | None = None
     pace: bool = False  # play the driver at its own frame rate (video files and image lists)
+    auto: bool = False  # the animator is the machine's default ("auto"): neural only if it keeps up here
 
 
 class LiveController(QObject):
@@ -188,6 +189,13 @@ class LiveController(QObject):
             emit_safely(self.message, "Preparing the neural networks (on a GPU the first start compiles them: "
                                       "about a minute)…")
         animator = make_animator(cfg, portrait, start)
+        if animator is not None and cfg.auto and profile is None and not c.weights:
+            from ..inference import live_speed
+
+            verdict = live_speed.check(animator, c.preset, portrait.size)
+            if not verdict.ok:
+                emit_safely(self.message, "Running " + live_speed.fallback_note(verdict) + ".")
+                animator = start = None
         if animator is not None and profile is None and not c.weights:
             emit_safely(self.message, f"Neural weights: the shipped {c.preset} model, trained on real faces."
                         if start.shipped else
