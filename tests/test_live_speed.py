@@ -33,6 +33,9 @@ class _GpuAnimator:
     def __init__(self, source, ms: float, backend: str = "torch-cuda"):
         self.source, self.chain, self.ms, self.targets = source, _Chain(backend), ms, []
 
+    def reset(self):
+        self.resets = getattr(self, "resets", 0) + 1
+
     def animate(self, target):
         self.targets.append(target.points.copy())
         time.sleep(self.ms / 1000.0)
@@ -50,7 +53,7 @@ def test_a_gpu_too_slow_for_live_is_measured_once_and_remembered(astronaut_sourc
     verdict = live_speed.check(slow, "full", 256, store)
     assert not verdict.ok and "ms a frame" in verdict.detail and "25 fps" in verdict.detail
     frames = live_speed.WARMUP + live_speed.FRAMES
-    assert len(slow.targets) == frames
+    assert len(slow.targets) == frames and slow.resets == 1  # measured, then its ring buffer forgotten
     assert len({t.tobytes() for t in slow.targets}) > frames // 2  # the head moves: not one frame over and over
     assert live_speed.check(slow, "full", 256, store) == verdict and len(slow.targets) == frames  # read, not re-run
     assert live_speed.known_slow("full", 256, store) == verdict
