@@ -127,7 +127,7 @@ def make_animator(args, source, live: bool = False):
         if args.weights:
             args.animator = "neural"
         else:
-            default = machine_default(source.size, live=live)
+            default = machine_default(source.size, live=live, on_backend=args.backend)
             chosen_by_auto = default.animator == "neural"
             args.animator, args.preset = default.animator, args.preset or default.preset
             print(f"avatar-app: note: {default.why} (--animator chooses)", file=sys.stderr)
@@ -158,11 +158,11 @@ def make_animator(args, source, live: bool = False):
                               calibration=calibration)
     print(f"avatar-app: neural networks on {animator.chain.choice.explain()}: {animator.chain.device}", file=sys.stderr)
     if chosen_by_auto and live:
-        from .inference import live_speed
+        from .inference.live_speed import fallback_reason
 
-        verdict = live_speed.check(animator, args.preset, source.size)
-        if not verdict.ok:
-            print(f"avatar-app: note: {live_speed.fallback_note(verdict)}", file=sys.stderr)
+        why = fallback_reason(animator, args.preset, source.size)
+        if why is not None:
+            print(f"avatar-app: note: {why}", file=sys.stderr)
             args.animator = "geometric"
             return None
     return animator

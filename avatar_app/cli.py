@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_profiles_parser(sub)
     add_engine_parsers(sub)
 
-    sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
+    dr = sub.add_parser("doctor", help="show versions, cameras, GPU and usable backends")
+    dr.add_argument("--remeasure", action="store_true",
+                    help="forget whether the neural animator keeps up live here (the next live start of "
+                         "--animator auto measures it again)")
 
     gui = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
     gui.add_argument("--source", metavar="IMG", help="the portrait to animate (default: the last one used)")
@@ -88,6 +91,13 @@ def cmd_gui(args) -> int:
 def cmd_doctor(args) -> int:
     from .doctor import format_checks, run_checks
 
+    if args.remeasure:
+        from .inference.live_speed import KIND
+        from .inference.selftest import VerdictStore
+
+        store = VerdictStore()
+        print(f"forgot {store.forget(KIND)} live-speed verdict(s) in {store.path}; the next live start of "
+              "--animator auto measures the neural networks again")
     print(format_checks(run_checks()))
     return 0
 

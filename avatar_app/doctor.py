@@ -104,8 +104,10 @@ def animator_check() -> Check:
 
     d = machine_default()
     which = f"neural ({d.preset})" if d.animator == "neural" else d.animator
-    measured = VerdictStore().all(live_speed.KIND, live_speed.gpu_name())
-    speed = "; ".join(f"{v.version}: {v.detail} ({v.when})" for v in measured)
+    store = VerdictStore()
+    measured = store.all(live_speed.KIND, live_speed.gpu_name()) if store.has(live_speed.KIND) else []
+    speed = "; ".join(f"{v.version}: {v.detail} ({v.when}{', ' + str(v.count) + ' starts' if v.count > 1 else ''})"
+                      for v in measured)
     return Check("backends", "--animator auto", True, f"{which}: {d.why}"
                  + (f". Measured live here: {speed}" if speed else ""))
 

@@ -281,7 +281,8 @@ def test_virtual_camera_toggle_reports_status_and_setup_help(make_window, qtbot)
     start(qtbot, w)
     w.vcam_box.setChecked(True)
     qtbot.waitUntil(lambda: w.vcam_label.text() == "not available", timeout=5000)
-    assert setup_help() in w.status.messages()[-1]
+    # (the status line and the message are two signals: the second may come a moment after the first)
+    qtbot.waitUntil(lambda: any(setup_help() in m for m in w.status.messages()), timeout=5000)
     shown = w.avatar_view.frames_shown
     qtbot.waitUntil(lambda: w.avatar_view.frames_shown > shown + 5, timeout=5000)  # the avatar runs on
     stop(qtbot, w)
@@ -373,69 +374,3 @@ def test_eye_contact_toggle_reaches_the_running_avatar_and_is_remembered(make_wi
     assert json.loads((tmp_path / "config" / "settings.json").read_text())["eye_contact"] is True
     again = make_window()
     assert again.eye_contact_box.isChecked()
-
-
-def test_the_app_and_the_cli_say_why_the_geometric_animator_is_the_default(make_window, capsys, monkeypatch):
-    """Issue 12: without a GPU the neural animator is not the default (it does not hold 25 fps), and the
-    app and the CLI say why."""
-    from avatar_app.inference import backend
-    from avatar_app.ui import main_window
-
-    monkeypatch.setattr(backend, "probe", lambda name, build_only=False: "no GPU here")  # whatever this machine has
-    assert main_window.machine_default().animator == "geometric"
-    w = make_window()
-    tip = w.animator_box.toolTip()
-    assert w.animator_box.currentData() == "auto" and w.animator_box.currentText() == "auto (geometric here)"
-    assert tip.startswith("Auto: Geometric is the default") and "13 fps" in tip and "25 fps" in tip
-    assert w.live_config().choices.animator == "geometric" and not w.backend_box.isEnabled()
-    from avatar_app.cli import main
-    with pytest.raises(SystemExit):
-        main(["live", "--help"])
-    assert "geometric is the default without a GPU" in " ".join(capsys.readouterr().out.split())
-
-
-def test_on_a_gpu_auto_runs_the_shipped_full_model(make_window, monkeypatch, tmp_path):
-    """Issue 12: where a GPU runs it, "auto" is the neural animator with the full model (live and the wizard)."""
-    from avatar_app.inference import default_animator as d
-    from avatar_app.ui import main_window
-
-    monkeypatch.setattr(main_window, "machine_default", lambda: d.MachineDefault("neural", "full", d.WHY_NEURAL))
-    w = make_window()
-    assert w.animator_box.currentText() == "auto (neural here)" and w.backend_box.isEnabled()
-    c = w.live_config().choices
-    assert (c.animator, c.preset) == ("neural", "full") and w.settings.animator == "auto"
-    w.animator_box.setCurrentIndex(w.animator_box.findData("geometric"))  # a choice made stays made
-    w.animator_box.activated.emit(w.animator_box.currentIndex())
-    assert w.live_config().choices.animator == "geometric" and not w.backend_box.isEnabled()
-    saved = json.loads((tmp_path / "config" / "settings.json").read_text())
-    assert saved["animator"] == "geometric" and saved["preset"] == "auto"
-
-def test_on_a_gpu_too_slow_for_live_auto_runs_the_geometric_avatar_and_says_why(make_window, qtbot, monkeypatch,
-                                                                                 tmp_path):
-    """Issue 12: "auto" is the neural animator on a GPU, but the first start times the networks; where they cannot
-    keep up (here: the lite model on this CPU, measured for real over a few frames against a camera of 1000 fps, which
-    nothing keeps up with) the avatar runs geometric, the app says why, and the verdict is remembered."""
-    pytest.importorskip("dlib", exc_type=ImportError)
-    from avatar_app.inference import default_animator as d
-    from avatar_app.inference import live_speed
-    from avatar_app.ui import main_window
-
-    monkeypatch.setenv("AVATAR_APP_ENGINES", str(tmp_path / "engines"))
-    monkeypatch.setattr(live_speed, "WARMUP", 1)
-    monkeypatch.setattr(live_speed, "FRAMES", 3)
-    monkeypatch.setattr(live_speed, "LIVE_FPS", 1000.0)
-    monkeypatch.setattr(main_window, "machine_default", lambda: d.MachineDefault("neural", "lite", d.WHY_NEURAL))
-    w = make_window()
-    w.backend_box.setCurrentIndex(w.backend_box.findData("torch-cpu"))
-    w.backend_box.activated.emit(w.backend_box.currentIndex())
-    assert w.live_config().auto and w.live_config().choices.animator == "neural"
-    qtbot.mouseClick(w.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: any("instead of the neural one" in m for m in w.status.messages()), timeout=120000)
-    wait_state(qtbot, w, "running")
-    shown = w.avatar_view.frames_shown
-    qtbot.waitUntil(lambda: w.avatar_view.frames_shown >= shown + 5, timeout=15000)
-    qtbot.wait(1000)
-    assert "networks" not in w.stats_label.text()  # the geometric avatar runs: no network timings
-    stop(qtbot, w)
-    verdict = live_speed.known_slow("lite", 256)
-    assert verdict is not None and "ms a frame" in verdict.detail and "1000 fps" in verdict.detail

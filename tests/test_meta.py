@@ -15,7 +15,8 @@ from avatar_app.face.retarget import Retargeter
 from avatar_app.models.portrait import PortraitModel
 from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.train.config import TrainConfig
-from avatar_app.train.meta import ADAPTED, MetaTrainer
+from avatar_app.train.adapt_cached import ALL_ADAPTED as ADAPTED
+from avatar_app.train.meta import MetaTrainer
 from avatar_app.train.personalize import CancelToken, ClipFrames, clip_frames, personalize
 from avatar_app.train.inputs import FlowInputs
 

@@ -34,12 +34,12 @@ class MachineDefault:
     why: str
 
 
-def machine_default(size: int = 256, live: bool = True) -> MachineDefault:
+def machine_default(size: int = 256, live: bool = True, on_backend: str | None = None) -> MachineDefault:
     """``neural`` with the shipped ``full`` weights where a GPU backend can run them (TensorRT or torch
     on CUDA) and the identity embedding they need is installed, else ``geometric`` (the CPU's lite
     model does not hold 25 fps live), with the reason.  For ``live`` use, where a first start measured that
-    the ``full`` networks do not keep up at ``size`` on this GPU (:mod:`.live_speed`), ``geometric``, saying so
-    (a render is not live: it takes the networks however fast they run)."""
+    the ``full`` networks do not keep up at ``size`` on this GPU (:mod:`.live_speed`; with ``on_backend``, on that
+    backend), ``geometric``, saying so (a render is not live: it takes the networks however fast they run)."""
     from ..models.identity import model_files
     from .live_speed import fallback_note, known_slow
 
@@ -55,7 +55,7 @@ def machine_default(size: int = 256, live: bool = True) -> MachineDefault:
         why = str(exc).rstrip(".")
         return MachineDefault("geometric", "full", "geometric is the default here although there is a GPU: "
                                                    + why[:1].lower() + why[1:])
-    slow = known_slow("full", size) if live else None
+    slow = known_slow("full", size, on_backend) if live else None
     if slow is not None:
         return MachineDefault("geometric", "full", "geometric is the default here although there is a GPU: "
                                                    + fallback_note(slow))

@@ -37,6 +37,7 @@ class Verdict:
     detail: str  # "worst relative error 3.1e-03 (warp)" or why it failed
     when: str = ""
     seconds: float = 0.0
+    count: int = 1  # measurements in a row that gave this result (the live-speed check settles "slow" on two)
 
     def explain(self) -> str:
         how = "passed" if self.ok else "failed"
@@ -73,6 +74,18 @@ class VerdictStore:
         except TypeError:  # written by another version of this file's format
             return None
 
+    def has(self, backend: str) -> bool:
+        """Whether any verdict of ``backend`` is kept (read without naming a GPU)."""
+        return any(isinstance(e, dict) and e.get("backend") == backend for e in self._read().values())
+
+    def forget(self, backend: str) -> int:
+        """Drop every verdict of ``backend`` (the others stay); returns how many."""
+        verdicts = self._read()
+        kept = {k: e for k, e in verdicts.items() if not (isinstance(e, dict) and e.get("backend") == backend)}
+        if len(kept) != len(verdicts):
+            self._write(kept)
+        return len(verdicts) - len(kept)
+
     def all(self, backend: str, device: str) -> list[Verdict]:
         """Every readable verdict of ``backend`` on ``device``, oldest first."""
         found = []
@@ -88,6 +101,9 @@ class VerdictStore:
     def put(self, verdict: Verdict) -> None:
         verdicts = self._read()
         verdicts[self._key(verdict.backend, verdict.device, verdict.version)] = asdict(verdict)
+        self._write(verdicts)
+
+    def _write(self, verdicts: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": 1, "verdicts": verdicts}, indent=1, sort_keys=True))

@@ -169,8 +169,13 @@ def inner_optimizer(model: PortraitModel, lr: float, warp_lr_scale: float) -> to
     ], betas=(0.9, 0.999))
 
 
+ALL_ADAPTED = ("warp.", "generator.")  # what a FULL_PLANS plan adapts (and Reptile's default inner loop)
+
+
 def adapted_parameters(model: PortraitModel, plan: Plan) -> dict[str, torch.nn.Parameter]:
     """The parameters ``plan`` adapts, by their names in ``model``."""
+    if plan.params == "all":
+        return {n: p for n, p in model.named_parameters() if n.startswith(ALL_ADAPTED)}
     g = model.generator
     stages = [name for k, name in enumerate(("dec32", "dec64", "dec128"), start=1) if k > plan.start]
     prefixes = tuple(f"generator.{n}." for n in stages + (["to_top", "top", "head"] if plan.params == "decoder"
@@ -325,7 +330,7 @@ def full_steps(trainer, model: PortraitModel, draw, batch_size: int, lr: float, 
         opt.step()
         return float(loss.detach())
 
-    return step, sorted(n for n, _ in model.named_parameters() if n.startswith(("warp.", "generator.")))
+    return step, sorted(n for n, _ in model.named_parameters() if n.startswith(ALL_ADAPTED))
 
 
 def _reads(start: int, level: int) -> bool:

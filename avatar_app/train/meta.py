@@ -35,11 +35,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputFileError
 from ..models.portrait import PortraitModel
-from .adapt_cached import (FULL_PLANS, PLANS, FrameCache, Plan, ResidentPairs, adapted_parameters, cached_steps,
-                           full_steps, inner_optimizer)
+from .adapt_cached import (ALL_ADAPTED, FULL_PLANS, PLANS, FrameCache, Plan, ResidentPairs, adapted_parameters,
+                           cached_steps, full_steps, inner_optimizer)
 from .trainer import Trainer
 
-ADAPTED = ("warp.", "generator.")  # the sub-networks the `full` plan adapts (the default inner loop)
 log = logging.getLogger(__name__)
 
 
@@ -73,11 +72,10 @@ class MetaTrainer(Trainer):
 
             self.recordings = (recordings if recordings is not None else
                                RecordingTasks.from_prepared(data, cfg.val_fraction, cfg.inner_record_s, cfg.seed))
-            self.adapted = (sorted(adapted_parameters(self.model, self.plan)) if self.plan.params != "all" else
-                            [n for n, _ in self.model.named_parameters() if n.startswith(ADAPTED)])
+            self.adapted = sorted(adapted_parameters(self.model, self.plan))
         else:
             self.tasks = self._group_by_identity()
-            self.adapted = [n for n, _ in self.model.named_parameters() if n.startswith(ADAPTED)]
+            self.adapted = [n for n, _ in self.model.named_parameters() if n.startswith(ALL_ADAPTED)]
 
     def _group_by_identity(self) -> list[list[int]]:
         ds = getattr(self.train_set, "base", self.train_set)

@@ -140,7 +140,7 @@ def auto_plan(device: str | torch.device) -> str:
 
 
 def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, budget_s: float = 30.0,
-                batch_size: int | None = None, lr: float | None = None, warp_lr_scale: float = 0.1,
+                batch_size: int | None = None, lr: float | None = None, warp_lr_scale: float | None = None,
                 holdout_every: int = 10, progress: Callable[[dict], None] | None = None,
                 cancel: CancelToken | None = None, device: str = "cpu", seed: int = 0,
                 curve_every_s: float | None = None, also_score: dict[str, list[dict]] | None = None,
@@ -154,7 +154,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     :func:`~avatar_app.models.shipped.personalization_start`); ``base`` is then only what the "before"
     scores (and a curve's first point) measure: the model the app animates with, unpersonalized.
 
-    ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate) and generator on
+    ``plan``: ``"full"`` fine-tunes warp network (at ``warp_lr_scale`` × the rate; default the plan's) and generator on
     random pairs; a name in :data:`~.adapt_cached.PLANS` adapts a part of the model animating the
     reference frame over inputs computed once for up to ``cache_frames`` training frames (the
     computing counts against the budget); ``"auto"``: :func:`auto_plan`.  Before most of the budget
@@ -175,8 +175,8 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     plan = auto_plan(device) if plan == "auto" else plan
     cached, whole = PLANS.get(plan), FULL_PLANS.get(plan)
     if cached is None and whole is None:
-        raise ValueError(f"unknown personalization plan {plan!r}; choose 'auto' or one of {sorted(FULL_PLANS)} "
-                         f"{sorted(PLANS)}")
+        raise ValueError(f"unknown personalization plan {plan!r}; choose auto, "
+                         f"{', '.join(sorted(FULL_PLANS) + sorted(PLANS))}")
     chosen = cached or whole
     batch_size = batch_size or chosen.batch_size
     cfg = TrainConfig(stage="meta", batch_size=batch_size, num_workers=0, w_gan=0.0, amp=amp, amp_dtype="bf16",
@@ -197,7 +197,8 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
     curve = [{"seconds": 0.0, "cpu_seconds": 0.0, "step": 0, **before}] if curving else []
     t_start, cpu_start = time.perf_counter(), time.process_time()
     if cached is None:
-        step_fn, params = _full_steps(trainer, model, pairs, batch_size, lr or whole.lr, warp_lr_scale, whole.decay)
+        step_fn, params = _full_steps(trainer, model, pairs, batch_size, lr or whole.lr,
+                                      whole.warp_lr_scale if warp_lr_scale is None else warp_lr_scale, whole.decay)
     else:
         step_fn, params = _cached_steps(trainer, model, clip, train_idx, identity, cached, batch_size,
                                         lr or cached.lr, cache_frames, device, seed)

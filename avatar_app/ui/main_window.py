@@ -23,20 +23,16 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, Q
 from ..capture.base import FrameSource
 from ..inference.backend import BACKEND_CHOICES
 from ..inference.default_animator import MachineDefault, machine_default
-from .settings import ANIMATORS, SIZES, SYNTHETIC, Settings, load_settings, resolved, save_settings
+from .settings import (ANIMATORS, PORTRAITS, SIZES, SYNTHETIC, Settings, bundled_portraits, load_settings, resolved,
+                       save_settings)
 from .profiles_menu import ProfilesMenu
+from .recording import recording_camera
 from .widgets import ImageView, StatusArea, format_stats
 from .worker import LiveConfig, LiveController
 
 log = logging.getLogger(__name__)
 
-PORTRAITS = Path(__file__).resolve().parents[2] / "assets" / "portraits"
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp);;All files (*)"
-
-
-def bundled_portraits() -> list[Path]:
-    """The public-domain portraits shipped in ``assets/portraits`` (empty when not there)."""
-    return sorted(PORTRAITS.glob("*.jpg")) if PORTRAITS.is_dir() else []
 
 
 class MainWindow(QMainWindow):
@@ -56,7 +52,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.config_dir = config_dir
         self.settings: Settings = load_settings(config_dir)
-        self.machine: MachineDefault = machine_default()  # what "auto" means here (animator, preset, why)
+        self.machine: MachineDefault = machine_default(self.settings.size)  # what "auto" is here, and why
         self.driver_factory = driver_factory
         self.driver_paced = driver_paced
         self.recording_source = recording_source
@@ -96,9 +92,8 @@ class MainWindow(QMainWindow):
         self.driver_box.addItem("Synthetic driver (no camera)", SYNTHETIC)
         self.animator_box = QComboBox()
         for name in ANIMATORS:
-            self.animator_box.addItem(f"auto ({self.machine.animator} here)" if name == "auto" else name, name)
-        why = self.machine.why
-        self.animator_box.setToolTip(f"Auto: {why[0].upper() + why[1:]}.")
+            self.animator_box.addItem(name, name)
+        self._show_auto()
         self.backend_box = QComboBox()
         for name in BACKEND_CHOICES:
             self.backend_box.addItem(name, name)
@@ -215,6 +210,15 @@ class MainWindow(QMainWindow):
         """A copy of the settings with ``auto`` animator and preset made this machine's (:attr:`machine`)."""
         return resolved(self.settings, self.machine.animator, self.machine.preset)
 
+    def _show_auto(self, again: bool = False) -> None:
+        """The animator box's *auto* entry and tooltip: what it is on this machine at this size, and why (``again``:
+        ask again, after a size change or a live start that measured the networks' speed)."""
+        if again:
+            self.machine = machine_default(self.settings.size, on_backend=self.settings.backend)
+        self.animator_box.setItemText(self.animator_box.findData("auto"), f"auto ({self.machine.animator} here)")
+        why = self.machine.why
+        self.animator_box.setToolTip(f"Auto: {why[0].upper() + why[1:]}.")
+
     def _neural(self) -> bool:
         """Whether the avatar runs networks (the neural animator, or a profile's weights)."""
         s = self.resolved()
@@ -277,6 +281,7 @@ class MainWindow(QMainWindow):
         s.animator = self.animator_box.currentData()
         s.backend = self.backend_box.currentData()
         s.size = self.size_box.currentData()
+        self._show_auto(again=True)
         self.backend_box.setEnabled(self._neural())
         self._save()
         if self.state == "running":
@@ -316,6 +321,7 @@ class MainWindow(QMainWindow):
         elif state == "stopped":
             self.camera_view.clear()
             self.controller.avatar.take()
+            self._show_auto(again=True)  # a live start may have found the networks too slow here
 
     def _on_source_ready(self, portrait) -> None:
         if self.state == "stopped":
@@ -352,22 +358,13 @@ class MainWindow(QMainWindow):
 
         if self.state != "stopped":
             self.controller.stop()
-        source = self.recording_source or self._camera_source
+        source = self.recording_source or (lambda: recording_camera(self.settings.driver))
         wizard = PersonalizeWizard(self, source, budget_s=self.settings.budget_s, weights=self.settings.weights,
                                    preset=self.resolved().preset, **options)
         wizard.profile_saved.connect(self._profile_saved)
         wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         wizard.show()
         return wizard
-
-    def _camera_source(self) -> FrameSource:
-        from ..capture.camera import CameraSource
-        from ..errors import CameraError
-
-        if self.settings.driver == SYNTHETIC:
-            raise CameraError("Recording needs a camera; choose one under Driver (none was found on this machine "
-                              "if the list only offers the synthetic driver).")
-        return CameraSource(self.settings.driver)
 
     def _profile_saved(self, name: str) -> None:
         self.status.add(f"Profile '{name}' saved; the avatar now uses it.")

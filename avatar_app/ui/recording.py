@@ -29,6 +29,18 @@ MIN_BRIGHTNESS = 60.0  # mean grey level (0-255) of the face below which we ask 
 CENTRE_TOLERANCE = 0.18  # how far (in frame widths/heights) the face centre may be from the frame centre
 
 
+def recording_camera(driver: str) -> FrameSource:
+    """The camera the wizard records from: the main window's driver (``driver``), which must be a camera."""
+    from ..capture.camera import CameraSource
+    from ..errors import CameraError
+    from .settings import SYNTHETIC
+
+    if driver == SYNTHETIC:
+        raise CameraError("Recording needs a camera; choose one under Driver (none was found on this machine "
+                          "if the list only offers the synthetic driver).")
+    return CameraSource(driver)
+
+
 @dataclass(frozen=True)
 class Guidance:
     """What the recording page tells the user about one frame."""

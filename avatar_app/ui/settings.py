@@ -81,6 +81,14 @@ def resolved(settings: Settings, animator: str, preset: str) -> Settings:
     return s
 
 
+PORTRAITS = Path(__file__).resolve().parents[2] / "assets" / "portraits"
+
+
+def bundled_portraits() -> list[Path]:
+    """The public-domain portraits shipped in ``assets/portraits`` (the app's first source; empty when not there)."""
+    return sorted(PORTRAITS.glob("*.jpg")) if PORTRAITS.is_dir() else []
+
+
 _CHOICES = {"animator": ANIMATORS, "backend": BACKEND_CHOICES, "preset": ("auto", "lite", "full"), "size": SIZES}
 
 

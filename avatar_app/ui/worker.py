@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 from ..capture.base import FrameSource
 from ..errors import AvatarError, DependencyError, OutputError
 from ..face.retarget import RetargetOptions
+from ..inference import live_speed
 from ..runtime.pipeline import Pipeline
 from ..types import SourcePortrait
 from .bridge import FrameRelay, ObservedSource, SwitchableSink, call_reporting, describe_error, emit_safely
@@ -185,17 +186,20 @@ class LiveController(QObject):
         c = cfg.choices
         profile, portrait = self._profile_portrait(cfg)
         start = start_model_for(cfg, profile)
+        auto = cfg.auto and start is not None and profile is None and not c.weights  # neural only if it keeps up
+        if auto:
+            slow = live_speed.known_slow(c.preset, c.size, c.backend)  # measured on earlier starts: build nothing
+            if slow is not None:
+                emit_safely(self.message, "Running " + live_speed.fallback_note(slow) + ".")
+                start = None
         if start is not None:  # (the CLI says the same): a first start on a GPU is slow, not stuck
             emit_safely(self.message, "Preparing the neural networks (on a GPU the first start compiles them: "
                                       "about a minute)…")
         animator = make_animator(cfg, portrait, start)
-        if animator is not None and cfg.auto and profile is None and not c.weights:
-            from ..inference import live_speed
-
-            verdict = live_speed.check(animator, c.preset, portrait.size)
-            if not verdict.ok:
-                emit_safely(self.message, "Running " + live_speed.fallback_note(verdict) + ".")
-                animator = start = None
+        why = live_speed.fallback_reason(animator, c.preset, portrait.size) if auto and animator is not None else None
+        if why is not None:
+            emit_safely(self.message, "Running " + why + ".")
+            animator = start = None
         if animator is not None and profile is None and not c.weights:
             emit_safely(self.message, f"Neural weights: the shipped {c.preset} model, trained on real faces."
                         if start.shipped else
