@@ -9,7 +9,8 @@ Two ways to run mediapipe, chosen by whether a model file is given:
 
 Video frames are tracked (mediapipe re-uses the last face region, much faster than
 detecting every frame) and smoothed causally with a One-Euro filter, restarted when the
-followed face jumps (a shot cut: :func:`~.jumps.is_jump` on the raw landmarks); still images
+followed face jumps (a shot cut: :func:`~.jumps.is_jump` on the raw landmarks) or stops looking
+like itself (another person where the face was: :func:`~.appearance.is_other_look`); still images
 go through :meth:`FaceTracker.detect_faces` (static mode, several faces).
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..errors import DependencyError, InputFileError
 from ..types import NUM_LANDMARKS, Frame, Landmarks, TrackResult
+from .appearance import Look, LookThresholds, face_look, is_other_look
 from .jumps import JumpThresholds, is_jump
 from .mesh import eye_centers
 from .smoothing import EYE_SMOOTHING, FACE_SMOOTHING, LandmarkSmoother
@@ -106,12 +108,18 @@ class FaceTracker:
             frame instead of being spread over several as motion, and the frame's
             :class:`TrackResult` says ``cut`` (the guard's test on the smoothed landmarks alone
             can miss it by a little: the last smoothed face lagged).
+        look_thresholds: likewise when the followed face stops looking like the last frame's
+            (:func:`~.appearance.is_other_look`: its skin's colour and the layout of its light and
+            dark, from the frame and the raw landmarks): a cut to another person whose face sits
+            where the last one did, at its size, which the landmarks alone cannot tell; ``None``
+            leaves the look out.
     """
 
     def __init__(self, model_path: str | Path | None = None, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, smoothing: tuple[float, float] | None = FACE_SMOOTHING,
                  max_faces: int = 4, track_faces: int = 2, eye_smoothing: tuple | None = EYE_SMOOTHING,
-                 jump_thresholds: JumpThresholds = JumpThresholds()):
+                 jump_thresholds: JumpThresholds = JumpThresholds(),
+                 look_thresholds: LookThresholds | None = LookThresholds()):
         self.model_path = Path(model_path) if model_path else None
         if self.model_path is not None and not self.model_path.is_file():
             raise InputFileError(
@@ -125,6 +133,9 @@ class FaceTracker:
         self._followed: np.ndarray | None = None  # (x, y, inter-ocular px) of the last raw face followed
         self._raw: tuple[float, Landmarks] | None = None  # (time, raw landmarks) of last frame's followed face
         self.jump_thresholds = jump_thresholds
+        self.look_thresholds = look_thresholds
+        self._look: Look | None = None  # last frame's look of the followed face
+        self.look_cuts = 0  # cuts the look saw that the landmarks did not
         self.restarts = 0  # smoothing restarts on a followed face that jumped or was elsewhere
         self._filter = LandmarkSmoother(smoothing, eye_smoothing) if smoothing else None
         self._video = None
@@ -202,11 +213,17 @@ class FaceTracker:
         if not faces:
             if self._filter is not None:
                 self._filter.reset()
-            self._raw = None
+            self._raw = self._look = None
             return TrackResult(None, 0.0, frame.timestamp)
         lm, away = self._follow([_to_landmarks(f, w, h) for f in faces])
         last, self._raw = self._raw, (frame.timestamp, lm)
         cut = last is not None and is_jump(last[1], lm, frame.timestamp - last[0], self.jump_thresholds)
+        if self.look_thresholds is not None:
+            look, before = face_look(frame.image, lm.points), self._look
+            self._look = look
+            if not cut and before is not None and is_other_look(before, look, self.look_thresholds):
+                cut = True
+                self.look_cuts += 1
         if self._filter is not None:
             if away or cut:
                 self._filter.reset()
@@ -241,7 +258,7 @@ class FaceTracker:
         if self._filter is not None:
             self._filter.reset()
         self._followed = None
-        self._raw = None
+        self._raw = self._look = None
         self._last_ts_ms = -1
 
     @property
