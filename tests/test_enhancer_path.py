@@ -70,3 +70,30 @@ def test_enhancer_stage_trains_on_the_app_path_and_validates_against_its_base(ro
     trainer.ema.load_state_dict(trainer.model.state_dict())
     after = trainer.validate()
     assert after["psnr"] != pytest.approx(after["psnr_base"], abs=1e-6)  # validation sees the enhancer
+
+
+def test_the_512_base_counts_the_generators_mask_once():
+    """The 256 output is ``mask · synthesis + (1 − mask) · warped``; at 512 the synthesis keeps the weight
+    ``mask`` and only the warped source is swapped for the 512 warp (blending the 256 output with the
+    512 warp by ``mask`` again counted the synthesis ``mask²``: the eyes, where the mask is partial,
+    followed the lids about half as far at 512 as at 256, docs/EYES.md)."""
+    from avatar_app.models.layers import resize_grid
+    from avatar_app.models.portrait import PortraitModel
+    from avatar_app.models.warp import identity_grid
+
+    torch.manual_seed(0)
+    stage = EnhancerStage(PortraitModel("lite"), 512).eval()  # untrained enhancer: its output is its base
+    full = torch.rand(1, 3, 512, 512)
+    grid = (identity_grid(1, 256, "cpu", torch.float32) * 0.9).permute(0, 2, 3, 1)  # a zoom: the warp moves pixels
+    warped = torch.nn.functional.grid_sample(torch.nn.functional.avg_pool2d(full, 2), grid, align_corners=False)
+    synthesis = torch.tensor([0.9, 0.1, 0.3]).view(1, 3, 1, 1).expand(1, 3, 256, 256)
+    zeros = torch.zeros(1, 1, 256, 256)
+    for m in (0.2, 0.7):
+        mask = torch.full((1, 1, 256, 256), m)
+        image = mask * synthesis + (1 - mask) * warped
+        with torch.no_grad():
+            out, _ = stage(image, mask, warped, grid, zeros, zeros, torch.zeros(1), full,
+                           torch.zeros(1, 2, 12, 128, 128), torch.ones(1))
+        sharp = torch.nn.functional.grid_sample(full, resize_grid(grid, (512, 512)), align_corners=False)
+        expected = m * synthesis[:, :, :1, :1] + (1 - m) * sharp
+        assert torch.allclose(out, expected, atol=1e-5), (m, float((out - expected).abs().max()))

@@ -189,7 +189,7 @@ class NetworkChain:
                                     "warped": w["warped"]})
         if "enhancer" not in self.backends:
             return g["image"], self.backends["generator"]
-        inputs = {"image": g["image"], "mask": g["mask"], "grid": w["grid"], "mouth": f["mouth"],
+        inputs = {"image": g["image"], "mask": g["mask"], "warped": w["warped"], "grid": w["grid"], "mouth": f["mouth"],
                   "mouth_coord": f["mouth_coord"], "mouth_amount": amount_arr,
                   "reset": np.array([1.0 if self._history is None else 0.0], np.float32)}
         if self._history is not None:

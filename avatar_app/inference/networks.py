@@ -12,7 +12,7 @@ and the temporal enhancer's ring buffer goes in as ``history`` and comes back as
                       mouth mask and lip coordinate (float32 maths)
 ``warp``              warp network: refined grid, occlusion, warped source (+ mouth)
 ``generator``         ID-preserving generator: image and blend mask at 256
-``enhancer`` (512)    source warped at 512 + generator output -> refined 512 image
+``enhancer`` (512)    generator output + its warped source, source warped at 512 -> refined 512 image
 ====================  =========================================================
 """
 
@@ -37,7 +37,7 @@ from ..models.layers import resize_grid
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode
 
 #: bump when a network's inputs, outputs or maths change: cached exports are keyed by it
-NETWORKS_VERSION = 3  # 3: the flow moves the irises (gaze)
+NETWORKS_VERSION = 4  # 3: the flow moves the irises (gaze); 4: the enhancer's base counts the mask once
 PER_FRAME = ("flow", "warp", "generator", "enhancer")
 
 
@@ -127,28 +127,39 @@ class GeneratorStage(_Stage):
 
 
 class EnhancerStage(_Stage):
-    """512 output: the source warped at 512 with the final flow (mouth painted), the
-    generator's synthesis blended in where its mask says, refined by the temporal
-    enhancer fused with ``history``; ``reset = 1`` starts the history afresh."""
+    """512 output: the generator's 256 output upsampled, with its warped source (``warped``, weight
+    ``1 - mask`` in ``image``) swapped for the source warped at 512 with the same flow (mouth painted),
+    refined by the temporal enhancer fused with ``history``; ``reset = 1`` starts the history afresh.
+
+    So the generator's synthesis counts ``mask`` at 512 as at 256. Blending ``image``, which already is
+    ``mask · synthesis + (1 − mask) · warped``, with the 512 warp by ``mask`` again counted it ``mask²``:
+    where the mask is partial (the eyes: about 0.1–0.3) the 512 avatar was mostly the warp, and its
+    lids moved about half as far as the 256 avatar's (docs/EYES.md, "The neural animator's eyes")."""
 
     def __init__(self, model: PortraitModel, size: int):
         super().__init__()
         self.enhancer, self.size = model.enhancer, size
 
-    def forward(self, image, mask, grid, mouth, mouth_coord, mouth_amount, source_full, history, reset):
-        size = (self.size, self.size)
-        base = F.grid_sample(source_full, resize_grid(grid, size), mode="bilinear", padding_mode="border",
-                             align_corners=False)
-        up = F.interpolate(torch.cat([mouth, mouth_coord], 1), size=size, mode="bilinear", align_corners=False)
-        base = fill_mouth_interior(base.flip(1), up[:, :1], up[:, 1:], mouth_amount).flip(1)
-        m = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
-        generated = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        base = m * generated + (1 - m) * base
+    def forward(self, image, mask, warped, grid, mouth, mouth_coord, mouth_amount, source_full, history, reset):
+        base = upscale_output(image, mask, warped, grid, mouth, mouth_coord, mouth_amount, source_full, self.size)
         enh = self.enhancer
         current = enh.features(image, base)
         fresh = current.unsqueeze(1).expand_as(history)
         history = torch.where(reset.reshape(1, 1, 1, 1, 1) > 0.5, fresh, history)  # no 0 * inf from old history
         return enh._decode(current, history, base), torch.cat([history[:, 1:], current.unsqueeze(1)], 1)
+
+
+def upscale_output(image, mask, warped, grid, mouth, mouth_coord, mouth_amount, source_full, size: int):
+    """The enhancer's ``base`` ``(B, 3, size, size)``: ``image`` (the generator's 256 output,
+    ``mask · synthesis + (1 − mask) · warped``) upsampled, plus ``(1 − mask) · (warp at size − warped
+    upsampled)``: the same picture with the warped source's detail at ``size``."""
+    hw = (size, size)
+    sharp = F.grid_sample(source_full, resize_grid(grid, hw), mode="bilinear", padding_mode="border",
+                          align_corners=False)
+    up = F.interpolate(torch.cat([mouth, mouth_coord], 1), size=hw, mode="bilinear", align_corners=False)
+    sharp = fill_mouth_interior(sharp.flip(1), up[:, :1], up[:, 1:], mouth_amount).flip(1)
+    low = F.interpolate(torch.cat([image, warped, mask], 1), size=hw, mode="bilinear", align_corners=False)
+    return low[:, :3] + (1 - low[:, 6:]) * (sharp - low[:, 3:6])
 
 
 def network_specs(model: PortraitModel, size: int = NET_SIZE) -> dict[str, NetworkSpec]:
@@ -178,7 +189,8 @@ def network_specs(model: PortraitModel, size: int = NET_SIZE) -> dict[str, Netwo
         enh = model.enhancer
         hist = (1, enh.neighbours, enh.channels, enh.feature_size, enh.feature_size)
         specs["enhancer"] = NetworkSpec(
-            "enhancer", (TensorSpec("image", (1, 3, s, s)), TensorSpec("mask", (1, 1, s, s)), grid, mouth, coord, amount,
+            "enhancer", (TensorSpec("image", (1, 3, s, s)), TensorSpec("mask", (1, 1, s, s)),
+                         TensorSpec("warped", (1, 3, s, s)), grid, mouth, coord, amount,
                          TensorSpec("source_full", (1, 3, size, size)), TensorSpec("history", hist),
                          TensorSpec("reset", (1,))),
             ("output", "history_out"))

@@ -1,7 +1,8 @@
 """Spatial-temporal super-resolution 256 -> 512 (MetaPortrait's enhancer).
 
 :class:`TemporalEnhancer` refines a 512×512 ``base`` image (the caller passes the
-warped 512 source blended with the upsampled 256 generator output) using the 256
+upsampled 256 generator output with its warped source swapped for the 512 warp,
+:func:`~avatar_app.inference.networks.upscale_output`) using the 256
 generator ``frame`` and the features of neighbouring frames, and returns
 ``base + residual``.  The residual's last conv is zero-initialised, so an
 untrained enhancer returns ``base`` bit-exactly.

@@ -1,8 +1,8 @@
 """Training the temporal enhancer on the app's own 512 path.
 
 At run time the enhancer refines a ``base`` that :class:`~avatar_app.inference.networks.EnhancerStage`
-builds: the 512 source warped with the final flow (mouth painted), the generator's 256 output
-blended in where its mask says.  Training it on a bilinear upscale of the 256 ground truth
+builds: the generator's 256 output upsampled, its warped source swapped for the 512 source warped with
+the final flow (mouth painted).  Training it on a bilinear upscale of the 256 ground truth
 instead taught it to sharpen images it never sees (measured: it made the 512 output worse,
 docs/BENCHMARKS.md).  Here the frozen warp network and generator animate a source frame of the clip to
 each frame of a window (inputs from :class:`.inputs.WindowFlowInputs`), and the enhancer —
@@ -35,7 +35,7 @@ def enhanced_window(model: PortraitModel, flow: AnalyticFlow, stage: EnhancerSta
             n = b["points_256"].shape[0]
             history = f["image"].new_zeros(n, enh.neighbours, enh.channels, enh.feature_size, enh.feature_size)
         reset = f["image"].new_tensor(1.0 if t == 0 else 0.0)
-        out, history = stage(f["image"], f["mask"], f["grid"], mouth, coord, b["mouth_amount"][:, t],
+        out, history = stage(f["image"], f["mask"], f["warped"], f["grid"], mouth, coord, b["mouth_amount"][:, t],
                              b["source_512"], history, reset)
         outs.append(out)
     return torch.stack(outs, 1)
