@@ -336,3 +336,26 @@ def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astro
         want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
         whole, part = image_of(model, b, (0, 0, 256)), image_of(model, b, (64, 32, 128))
     assert torch.allclose(whole, want["image"], atol=1e-6) and part.shape == (2, 3, 128, 128)
+
+
+def test_personalize_runs_a_full_plan_with_its_own_settings(astronaut_source, monkeypatch):
+    """A :data:`FULL_PLANS` variant (``--variant fulld=full:decay=1``) reaches the steps with its decay, rate and
+    warp rate scale, unless the call gives its own."""
+    from avatar_app.train import personalize as p
+    from avatar_app.train.adapt_cached import FULL_PLANS
+
+    seen = []
+    steps = p.full_steps
+
+    def spy(trainer, model, draw, batch_size, lr, warp_lr_scale, decay=False):
+        seen.append((batch_size, lr, warp_lr_scale, decay))
+        return steps(trainer, model, draw, batch_size, lr, warp_lr_scale, decay)
+
+    monkeypatch.setattr(p, "full_steps", spy)
+    monkeypatch.setitem(FULL_PLANS, "fulld", replace(FULL_PLANS["full"], name="fulld", decay=True, lr=2e-4,
+                                                     warp_lr_scale=0.5, batch_size=2))
+    clip = _cast_clip(astronaut_source)
+    for plan, kwargs in (("fulld", {}), ("full", {}), ("fulld", {"lr": 1e-3, "warp_lr_scale": 0.2})):
+        result = personalize(clip, _tiny(), np.zeros(128, np.float32), budget_s=600, plan=plan, max_steps=2, **kwargs)
+        assert result.plan == plan and result.steps == 2
+    assert seen == [(2, 2e-4, 0.5, True), (4, 1e-4, 0.1, False), (2, 1e-3, 0.2, True)]
