@@ -97,9 +97,8 @@ def backend_checks(probe_fn=None, verdict_fn=None) -> list[Check]:
 
 def animator_check() -> Check:
     """What ``--animator auto`` (the app's *auto*) runs here, and why."""
-    from .inference.default_animator import machine_default
-
     from .inference import live_speed
+    from .inference.default_animator import machine_default
     from .inference.selftest import VerdictStore
 
     d = machine_default()

@@ -147,9 +147,12 @@ def known_slow(preset: str, size: int, backend: str | None = None,
         return None
     prefix = f"{preset}@{size} on " + ("" if backend in (None, "auto") else f"{backend} ")
     mine = [v for v in store.all(KIND, gpu_name()) if v.version.startswith(prefix)]
-    if not mine or any(v.ok for v in mine) or not all(settled_slow(v) for v in mine):
+    if not mine or not all(settled_slow(v) for v in mine):  # (a fast one is not settled slow)
         return None
     return mine[-1]
+
+
+RUN_ANYWAY = "--animator neural (the app: animator 'neural') runs them anyway"
 
 
 def fallback_note(verdict: Verdict) -> str:
@@ -157,7 +160,7 @@ def fallback_note(verdict: Verdict) -> str:
     again = ("; `avatar-app doctor --remeasure` measures again" if settled_slow(verdict) else
              "; the next start measures once more before this is remembered")
     return (f"the geometric avatar instead of the neural one: on this machine {verdict.detail} (measured "
-            f"{verdict.when}){again}. --animator neural (the app: animator 'neural') runs it anyway")
+            f"{verdict.when}){again}. {RUN_ANYWAY}")
 
 
 def fallback_reason(animator, preset: str, size: int) -> str | None:
@@ -168,5 +171,5 @@ def fallback_reason(animator, preset: str, size: int) -> str | None:
     except Exception as exc:  # noqa: BLE001 - whatever stops the networks running here stops them running live
         log.warning("timing the neural networks failed: %s: %s", type(exc).__name__, exc)
         return (f"the geometric avatar instead of the neural one: timing the networks here failed "
-                f"({type(exc).__name__}: {exc}). --animator neural (the app: animator 'neural') runs them anyway")
+                f"({type(exc).__name__}: {exc}). {RUN_ANYWAY}")
     return None if verdict.ok else fallback_note(verdict)

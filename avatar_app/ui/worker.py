@@ -186,12 +186,9 @@ class LiveController(QObject):
         c = cfg.choices
         profile, portrait = self._profile_portrait(cfg)
         start = start_model_for(cfg, profile)
-        auto = cfg.auto and start is not None and profile is None and not c.weights  # neural only if it keeps up
-        if auto:
-            slow = live_speed.known_slow(c.preset, c.size, c.backend)  # measured on earlier starts: build nothing
-            if slow is not None:
-                emit_safely(self.message, "Running " + live_speed.fallback_note(slow) + ".")
-                start = None
+        # auto chose the networks (the window's machine_default, which already reads the settled verdicts): neural
+        # only if they keep up
+        auto = cfg.auto and start is not None and profile is None and not c.weights
         if start is not None:  # (the CLI says the same): a first start on a GPU is slow, not stuck
             emit_safely(self.message, "Preparing the neural networks (on a GPU the first start compiles them: "
                                       "about a minute)…")
