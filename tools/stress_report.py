@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/stress_report.py [--clips ../shared/data/real_clips] [--size 256]
         [--frames 90] [--portraits a.jpg b.jpg ...] [--validation-people 3] [--drivers shot_cut ...]
-        [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--no-identity]
+        [--animator geometric|neural] [--weights assets/weights/full-real.safetensors] [--device cuda] [--no-identity]
         [--live | --lockstep] [--unseen] [--identity-every 6]
 
 ``--live`` plays each driver through the live pipeline (``avatar-app live``'s threads, paced at
@@ -41,7 +41,7 @@ def make_animator(args, source):
         return GeometricAnimator(source)
     from avatar_app.runtime.neural_animator import NeuralAnimator
 
-    return NeuralAnimator(source, weights=args.weights, preset=args.preset)
+    return NeuralAnimator(source, weights=args.weights, preset=args.preset, device=args.device)
 
 
 def main() -> int:
@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--animator", choices=("geometric", "neural"), default="geometric")
     ap.add_argument("--weights", help="neural weights (e.g. assets/weights/full-real.safetensors)")
     ap.add_argument("--preset", choices=("lite", "full"), default="full", help="the neural preset of --weights")
+    ap.add_argument("--device", help="the neural animator's torch device (cpu, cuda; default: the CPU)")
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--identity-every", type=int, default=6, help="the identity on every N-th (driver) frame")
     ap.add_argument("--unseen", action="store_true", help="the unseen drivers (stress_unseen) instead of the seen ones")
