@@ -220,5 +220,5 @@ def test_flow_stage_compiles_to_one_graph():
 
     src = torch.rand(1, len(topology().mirror), 2, generator=torch.Generator().manual_seed(1)) * 150 + 50
     tri = torch.zeros(1, 256, 256, dtype=torch.int32)  # what is drawn does not change the graph
-    explained = dynamo.explain(FlowStage().eval())(src, src + 1, tri)
+    explained = dynamo.explain(FlowStage().eval())(src, src + 1, tri, torch.full((1, 2, 1), 0.1))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -141,7 +141,7 @@ def test_io_check_accepts_the_spec_and_names_each_mismatch(networks):
     dynamic = [(ins[0][0], (-1, 478, 2), DataType.FLOAT)] + ins[1:]
     with pytest.raises(EngineBuildError, match=r"flow\.source_xy.*dynamic shapes"):
         check_io(flow, dynamic, outs, "parsed ONNX model")
-    as_float = ins[:2] + [(ins[2][0], ins[2][1], DataType.FLOAT)]
+    as_float = ins[:2] + [(ins[2][0], ins[2][1], DataType.FLOAT)] + ins[3:]
     with pytest.raises(EngineBuildError, match=r"tri_ids is float32, not int32"):
         check_io(flow, as_float, outs, "engine")
     with pytest.raises(EngineBuildError, match="takes inputs"):

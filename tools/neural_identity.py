@@ -91,8 +91,8 @@ class Renders:
     def __init__(self, animator: NeuralAnimator):
         self.animator = animator
         self.model = animator.model.eval()
-        image, cond, ident, self.source_xy, _ = (None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-                                                 for a in animator._inputs.source)
+        image, cond, ident, self.source_xy, _, self.lid_lift = (
+            None if a is None else torch.from_numpy(np.ascontiguousarray(a)) for a in animator._inputs.source)
         with torch.no_grad():
             self.code = self.model.encode_source(image, cond, ident)
         self.flow = FlowStage()
@@ -101,7 +101,7 @@ class Renders:
     def __call__(self, target, zero_residual: bool = False) -> dict[str, np.ndarray]:
         cond, txy, ids, amount = (torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
                                   for a in self.animator.network_inputs(target))
-        grid, mouth, mouth_coord = self.flow(self.source_xy, txy, ids)[:3]
+        grid, mouth, mouth_coord = self.flow(self.source_xy, txy, ids, self.lid_lift)[:3]
         warp = self.model.warp
         if zero_residual:
             forward = warp.forward

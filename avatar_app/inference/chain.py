@@ -146,11 +146,13 @@ class NetworkChain:
     # ---------------------------------------------------------------- API
 
     def set_source(self, image: np.ndarray, cond: np.ndarray, identity: np.ndarray, points_xy: np.ndarray,
-                   full: np.ndarray | None = None) -> None:
+                   full: np.ndarray | None = None, lid_lift: np.ndarray | None = None) -> None:
         """Bind a source: ``image (1, 3, 256, 256)`` RGB [0, 1], ``cond (1, 6, 256, 256)``,
-        ``identity (1, 128)``, ``points_xy (1, 478, 2)`` at 256; ``full (1, 3, S, S)`` for 512."""
+        ``identity (1, 128)``, ``points_xy (1, 478, 2)`` at 256; ``full (1, 3, S, S)`` for 512;
+        ``lid_lift (1, 2, 1)`` its :func:`~avatar_app.models.eye_lids.closed_lid_lift` (default 0)."""
         enc = self._run("encoder", {"source": image, "source_cond": cond})
-        self._bind("flow", {"source_xy": points_xy})
+        lift = np.zeros((1, 2, 1), np.float32) if lid_lift is None else lid_lift
+        self._bind("flow", {"source_xy": points_xy, "lid_lift": lift})
         self._bind("warp", {"source": image, "source_cond": cond, "code": enc["code"]})
         self._bind("generator", {"feat0": enc["feat0"], "feat1": enc["feat1"], "feat2": enc["feat2"],
                                  "identity": identity})

@@ -14,6 +14,7 @@ from ..face.align import rescale_points
 from ..face.mesh import mouth_fill_amount, mouth_opening, topology
 from ..imaging import bgr_to_rgb_chw
 from ..models.conditioning import landmark_image
+from ..models.eye_lids import closed_lid_lift
 from ..models.flow import rasterize_triangles
 from ..models.portrait import NET_SIZE
 from ..types import Landmarks, SourcePortrait
@@ -37,7 +38,8 @@ class ChainInputs:
         #: the arguments of :meth:`NetworkChain.set_source`
         self.source = (bgr_to_rgb_chw(crop256)[None], landmark_image(points, NET_SIZE)[None],
                        np.asarray(identity, np.float32)[None], points[None, :, :2].astype(np.float32),
-                       bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None)
+                       bgr_to_rgb_chw(source.crop)[None] if self.size != NET_SIZE else None,
+                       closed_lid_lift(source.crop, source.landmarks.points).reshape(1, 2, 1))
 
     def frame(self, target: Landmarks, prepare=None) -> tuple:
         """The arguments of :meth:`NetworkChain.frame` for ``target`` (landmarks in source crop px).

@@ -8,8 +8,8 @@ and the temporal enhancer's ring buffer goes in as ``history`` and comes back as
 
 ====================  =========================================================
 ``encoder`` (once)    source image + landmark image -> warp code, generator features
-``flow``              source/target landmarks + target triangle ids -> analytic grid,
-                      mouth mask and lip coordinate (float32 maths)
+``flow``              source/target landmarks + target triangle ids (+ the source's
+                      closed-lid lift) -> analytic grid, mouth mask and lip coordinate
 ``warp``              warp network: refined grid, occlusion, warped source (+ mouth)
 ``generator``         ID-preserving generator: image and blend mask at 256
 ``enhancer`` (512)    generator output + its warped source, source warped at 512 -> refined 512 image
@@ -37,7 +37,8 @@ from ..models.layers import resize_grid
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode
 
 #: bump when a network's inputs, outputs or maths change: cached exports are keyed by it
-NETWORKS_VERSION = 4  # 3: the flow moves the irises (gaze); 4: the enhancer's base counts the mask once
+NETWORKS_VERSION = 5  # 3: the flow moves the irises (gaze); 4: the enhancer's base counts the mask once;
+#                       5: the flow takes the source's closed-lid lift (models/eye_lids.py)
 PER_FRAME = ("flow", "warp", "generator", "enhancer")
 
 
@@ -102,8 +103,8 @@ class FlowStage(_Stage):
         super().__init__()
         self.flow = AnalyticFlow(NET_SIZE, math_dtype=torch.float32)
 
-    def forward(self, source_xy, target_xy, tri_ids):
-        return self.flow(source_xy, target_xy, tri_ids.long())
+    def forward(self, source_xy, target_xy, tri_ids, lid_lift):
+        return self.flow(source_xy, target_xy, tri_ids.long(), lid_lift=lid_lift)
 
 
 class WarpStage(_Stage):
@@ -175,7 +176,7 @@ def network_specs(model: PortraitModel, size: int = NET_SIZE) -> dict[str, Netwo
         "encoder": NetworkSpec("encoder", (img, cond), ("code", "feat0", "feat1", "feat2")),
         "flow": NetworkSpec("flow", (TensorSpec("source_xy", (1, NUM_LANDMARKS, 2)),
                                      TensorSpec("target_xy", (1, NUM_LANDMARKS, 2)),
-                                     TensorSpec("tri_ids", (1, s, s), "int32")),
+                                     TensorSpec("tri_ids", (1, s, s), "int32"), TensorSpec("lid_lift", (1, 2, 1))),
                             ("analytic_grid", "mouth", "mouth_coord")),
         "warp": NetworkSpec("warp", (img, cond, TensorSpec("code", tuple(code.shape)), tcond,
                                      TensorSpec("analytic_grid", (1, s, s, 2)), mouth, coord, amount),
@@ -238,7 +239,7 @@ def example_inputs(spec: NetworkSpec, seed: int = 0) -> dict[str, np.ndarray]:
         tgt = synthetic_landmarks(pose, (s, s), 60).points
         ids = rasterize_triangles(tgt, topology().triangles, s).astype(np.int32)
         return {"source_xy": src[None, :, :2].astype(np.float32), "target_xy": tgt[None, :, :2].astype(np.float32),
-                "tri_ids": ids[None]}
+                "tri_ids": ids[None], "lid_lift": rng.uniform(0, 0.25, size=(1, 2, 1)).astype(np.float32)}
     out = {}
     for t in spec.inputs:
         if t.dtype == "int32":

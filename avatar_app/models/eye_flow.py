@@ -54,6 +54,7 @@ MIN_SKIN = 0.15  # share of the source's lid skin band left when the target open
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
 KNOTS = 13  # common u knots the lid and ring curves are resampled on
+KNOT_SPAN = 0.55  # ... evenly over -KNOT_SPAN .. KNOT_SPAN (a little past the corners)
 MIN_DET = 1e-6  # px² (px for widths): floor of an eye frame's determinant, so degenerate landmarks stay finite
 
 
@@ -207,7 +208,8 @@ def _drawn_lids(up_t, lo_t, ring_t, low_t, up_s, lo_s, ring_s, low_s) -> tuple[t
 
 
 def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
-             parts: dict[str, torch.Tensor], knots: torch.Tensor) -> torch.Tensor:
+             parts: dict[str, torch.Tensor], knots: torch.Tensor, lid_lift: torch.Tensor | None = None
+             ) -> torch.Tensor:
     """The flow's source positions with the eyes re-mapped (module docstring).
 
     Args:
@@ -217,17 +219,34 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
             (:func:`eye_region_triangles`), 0 elsewhere.
         parts: :func:`eye_parts`.
         knots: ``(K,)`` evenly spaced ``u`` at which the lid and ring curves are resampled.
+        lid_lift: as for :func:`eye_remap`.
 
     Returns:
         ``(B, 2, H, W)`` source positions, px: ``inside`` outside the eye regions.
     """
     b, _, h, w = inside.shape
-    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w), compact=can_compact(inside))
+    idx, delta = eye_remap(src_xy, tgt_xy, inside, regions, parts, knots, (h, w), compact=can_compact(inside),
+                           lid_lift=lid_lift)
     return inside.reshape(b, 2, h * w).scatter_add(2, idx, delta).reshape(b, 2, h, w)
 
 
+def eye_curves(xy: torch.Tensor, parts: dict[str, torch.Tensor], knots: torch.Tensor):
+    """Each eye's frame and curves for landmarks ``xy (N, V, 2)`` px: ``(frames, pts, pu, pv, curves)``
+    with ``pts (N, 2, P, 2)`` the packed points of :func:`eye_parts`, ``pu, pv (N, 2, P)`` their eye
+    coordinates and ``curves (N, 2, K, 4)`` the ``v`` of the :data:`CURVES` at the ``knots (K,)``."""
+    pts = xy[:, parts["points"]]  # (N, 2, P, 2)
+    frames = _Frames(xy, pts[:, :, 0], pts[:, :, 1], parts["vertical"], parts["ratio"])
+    pu, pv = frames.uv(pts[..., 0], pts[..., 1])  # (N, 2, P)
+    n_c = len(CURVES)
+    cu = pu[..., 7:].reshape(xy.shape[0], 2, n_c, -1) + parts["pad"]
+    cv = pv[..., 7:].reshape(xy.shape[0], 2, n_c, -1)
+    curves = (_hats(cu, knots) * cv.unsqueeze(-2)).sum(-1).transpose(-1, -2)  # (N, 2, K, 4)
+    return frames, pts, pu, pv, curves
+
+
 def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, regions: torch.Tensor,
-              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int], compact: bool = False):
+              parts: dict[str, torch.Tensor], knots: torch.Tensor, out_hw: tuple[int, int], compact: bool = False,
+              lid_lift: torch.Tensor | None = None):
     """The eyes' re-map on an ``out_hw`` grid, as ``(idx, delta)``: add ``delta (B, 2, 2·N)`` (px of that
     grid) at the flat pixel indices ``idx (B, 2, 2·N)`` of its source positions.
 
@@ -239,17 +258,16 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     ``compact``: work only on each window's pixels in the box around its eye region (:func:`box_window`;
     the re-map is 0 outside the region, so the values are the same, on a third to a half of the pixels;
     data-dependent shapes, so not for exported graphs); ``idx`` and ``delta`` are then ``(B, 2, 2·M)``
-    with ``M`` at most ``N``."""
+    with ``M`` at most ``N``.
+
+    ``lid_lift``: ``(B, 2, 1)`` eye widths (:func:`~avatar_app.models.eye_lids.closed_lid_lift`, per
+    source): a closing eye's stretched lid skin is taken from that far above the source's ring (the row
+    at the ring is often crease, lash shadow or brow, which stretched over a closed eye reads as an open
+    one); ``None``: from the ring itself."""
     b, _, h_in, w_in = inside.shape
     h, w = out_hw
-    both = torch.cat([src_xy, tgt_xy])  # source and target through the same small ops at once
-    pts = both[:, parts["points"]]  # (2B, 2, P, 2)
-    frames = _Frames(both, pts[:, :, 0], pts[:, :, 1], parts["vertical"], parts["ratio"])
-    pu, pv = frames.uv(pts[..., 0], pts[..., 1])  # (2B, 2, P)
-    n_c = len(CURVES)
-    cu = pu[..., 7:].reshape(2 * b, 2, n_c, -1) + parts["pad"]
-    cv = pv[..., 7:].reshape(2 * b, 2, n_c, -1)
-    curves = (_hats(cu, knots) * cv.unsqueeze(-2)).sum(-1).transpose(-1, -2)  # (2B, 2, K, 4)
+    # source and target through the same small ops at once
+    frames, pts, pu, pv, curves = eye_curves(torch.cat([src_xy, tgt_xy]), parts, knots)
     curves_s, curves_t = curves[:b], curves[b:]
     iu_s, iu_t, iv_s, iv_t = pu[:b, :, 2:3], pu[b:, :, 2:3], pv[:b, :, 2:3], pv[b:, :, 2:3]  # iris centres
     r_u = (pts[b:, :, 3:7] - pts[b:, :, 2:3]).norm(dim=-1).mean(-1, keepdim=True) / frames.width[b:]
@@ -319,7 +337,8 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
         skin = ring_s + t * band_s
     else:
         unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
-        skin = ring_s + t.pow(unfold) * band_s
+        lift = 0.0 if lid_lift is None else lid_lift * closed
+        skin = ring_s - lift + t.pow(unfold) * (band_s + lift)
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)

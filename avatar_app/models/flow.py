@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
-from .eye_flow import KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
+from .eye_flow import KNOT_SPAN, KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
 from .eye_window import eager_on_cpu
 from .similarity import similarity_2d
 
@@ -133,7 +133,7 @@ class AnalyticFlow(nn.Module):
         self._eye_parts = tuple(parts)
         for name, index in parts.items():
             self.register_buffer(f"eye_{name}", index, persistent=False)
-        self.register_buffer("eye_knots", torch.linspace(-0.55, 0.55, KNOTS), persistent=False)
+        self.register_buffer("eye_knots", torch.linspace(-KNOT_SPAN, KNOT_SPAN, KNOTS), persistent=False)
         self.register_buffer("oval", torch.tensor(topo.face_oval, dtype=torch.long), persistent=False)
         lip_coord = torch.zeros(topo.neutral.shape[0])
         lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
@@ -144,7 +144,8 @@ class AnalyticFlow(nn.Module):
         coarse_px = pixel_grid(self.coarse, self.coarse) * step + (step - 1) / 2
         self.register_buffer("coarse_pixels", coarse_px, persistent=False)
 
-    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor, fine_eyes: bool = False):
+    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor, fine_eyes: bool = False,
+                lid_lift: torch.Tensor | None = None):
         """Compute the flow.
 
         Args:
@@ -157,6 +158,8 @@ class AnalyticFlow(nn.Module):
                 caller to add once it has upsampled the grid (:func:`.eye_flow.eye_remap`).
                 With ``upsample`` the eyes are always re-mapped at ``size``: upsampling a
                 closed lid line blurs a line of eyeball into it.
+            lid_lift: ``(B, 2, 1)``, the source's :func:`~avatar_app.models.eye_lids.closed_lid_lift`
+                (:func:`.eye_flow.eye_remap`); ``None``: 0.
 
         Returns:
             ``(grid, mouth, mouth_coord)`` at ``size`` (or ``resolution`` without
@@ -213,7 +216,7 @@ class AnalyticFlow(nn.Module):
         at_size = h != self.size and (self.upsample or fine_eyes)  # the eyes are re-mapped at `size` (below)
         pre_eyes = inside
         if not at_size:
-            inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots)
+            inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots, lid_lift)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
         outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
@@ -225,7 +228,7 @@ class AnalyticFlow(nn.Module):
         mouth_coord = lip.clamp(0, 1)
         # the eye regions lie inside the mesh (blend 1), so their re-map adds after the blend
         remap = eye_remap(src_full, tgt_full, pre_eyes, eyes, parts, self.eye_knots, (self.size, self.size),
-                          compact=can_compact(pre_eyes)) if at_size else None
+                          compact=can_compact(pre_eyes), lid_lift=lid_lift) if at_size else None
         if h != self.size and self.upsample:
             up = F.interpolate(torch.cat([grid, mouth, mouth_coord], 1), size=(self.size, self.size),
                                mode="bilinear", align_corners=False)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..face.mesh import mouth_fill_amount, mouth_opening, topology
+from ..models.eye_lids import closed_lid_lift
 from ..models.flow import AnalyticFlow, fill_mouth_interior, rasterize_triangles, warp_image
 from ..types import Landmarks, SourcePortrait
 
@@ -60,6 +61,8 @@ class GeometricAnimator:
         self._src_image = image_to_tensor(source.crop).to(self.device)
         self._src_xy = torch.from_numpy(source.landmarks.xy.copy()).unsqueeze(0).to(self.device)
         self._src_gap = mouth_opening(source.landmarks.points)
+        lift = closed_lid_lift(source.crop, source.landmarks.points)  # where closing lids get their skin
+        self._lid_lift = torch.from_numpy(lift).view(1, 2, 1).to(self.device)
 
     @torch.inference_mode()
     def animate(self, target: Landmarks) -> np.ndarray:
@@ -69,7 +72,8 @@ class GeometricAnimator:
         t1 = time.perf_counter()
         tgt_xy = torch.from_numpy(target.xy.copy()).unsqueeze(0).to(self.device)
         tri_ids = torch.from_numpy(ids).unsqueeze(0).to(self.device)
-        grid, mouth, mouth_coord, eyes = self.flow(self._src_xy, tgt_xy, tri_ids, fine_eyes=True)
+        grid, mouth, mouth_coord, eyes = self.flow(self._src_xy, tgt_xy, tri_ids, fine_eyes=True,
+                                                   lid_lift=self._lid_lift)
         t2 = time.perf_counter()
         amount = mouth_fill_amount(self._src_gap, mouth_opening(target.points), self.size)
         if self._cpu:
