@@ -128,7 +128,8 @@ def test_the_compact_eye_remap_is_the_windowed_one(astronaut_source, monkeypatch
                 monkeypatch.setattr(eye_flow, "can_compact", lambda field, c=compact: c)
                 monkeypatch.setattr(flow, "can_compact", lambda field, c=compact: c)
                 grid, _, _, eyes = model(torch.from_numpy(src[None, :, :2].copy()),
-                                         torch.from_numpy(target[None, :, :2].copy()), ids, fine_eyes=True)
+                                         torch.from_numpy(target[None, :, :2].copy()), ids, fine_eyes=True,
+                                         lid_lift=torch.tensor([[[0.2], [0.1]]]))  # closing lids' skin lifted
                 if eyes is not None:  # 512: the re-map, as the animator adds it to its upsampled grid
                     grid = torch.zeros(1, 2, size * size).scatter_add(2, eyes[0], eyes[1])
                 out.append(grid)

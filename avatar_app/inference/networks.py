@@ -234,7 +234,8 @@ def example_inputs(spec: NetworkSpec, seed: int = 0) -> dict[str, np.ndarray]:
         from ..models.flow import rasterize_triangles
 
         s = NET_SIZE
-        pose = FacePose(yaw=float(rng.uniform(-20, 20)), pitch=float(rng.uniform(-10, 10)), jaw=float(rng.uniform(0, 1)))
+        pose = FacePose(yaw=float(rng.uniform(-20, 20)), pitch=float(rng.uniform(-10, 10)), jaw=float(rng.uniform(0, 1)),
+                        blink_left=float(rng.uniform(0.7, 1)), blink_right=float(rng.uniform(0, 1)))  # lid_lift counts
         src = synthetic_landmarks(FacePose(), (s, s), 60).points
         tgt = synthetic_landmarks(pose, (s, s), 60).points
         ids = rasterize_triangles(tgt, topology().triangles, s).astype(np.int32)

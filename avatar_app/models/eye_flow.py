@@ -15,7 +15,8 @@ across it, down positive; both in eye widths, so source and target compare):
 * **the upper lid's margin** (a band of :data:`LASH` eye widths: lashes, lid line) moves
   rigidly with the target's lid, and the lid skin between it and the next ring of mesh
   points stretches or folds; the lower lid's band stretches between its margin and its
-  ring. At those rings the map joins the piecewise-affine one without a seam;
+  ring. At those rings the map joins the piecewise-affine one without a seam (a closing lid's
+  skin may come from further up, :mod:`.eye_lids`, reached within the band);
 * **the iris** moves inside the opening by the driver's gaze relative to the source: the
   target iris centre (clipped to the opening along ``u``: it may hide behind a corner by
   :data:`CORNER_OVERLAP` of its radius) samples the source's iris centre. The shift is
@@ -50,6 +51,7 @@ SHADE = 0.05  # most height of the shadow under the upper lid that moves with it
 CLOSED_GAP = 0.1  # drawn lid gap (eye widths) below which an eye is drawn as closing (face.source.CLOSED_EYES)
 LID_LINE = 0.04  # how far outside the source's lid lines a closed eye's lid lines are drawn from, eye widths
 SKIN_UNFOLD = 4.0  # most exponent of a closed eye's stretched lid skin map (see `skin` in eye_remap)
+LIFT_RAMP = 0.25  # share of a closing lid's band (from its ring) over which the lid_lift is reached
 MIN_SKIN = 0.15  # share of the source's lid skin band left when the target opens wider
 LID_GAIN = 1.7  # lid motion rendered per unit of the target's (relative to the source)
 IRIS_GAIN = 1.6  # iris motion rendered per unit of the target's (relative to the source)
@@ -263,7 +265,8 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
     ``lid_lift``: ``(B, 2, 1)`` eye widths (:func:`~avatar_app.models.eye_lids.closed_lid_lift`, per
     source): a closing eye's stretched lid skin is taken from that far above the source's ring (the row
     at the ring is often crease, lash shadow or brow, which stretched over a closed eye reads as an open
-    one); ``None``: from the ring itself."""
+    one), reached over the first :data:`LIFT_RAMP` of the lid band, so the map still joins the mesh's at
+    the ring (the skipped rows show there as a thin crease); ``None``: from the ring itself."""
     b, _, h_in, w_in = inside.shape
     h, w = out_hw
     # source and target through the same small ops at once
@@ -337,8 +340,12 @@ def eye_remap(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, 
         skin = ring_s + t * band_s
     else:
         unfold = 1 + (((top - ring_t) / band_s).clamp(1.0, SKIN_UNFOLD) - 1) * closed
-        lift = 0.0 if lid_lift is None else lid_lift * closed
-        skin = ring_s - lift + t.pow(unfold) * (band_s + lift)
+        if lid_lift is None:
+            skin = ring_s + t.pow(unfold) * band_s
+        else:  # the lifted row, reached over the band's first LIFT_RAMP: no seam at the ring
+            ramp = (t * (1 / LIFT_RAMP)).clamp(max=1)
+            lift = lid_lift * closed
+            skin = ring_s - lift * ramp * ramp * (3 - 2 * ramp) + t.pow(unfold) * (band_s + lift)
     # the eyeball: a thin band of the lid's shadow goes with the upper lid; below it the eyeball
     # where the source shows it, and where it does not, the source's row just inside its opening
     gap = (lo_s2 - up_s2).clamp(min=0)

@@ -11,9 +11,11 @@ eye it draws a dark, streaky band that reads as an open eye (mediapipe re-detect
 the ring (0 to :data:`MAX_LIFT` eye widths up, along the middle of the eye) with the skin below
 the eye (the lower ring plus :data:`BELOW`: the lower lid and cheek, which are lit skin on
 nearly every face), and picks the row closest in colour, preferring the nearest
-(:data:`LIFT_COST`). A face whose ring row already is lid skin keeps 0; one with a dark
-crease or brow there gets its lids from the lit skin above. When no row comes within
-:data:`MAX_DISTANCE` of the skin (a thick, low brow fills them all), the ring's row is kept.
+(:data:`LIFT_COST`). Colour distances are Euclidean in OpenCV's 8-bit Lab (L scaled to 0–255,
+a and b offset by 128), so one unit is about 0.4 CIELab units in L and one in a and b. A face whose ring row already is lid skin keeps 0; one with a dark
+crease or brow there gets its lids from the lit skin above. Only rows within :data:`MAX_DISTANCE`
+of the skin count; when none does (a thick, low brow fills them all), the ring's row is kept.
+The row is chosen over the middle of the eye and used along the whole lid.
 Landmark-only maths cannot tell these faces apart, so the choice is the image's.
 """
 
@@ -28,9 +30,9 @@ from .eye_flow import KNOT_SPAN, KNOTS, eye_curves, eye_parts
 MAX_LIFT = 0.25  # highest row tried above the upper ring, eye widths (the brow is about 0.3–0.5 up)
 LIFT_STEPS = 11  # rows tried, 0 .. MAX_LIFT
 BELOW = (0.15, 0.2, 0.25)  # the reference skin: these distances below the lower ring, eye widths
-LIFT_COST = 20.0  # Lab colour distance per eye width of lift: among rows of alike colour, the nearest wins
+LIFT_COST = 20.0  # colour distance per eye width of lift: among rows of alike colour, the nearest wins
 SPAN = 0.3  # the rows are compared over |u| < SPAN (the middle of the eye, away from the corners)
-MAX_DISTANCE = 50.0  # Lab distance: a row further than this from the skin below is no skin (a brow); then 0
+MAX_DISTANCE = 50.0  # colour distance: a row further than this from the skin below is no skin (a brow)
 
 
 def closed_lid_lift(image: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -62,6 +64,6 @@ def closed_lid_lift(image: np.ndarray, points: np.ndarray) -> np.ndarray:
 
         skin = np.median(np.concatenate([colours(ring_low + d) for d in BELOW]), 0)
         distance = np.array([np.linalg.norm(colours(ring_up - lift).mean(0) - skin) for lift in lifts])
-        best = int(np.argmin(distance + LIFT_COST * lifts))
-        out[e] = lifts[best] if distance[best] <= MAX_DISTANCE else 0.0
+        cost = np.where(distance <= MAX_DISTANCE, distance + LIFT_COST * lifts, np.inf)
+        out[e] = lifts[int(np.argmin(cost))] if np.isfinite(cost).any() else 0.0
     return out

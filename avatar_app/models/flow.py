@@ -158,8 +158,7 @@ class AnalyticFlow(nn.Module):
                 caller to add once it has upsampled the grid (:func:`.eye_flow.eye_remap`).
                 With ``upsample`` the eyes are always re-mapped at ``size``: upsampling a
                 closed lid line blurs a line of eyeball into it.
-            lid_lift: ``(B, 2, 1)``, the source's :func:`~avatar_app.models.eye_lids.closed_lid_lift`
-                (:func:`.eye_flow.eye_remap`); ``None``: 0.
+            lid_lift: ``(B, 2, 1)``, :func:`.eye_lids.closed_lid_lift` of the source (``None``: 0).
 
         Returns:
             ``(grid, mouth, mouth_coord)`` at ``size`` (or ``resolution`` without
