@@ -21,6 +21,8 @@ Landmark-only maths cannot tell these faces apart, so the choice is the image's.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -35,6 +37,13 @@ SPAN = 0.3  # the rows are compared over |u| < SPAN (the middle of the eye, away
 MAX_DISTANCE = 50.0  # colour distance: a row further than this from the skin below is no skin (a brow)
 
 
+@functools.lru_cache(maxsize=1)
+def _eye_geometry() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`~.eye_flow.eye_parts` and the flow's knots: constants of the mesh, built once (about 2 ms; read,
+    never changed here)."""
+    return eye_parts(), torch.linspace(-KNOT_SPAN, KNOT_SPAN, KNOTS)
+
+
 def closed_lid_lift(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``(2,) float32`` eye widths (subject's right eye, left eye) for ``lid_lift``.
 
@@ -42,8 +51,7 @@ def closed_lid_lift(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         image: the source crop ``(S, S, 3) uint8`` BGR.
         points: its landmarks ``(478, 2|3)``, px of ``image``.
     """
-    parts = eye_parts()
-    knots = torch.linspace(-KNOT_SPAN, KNOT_SPAN, KNOTS)
+    parts, knots = _eye_geometry()
     xy = torch.as_tensor(np.asarray(points, np.float32)[None, :, :2])
     frames, _, _, _, curves = eye_curves(xy, parts, knots)
     lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
