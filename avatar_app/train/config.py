@@ -38,6 +38,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the trained networks (CUDA)
     resident: bool = False  # pairs stage data held and drawn on the GPU (train.resident); CUDA only
     jitter_target: bool = False  # resident: also jitter the driving frame (resampling the target softens it)
+    hard_pairs: float = 0.0  # resident: share of pairs whose driving frame is the largest head motion of 16 drawn
+    large_motion: float = 0.0  # resident: share of pairs given a 1.1-1.4x zoom either way and a roll (train.large_motion)
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64

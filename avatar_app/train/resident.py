@@ -18,7 +18,8 @@ A batch is then a handful of gathers: a person is drawn uniformly (so people wit
 clips do not dominate), a clip of theirs, two frames with a face; on the training split
 a flip, a colour change shared by the pair, and a small scale/shift/rotation per image
 (landmarks move exactly; landmark images, triangle maps and masks are resampled with the
-image, so their lines scale with it by at most 6 %).  Batch keys match
+image, so their lines scale with it by at most 6 %); optionally, pairs of large head motion
+(:mod:`.large_motion`).  Batch keys match
 ``inputs.FlowInputs`` plus ``mask (B, 1, S, S)``.
 """
 
@@ -40,8 +41,11 @@ from ..errors import InputFileError
 from ..face.mesh import topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
+from ..models.gpu_conditioning import LandmarkImage
+from ..models.gpu_raster import TriangleRaster
 from .clipio import BASE_SIZE
 from .data import PreparedDataset
+from .large_motion import HeadPoses, draw_large_zoom
 from .manifest import read_manifest
 from .split import split_clips
 
@@ -83,17 +87,25 @@ class ResidentPairs:
         augment: flip, colour and small geometric jitter of the source (never on ``"val"``).
         jitter_target: jitter the driving frame too. Off by default: resampling the frame the output
             is compared with blurs it, and the network learns to blur (docs/BENCHMARKS.md).
+        hard_pairs: share of the training pairs whose driving frame is the largest head motion from the
+            source of several drawn (:mod:`.large_motion`).
+        large_motion: share of the training pairs given a large zoom (1.1-1.4x either way) and roll
+            (:mod:`.large_motion`).
         workers: processes for the one-off rasterisation (default: all cores).
     """
 
     def __init__(self, root: str | Path, split: str = "train", val_fraction: float = 0.1, device="cuda",
-                 augment: bool = True, workers: int | None = None, jitter_target: bool = False):
+                 augment: bool = True, workers: int | None = None, jitter_target: bool = False,
+                 hard_pairs: float = 0.0, large_motion: float = 0.0):
         t0 = time.perf_counter()
         self.root = Path(root)
         self.device = torch.device(device)
         self.split = split
         self.augment = augment and split != "val"
         self.jitter_target = jitter_target
+        self.hard_pairs = hard_pairs if self.augment else 0.0
+        self.large_motion = large_motion if self.augment else 0.0
+        self._draw = None
         ds = PreparedDataset(self.root, size=S, split=split, val_fraction=val_fraction, augment=False)
         clips = ds.clip_records  # checked: files there, lengths agreeing, embeddings readable
         if not clips:
@@ -123,6 +135,7 @@ class ResidentPairs:
         self.has_identity = torch.tensor([c.has_embedding for c in clips], device=dev)
         self._valid = [s + c.valid_indices for s, c in zip(starts, clips)]
         self._clips_of = [np.array([i for i, c in enumerate(clips) if c.identity == p]) for p in self.people]
+        self._poses = HeadPoses(points, np.concatenate([c.valid for c in clips])) if self.hard_pairs else None
         log.info("resident %s split: %d people, %d clips, %d frames on %s in %.1f s", split, len(self.people),
                  len(clips), n, dev, time.perf_counter() - t0)
 
@@ -190,6 +203,8 @@ class ResidentPairs:
             choices = self._valid[c]
             pick = rng.choice(choices, size=2, replace=len(choices) < 2)
             src[k], drv[k] = pick
+            if self._poses is not None and rng.random() < self.hard_pairs:
+                drv[k] = self._poses.hardest(int(src[k]), choices, rng)
         return clip, src, drv
 
     def batch(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -225,6 +240,8 @@ class ResidentPairs:
             self._jitter(out, "source", rng)
             if self.jitter_target:
                 self._jitter(out, "driving", rng)
+            if self.large_motion:
+                self._large_zoom(out, rng)
         # from the landmarks as augmented (the jitter scales the mouth too), as the app measures its own
         gap_s, gap_d = (self._mouth_gap(out[k]) for k in ("source_points", "driving_points"))
         out["mouth_amount"] = ((gap_d - gap_s) / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = mouth_fill_amount
@@ -251,28 +268,40 @@ class ResidentPairs:
             out[key] = x.clamp_(0.0, 1.0).pow_(gamma)
 
     def _jitter(self, out: dict, side: str, rng: np.random.Generator, scale=0.06, shift=0.04, degrees=4.0) -> None:
-        """A random similarity per sample applied to one image of each pair and all that describes it."""
-        b, dev = out[side].shape[0], self.device
-        s = np.exp(rng.uniform(-scale, scale, b))
-        a = np.deg2rad(rng.uniform(-degrees, degrees, b))
-        t = rng.uniform(-shift, shift, (b, 2)) * 2.0  # norm units
-        rot = np.stack([np.stack([np.cos(a), -np.sin(a)], -1), np.stack([np.sin(a), np.cos(a)], -1)], -2)  # (b,2,2)
+        """A small random similarity per sample applied to one image of each pair and all that describes it."""
+        b = out[side].shape[0]
+        self._similarity(out, side, np.arange(b), np.exp(rng.uniform(-scale, scale, b)),
+                         rng.uniform(-degrees, degrees, b), rng.uniform(-shift, shift, (b, 2)) * 2.0)
+
+    def _large_zoom(self, out: dict, rng: np.random.Generator) -> None:
+        """Give a share of the pairs a large zoom and roll (:mod:`.large_motion`), resampled with 2x
+        supersampling, their landmark images and triangle maps drawn afresh."""
+        zoom = draw_large_zoom(out["source"].shape[0], self.large_motion, rng)
+        for side, (rows, s, degrees, t) in zoom.side_transforms().items():
+            if len(rows):
+                self._similarity(out, side, rows, s, degrees, t, exact=True)
+
+    def _similarity(self, out: dict, side: str, rows: np.ndarray, s: np.ndarray, degrees: np.ndarray,
+                    t: np.ndarray, exact: bool = False) -> None:
+        """Move image ``side`` of pairs ``rows`` by the similarity ``n' = s R(degrees) n + t`` (grid units),
+        with its landmarks, landmark image and (driving side) mask and triangle map.  ``exact``: sample the
+        image at 2x and average (no aliasing when it shrinks), and draw the landmark image and triangle map
+        from the moved landmarks instead of resampling them."""
+        dev, k = self.device, len(rows)
+        a = np.deg2rad(degrees)
+        rot = np.stack([np.stack([np.cos(a), -np.sin(a)], -1), np.stack([np.sin(a), np.cos(a)], -1)], -2)  # (k,2,2)
         fwd = rot * s[:, None, None]  # input norm -> output norm: n' = fwd n + t
         inv = np.linalg.inv(fwd)
         theta = torch.tensor(np.concatenate([inv, -(inv @ t[:, :, None])], 2), dtype=torch.float32, device=dev)
-        grid = F.affine_grid(theta, (b, 1, S, S), align_corners=False)
+        idx = torch.from_numpy(np.asarray(rows, np.int64)).to(dev)
+        fine = 2 if exact else 1
 
-        def warp(x, mode="bilinear", pad="zeros"):
-            return F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
+        def warp(x, mode="bilinear", pad="zeros", up=1):
+            grid = F.affine_grid(theta, (k, 1, S * up, S * up), align_corners=False)
+            y = F.grid_sample(x, grid, mode=mode, padding_mode=pad, align_corners=False)
+            return F.avg_pool2d(y, up) if up > 1 else y
 
-        cond_key = f"{side}_cond"
-        out[side] = warp(out[side], pad="border")
-        out[cond_key] = warp(out[cond_key])  # resampled with the image (lines scale with it by at most 6 %)
-        if side == "driving":  # the source's own mask is not used: losses compare with the driving frame
-            out["mask"] = (warp(out["mask"]) > 0.999).float()  # pixels that left the crop or the frame
-            tri = warp(out["tri_ids"][:, None].float() + 1.0, mode="nearest")
-            out["tri_ids"] = tri[:, 0].long() - 1
-        pts = out[f"{side}_points"]
+        pts = out[f"{side}_points"][idx]
         fwd_t = torch.tensor(fwd, dtype=torch.float32, device=dev)
         t_t = torch.tensor(t, dtype=torch.float32, device=dev)
         norm = (pts[..., :2] + 0.5) * (2.0 / S) - 1.0
@@ -280,8 +309,26 @@ class ResidentPairs:
         pts = pts.clone()
         pts[..., :2] = (moved + 1.0) * (S / 2.0) - 0.5
         pts[..., 2] = pts[..., 2] * torch.tensor(s, dtype=torch.float32, device=dev)[:, None]
-        out[f"{side}_points"] = pts
+        out[f"{side}_points"] = out[f"{side}_points"].index_copy(0, idx, pts)
+        out[side] = out[side].index_copy(0, idx, warp(out[side][idx], pad="border", up=fine))
+        cond_key = f"{side}_cond"
+        # resampled with the image (lines scale with it: by at most 6 % for the small jitter), or drawn afresh
+        cond = self._drawers()[0](pts) if exact else warp(out[cond_key][idx])
+        out[cond_key] = out[cond_key].index_copy(0, idx, cond)
+        if side == "driving":  # the source's own mask is not used: losses compare with the driving frame
+            mask = (warp(out["mask"][idx], up=fine) > 0.999).float()  # pixels that left the crop or the frame
+            out["mask"] = out["mask"].index_copy(0, idx, mask)
+            if exact:
+                tri = self._drawers()[1](pts)
+            else:
+                tri = warp(out["tri_ids"][idx][:, None].float() + 1.0, mode="nearest")[:, 0].long() - 1
+            out["tri_ids"] = out["tri_ids"].index_copy(0, idx, tri)
 
+    def _drawers(self) -> tuple[LandmarkImage, TriangleRaster]:
+        """The app's landmark image and triangle map, drawn in torch on the device (made on first use)."""
+        if self._draw is None:
+            self._draw = (LandmarkImage(S).to(self.device), TriangleRaster(topology().triangles, S).to(self.device))
+        return self._draw
 
 def people_split_summary(root: str | Path, val_fraction: float) -> dict:
     """Who is in which split of a prepared dataset: ``{"train": {...}, "val": {...}}`` with people,

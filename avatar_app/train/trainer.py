@@ -96,9 +96,9 @@ class Trainer:
         self.step = 0
         self._resumed = False
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
-        if cfg.resident and not self.resident:
-            log.warning("resident data serves the warp and full stages only; the %s stage uses the loader",
-                        cfg.stage)
+        if (cfg.resident or cfg.hard_pairs or cfg.large_motion) and not self.resident:
+            log.warning("resident data (and hard_pairs, large_motion) serve the warp and full stages with resident = "
+                        "true only; this %s run uses the loader", cfg.stage)
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
         if cfg.compile and self.device.type == "cuda":
@@ -117,7 +117,8 @@ class Trainer:
             from .resident import ResidentPairs
 
             return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train",
-                                 jitter_target=self.cfg.jitter_target)
+                                 jitter_target=self.cfg.jitter_target, hard_pairs=self.cfg.hard_pairs,
+                                 large_motion=self.cfg.large_motion)
 
         mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
         app_path = mode == "window" and self.cfg.enhancer_app_path
