@@ -85,6 +85,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # TOML gives lists
         if self.amp_dtype not in ("fp16", "bf16"):
             raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
+        for name in ("hard_pairs", "large_motion"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputFileError(f"{name} is a share of the pairs, from 0 to 1, not {getattr(self, name)}.")
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":

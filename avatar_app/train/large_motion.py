@@ -4,30 +4,35 @@ when the user leans in, steps back or turns, not only under the small motion of 
 Two ways, both for the resident pairs (:mod:`.resident`):
 
 * **Hard pairs** (:meth:`HeadPoses.hardest`): for a share of the pairs the driving frame is
-  the one, of several drawn from the clip, that lies furthest in head pose from the source
+  one of the few, of several drawn from the clip, that lie furthest in head pose from the source
   (rotation angle in radians + |log scale|, from a similarity fit of the rigid landmarks, as
-  the retargeting measures head motion).  Real turns: yaw and pitch cannot be made by warping
-  an image.
+  the retargeting measures head motion; one of the top few, not the single furthest, so one
+  mis-tracked frame is not drawn again and again).  Real turns: yaw and pitch cannot be made
+  by warping an image.
 * **Large zoom** (:func:`draw_large_zoom`): for a share of the pairs a relative zoom of
-  1.1–1.4× either way (the motion limits stop at 1.35×), which the clips almost never hold
-  (training pairs: |log scale| p99.9 0.22).  The image that is *shrunk* takes it: the source
-  for an approach, the driving frame for a retreat, so neither is ever upsampled (an
-  upsampled target teaches the network to blur, an upsampled source to paint detail).  The
-  source also rolls by up to 15°.  These samples are resampled with 2× supersampling, and
-  their landmark images and triangle maps drawn afresh from the moved landmarks, exactly as
-  the app draws them.
+  1.1–1.4× either way (the motion limits stop at 1.35×; of the training pairs' |log scale|, p95
+  is 0.057 (1.06×) and p99.9 0.22).  The image that is *shrunk* takes it: the source for an
+  approach, the driving frame for a retreat, so the zoom never upsamples (an upsampled target
+  teaches the network to blur, an upsampled source to paint detail).  The source also rolls by
+  up to 15°.  These pairs skip the small jitter, so each image is resampled once; a shrunk image
+  with 2× supersampling.  Their landmark images and triangle maps are drawn afresh from the
+  moved landmarks, as the app's GPU path draws them (:class:`ExactDrawer`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..face.align import similarity_fit
 from ..face.mesh import topology
+from ..models.frame_inputs import FrameInputs
 
-CANDIDATES = 16  # driving frames drawn for a hard pair; the furthest from the source is kept
+CANDIDATES = 16  # driving frames drawn for a hard pair ...
+KEEP = 4  # ... of which one of the KEEP furthest from the source is taken
 ZOOM_RANGE = (1.1, 1.4)  # relative zoom of a large-zoom pair, either way
 ROLL_DEGREES = 15.0  # largest extra roll of a large-zoom pair's source
 SHIFT = 0.08  # largest shift of a large-zoom pair, in halves of the crop (grid units)
@@ -38,7 +43,8 @@ class HeadPoses:
 
     Args:
         points: ``(N, 478, 3)`` landmarks (px of any crop; frames without a face may hold anything).
-        valid: ``(N,) bool``, the frames with a face (the others get the neutral pose).
+        valid: ``(N,) bool``, the frames with a face (the others, and any with a non-finite
+            landmark, get the neutral pose).
     """
 
     def __init__(self, points: np.ndarray, valid: np.ndarray):
@@ -47,7 +53,8 @@ class HeadPoses:
         n = len(points)
         self.log_scale = np.zeros(n, np.float64)
         self.rotation = np.tile(np.eye(3), (n, 1, 1))
-        for i in np.flatnonzero(valid):
+        finite = np.isfinite(points[:, topo.rigid]).all(axis=(1, 2))
+        for i in np.flatnonzero(np.asarray(valid, bool) & finite):
             s, r, _ = similarity_fit(ref, points[i, topo.rigid])
             self.log_scale[i], self.rotation[i] = np.log(max(s, 1e-9)), r
 
@@ -59,36 +66,38 @@ class HeadPoses:
         return np.arccos(np.clip(cos, -1.0, 1.0)) + np.abs(self.log_scale[b] - self.log_scale[a])
 
     def hardest(self, source: int, choices: np.ndarray, rng: np.random.Generator,
-                candidates: int = CANDIDATES) -> int:
-        """Of ``candidates`` frames drawn from ``choices`` (not ``source`` where others exist), the one of
-        largest head motion from ``source``."""
+                candidates: int = CANDIDATES, keep: int = KEEP) -> int:
+        """Of ``candidates`` frames drawn from ``choices`` (not ``source`` where others exist), one of
+        the ``keep`` of largest head motion from ``source``, at random."""
         pool = choices[choices != source] if len(choices) > 1 else choices
         drawn = rng.choice(pool, size=min(candidates, len(pool)), replace=False)
-        return int(drawn[np.argmax(self.motion(source, drawn))])
+        top = drawn[np.argsort(-self.motion(source, drawn), kind="stable")[:keep]]
+        return int(rng.choice(top))
 
 
 @dataclass(frozen=True)
 class LargeZoom:
     """Per pair of a batch: ``rows`` (indices of the pairs that take a large zoom), and for each of
     them ``zoom`` (> 1: the driving face is larger than the source's), ``roll`` (degrees, the
-    source's) and ``shift`` ``(k, 2)`` (grid units)."""
+    source's) and ``shift`` ``(k, 2)`` (grid units, the shrunk image's)."""
 
     rows: np.ndarray
     zoom: np.ndarray
     roll: np.ndarray
     shift: np.ndarray
 
-    def side_transforms(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """``{side: (rows, scale, degrees, shift)}``: the similarity each image takes.  The shrunk image
-        takes the zoom (scale ``< 1``); the source also takes the roll, the shrunk image the shift."""
+    def transforms(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]]:
+        """``[(side, rows, scale, degrees, shift, supersample), ...]``: the one similarity each image of
+        these pairs takes.  The shrunk image takes the zoom (scale ``< 1``) and the shift, supersampled;
+        the source also takes the roll (at scale 1 in a retreat: not supersampled, nothing shrinks)."""
         approach = self.zoom > 1.0
-        src_scale = np.where(approach, 1.0 / self.zoom, 1.0)
-        src_shift = np.where(approach[:, None], self.shift, 0.0)
-        out = {"source": (self.rows, src_scale, self.roll, src_shift)}
-        retreat = ~approach
-        if retreat.any():
-            out["driving"] = (self.rows[retreat], self.zoom[retreat], np.zeros(int(retreat.sum())),
-                              self.shift[retreat])
+        out = []
+        a, r = self.rows[approach], self.rows[~approach]
+        if len(a):
+            out.append(("source", a, 1.0 / self.zoom[approach], self.roll[approach], self.shift[approach], True))
+        if len(r):
+            out.append(("source", r, np.ones(len(r)), self.roll[~approach], np.zeros((len(r), 2)), False))
+            out.append(("driving", r, self.zoom[~approach], np.zeros(len(r)), self.shift[~approach], True))
         return out
 
 
@@ -99,3 +108,60 @@ def draw_large_zoom(batch: int, share: float, rng: np.random.Generator) -> Large
     lo, hi = np.log(ZOOM_RANGE[0]), np.log(ZOOM_RANGE[1])
     zoom = np.exp(rng.uniform(lo, hi, k) * rng.choice([-1.0, 1.0], k))
     return LargeZoom(rows, zoom, rng.uniform(-ROLL_DEGREES, ROLL_DEGREES, k), rng.uniform(-SHIFT, SHIFT, (k, 2)))
+
+
+class ExactDrawer:
+    """A face's landmark image (and triangle map) drawn from its landmarks as the app's GPU path
+    draws them (:class:`~avatar_app.models.frame_inputs.FrameInputs`, the torch twin of the OpenCV
+    drawing), one face at a time.  On CUDA the drawing of one face is captured once in a CUDA graph
+    and replayed per face: drawn eagerly it is hundreds of small kernels a face, and drawing the
+    large-zoom pairs so halved the training speed (74 against 137 samples/s, two runs sharing one
+    GPU, docs/MOTION_PORTRAITS.md §7.2).
+
+    Args:
+        size: crop side.
+        device: where the points come from and the drawings go.
+    """
+
+    def __init__(self, size: int, device: torch.device):
+        self.device = torch.device(device)
+        self.inputs = FrameInputs(size).to(self.device).eval()
+        self._graphs: dict[bool, tuple] = {}  # triangles wanted -> (graph, points buffer, outputs)
+
+    def _draw(self, points: torch.Tensor, triangles: bool) -> tuple:
+        if triangles:
+            return self.inputs(points)
+        return (self.inputs.cond(points),)
+
+    @torch.no_grad()
+    def __call__(self, points: torch.Tensor, triangles: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``points (k, 478, 3)`` px -> ``(cond (k, 6, S, S) float32, tri_ids (k, S, S) int64 or None)``."""
+        if self.device.type != "cuda":
+            drawn = self._draw(points, triangles)
+            return drawn[0], drawn[1].long() if triangles else None
+        if triangles not in self._graphs:
+            self._graphs[triangles] = self._capture(points[:1], triangles)
+        graph, buffer, outs = self._graphs[triangles]
+        got = []
+        for p in points:
+            buffer.copy_(p[None])
+            graph.replay()
+            got.append([o.to(torch.long if k else o.dtype, copy=True) for k, o in enumerate(outs)])  # replay overwrites
+        cond = torch.cat([g[0] for g in got])
+        return cond, torch.cat([g[1] for g in got]) if triangles else None
+
+    def _capture(self, first: torch.Tensor, triangles: bool) -> tuple:
+        """Warm up on a real face (not zeros) on a side stream, then capture over an input buffer."""
+        buffer = first.detach().clone().float()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._draw(buffer, triangles)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA
+                outs = self._draw(buffer, triangles)
+        return graph, buffer, outs

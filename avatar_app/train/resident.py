@@ -41,11 +41,9 @@ from ..errors import InputFileError
 from ..face.mesh import topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
-from ..models.gpu_conditioning import LandmarkImage
-from ..models.gpu_raster import TriangleRaster
 from .clipio import BASE_SIZE
 from .data import PreparedDataset
-from .large_motion import HeadPoses, draw_large_zoom
+from .large_motion import ExactDrawer, HeadPoses, draw_large_zoom
 from .manifest import read_manifest
 from .split import split_clips
 
@@ -105,7 +103,7 @@ class ResidentPairs:
         self.jitter_target = jitter_target
         self.hard_pairs = hard_pairs if self.augment else 0.0
         self.large_motion = large_motion if self.augment else 0.0
-        self._draw = None
+        self._drawer = None
         ds = PreparedDataset(self.root, size=S, split=split, val_fraction=val_fraction, augment=False)
         clips = ds.clip_records  # checked: files there, lengths agreeing, embeddings readable
         if not clips:
@@ -237,11 +235,13 @@ class ResidentPairs:
         }
         if aug:
             self._colour(out, rng)
-            self._jitter(out, "source", rng)
+            zoom = draw_large_zoom(b, self.large_motion, rng) if self.large_motion else None
+            plain = None if zoom is None else np.setdiff1d(np.arange(b), zoom.rows)  # one resampling per image
+            self._jitter(out, "source", rng, plain)
             if self.jitter_target:
-                self._jitter(out, "driving", rng)
-            if self.large_motion:
-                self._large_zoom(out, rng)
+                self._jitter(out, "driving", rng, plain)
+            for side, rows, s, degrees, t, fine in (zoom.transforms() if zoom is not None else []):
+                self._similarity(out, side, rows, s, degrees, t, exact=True, supersample=fine)
         # from the landmarks as augmented (the jitter scales the mouth too), as the app measures its own
         gap_s, gap_d = (self._mouth_gap(out[k]) for k in ("source_points", "driving_points"))
         out["mouth_amount"] = ((gap_d - gap_s) / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = mouth_fill_amount
@@ -267,26 +267,22 @@ class ResidentPairs:
             x = (x - 0.5) * contrast + 0.5 + bright
             out[key] = x.clamp_(0.0, 1.0).pow_(gamma)
 
-    def _jitter(self, out: dict, side: str, rng: np.random.Generator, scale=0.06, shift=0.04, degrees=4.0) -> None:
-        """A small random similarity per sample applied to one image of each pair and all that describes it."""
-        b = out[side].shape[0]
-        self._similarity(out, side, np.arange(b), np.exp(rng.uniform(-scale, scale, b)),
-                         rng.uniform(-degrees, degrees, b), rng.uniform(-shift, shift, (b, 2)) * 2.0)
-
-    def _large_zoom(self, out: dict, rng: np.random.Generator) -> None:
-        """Give a share of the pairs a large zoom and roll (:mod:`.large_motion`), resampled with 2x
-        supersampling, their landmark images and triangle maps drawn afresh."""
-        zoom = draw_large_zoom(out["source"].shape[0], self.large_motion, rng)
-        for side, (rows, s, degrees, t) in zoom.side_transforms().items():
-            if len(rows):
-                self._similarity(out, side, rows, s, degrees, t, exact=True)
+    def _jitter(self, out: dict, side: str, rng: np.random.Generator, rows: np.ndarray | None = None,
+                scale=0.06, shift=0.04, degrees=4.0) -> None:
+        """A small random similarity per sample (of ``rows``; default all) applied to one image of each
+        pair and all that describes it."""
+        rows = np.arange(out[side].shape[0]) if rows is None else rows
+        b = len(rows)
+        if b:
+            self._similarity(out, side, rows, np.exp(rng.uniform(-scale, scale, b)),
+                             rng.uniform(-degrees, degrees, b), rng.uniform(-shift, shift, (b, 2)) * 2.0)
 
     def _similarity(self, out: dict, side: str, rows: np.ndarray, s: np.ndarray, degrees: np.ndarray,
-                    t: np.ndarray, exact: bool = False) -> None:
+                    t: np.ndarray, exact: bool = False, supersample: bool = False) -> None:
         """Move image ``side`` of pairs ``rows`` by the similarity ``n' = s R(degrees) n + t`` (grid units),
-        with its landmarks, landmark image and (driving side) mask and triangle map.  ``exact``: sample the
-        image at 2x and average (no aliasing when it shrinks), and draw the landmark image and triangle map
-        from the moved landmarks instead of resampling them."""
+        with its landmarks, landmark image and (driving side) mask and triangle map.  ``exact``: draw the
+        landmark image and triangle map from the moved landmarks instead of resampling them;
+        ``supersample``: sample the image and mask at 2x and average (no aliasing when they shrink)."""
         dev, k = self.device, len(rows)
         a = np.deg2rad(degrees)
         rot = np.stack([np.stack([np.cos(a), -np.sin(a)], -1), np.stack([np.sin(a), np.cos(a)], -1)], -2)  # (k,2,2)
@@ -294,7 +290,7 @@ class ResidentPairs:
         inv = np.linalg.inv(fwd)
         theta = torch.tensor(np.concatenate([inv, -(inv @ t[:, :, None])], 2), dtype=torch.float32, device=dev)
         idx = torch.from_numpy(np.asarray(rows, np.int64)).to(dev)
-        fine = 2 if exact else 1
+        fine = 2 if supersample else 1
 
         def warp(x, mode="bilinear", pad="zeros", up=1):
             grid = F.affine_grid(theta, (k, 1, S * up, S * up), align_corners=False)
@@ -313,22 +309,24 @@ class ResidentPairs:
         out[side] = out[side].index_copy(0, idx, warp(out[side][idx], pad="border", up=fine))
         cond_key = f"{side}_cond"
         # resampled with the image (lines scale with it: by at most 6 % for the small jitter), or drawn afresh
-        cond = self._drawers()[0](pts) if exact else warp(out[cond_key][idx])
+        drawn = self._exact()(pts, triangles=side == "driving") if exact else None
+        cond = drawn[0] if exact else warp(out[cond_key][idx])
         out[cond_key] = out[cond_key].index_copy(0, idx, cond)
         if side == "driving":  # the source's own mask is not used: losses compare with the driving frame
             mask = (warp(out["mask"][idx], up=fine) > 0.999).float()  # pixels that left the crop or the frame
             out["mask"] = out["mask"].index_copy(0, idx, mask)
             if exact:
-                tri = self._drawers()[1](pts)
+                tri = drawn[1]
             else:
                 tri = warp(out["tri_ids"][idx][:, None].float() + 1.0, mode="nearest")[:, 0].long() - 1
             out["tri_ids"] = out["tri_ids"].index_copy(0, idx, tri)
 
-    def _drawers(self) -> tuple[LandmarkImage, TriangleRaster]:
-        """The app's landmark image and triangle map, drawn in torch on the device (made on first use)."""
-        if self._draw is None:
-            self._draw = (LandmarkImage(S).to(self.device), TriangleRaster(topology().triangles, S).to(self.device))
-        return self._draw
+    def _exact(self) -> ExactDrawer:
+        """The app's drawing of landmark images and triangle maps, on the device (made on first use)."""
+        if self._drawer is None:
+            self._drawer = ExactDrawer(S, self.device)
+        return self._drawer
+
 
 def people_split_summary(root: str | Path, val_fraction: float) -> dict:
     """Who is in which split of a prepared dataset: ``{"train": {...}, "val": {...}}`` with people,

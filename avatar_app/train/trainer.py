@@ -96,9 +96,8 @@ class Trainer:
         self.step = 0
         self._resumed = False
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
-        if (cfg.resident or cfg.hard_pairs or cfg.large_motion) and not self.resident:
-            log.warning("resident data (and hard_pairs, large_motion) serve the warp and full stages with resident = "
-                        "true only; this %s run uses the loader", cfg.stage)
+        if (cfg.resident or cfg.hard_pairs or cfg.large_motion) and not self.resident:  # those two are resident's
+            log.warning("resident data serves the warp and full stages only; this %s run uses the loader", cfg.stage)
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
         if cfg.compile and self.device.type == "cuda":
@@ -189,7 +188,8 @@ class Trainer:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.cfg.stage != "warp" and self.cfg.w_blend:
                     parts["blend"] = self.cfg.w_blend * out["mask"].float().mean()
-                if self.disc is not None:
+                if self.disc is not None:  # judged where the ground truth is real (elsewhere: the same pixels)
+                    image = image if mask is None else torch.where(mask > 0.5, image, b["driving"].to(image.dtype))
                     fake = self.disc(image, b["driving_cond"])
                     with torch.no_grad():
                         real = self.disc(b["driving"], b["driving_cond"])
