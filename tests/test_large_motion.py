@@ -167,6 +167,44 @@ def test_training_takes_the_options_on_its_training_split_only(root, tmp_path):
     assert trainer.step == 1
 
 
+def test_the_replayed_drawing_keeps_each_face(root, monkeypatch):
+    """The CUDA path's bookkeeping, with a stand-in for the CUDA graph (there is no CUDA here): one
+    input buffer refilled per face, outputs the replay overwrites copied out, the triangle map only
+    when asked. (The capture itself: the gpu test below.)"""
+    import torch
+
+    from avatar_app.models.frame_inputs import FrameInputs
+    from avatar_app.train.large_motion import ExactDrawer
+
+    drawer = ExactDrawer(256, torch.device("cpu"))
+    replays = []
+
+    def capture(first, triangles):  # what torch.cuda.graph records: the drawing of one buffer into fixed outputs
+        buffer = first.detach().clone().float()
+        outs = tuple(o.clone() for o in drawer._draw(buffer, triangles))
+
+        class Graph:
+            def replay(self):
+                replays.append(triangles)
+                for o, new in zip(outs, drawer._draw(buffer, triangles)):
+                    o.copy_(new)
+
+        return Graph(), buffer, outs
+
+    monkeypatch.setattr(drawer, "_capture", capture)
+    drawer.device = torch.device("cuda")  # take the replaying path (the tensors stay on the CPU)
+    pts = ResidentPairs(root, "all", device="cpu", workers=1).points[0, :3].clone()
+    pts[1, :, :2] = (pts[1, :, :2] - 128.0) * 0.7 + 140.0
+    cond, tri = drawer(pts)
+    only, none = drawer(pts[[2, 0]], triangles=False)
+    with torch.no_grad():
+        want_cond, want_tri = FrameInputs(256)(pts)
+    assert torch.equal(cond, want_cond) and torch.equal(tri, want_tri.long()) and tri.dtype == torch.int64
+    assert torch.equal(only, want_cond[[2, 0]]) and none is None
+    assert replays == [True] * 3 + [False] * 2  # one replay per face, a graph per kind
+    assert not torch.equal(cond[0], cond[1])  # each face its own drawing, not the last replay's
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="CUDA test: no CUDA GPU here")
 def test_the_graphed_drawing_on_cuda_is_the_eager_drawing(root):
