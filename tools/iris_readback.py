@@ -36,11 +36,20 @@ from avatar_app.types import Landmarks  # noqa: E402
 SHIFTS = (-0.08, -0.04, 0.0, 0.04, 0.08)  # eye widths along the corner line
 
 
+def _corner_lines(points: np.ndarray):
+    """Per eye ``(iris indices, image-left corner, image-right corner)``: the corners the gaze measure uses
+    (:func:`~avatar_app.face.eyes.eye_gaze`: the ends of the upper lid path, ordered along x)."""
+    topo = topology()
+    for upper, iris in ((topo.right_eye_upper, topo.right_iris), (topo.left_eye_upper, topo.left_iris)):
+        a, b = sorted((points[upper[0], :2], points[upper[-1], :2]), key=lambda p: p[0])
+        yield np.asarray(iris), a, b
+
+
 def looking(points: np.ndarray, shift: float) -> np.ndarray:
     """``points`` with both irises moved by ``shift`` eye widths along their eye's corner line."""
-    topo, out = topology(), points.copy()
-    for (a, b), iris in (((33, 133), topo.right_iris), ((362, 263), topo.left_iris)):
-        out[np.asarray(iris), :2] += (points[b, :2] - points[a, :2]) * shift
+    out = points.copy()
+    for iris, a, b in _corner_lines(points):
+        out[iris, :2] += (b - a) * shift
     return out
 
 
@@ -54,7 +63,7 @@ def main(argv=None) -> int:
     size = int(run.get("settings", {}).get("size", 256))
     entries = {str(e["key"]): e for e in read_manifest(Path(args.data))["clips"]}
     tracker = FaceTracker(max_faces=1)
-    print("| source (clip) | openness | eye width (px) | read-back slope |\n|---|---:|---:|---:|")
+    print("| source (clip) | openness | mean eye width (px) | read-back slope |\n|---|---:|---:|---:|")
     slopes = []
     for c in run["clips"]:
         if args.gaze_clips and all(a.get("gaze_r") is None for a in c["animators"].values()):
@@ -71,7 +80,7 @@ def main(argv=None) -> int:
         pairs = [(horizontal_gaze(t), horizontal_gaze(r)) for t, r in zip(targets, read) if r is not None]
         seen = detect_all(tracker, [clip.image(s)])[0]
         openness = f"{eye_openness(seen):.3f}" if seen is not None else "–"
-        width = float(np.linalg.norm(points[133, :2] - points[33, :2]))
+        width = float(np.mean([np.linalg.norm(b - a) for _, a, b in _corner_lines(points)]))
         slope = float(np.polyfit(*zip(*pairs), 1)[0]) if len(pairs) >= 3 else None
         print(f"| {c['key']} | {openness} | {width:.1f} | {'–' if slope is None else f'{slope:.2f}'} |", flush=True)
         if slope is not None:

@@ -142,13 +142,14 @@ class ExactDrawer:
         if triangles not in self._graphs:
             self._graphs[triangles] = self._capture(points[:1], triangles)
         graph, buffer, outs = self._graphs[triangles]
-        got = []
-        for p in points:
+        conds, tris = [], []
+        for p in points:  # each replay overwrites the graph's outputs: copy them out
             buffer.copy_(p[None])
             graph.replay()
-            got.append([o.to(torch.long if k else o.dtype, copy=True) for k, o in enumerate(outs)])  # replay overwrites
-        cond = torch.cat([g[0] for g in got])
-        return cond, torch.cat([g[1] for g in got]) if triangles else None
+            conds.append(outs[0].clone())
+            if triangles:
+                tris.append(outs[1].to(torch.long, copy=True))
+        return torch.cat(conds), torch.cat(tris) if triangles else None
 
     def _capture(self, first: torch.Tensor, triangles: bool) -> tuple:
         """Warm up on a real face (not zeros) on a side stream, then capture over an input buffer."""
