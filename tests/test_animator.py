@@ -7,7 +7,7 @@ import pytest
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks, timeline_pose
 from avatar_app.face.align import paste_back
-from avatar_app.face.mesh import NOSE_TIP, mouth_fill_amount, mouth_opening, topology
+from avatar_app.face.mesh import NOSE_TIP, MouthFill, mouth_fill_amount, mouth_opening, topology
 from avatar_app.face.retarget import Retargeter
 from avatar_app.face.source import prepare_source
 from avatar_app.runtime.animator import GeometricAnimator
@@ -160,3 +160,43 @@ def test_opencv_and_torch_warps_agree(request, still_tracker, portrait):
             stats = (size, t, diff.max(), np.percentile(diff, 99.9), diff.mean())
             assert diff.max() <= WARP_MAX and np.percentile(diff, 99.9) <= WARP_P999, stats
             assert diff.mean() < WARP_MEAN, stats
+
+
+def _inner_mouth_luma(image: np.ndarray, points: np.ndarray) -> float:
+    """Mean grey level inside the inner lips of ``points`` (crop px)."""
+    import cv2
+
+    t = topology()
+    ring = np.concatenate([points[t.lips_inner_upper, :2], points[t.lips_inner_lower[::-1], :2]])
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 1)
+    return float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[mask > 0].mean())
+
+
+def test_a_head_that_comes_nearer_keeps_its_teeth(astronaut_source):
+    """The astronaut smiles with her teeth showing: leaning in 1.3x widens her lip gap in crop px, not
+    relative to her face, so the teeth stay (a painted dark interior there read as another face);
+    a mouth that opens while nearer is still painted."""
+    src = astronaut_source
+    rt = Retargeter(src.landmarks)
+    rt.calibrate(synthetic_landmarks(FacePose()))
+    anim = GeometricAnimator(src)
+    teeth = _inner_mouth_luma(src.crop, src.landmarks.points)
+    near = rt(synthetic_landmarks(FacePose(scale=1.3)))
+    assert mouth_opening(near.points) > mouth_opening(src.landmarks.points) + 2.0  # wider in px by the zoom
+    assert _inner_mouth_luma(anim.animate(near), near.points) > 0.85 * teeth
+    opened = rt(synthetic_landmarks(FacePose(scale=1.3, jaw=0.8)))
+    assert _inner_mouth_luma(anim.animate(opened), opened.points) < 0.7 * teeth
+
+
+def test_mouth_fill_compares_gaps_at_the_nearer_heads_scale(astronaut_source):
+    pts = astronaut_source.landmarks.points.astype(np.float64)
+    fill = MouthFill(pts, 256)
+    centre = pts.mean(0)
+    near, far = (centre + k * (pts - centre) for k in (1.3, 0.77))  # the same face, nearer / further (3-D)
+    assert mouth_opening(near) > mouth_opening(pts) + 2.0 and fill(near) == 0.0
+    assert fill(far) == 0.0 == mouth_fill_amount(mouth_opening(pts), mouth_opening(far), 256)
+    t = topology()
+    opened = near.copy()
+    opened[t.lips_inner_lower[1:-1], 1] += 3.0  # and the lips part 3 px more than the zoom's
+    assert fill(opened) > 0.5

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..face.align import rescale_points
-from ..face.mesh import mouth_fill_amount, mouth_opening, topology
+from ..face.mesh import MouthFill, topology
 from ..imaging import bgr_to_rgb_chw
 from ..models.conditioning import landmark_image
 from ..models.eye_lids import closed_lid_lift
@@ -34,7 +34,7 @@ class ChainInputs:
         crop256 = source.crop if self.size == NET_SIZE else cv2.resize(source.crop, (NET_SIZE, NET_SIZE),
                                                                          interpolation=cv2.INTER_AREA)
         points = rescale_points(source.landmarks.points, self.size, NET_SIZE)
-        self._source_gap = mouth_opening(points)
+        self._mouth_fill = MouthFill(points, NET_SIZE)
         #: the arguments of :meth:`NetworkChain.set_source`
         self.source = (bgr_to_rgb_chw(crop256)[None], landmark_image(points, NET_SIZE)[None],
                        np.asarray(identity, np.float32)[None], points[None, :, :2].astype(np.float32),
@@ -49,7 +49,7 @@ class ChainInputs:
         they are drawn here with OpenCV.
         """
         pts = rescale_points(target.points, self.size, NET_SIZE)
-        amount = mouth_fill_amount(self._source_gap, mouth_opening(pts), NET_SIZE)
+        amount = self._mouth_fill(pts)
         if prepare is not None:
             cond, ids = prepare(pts[None].astype(np.float32))
             return cond, pts[None, :, :2].astype(np.float32), ids, amount

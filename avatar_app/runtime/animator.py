@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..face.mesh import mouth_fill_amount, mouth_opening, topology
+from ..face.mesh import MouthFill, topology
 from ..models.eye_lids import closed_lid_lift
 from ..models.flow import AnalyticFlow, fill_mouth_interior, rasterize_triangles, warp_image
 from ..types import Landmarks, SourcePortrait
@@ -60,7 +60,7 @@ class GeometricAnimator:
         self.source = source
         self._src_image = image_to_tensor(source.crop).to(self.device)
         self._src_xy = torch.from_numpy(source.landmarks.xy.copy()).unsqueeze(0).to(self.device)
-        self._src_gap = mouth_opening(source.landmarks.points)
+        self._mouth_fill = MouthFill(source.landmarks.points, self.size)
         lift = closed_lid_lift(source.crop, source.landmarks.points)  # where closing lids get their skin
         self._lid_lift = torch.from_numpy(lift).view(1, 2, 1).to(self.device)
 
@@ -75,7 +75,7 @@ class GeometricAnimator:
         grid, mouth, mouth_coord, eyes = self.flow(self._src_xy, tgt_xy, tri_ids, fine_eyes=True,
                                                    lid_lift=self._lid_lift)
         t2 = time.perf_counter()
-        amount = mouth_fill_amount(self._src_gap, mouth_opening(target.points), self.size)
+        amount = self._mouth_fill(target.points)
         if self._cpu:
             image = self._warp_cpu(grid, mouth, mouth_coord, amount, eyes)
         else:
