@@ -13,6 +13,7 @@ from avatar_app.face.align import (
     feather_mask,
     paste_back,
     similarity_fit,
+    similarity_fits,
     transform_points,
     warp_to_crop,
 )
@@ -86,6 +87,22 @@ def test_similarity_fit_never_returns_a_reflection(dim):
     assert np.isfinite(s) and np.isfinite(t).all()
     # best proper fit of a reflection leaves a residual (an improper fit would leave none)
     assert np.abs(s * src @ r.T + t - dst).max() > 1.0
+
+
+def test_similarity_fits_is_each_fit_at_once():
+    """The batched fit (HeadPoses fits every frame of the corpus with it) equals the single fits,
+    a mirrored set (a sign flip in the SVD) among them."""
+    rng = np.random.default_rng(3)
+    src = rng.normal(0, 20, size=(30, 3)) * np.array([1.0, 2.0, 3.0])
+    dst = np.stack([1.1 * src @ rot3([0.2, 1.0, -0.4], 0.7).T + 4.0, src * np.array([-1.0, 1.0, 1.0]),
+                    rng.normal(0, 20, size=(30, 3))])
+    s, r, t = similarity_fits(src, dst)
+    for i in range(len(dst)):
+        si, ri, ti = similarity_fit(src, dst[i])
+        assert s[i] == pytest.approx(si, rel=1e-12)
+        np.testing.assert_allclose(r[i], ri, atol=1e-12)
+        np.testing.assert_allclose(t[i], ti, atol=1e-9)
+    assert s[0] == pytest.approx(1.1, rel=1e-9) and np.linalg.det(r[1]) == pytest.approx(1.0)
 
 
 def test_similarity_fit_with_noise_is_close():

@@ -22,19 +22,25 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray,
     Returns:
         ``(s, R, t)``: scale, ``(D, D)`` proper rotation, ``(D,)`` translation.
     """
+    s, rot, t = similarity_fits(src, np.asarray(dst)[None])
+    return float(s[0]), rot[0], t[0]
+
+
+def similarity_fits(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`similarity_fit` of ``src (N, D)`` onto each of ``dst (M, N, D)`` at once:
+    ``s (M,)``, ``R (M, D, D)``, ``t (M, D)``."""
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
+    mu_s, mu_d = src.mean(0), dst.mean(1)
+    xs, xd = src - mu_s, dst - mu_d[:, None]
+    cov = np.swapaxes(xd, 1, 2) @ xs / len(src)  # (M, D, D)
     u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(src.shape[1])
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1
-    rot = u @ np.diag(d) @ vt
+    d = np.ones((len(dst), src.shape[1]))
+    d[np.linalg.det(u) * np.linalg.det(vt) < 0, -1] = -1
+    rot = u @ (d[:, :, None] * vt)
     var_s = (xs**2).sum() / len(src)
-    scale = float((sig * d).sum() / var_s) if var_s > 0 else 1.0
-    t = mu_d - scale * rot @ mu_s
+    scale = (sig * d).sum(1) / var_s if var_s > 0 else np.ones(len(dst))
+    t = mu_d - scale[:, None] * (rot @ mu_s)
     return scale, rot, t
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..face.align import similarity_fit
+from ..face.align import similarity_fits
 from ..face.mesh import topology
 from ..models.frame_inputs import FrameInputs
 
@@ -54,9 +54,10 @@ class HeadPoses:
         self.log_scale = np.zeros(n, np.float64)
         self.rotation = np.tile(np.eye(3), (n, 1, 1))
         finite = np.isfinite(points[:, topo.rigid]).all(axis=(1, 2))
-        for i in np.flatnonzero(np.asarray(valid, bool) & finite):
-            s, r, _ = similarity_fit(ref, points[i, topo.rigid])
-            self.log_scale[i], self.rotation[i] = np.log(max(s, 1e-9)), r
+        fit = np.flatnonzero(np.asarray(valid, bool) & finite)
+        if len(fit):
+            s, self.rotation[fit], _ = similarity_fits(ref, points[fit][:, topo.rigid])
+            self.log_scale[fit] = np.log(np.maximum(s, 1e-9))
 
     def motion(self, a, b) -> np.ndarray:
         """Head motion between frames ``a`` and ``b`` (broadcast): rotation angle (rad) + |Δ log scale|."""

@@ -97,7 +97,8 @@ class Trainer:
         self._resumed = False
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
         if (cfg.resident or cfg.hard_pairs or cfg.large_motion) and not self.resident:  # those two are resident's
-            log.warning("resident data serves the warp and full stages only; this %s run uses the loader", cfg.stage)
+            why = "resident = false" if not cfg.resident else "data given" if train_set is not None else "its stage"
+            log.warning("this %s run uses the loader (%s): no resident data, hard_pairs or large_motion", cfg.stage, why)
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
         if cfg.compile and self.device.type == "cuda":
