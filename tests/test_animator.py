@@ -194,9 +194,13 @@ def test_mouth_fill_compares_gaps_at_the_nearer_heads_scale(astronaut_source):
     fill = MouthFill(pts, 256)
     centre = pts.mean(0)
     near, far = (centre + k * (pts - centre) for k in (1.3, 0.77))  # the same face, nearer / further (3-D)
-    assert mouth_opening(near) > mouth_opening(pts) + 2.0 and fill(near) == 0.0
-    assert fill(far) == 0.0 == mouth_fill_amount(mouth_opening(pts), mouth_opening(far), 256)
+    assert mouth_opening(near) > mouth_opening(pts) + 2.0 and fill(near) == pytest.approx(0.0, abs=1e-9)
     t = topology()
     opened = near.copy()
     opened[t.lips_inner_lower[1:-1], 1] += 3.0  # and the lips part 3 px more than the zoom's
     assert fill(opened) > 0.5
+    # further away: the plain comparison (scaled, these lips parting 3 px beyond the zoom's would be 1)
+    far_opened = far.copy()
+    far_opened[t.lips_inner_lower[1:-1], 1] += 3.0
+    plain = mouth_fill_amount(mouth_opening(pts), mouth_opening(far_opened), 256)
+    assert fill(far_opened) == pytest.approx(plain) and 0.0 < plain < 0.6

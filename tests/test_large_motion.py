@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatar_app.face.align import similarity_fit
-from avatar_app.face.mesh import topology
+from avatar_app.face.mesh import MouthFill, topology
 from avatar_app.models.conditioning import landmark_image
 from avatar_app.models.flow import rasterize_triangles
 from avatar_app.train.large_motion import ZOOM_RANGE, HeadPoses, draw_large_zoom
@@ -120,6 +120,8 @@ def test_large_zoom_pairs_are_drawn_as_the_app_draws_them(root):
             assert np.mean(np.abs(got - want) > 1.5) < 0.002, side
         tri = big["tri_ids"][k].numpy()
         assert np.mean(tri != rasterize_triangles(dp, topology().triangles, 256)) < 0.002
+        # the mouth's paint amount as the app measures it (a nearer head is not a mouth that opens)
+        assert float(big["mouth_amount"][k]) == pytest.approx(MouthFill(sp, 256)(dp), abs=1e-5)
 
 
 def test_large_zoom_moves_each_image_once_with_its_landmarks(root, monkeypatch):

@@ -14,7 +14,7 @@ from avatar_app.errors import InputFileError
 from avatar_app.face.align import CropBox
 from avatar_app.models.conditioning import landmark_image
 from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
-from avatar_app.face.mesh import mouth_fill_amount, mouth_opening, topology
+from avatar_app.face.mesh import MouthFill, topology
 from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
 from avatar_app.train.clipio import clip_frame_mask, inside_frame_mask
 from avatar_app.train.config import TrainConfig
@@ -59,8 +59,7 @@ def test_split_by_person_and_batch_layout(root, train_set):
     # how much mouth to paint, from the landmarks as augmented, exactly as the app's animator computes it
     for k in range(5):
         sp, dp = b["source_points"][k].numpy(), b["driving_points"][k].numpy()
-        assert float(b["mouth_amount"][k]) == pytest.approx(
-            mouth_fill_amount(mouth_opening(sp), mouth_opening(dp), 256), abs=1e-5)
+        assert float(b["mouth_amount"][k]) == pytest.approx(MouthFill(sp, 256)(dp), abs=1e-5)
     # validation pairs are not augmented: a batch is exactly the plain pairs it drew
     assert not val.augment and train_set.augment
     drawn = val.draw(2, np.random.default_rng(3))

@@ -110,10 +110,13 @@ def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def face_size(points: np.ndarray, dims: int = 2) -> float:
     """A face's size: RMS distance of the rigid points from their centroid (same units as
-    ``points``; about 0.68 inter-ocular distances on a frontal face). In 2-D (``dims=2``) a turned
-    head reads smaller; in 3-D (``dims=3``, mesh points with depth) the size does not change with the
-    head's rotation, so the ratio of two faces' 3-D sizes is how much nearer one is."""
-    xy = np.asarray(points)[topology().rigid, :dims].astype(np.float64)
+    ``points``; in 2-D about 0.68 inter-ocular distances on a frontal face). In 2-D (``dims=2``) a
+    turned head reads smaller; in 3-D (``dims=3``, mesh points with depth) the size does not change
+    with the head's rotation, so the ratio of two faces' 3-D sizes is how much nearer one is."""
+    points = np.asarray(points)
+    if points.shape[-1] < dims:
+        raise ValueError(f"face_size in {dims}-D needs points with {dims} columns, got {points.shape}")
+    xy = points[topology().rigid, :dims].astype(np.float64)
     return float(np.sqrt(((xy - xy.mean(0)) ** 2).sum(1).mean()))
 
 
@@ -149,8 +152,10 @@ class MouthFill:
     talking mouth, and on the synthetic shot cuts the output's largest landmark jump rose from 0.072
     to 0.075 face sizes, past the stress check's 0.072 (the driver's 0.067 + detector noise).
 
-    The networks' training pairs (``train/inputs.py``, ``train/resident.py``, ``train/adapt_cached.py``)
-    still compute the unscaled amount: within a clip the head's distance changes little (scale p95 6 %)."""
+    The resident training pairs (``train/resident.py``: GPU training and personalization, the large-zoom
+    pairs among them) use the same rule; the loader's pairs (``train/inputs.py``) and the CPU
+    personalization cache (``train/adapt_cached.py``) still compare unscaled gaps. ``points`` need
+    their depth column (mediapipe's, scaled with x and y as :func:`~.align.rescale_points` does)."""
 
     def __init__(self, source_points: np.ndarray, size: int):
         self.gap = mouth_opening(source_points)
@@ -158,5 +163,5 @@ class MouthFill:
         self.size = size
 
     def __call__(self, target_points: np.ndarray) -> float:
-        nearer = max(face_size(target_points, dims=3) / self.face, 1.0)
+        nearer = max(1.0, face_size(target_points, dims=3) / self.face)  # (NaN -> 1)
         return mouth_fill_amount(self.gap * nearer, mouth_opening(target_points), self.size)

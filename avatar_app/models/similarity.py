@@ -1,7 +1,7 @@
 """The least-squares 2-D similarity between point sets, in torch (batched, differentiable, exportable).
 
-``face.align.similarity_fit`` is the NumPy fit (any dimension, via an SVD) for single point sets;
-this is the closed form for 2-D, on tensors, used inside networks and exported graphs.
+``face.align.similarity_fit`` / ``similarity_fits`` are the NumPy fits (any dimension, via an SVD; one
+set onto one or many); this is the closed form for 2-D, on tensors, used inside networks and exported graphs.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class HeadPoses:
         finite = np.isfinite(points[:, topo.rigid]).all(axis=(1, 2))
         fit = np.flatnonzero(np.asarray(valid, bool) & finite)
         if len(fit):
-            s, self.rotation[fit], _ = similarity_fits(ref, points[fit][:, topo.rigid])
+            s, self.rotation[fit], _ = similarity_fits(ref, points[fit[:, None], topo.rigid])
             self.log_scale[fit] = np.log(np.maximum(s, 1e-9))
 
     def motion(self, a, b) -> np.ndarray:
@@ -117,7 +117,7 @@ class ExactDrawer:
     drawing), one face at a time.  On CUDA the drawing of one face is captured once in a CUDA graph
     and replayed per face: drawn eagerly it is hundreds of small kernels a face, and drawing the
     large-zoom pairs so halved the training speed (74 against 137 samples/s, two runs sharing one
-    GPU, docs/MOTION_PORTRAITS.md §7.2).
+    GPU, docs/MOTION_IDENTITY.md §7.2).
 
     Args:
         size: crop side.

@@ -128,6 +128,7 @@ class ResidentPairs:
         topo = topology()
         self._lips = (torch.as_tensor(topo.lips_inner_upper[1:-1], device=dev),
                       torch.as_tensor(topo.lips_inner_lower[1:-1], device=dev))
+        self._rigid = torch.as_tensor(topo.rigid, device=dev)
         self.masks = torch.from_numpy(np.stack([c.frame_mask(S) for c in clips]).astype(np.uint8)).to(dev)  # (C, S, S)
         self.identity = torch.from_numpy(np.stack([c.embedding for c in clips])).to(dev)
         self.has_identity = torch.tensor([c.has_embedding for c in clips], device=dev)
@@ -242,15 +243,22 @@ class ResidentPairs:
                 self._jitter(out, "driving", rng, plain)
             for side, rows, s, degrees, t, fine in (zoom.transforms() if zoom is not None else []):
                 self._similarity(out, side, rows, s, degrees, t, exact=True, supersample=fine)
-        # from the landmarks as augmented (the jitter scales the mouth too), as the app measures its own
-        gap_s, gap_d = (self._mouth_gap(out[k]) for k in ("source_points", "driving_points"))
-        out["mouth_amount"] = ((gap_d - gap_s) / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = mouth_fill_amount
+        # from the landmarks as augmented (the jitter and zoom scale the mouth too), as the app measures its own
+        sp, dp = out["source_points"], out["driving_points"]
+        nearer = (self._face_size(dp) / self._face_size(sp).clamp(min=1e-6)).clamp(min=1.0)
+        gap = (self._mouth_gap(dp) - self._mouth_gap(sp) * nearer)
+        out["mouth_amount"] = (gap / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = face.mesh.MouthFill
         return out
 
     def _mouth_gap(self, points: torch.Tensor) -> torch.Tensor:
         """``(B,)`` mean gap between the inner lips of ``(B, 478, 3)`` landmarks (:func:`~avatar_app.face.mesh.mouth_opening`)."""
         up, lo = points[:, self._lips[0], :2], points[:, self._lips[1], :2]
         return (up - lo).norm(dim=-1).mean(-1)
+
+    def _face_size(self, points: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` 3-D :func:`~avatar_app.face.mesh.face_size` of ``(B, 478, 3)`` landmarks."""
+        x = points[:, self._rigid].double()
+        return (x - x.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).sqrt().float()
 
     def _colour(self, out: dict, rng: np.random.Generator) -> None:
         """Brightness, contrast, saturation and gamma, the same for both images of a pair."""
