@@ -32,6 +32,24 @@ ONCE_NETWORKS = ("encoder",)  # runs once per source: not worth compiling or cap
 WARMUP_RUNS = 3
 
 
+def capture_cuda_graph(fn, args, device: torch.device, warmup: int = WARMUP_RUNS) -> tuple:
+    """``(graph, outputs)``: ``fn(*args)`` run ``warmup`` times on a side stream (lazy
+    initialisation, allocator pools), then captured as a CUDA graph over ``args``; replaying it
+    refills ``outputs`` in place.  Captured thread-locally: other threads may use CUDA meanwhile."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn(*args)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outs = fn(*args)
+    return graph, outs
+
+
 class TorchBackend:
     """Run one network with torch.
 
@@ -110,16 +128,7 @@ class TorchBackend:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self._graphs:
-                stream = torch.cuda.Stream(self.torch_device)
-                stream.wait_stream(torch.cuda.current_stream(self.torch_device))
-                with torch.cuda.stream(stream):
-                    for _ in range(WARMUP_RUNS):
-                        self._fn(*self._args)
-                torch.cuda.current_stream(self.torch_device).wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA
-                    outs = self._fn(*self._args)
-                self._graph, self._outputs = graph, outs
+                self._graph, self._outputs = capture_cuda_graph(self._fn, self._args, self.torch_device)
             elif self.compile:
                 self._fn(*self._args)  # compile now, not in the middle of a frame
         self._ready = True

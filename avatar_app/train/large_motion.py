@@ -21,7 +21,6 @@ Two ways, both for the resident pairs (:mod:`.resident`):
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 
 from ..face.align import similarity_fits
 from ..face.mesh import topology
+from ..inference.torch_backend import capture_cuda_graph
 from ..models.frame_inputs import FrameInputs
 
 CANDIDATES = 16  # driving frames drawn for a hard pair ...
@@ -153,17 +153,7 @@ class ExactDrawer:
         return torch.cat(conds), torch.cat(tris) if triangles else None
 
     def _capture(self, first: torch.Tensor, triangles: bool) -> tuple:
-        """Warm up on a real face (not zeros) on a side stream, then capture over an input buffer."""
+        """Warm up on a real face (not zeros), then capture over an input buffer."""
         buffer = first.detach().clone().float()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._draw(buffer, triangles)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA
-                outs = self._draw(buffer, triangles)
+        graph, outs = capture_cuda_graph(self._draw, (buffer, triangles), self.device, warmup=2)
         return graph, buffer, outs

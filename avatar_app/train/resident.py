@@ -246,7 +246,7 @@ class ResidentPairs:
         # from the landmarks as augmented (the jitter and zoom scale the mouth too), as the app measures its own
         sp, dp = out["source_points"], out["driving_points"]
         nearer = (self._face_size(dp) / self._face_size(sp).clamp(min=1e-6)).clamp(min=1.0)
-        gap = (self._mouth_gap(dp) - self._mouth_gap(sp) * nearer)
+        gap = self._mouth_gap(dp) - self._mouth_gap(sp) * nearer
         out["mouth_amount"] = (gap / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = face.mesh.MouthFill
         return out
 
