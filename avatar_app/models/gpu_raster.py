@@ -252,7 +252,7 @@ class TriangleRaster(nn.Module):
         fill_lo, fill_hi = convex_fill_spans(corners, res, res, self.rows)
         # each triangle's outline: edges (2, 0), (0, 1), (1, 2) drawn with Line2
         wide = corners << (XY_SHIFT - SUBPIXEL_BITS)
-        prev = wide[:, [2, 0, 1]]
+        prev = torch.roll(wide, 1, dims=1)  # (2, 0, 1); no index list: a CUDA graph may capture this
         line_lo, line_hi = line_row_spans(prev, wide, res, res, self.rows)  # (F, 3, R)
         lo = torch.minimum(fill_lo, line_lo.min(1).values)
         hi = torch.maximum(fill_hi, line_hi.max(1).values)
