@@ -170,6 +170,8 @@ def test_expected_gain_follows_the_measured_curve():
     assert expected_gain("lite", "head", 40) is None  # not measured: nothing is promised
     text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo, hi, True)).message()
     assert f"at least {lo:.1f}-{hi:.1f} dB" in text
+    same = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(1.48, 1.52, False)).message()
+    assert "about 1.5 dB" in same  # one figure where both round alike, not "1.5-1.5"
 
 
 def test_the_estimate_says_when_the_machine_is_busy():
@@ -246,6 +248,24 @@ def test_runnable_now_counts_other_work_running_now_not_over_the_last_minute():
         busy.wait()
 
 
+def test_the_probe_does_not_time_the_first_step_of_more_threads(monkeypatch):
+    """A thread count's first step starts its threads (on two cores: 0.50 s, then 0.36-0.43 s): timed with the
+    steady ones it made the estimate 21 % short of what 30 s bought."""
+    _own_core(monkeypatch)
+    calls = []
+
+    def step():  # one thread 0.03 s; two threads 0.04 s on their first step, then 0.01 s
+        calls.append(torch.get_num_threads())
+        first_of_two = calls[-1] == 2 and calls.count(2) == 1
+        end = time.perf_counter() + (0.03 if calls[-1] == 1 else 0.04 if first_of_two else 0.01)
+        while time.perf_counter() < end:
+            pass
+
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)
+    assert steps == 6 and calls == [1, 1, 1, 2, 2, 2] and timing.threads == 2
+    assert timing.step_s < 0.02  # the steady steps, not the first
+
+
 def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster(monkeypatch):
     """Other runnable work takes cores, not the whole machine: with 2 runnable besides this process
     on 8 cores the trial runs on the 6 left, and keeps them when they are faster."""
@@ -259,7 +279,7 @@ def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_
             pass
 
     timing, steps = probe(step, cores=8, n=2, load=lambda: 3.0)
-    assert steps == 5 and calls == [1, 1, 1, 6, 6] and timing.threads == 6
+    assert steps == 6 and calls == [1, 1, 1, 6, 6, 6] and timing.threads == 6
     assert [spare_threads(2, x) for x in (-0.2, 0.4, 0.6, 1.0, 5.0)] == [2, 2, 1, 1, 1]
 
 
@@ -268,7 +288,8 @@ def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):
     result = personalize(_animated_clip(astronaut_source, n=20), _tiny(), np.zeros(128, np.float32), budget_s=3.0,
                          batch_size=2, plan="late", on_estimate=estimates.append, progress=infos.append)
     (est,) = estimates
-    assert result.estimate is est and 1 <= est.done <= 5 and est.steps >= est.done  # (fewer: a busy machine)
+    assert result.estimate is est and est.steps >= est.done  # (fewer: a busy machine)
+    assert 1 <= est.done <= 1 + 2 + 1 + 2  # the probe: a warm-up, 2 on one thread, 1 + 2 on more threads
     assert all(i["expected_steps"] == est.steps for i in infos[est.done:])
     assert [i["step"] for i in infos] == list(range(1, result.steps + 1))
     assert result.metrics()["estimated_steps"] == est.steps and result.metrics()["plan"] == "late"

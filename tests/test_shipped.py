@@ -40,10 +40,11 @@ def test_default_preset_follows_the_gpu(monkeypatch):
     assert shipped.shipped_weights("full") is None and shipped.shipped_weights("nope") is None
 
 
-def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personalization_adapts():
+@pytest.mark.parametrize("name", [shipped.SHIPPED_META[("lite", "warp+decoder")], *shipped.RETIRED_META])
+def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personalization_adapts(name):
     from avatar_app.train.adapt_cached import PLANS, adapted_parameters
 
-    path = shipped.WEIGHTS_DIR / shipped.SHIPPED_META[("lite", "warp+decoder")]
+    path = shipped.WEIGHTS_DIR / name
     meta, base = load_checkpoint(path), load_checkpoint(shipped.shipped_weights("lite"))
     assert path.stat().st_size < 4 * 2**20 and meta.config == base.config
     from safetensors import safe_open
@@ -54,6 +55,27 @@ def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personal
     moved = {k for k in a if not torch.equal(a[k], b[k])}
     plan = set(adapted_parameters(base, PLANS["warp+decoder"]))  # Reptile moved the CPU plan's weights only
     assert moved and moved <= plan, sorted(moved - plan)[:5]
+
+
+@pytest.mark.parametrize("name", shipped.RETIRED_META)
+def test_a_profile_made_from_an_earlier_meta_start_still_loads(tmp_path, name):
+    """A profile stores only what personalization adapted, over the start it names: a newer start must not
+    take the older one's place, or the profiles made from it stop loading."""
+    from avatar_app.models.portrait import save_checkpoint
+    from avatar_app.train.adapt_cached import PLANS, adapted_parameters
+
+    old = shipped.WEIGHTS_DIR / name
+    assert name not in shipped.SHIPPED_META.values()
+    adapted = load_checkpoint(old)
+    keys = sorted(adapted_parameters(adapted, PLANS["warp+decoder"]))
+    with torch.no_grad():
+        for n, p in adapted.named_parameters():
+            if n in keys:
+                p.add_(0.01)
+    delta = save_checkpoint(adapted, tmp_path / "me.safetensors", base=old, keys=keys, dtype=torch.float16)
+    loaded, want = load_checkpoint(delta).state_dict(), adapted.state_dict()
+    assert all(torch.allclose(loaded[k], want[k], atol=1e-2) if k in keys else torch.equal(loaded[k], want[k])
+               for k in want)
 
 
 def test_personalization_starts_from_the_meta_weights_only_over_the_shipped_model(tmp_path):

@@ -5,8 +5,9 @@ talking-head video: ``full-real.safetensors`` (warp network, generator and 256â†
 enhancer) and ``lite-real.safetensors`` (warp network and generator for CPUs).  They are
 found next to the package in a source checkout (``pip install -e .``); a wheel without
 them falls back to the untrained networks, and says so.  They are what ``--animator neural``
-runs without ``--weights``.  ``lite-meta.safetensors`` is the meta-learned start the CPU
-personalization plan adapts from (:func:`personalization_start`): a start, not a model to animate with.
+runs without ``--weights``.  ``lite-meta-2.safetensors`` is the meta-learned start the CPU
+personalization plan adapts from (:func:`personalization_start`): a start, not a model to animate with
+(``lite-meta.safetensors``, the first one, stays for the profiles made from it).
 
 The default animator depends on the machine (:func:`~avatar_app.inference.default_animator.machine_default`):
 the shipped ``full`` model where a GPU runs it live, the geometric avatar elsewhere.
@@ -24,10 +25,14 @@ from pathlib import Path
 from .assets import WEIGHTS_DIR
 SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
 # Meta-learned starts for personalization, by (preset, plan), where one measured better than the shipped weights
-# themselves: lite's for the CPU plan, which its meta-training ran as its inner loop (the personalization curve
-# ahead at 112 steps on all 8 validation people tried, docs/PERSONALIZATION.md).  None for full: Reptile's full
-# weights ended behind the base's 30 s curve (H200, 2026-12-01, docs/BENCHMARKS.md).
-SHIPPED_META = {("lite", "warp+decoder"): "lite-meta.safetensors"}
+# themselves: lite's for the CPU plan, which its meta-training ran as its inner loop (docs/PERSONALIZATION.md:
+# lite-meta-2, Reptile with a longer inner loop, ahead of the first lite-meta at 112 steps on 6 of 8 validation people
+# and on both 10 s clips).  None for full: Reptile's full weights ended behind the base's 30 s curve (H200,
+# 2026-12-01, docs/BENCHMARKS.md).
+SHIPPED_META = {("lite", "warp+decoder"): "lite-meta-2.safetensors"}
+# Earlier starts stay installed: a profile stores only what personalization adapted, over the start it names
+# (``shipped:NAME``, checked by SHA-256), so a profile made from one loads only where that file is.
+RETIRED_META = ("lite-meta.safetensors",)
 
 UNTRAINED_SEED = 0
 
