@@ -57,15 +57,22 @@ def test_the_meta_learned_lite_start_ships_small_and_differs_only_where_personal
     assert moved and moved <= plan, sorted(moved - plan)[:5]
 
 
+# what the profiles made from each retired start recorded as their base's SHA-256
+RETIRED_SHA256 = {"lite-meta.safetensors": "e49179a4c167e5ded0c8cf600b5262adc74b5c6158f24898ec7770256415b429"}
+
+
 @pytest.mark.parametrize("name", shipped.RETIRED_META)
 def test_a_profile_made_from_an_earlier_meta_start_still_loads(tmp_path, name):
-    """A profile stores only what personalization adapted, over the start it names: a newer start must not
-    take the older one's place, or the profiles made from it stop loading."""
+    """A profile stores only what personalization adapted, over the start it names and its SHA-256: a newer
+    start must neither take the older one's place nor change its bytes, or the profiles made from it stop loading."""
+    from safetensors import safe_open
+
+    from avatar_app.files import file_sha256
     from avatar_app.models.portrait import save_checkpoint
     from avatar_app.train.adapt_cached import PLANS, adapted_parameters
 
     old = shipped.WEIGHTS_DIR / name
-    assert name not in shipped.SHIPPED_META.values()
+    assert file_sha256(old) == RETIRED_SHA256[name]
     adapted = load_checkpoint(old)
     keys = sorted(adapted_parameters(adapted, PLANS["warp+decoder"]))
     with torch.no_grad():
@@ -73,6 +80,8 @@ def test_a_profile_made_from_an_earlier_meta_start_still_loads(tmp_path, name):
             if n in keys:
                 p.add_(0.01)
     delta = save_checkpoint(adapted, tmp_path / "me.safetensors", base=old, keys=keys, dtype=torch.float16)
+    with safe_open(str(delta), framework="pt") as f:
+        assert f.metadata()["base"] == f"shipped:{name}"  # by name: found wherever avatar-app is installed
     loaded, want = load_checkpoint(delta).state_dict(), adapted.state_dict()
     assert all(torch.allclose(loaded[k], want[k], atol=1e-2) if k in keys else torch.equal(loaded[k], want[k])
                for k in want)

@@ -31,13 +31,14 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION.md, *A longer inner loop*: the
-# same two clips from lite-meta-2, 112 steps on one core of the development machine, 2026-12-01; step 0 is the
-# start's own score, which the app never shows).
+# same two clips from lite-meta-2, 2026-12-01: step 0 is the start's own score, which the app never shows; 71 the ends
+# of the timed 30 s runs, whose rate decayed over the ~71 steps 30 s bought; 112 the ends of 112-step runs on one core.
+# Points of a longer run taken part-way overstate what a budget ending there buys: 84 steps of a 112-step run gave
+# 1.56-1.65, 71 steps decaying to their own end 1.44-1.46).  Between points: linear, which understates.
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
                                (112, 1.20, 1.45)],
-    ("lite", "warp+decoder", "meta"): [(0, 0.36, 0.73), (28, 1.16, 1.33), (56, 1.48, 1.50), (84, 1.56, 1.65),
-                                       (112, 1.58, 1.62)],
+    ("lite", "warp+decoder", "meta"): [(0, 0.36, 0.73), (71, 1.44, 1.46), (112, 1.58, 1.62)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
@@ -99,7 +100,8 @@ class Estimate:
                 f"{self.steps} steps")
         if self.gain is not None:
             low, high, beyond = self.gain
-            span = f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
+            least = f"{math.floor(low * 10 + 1e-9) / 10:.1f}" if beyond else f"{low:.1f}"  # "at least": never up
+            span = least if least == f"{high:.1f}" else f"{least}-{high:.1f}"
             text += (f"; on two people the model never saw, {'more than ' if beyond else ''}that many steps raised "
                      f"the frames after the recording by {'at least ' if beyond else 'about '}{span} dB "
                      "over the unpersonalized model")
@@ -138,8 +140,8 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
     """Time ``step`` (one adaptation step, run for real) with one thread after a warm-up step, then,
     if that thread had a core to itself and more than one core is free of other runnable work
     (``load``: runnable threads, our own included; default :func:`runnable_now`),
-    with as many threads as cores are free (:func:`spare_threads`): one untimed step, then (unless that one took
-    :data:`SLOW_TRIAL` × one thread's time) ``n`` timed; returns the faster timing and how many steps ran.  (More
+    with as many threads as cores are free (:func:`spare_threads`): one untimed step, then (unless that one took more
+    than :data:`SLOW_TRIAL` × one thread's time) ``n`` timed; returns the faster timing and how many steps ran.  (More
     threads are not tried on a busy machine: there each barrier waits for a thread that waits for a
     core, and a step can take many times longer — measured here with one core taken by other work:
     9.8 s a step on two threads against 0.46 s on one.)  Stops early once ``over()`` (the budget is
@@ -160,7 +162,7 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
     if threads > 1 and timings[0].cpu_share >= BUSY_SHARE and not over():
         # a thread count's first step starts its threads and kernels (measured on 2 cores: 0.50 s, then 0.36-0.43
         # s a step; timed with the steady ones it put the estimate 21 % under what 30 s bought), so it is not timed
-        first = time_steps(counted, 1, threads, over)
+        first = time_steps(counted, 1, threads)
         if first.step_s <= SLOW_TRIAL * timings[0].step_s and not over():
             timings.append(time_steps(counted, n, threads, over))
     return min(timings, key=lambda t: t.step_s), len(ran)
