@@ -70,7 +70,8 @@ def plan_variant(name: str, spec: str) -> Plan:
         key, _, value = change.partition("=")
         if key not in kinds or key == "name":
             raise SystemExit(f"--variant {name}: {key!r} is not a field of Plan ({', '.join(sorted(kinds))})")
-        convert = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+        convert = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes"),
+                   "tuple[str, ...]": lambda v: tuple(filter(None, v.split("+")))}  # frozen=.spade.+.shared. (or none)
         values[key] = convert[str(kinds[key])](value)
     plans = FULL_PLANS if base in FULL_PLANS else PLANS
     return replace(plans[base], name=name, **values)

@@ -31,14 +31,15 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION.md, *A longer inner loop*: the
-# same two clips from lite-meta-2, 2026-12-01: step 0 is the start's own score, which the app never shows; 71 the ends
-# of the timed 30 s runs, whose rate decayed over the ~71 steps 30 s bought; 112 the ends of 112-step runs on one core.
-# Points of a longer run taken part-way overstate what a budget ending there buys: 84 steps of a 112-step run gave
-# 1.56-1.65, 71 steps decaying to their own end 1.44-1.46).  Between points: linear, which understates.
+# same two clips from lite-meta-2, 2026-12-01: the plan with its SPADE branch left as it is: step 0 is the start's own
+# score, which the app never shows; 77 the ends of the timed 30 s runs, whose rate decayed over the 77-78 steps 30 s
+# bought; 112 the ends of 112-step runs on one core.  Points of a longer run taken part-way overstate what a budget
+# ending there buys: 84 steps of a 112-step run gave 1.56-1.65, 71 steps decaying to their own end 1.44-1.46, before
+# the SPADE branch was left).  Between points: linear, which understates.
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
                                (112, 1.20, 1.45)],
-    ("lite", "warp+decoder", "meta"): [(0, 0.36, 0.73), (71, 1.44, 1.46), (112, 1.58, 1.62)],
+    ("lite", "warp+decoder", "meta"): [(0, 0.36, 0.73), (77, 1.47, 1.49), (112, 1.60, 1.65)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
