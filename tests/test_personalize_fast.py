@@ -14,7 +14,7 @@ import torch
 from avatar_app.errors import InputFileError
 from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_checkpoint
 from avatar_app.models.shipped import shipped_weights
-from avatar_app.train.adapt_cached import PLANS, FrameCache, adapted_parameters, cached_loss
+from avatar_app.train.adapt_cached import FULL_PLANS, PLANS, FrameCache, adapted_parameters, cached_loss
 from avatar_app.train.budget import BUSY_SHARE, Estimate, Timing, plan_steps, probe, spare_threads
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FrameFlowInputs
@@ -93,7 +93,7 @@ def test_a_plan_adapts_only_its_parameters(astronaut_source, plan):
 
 def test_the_cpu_plan_leaves_the_decoders_spade_branch_as_it_is():
     """Its convolutions at 128 px then need no backward: a step 12-21 % cheaper, as much gained per step
-    (docs/PERSONALIZATION.md)."""
+    (docs/PERSONALIZATION_ROUNDS.md); a plan that adapts every weight cannot leave any."""
     from dataclasses import replace
 
     base = _tiny()
@@ -102,6 +102,8 @@ def test_the_cpu_plan_leaves_the_decoders_spade_branch_as_it_is():
     assert left and all(".spade." in n or ".shared." in n for n in left)
     assert not any(".spade." in n or ".shared." in n for n in chosen)
     assert any(".adain." in n or ".attention." in n for n in chosen)  # the rest of the normalisation still adapts
+    with pytest.raises(ValueError, match="cached plans"):
+        replace(FULL_PLANS["full"], frozen=(".spade.",))
 
 
 def test_from_a_meta_learned_start_before_is_the_base_and_the_start_is_what_adapts(astronaut_source):

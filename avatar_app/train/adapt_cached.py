@@ -110,7 +110,8 @@ class Plan:
     ``lr``: Adam's rate; ``decay``: lower it along a cosine to 0 at the last step the budget buys;
     ``w_warped``: weight of the warped source's pyramid L1 in the loss (the trainer's ``w_warped``), so the
     warp network keeps doing the moving; ``w_ssim``: weight of multi-scale SSIM (the trainer's ``w_ssim``);
-    ``frozen``: parts of parameter names the plan leaves as they are, although ``params`` would adapt them.
+    ``frozen``: parts of parameter names the plan leaves as they are, although ``params`` would adapt them
+    (cached plans: an ``"all"`` plan's optimiser takes every weight, so it refuses a ``frozen``).
     """
 
     name: str
@@ -123,6 +124,10 @@ class Plan:
     w_warped: float = 0.0
     w_ssim: float = 0.0
     frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.params == "all" and self.frozen:
+            raise ValueError(f"plan {self.name!r} adapts every weight (params 'all'); frozen applies to cached plans")
 
 
 PLANS = {

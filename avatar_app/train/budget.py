@@ -30,8 +30,8 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # docs/BENCHMARKS.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
-# shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION.md, *A longer inner loop*: the
-# same two clips from lite-meta-2, 2026-12-01: the plan with its SPADE branch left as it is: step 0 is the start's own
+# shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left
+# as it is*: the same two clips from lite-meta-2, 2026-12-01, the plan with its SPADE branch left as it is: step 0 is the start's own
 # score, which the app never shows; 77 the ends of the timed 30 s runs, whose rate decayed over the 77-78 steps 30 s
 # bought; 112 the ends of 112-step runs on one core.  Points of a longer run taken part-way overstate what a budget
 # ending there buys: 84 steps of a 112-step run gave 1.56-1.65, 71 steps decaying to their own end 1.44-1.46, before
