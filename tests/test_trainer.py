@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 
@@ -273,3 +274,13 @@ def test_identity_loss_is_off_by_default_and_a_weighted_part_when_set(tmp_path, 
     grads = [p.grad for p in trainer.model.generator.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert not any(p.requires_grad for p in trainer.identity.parameters())
+
+
+def test_only_the_writing_rank_of_a_run_with_a_folder_logs(tmp_path):
+    from avatar_app.train.run_log import RunLog
+
+    RunLog(tmp_path, rank=1).write(1, {"train/total": 1.0})
+    RunLog(None).write(1, {"train/total": 1.0})
+    assert not (tmp_path / "metrics.jsonl").exists()
+    RunLog(tmp_path, rank=0).write(3, {"train/total": 0.5})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "train/total": 0.5}

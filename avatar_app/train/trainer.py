@@ -13,7 +13,6 @@ trains.  Only rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from .enhancer_path import enhanced_window
 from .inputs import FlowInputs, WindowFlowInputs
 from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1,
                      region_l1, temporal_l1)
+from .run_log import RunLog
 from .state import load_training_state, save_training_state
 from .validation import validate
 
@@ -104,7 +104,7 @@ class Trainer:
         if cfg.compile and self.device.type == "cuda":
             for m in trained + ([self.disc] if self.disc is not None else []):
                 m.compile()
-        self._writer = None
+        self.run_log = RunLog(self.run_dir, self.rank)
         if self.rank == 0 and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.toml")
@@ -352,23 +352,7 @@ class Trainer:
         return validate(self)
 
     def _log(self, values: dict) -> None:
-        if self.rank != 0 or self.run_dir is None:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **values}) + "\n")
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except ImportError:
-                self._writer = False
-                log.warning("tensorboard is not installed, so scalars go to %s only; install it with "
-                            "pip install 'avatar-app[train]' to see them in TensorBoard",
-                            self.run_dir / "metrics.jsonl")
-        if self._writer:
-            for k, v in values.items():
-                self._writer.add_scalar(k, v, self.step)
+        self.run_log.write(self.step, values)
 
     def save(self) -> None:
         """Checkpoint (rank 0): ``model.safetensors`` (the EMA weights, loadable by the app),
