@@ -15,6 +15,10 @@ other people than the seen drivers' and the validation portraits', new construct
 
 ``--validation-people N`` adds the first frames of N validation people's clips (read from
 ``--clips``, never copied) to the portraits.  The figures in docs/MOTION.md come from this script.
+
+Several reports at once on one machine: give each ``OMP_NUM_THREADS`` = the cores over the reports.  Three
+at once with torch's default thread count each took 165 s for a profile-turns row that one alone takes in
+17 s, and 12–14 s each with 5 threads on 16 cores (docs/MOTION_IDENTITY.md, §7.2).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ people are split into two halves (alternate people in name order).  On each half
 the candidate with the highest self-reenactment PSNR whose cross-identity distance is within
 ``--margin`` of the geometric avatar's on that half; the pick is then scored on the *other* half,
 which did not choose it.  Those held-out scores are the unbiased figures.  How the mask-logit
-offset of the shipped weights was chosen (docs/BENCHMARKS.md, *Real faces*):
+offset of the shipped weights was chosen (docs/REAL_FACES.md):
 
     python tools/twofold_select.py --reports EVAL_DIR --candidates o0 o1.0 o1.5 o2.0
 """

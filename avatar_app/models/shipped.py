@@ -28,7 +28,7 @@ SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
 # themselves: lite's for the CPU plan, which its meta-training ran as its inner loop (docs/PERSONALIZATION.md:
 # lite-meta-2, Reptile with a longer inner loop, ahead of the first lite-meta at 112 steps on both 10 s clips and on 5
 # of 8 validation people, level on 2).  None for full: Reptile's full weights ended behind the base's 30 s curve (H200,
-# 2026-12-01, docs/BENCHMARKS.md).
+# 2026-12-01, docs/REAL_FACES.md).
 SHIPPED_META = {("lite", "warp+decoder"): "lite-meta-2.safetensors"}
 # Earlier starts stay installed: a profile stores only what personalization adapted, over the start it names
 # (``shipped:NAME``, checked by SHA-256), so a profile made from one loads only where that file is.

@@ -4,7 +4,7 @@ At run time the enhancer refines a ``base`` that :class:`~avatar_app.inference.n
 builds: the generator's 256 output upsampled, its warped source swapped for the 512 source warped with
 the final flow (mouth painted).  Training it on a bilinear upscale of the 256 ground truth
 instead taught it to sharpen images it never sees (measured: it made the 512 output worse,
-docs/BENCHMARKS.md).  Here the frozen warp network and generator animate a source frame of the clip to
+docs/REAL_FACES.md).  Here the frozen warp network and generator animate a source frame of the clip to
 each frame of a window (inputs from :class:`.inputs.WindowFlowInputs`), and the enhancer —
 the very ``EnhancerStage`` the app runs, history and reset included — is trained against the
 real 512 frames.

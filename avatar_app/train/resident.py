@@ -84,7 +84,7 @@ class ResidentPairs:
         device: where the tensors live.
         augment: flip, colour and small geometric jitter of the source (never on ``"val"``).
         jitter_target: jitter the driving frame too. Off by default: resampling the frame the output
-            is compared with blurs it, and the network learns to blur (docs/BENCHMARKS.md).
+            is compared with blurs it, and the network learns to blur (docs/REAL_FACES.md).
         hard_pairs: share of the training pairs whose driving frame is the largest head motion from the
             source of several drawn (:mod:`.large_motion`).
         large_motion: share of the training pairs given a large zoom (1.1-1.4x either way) and roll
