@@ -356,24 +356,6 @@ def test_a_profile_over_shipped_weights_moves_between_machines(tmp_path):
             loaded[name], value), name
 
 
-def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astronaut_source):
-    """tools/cpu_variants.py decodes a window of the frame to make a step cheaper (docs/PERSONALIZATION_ROUNDS.md,
-    third round); over the whole frame its windowed path must be the model's own frame, and a window its crop's size."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from cpu_variants import image_of
-
-    model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
-    cache = FrameCache(model, clip, [3, 7], np.zeros(128, np.float32), -1)
-    b = cache.batch([0, 1])
-    with torch.no_grad():
-        want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
-        whole, part = image_of(model, b, (0, 0, 256)), image_of(model, b, (64, 32, 128))
-    assert torch.allclose(whole, want["image"], atol=1e-6) and part.shape == (2, 3, 128, 128)
-
-
 def test_personalize_runs_a_full_plan_with_its_own_settings(astronaut_source, monkeypatch):
     """A :data:`FULL_PLANS` variant (``--variant fulld=full:decay=1``) reaches the steps with its decay, rate and
     warp rate scale, unless the call gives its own."""
@@ -395,29 +377,3 @@ def test_personalize_runs_a_full_plan_with_its_own_settings(astronaut_source, mo
         result = personalize(clip, _tiny(), np.zeros(128, np.float32), budget_s=600, plan=plan, max_steps=2, **kwargs)
         assert result.plan == plan and result.steps == 2
     assert seen == [(2, 2e-4, 0.5, True), (4, 1e-4, 0.1, False), (2, 1e-3, 0.2, True)]
-
-
-def test_the_later_error_tool_renders_and_scores_as_personalization_does(astronaut_source):
-    """tools/later_error.py (docs/PERSONALIZATION_PLATEAU.md) renders the later frames itself; its images and PSNR must
-    be personalization's own scoring's, and its face mask must hold the face's landmarks and not the whole crop."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from later_error import face_masks, psnr, render
-
-    from avatar_app.train.personalize import _score, frame_items
-
-    model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
-    items = frame_items(clip, [(0, 3), (0, 7), (0, 11)], np.zeros(128, np.float32))
-    trainer = Trainer(TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0), None, train_set=items, model=model)
-    b = trainer._to_device(torch.utils.data.default_collate(items))
-    with torch.no_grad():
-        want = trainer._frame(model, b)["image"].clamp(0, 1)
-    got = render(model, items)
-    assert torch.allclose(got, want, atol=1e-6)
-    assert abs(float(psnr(got, b["driving"]).mean()) - _score(trainer, model, items)["psnr"]) < 1e-4
-    masks = face_masks(items)
-    pts = np.asarray(items[0]["driving_points"])[:, :2].round().astype(int).clip(0, 255)
-    assert masks[0][pts[:, 1], pts[:, 0]].float().mean() > 0.97
-    assert 0.1 < float(masks.float().mean()) < 0.7

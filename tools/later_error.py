@@ -9,8 +9,8 @@ Personalizes from ``--start`` for ``--steps`` steps of the CPU plan on the clip'
 later segment's ``--later-frames`` frames before (the start's base, as the app shows it unpersonalized) and after:
 the PSNR gain of each frame in order; the L1 of the crop's top, middle and bottom thirds; and inside and outside the
 face (the hull of the driving frame's landmarks: forehead to chin; outside it hair, ears, neck and background), with
-each part's share of the squared error that is left (what PSNR counts).  ``--image`` writes five later frames as rows of driver | before | after |
-|after - driver| x 4 (a picture of a corpus clip: keep it out of the repository).
+each part's share of the squared error that is left (what PSNR counts).  ``--image`` writes five later frames as
+rows of driver | before | after | |after - driver| x 4 (a picture of a corpus clip: keep it out of the repository).
 """
 
 from __future__ import annotations
@@ -39,14 +39,18 @@ BANDS = {"top third": slice(0, NET_SIZE // 3), "middle": slice(NET_SIZE // 3, 2 
 
 @torch.no_grad()
 def render(model: PortraitModel, items: list[dict]) -> torch.Tensor:
-    """``model`` animating each item's source into its driving frame: ``(N, 3, S, S)`` in [0, 1]."""
+    """``model`` animating each item's source into its driving frame, as the trainer's ``_frame`` does:
+    ``(N, 3, S, S)`` in [0, 1]."""
+    was_training = model.training
     model.eval()
     flow, out = AnalyticFlow(NET_SIZE), []
     for k in range(0, len(items), 8):
         b = torch.utils.data.default_collate(items[k:k + 8])
         grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
         src = model.encode_source(b["source"], b["source_cond"], b["identity"])
-        out.append(model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])["image"].clamp(0, 1))
+        frame = model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+        out.append(frame["image"].clamp(0, 1))
+    model.train(was_training)
     return torch.cat(out)
 
 
@@ -56,7 +60,7 @@ def face_masks(items: list[dict]) -> torch.Tensor:
 
     masks = np.zeros((len(items), NET_SIZE, NET_SIZE), np.uint8)
     for k, it in enumerate(items):
-        pts = np.asarray(it["driving_points"])[:, :2].astype(np.int32)
+        pts = np.asarray(it["driving_points"])[:, :2].round().astype(np.int32)
         cv2.fillConvexPoly(masks[k], cv2.convexHull(pts), 1)
     return torch.from_numpy(masks.astype(bool))
 
@@ -70,13 +74,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="a prepared dataset")
     p.add_argument("--clip", required=True, help="the clip's key in the manifest")
-    p.add_argument("--start", default="assets/weights/lite-meta-2.safetensors@assets/weights/lite-real.safetensors")
-    p.add_argument("--preset", default="lite")
-    p.add_argument("--plan", default="warp+decoder")
-    p.add_argument("--steps", type=int, default=88)
-    p.add_argument("--record", type=float, default=10.0)
-    p.add_argument("--later-frames", type=int, default=48)
-    p.add_argument("--image", type=Path)
+    p.add_argument("--start", default="assets/weights/lite-meta-2.safetensors@assets/weights/lite-real.safetensors",
+                   help="META@BASE: adapt META, score 'before' on BASE (as tools/personalize_curve.py's --start)")
+    p.add_argument("--preset", default="lite", help="the preset of untrained weights when --start is empty")
+    p.add_argument("--plan", default="warp+decoder", help="the personalization plan (default: the CPU's)")
+    p.add_argument("--steps", type=int, default=88, help="fixed steps, so the result does not depend on the load")
+    p.add_argument("--record", type=float, default=10.0, help="seconds recorded (at most half the clip)")
+    p.add_argument("--later-frames", type=int, default=48, help="later frames scored, spread over the segment")
+    p.add_argument("--image", type=Path, help="write a strip of five later frames (keep it out of the repository)")
     args = p.parse_args()
 
     entries = {c["key"]: c for c in read_manifest(args.data)["clips"]}
@@ -119,7 +124,8 @@ def main() -> int:
         rows = []
         for k in np.linspace(0, len(items) - 1, 5).round().astype(int):
             err = ((after[k] - truth[k]).abs().mean(0).numpy() * 4 * 255).clip(0, 255).astype(np.uint8)
-            rows.append(np.hstack([bgr(truth[k]), bgr(before[k]), bgr(after[k]), cv2.cvtColor(err, cv2.COLOR_GRAY2BGR)]))
+            err = cv2.cvtColor(err, cv2.COLOR_GRAY2BGR)
+            rows.append(np.hstack([bgr(truth[k]), bgr(before[k]), bgr(after[k]), err]))
         cv2.imwrite(str(args.image), np.vstack(rows))
     return 0
 

@@ -26,7 +26,7 @@ from .assets import WEIGHTS_DIR
 SHIPPED = {"full": "full-real.safetensors", "lite": "lite-real.safetensors"}
 # Meta-learned starts for personalization, by (preset, plan), where one measured better than the shipped weights
 # themselves: lite's for the CPU plan, which its meta-training ran as its inner loop (docs/PERSONALIZATION.md:
-# lite-meta-2, Reptile with a longer inner loop, ahead of the first lite-meta at 112 steps on both 10 s clips and on 5
+# lite-meta-2, Reptile with a longer inner loop, ahead of the first lite-meta at 112 steps on ls_demo3 and vt_529 and on 5
 # of 8 validation people, level on 2).  None for full: Reptile's full weights ended behind the base's 30 s curve (H200,
 # 2026-12-01, docs/REAL_FACES.md).
 SHIPPED_META = {("lite", "warp+decoder"): "lite-meta-2.safetensors"}

@@ -148,7 +148,7 @@ PLANS = {
 
 FULL_PLANS = {
     # every weight of the warp network (at 0.1x) and the generator on random pairs of the recording: the GPU's plan
-    # (docs/REAL_FACES.md, *Personalization within 10 s on a GPU*)
+    # (docs/PERSONALIZATION_REAL_FACES.md, *Personalization within 10 s on a GPU*)
     "full": Plan("full", -1, "all", 1e-4, batch_size=4),
 }
 

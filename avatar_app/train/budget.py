@@ -27,7 +27,7 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # lite-real of 2026-12-01 with its blend-mask offset, *fifth round*: the points of one 112-step run
 # per person, what 30 s bought on two idle cores, whose rate decayed over all 112; a shorter budget decays sooner,
 # not measured apart) and
-# docs/REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
+# docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left

@@ -1,0 +1,58 @@
+"""The personalization measuring tools in tools/ (their own paths through the model must be the model's)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar_app.train.adapt_cached import FrameCache
+from avatar_app.train.config import TrainConfig
+from avatar_app.train.personalize import _score, frame_items
+from avatar_app.train.trainer import Trainer
+
+from test_meta import _cast_clip
+from test_personalize_fast import _trained_like
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+torch.set_num_threads(1)
+
+
+def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astronaut_source):
+    """tools/cpu_variants.py decodes a window of the frame to make a step cheaper (docs/PERSONALIZATION_ROUNDS.md,
+    third round); over the whole frame its windowed path must be the model's own frame, and a window its crop's size."""
+    from cpu_variants import image_of
+
+    model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
+    cache = FrameCache(model, clip, [3, 7], np.zeros(128, np.float32), -1)
+    b = cache.batch([0, 1])
+    with torch.no_grad():
+        want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+        whole, part = image_of(model, b, (0, 0, 256)), image_of(model, b, (64, 32, 128))
+    assert torch.allclose(whole, want["image"], atol=1e-6) and part.shape == (2, 3, 128, 128)
+
+
+def test_the_later_error_tool_renders_and_scores_as_personalization_does(astronaut_source):
+    """tools/later_error.py (docs/PERSONALIZATION_PLATEAU.md) renders the later frames itself; its images and PSNR must
+    be personalization's own scoring's, and each frame's face mask the hull of that frame's own driving landmarks."""
+    from later_error import face_masks, psnr, render
+
+    model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
+    items = frame_items(clip, [(0, 3), (0, 7), (0, 11)], np.zeros(128, np.float32))
+    cfg = TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0)
+    trainer = Trainer(cfg, None, train_set=items, model=model)
+    b = trainer._to_device(torch.utils.data.default_collate(items))
+    with torch.no_grad():
+        want = trainer._frame(model, b)["image"].clamp(0, 1)
+    got = render(model, items)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert abs(float(psnr(got, b["driving"]).mean()) - _score(trainer, model, items)["psnr"]) < 1e-4
+    masks = face_masks(items)
+    assert 0.1 < float(masks.float().mean()) < 0.7
+    for k, it in enumerate(items):
+        pts = np.asarray(it["driving_points"])[:, :2].round().astype(int).clip(0, 255)
+        assert masks[k][pts[:, 1], pts[:, 0]].float().mean() > 0.97
+    moved = [dict(it, driving_points=it["driving_points"] + torch.tensor([40.0, 0.0, 0.0])) for it in items]
+    assert (face_masks(moved) != masks).float().mean() > 0.05  # a mask follows its own frame's landmarks
