@@ -35,9 +35,12 @@ def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astro
 
 
 def test_the_later_error_tool_renders_and_scores_as_personalization_does(astronaut_source):
-    """tools/later_error.py (docs/PERSONALIZATION_PLATEAU.md) renders the later frames itself; its images and PSNR must
-    be personalization's own scoring's, and each frame's face mask the hull of that frame's own driving landmarks."""
-    from later_error import face_masks, psnr, render
+    """tools/later_error.py (docs/PERSONALIZATION_PLATEAU.md) renders the later frames through personalization's
+    scoring: its images must be the trainer's frames and its PSNR personalization's, and each frame's face mask the
+    hull of that frame's own driving landmarks."""
+    from later_error import face_masks, render
+
+    from avatar_app.train.personalize import frame_psnr
 
     model, clip = _trained_like().eval(), _cast_clip(astronaut_source)
     items = frame_items(clip, [(0, 3), (0, 7), (0, 11)], np.zeros(128, np.float32))
@@ -46,9 +49,9 @@ def test_the_later_error_tool_renders_and_scores_as_personalization_does(astrona
     b = trainer._to_device(torch.utils.data.default_collate(items))
     with torch.no_grad():
         want = trainer._frame(model, b)["image"].clamp(0, 1)
-    got = render(model, items)
-    assert torch.allclose(got, want, atol=1e-6)
-    assert abs(float(psnr(got, b["driving"]).mean()) - _score(trainer, model, items)["psnr"]) < 1e-4
+    got, truth = render(trainer, model, items)
+    assert torch.allclose(got, want, atol=1e-6) and torch.equal(truth, b["driving"])
+    assert abs(float(frame_psnr(got, truth).mean()) - _score(trainer, model, items)["psnr"]) < 1e-4
     masks = face_masks(items)
     assert 0.1 < float(masks.float().mean()) < 0.7
     for k, it in enumerate(items):

@@ -27,31 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from personalize_curve import segments, start_models  # noqa: E402
 
-from avatar_app.models.flow import AnalyticFlow  # noqa: E402
 from avatar_app.models.portrait import NET_SIZE, PortraitModel  # noqa: E402
+from avatar_app.train.config import TrainConfig  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
-from avatar_app.train.personalize import ClipFrames, frame_items, personalize  # noqa: E402
+from avatar_app.train.personalize import ClipFrames, frame_items, frame_psnr, personalize, scored_frames  # noqa: E402
+from avatar_app.train.trainer import Trainer  # noqa: E402
 
 BANDS = {"top third": slice(0, NET_SIZE // 3), "middle": slice(NET_SIZE // 3, 2 * NET_SIZE // 3),
          "bottom third": slice(2 * NET_SIZE // 3, NET_SIZE)}
 
 
-@torch.no_grad()
-def render(model: PortraitModel, items: list[dict]) -> torch.Tensor:
-    """``model`` animating each item's source into its driving frame, as the trainer's ``_frame`` does:
-    ``(N, 3, S, S)`` in [0, 1]."""
-    was_training = model.training
-    model.eval()
-    flow, out = AnalyticFlow(NET_SIZE), []
-    for k in range(0, len(items), 8):
-        b = torch.utils.data.default_collate(items[k:k + 8])
-        grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
-        src = model.encode_source(b["source"], b["source_cond"], b["identity"])
-        frame = model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
-        out.append(frame["image"].clamp(0, 1))
-    model.train(was_training)
-    return torch.cat(out)
+def render(trainer: Trainer, model: PortraitModel, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model`` animating each item's source into its driving frame as personalization scores it
+    (:func:`~avatar_app.train.personalize.scored_frames`): the outputs and the driving frames, ``(N, 3, S, S)``."""
+    outs, truths = zip(*scored_frames(trainer, model, items))
+    return torch.cat(outs), torch.cat(truths)
 
 
 def face_masks(items: list[dict]) -> torch.Tensor:
@@ -63,11 +54,6 @@ def face_masks(items: list[dict]) -> torch.Tensor:
         pts = np.asarray(it["driving_points"])[:, :2].round().astype(np.int32)
         cv2.fillConvexPoly(masks[k], cv2.convexHull(pts), 1)
     return torch.from_numpy(masks.astype(bool))
-
-
-def psnr(image: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    mse = ((image - truth) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-    return (10 * torch.log10(1 / mse)).numpy()
 
 
 def main() -> int:
@@ -99,9 +85,10 @@ def main() -> int:
     base, meta = start_models(args.start, args.preset, "cpu")
     res = personalize(recording, base, identity, start=meta, budget_s=1e9, max_steps=args.steps, device="cpu",
                       plan=args.plan)
-    truth = torch.stack([it["driving"] for it in items])
-    before, after = render(base, items), render(res.model, items)
-    p0, p1 = psnr(before, truth), psnr(after, truth)
+    cfg = TrainConfig(stage="meta", batch_size=2, num_workers=0, w_gan=0.0)
+    scoring = Trainer(cfg, None, train_set=items, model=base)  # personalization's frame; each model is passed to it
+    (before, truth), (after, _) = render(scoring, base, items), render(scoring, res.model, items)
+    p0, p1 = frame_psnr(before, truth).numpy(), frame_psnr(after, truth).numpy()
     print(f"{args.clip}: {len(record)} frames recorded, {len(later)} later; {res.steps} steps of {res.plan}")
     print(f"later PSNR {p0.mean():.2f} -> {p1.mean():.2f} dB ({p1.mean() - p0.mean():+.2f}); frames behind: "
           f"{int((p1 < p0).sum())}")

@@ -309,16 +309,32 @@ def frame_items(clip: ClipFrames, pairs: list[tuple[int, int]], identity: np.nda
     return [items[k] for k in range(len(items))]
 
 
-@torch.no_grad()
+def scored_frames(trainer: Trainer, model: PortraitModel, items: list[dict], chunk: int = 8):
+    """``model`` animating each of ``items`` (:func:`frame_items`) as personalization scores it: yields
+    ``(output, driving)``, ``(n, 3, S, S)`` in [0, 1], ``chunk`` items at a time, the model in eval mode meanwhile
+    (then back in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for k in range(0, len(items), chunk):
+            with torch.no_grad():
+                b = trainer._to_device(torch.utils.data.default_collate(items[k:k + chunk]))
+                out = trainer._frame(model, b)["image"].clamp(0, 1)
+            yield out, b["driving"]
+    finally:
+        model.train(was_training)
+
+
+def frame_psnr(out: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of each image of ``out`` against ``truth`` (both ``(N, 3, S, S)`` in [0, 1])."""
+    mse = ((out - truth) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-10))
+
+
 def _score(trainer: Trainer, model: PortraitModel, items: list[dict]) -> dict:
     """Held-out PSNR (dB) and L1 of ``model`` animating the reference frame."""
-    model.eval()
     psnrs, l1s = [], []
-    for k in range(0, len(items), 8):
-        b = trainer._to_device(torch.utils.data.default_collate(items[k:k + 8]))
-        out = trainer._frame(model, b)["image"].clamp(0, 1)
-        mse = ((out - b["driving"]) ** 2).flatten(1).mean(1)
-        psnrs += (10 * torch.log10(1 / mse.clamp(min=1e-10))).tolist()
-        l1s += (out - b["driving"]).abs().flatten(1).mean(1).tolist()
-    model.train()
+    for out, truth in scored_frames(trainer, model, items):
+        psnrs += frame_psnr(out, truth).tolist()
+        l1s += (out - truth).abs().flatten(1).mean(1).tolist()
     return {"psnr": float(np.mean(psnrs)), "l1": float(np.mean(l1s))}
