@@ -284,3 +284,16 @@ def test_only_the_writing_rank_of_a_run_with_a_folder_logs(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
     RunLog(tmp_path, rank=0).write(3, {"train/total": 0.5})
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "train/total": 0.5}
+
+
+def test_ranks_share_gpus_in_turn_and_average_through_gloo_when_they_must():
+    from avatar_app.train.commands import rank_placement
+
+    assert rank_placement("cpu", 4, 3, 4, 0) == ("cpu", "gloo")
+    assert rank_placement("cuda", 1, 0, 1, 2) == ("cuda", "gloo")  # one process: no process group at all
+    assert [rank_placement("cuda", 2, r, 2, 2) for r in (0, 1)] == [("cuda:0", "nccl"), ("cuda:1", "nccl")]
+    three_on_one = [rank_placement("cuda", 3, r, 3, 1) for r in range(3)]
+    assert three_on_one == [("cuda:0", "gloo")] * 3  # NCCL refuses two ranks on one GPU
+    assert [d for d, _ in (rank_placement("cuda", 4, r, 4, 2) for r in range(4))] == ["cuda:0", "cuda:1"] * 2
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        rank_placement("cuda", 2, 0, 2, 0)

@@ -95,6 +95,19 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def rank_placement(device: str, world: int, local_rank: int, local_world: int, gpus: int) -> tuple[str, str]:
+    """``(device, backend)`` of one torchrun rank.  On ``"cuda"`` with several ranks each rank takes GPU
+    ``local_rank`` mod ``gpus``, so more ranks than GPUs share them in turn: a lite model's meta-learning tasks leave
+    a GPU mostly idle between their small kernels (three ranks on one H200 read 115 samples/s with a second such run
+    beside them, where one rank alone had read 43: docs/PERSONALIZATION_PLATEAU.md).  NCCL refuses two ranks on one
+    GPU, so ranks that share average through gloo; one rank a GPU keeps NCCL."""
+    if device != "cuda" or world <= 1:
+        return device, "gloo"
+    if gpus < 1:
+        raise RuntimeError("--device cuda with several ranks, but torch sees no CUDA GPU")
+    return f"cuda:{local_rank % gpus}", "nccl" if local_world <= gpus else "gloo"
+
+
 def run_train(args) -> int:
     import torch
     import torch.distributed as dist
@@ -108,11 +121,12 @@ def run_train(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    device, backend = rank_placement(device, world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)), gpus)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend)
     out = Path(args.out or Path("runs") / cfg.stage)
     try:
         if cfg.stage == "meta":
