@@ -75,6 +75,22 @@ def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, pl
     assert cache.size == 3 and cache.nbytes() > 0
 
 
+def test_the_cache_grows_the_loss_regions_once_exactly_as_the_loss_would(astronaut_source):
+    from avatar_app.train.losses import grow_regions
+
+    clip, ident = _cast_clip(astronaut_source), np.zeros(128, np.float32)
+    cache = FrameCache(_tiny(), clip, [3, 7, 11], ident, -1, chunk=2)
+    b = cache.batch([0, 1, 2])
+    assert torch.equal(b["regions"], grow_regions(b["cond"][:, 3:5]))  # eyes and mouth, bit for bit
+    assert 0 < float((b["regions"] > 0).float().mean()) < 1 and not torch.equal(b["regions"], b["cond"][:, 3:5])
+    trainer = Trainer(TrainConfig(stage="meta", num_workers=0, w_gan=0.0, amp=False), None, train_set=[], model=_tiny())
+    out = b["driving"].flip(-1)  # any image unlike the truth
+    grown = trainer._image_losses(out, b["driving"], b["cond"], regions=b["regions"])
+    here = trainer._image_losses(out, b["driving"], b["cond"])
+    assert grown.keys() == here.keys() and all(torch.equal(grown[k], here[k]) for k in here)
+    assert float(here["eyes"]) > 0 and float(here["mouth"]) > 0
+
+
 @pytest.mark.parametrize("plan", sorted(PLANS))
 def test_a_plan_adapts_only_its_parameters(astronaut_source, plan):
     base = _tiny()

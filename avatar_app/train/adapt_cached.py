@@ -22,7 +22,7 @@ from ..face.mesh import mouth_fill_amount
 from ..imaging import bgr_to_rgb_chw
 from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel
-from .losses import pyramid_l1
+from .losses import grow_regions, pyramid_l1
 
 
 class FramePairs(torch.utils.data.Dataset):
@@ -217,7 +217,8 @@ def pair_items(clip, indices: list[int], identity: np.ndarray):
 class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
     reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
-    ``cond (6, S, S)`` (both uint8: about 0.6 MB a frame in all for the warp plans) and the decoder's
+    ``cond (6, S, S)`` with its eye and mouth masks dilated for the loss, ``regions (2, S, S)`` (all uint8: about
+    0.7 MB a frame), and the decoder's
     inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of
     ``chunk`` frames without gradients.  ``items``: :func:`pair_items` of the same arguments, made beforehand
     (e.g. in a loader's worker)."""
@@ -240,8 +241,10 @@ class FrameCache:
                     src = model.encode_source(b["source"][:1], b["source_cond"][:1], b["identity"][:1])
                 grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
                 s = _expand(src, n)
+                cond = (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)
                 keep = {"driving": (b["driving"] * 255.0 + 0.5).to(torch.uint8),  # the frames' own uint8 values
-                        "cond": (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)}
+                        "cond": cond,  # and the eye and mouth masks dilated for the loss, once (a max: exact)
+                        "regions": (grow_regions(cond[:, 3:5].float() / 255.0) * 255.0 + 0.5).to(torch.uint8)}
                 if start < 0:  # the warp network runs in each step: keep its inputs
                     keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
                 else:
@@ -274,6 +277,7 @@ class FrameCache:
         idx = torch.as_tensor(picks, device=self.device)
         b = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
         b["cond"] = b["cond"].float() / 255.0
+        b["regions"] = b["regions"].float() / 255.0
         b["driving"] = b["driving"].float() / 255.0  # exactly the float frame (uint8 / 255 in float32)
         b["warped"] = [b.pop(f"f{i}", None) for i in range(3)]
         b["identity"] = self.identity.expand(len(picks), -1)
@@ -369,7 +373,7 @@ def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[in
         image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start,
                                           b.get("h"))
         warped = b["warped_source"]
-    parts = trainer._image_losses(image, b["driving"], b["cond"])
+    parts = trainer._image_losses(image, b["driving"], b["cond"], regions=b["regions"])
     if trainer.cfg.w_warped:
         parts["warped"] = trainer.cfg.w_warped * pyramid_l1(warped, b["driving"])
     return sum(parts.values())

@@ -86,13 +86,21 @@ def ms_ssim_loss(output: torch.Tensor, target: torch.Tensor, scales: int = 3,
         return total / scales
 
 
-def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = 7,
+REGION_GROW = 7  # px a region mask (eyes, mouth) is dilated by before its L1
+
+
+def grow_regions(masks: torch.Tensor, grow: int = REGION_GROW) -> torch.Tensor:
+    """``masks (B, C, H, W)`` dilated by a ``grow`` px square (max pool, same size): what :func:`region_l1` does to
+    its mask, done once where the masks do not change (a cached frame's)."""
+    return F.max_pool2d(masks, grow, stride=1, padding=grow // 2) if grow > 1 else masks
+
+
+def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = REGION_GROW,
               valid: torch.Tensor | None = None) -> torch.Tensor:
     """L1 inside a (dilated) region mask ``(B, 1, H, W)`` (and inside ``valid``, if given),
     normalised by each sample's region area, then averaged over the batch (so it splits
-    across data-parallel ranks exactly)."""
-    if grow > 1:
-        mask = F.max_pool2d(mask, grow, stride=1, padding=grow // 2)
+    across data-parallel ranks exactly).  ``grow = 1``: ``mask`` is already dilated (:func:`grow_regions`)."""
+    mask = grow_regions(mask, grow)
     if valid is not None:
         mask = mask * valid
     area = mask.flatten(1).sum(1).clamp(min=1.0)

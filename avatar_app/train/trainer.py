@@ -158,15 +158,19 @@ class Trainer:
         return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
 
     def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None,
-                      mask: torch.Tensor | None = None) -> dict:
-        """``mask (B, 1, H, W)``: where the ground truth is real (None: everywhere)."""
+                      mask: torch.Tensor | None = None, regions: torch.Tensor | None = None) -> dict:
+        """``mask (B, 1, H, W)``: where the ground truth is real (None: everywhere); ``regions (B, 2, H, W)``: the
+        eye and mouth masks of ``cond`` already dilated (:func:`~.losses.grow_regions`, once per cached frame)."""
         c = self.cfg
         parts = {"l1": c.w_l1 * pyramid_l1(out, gt, mask=mask)}
         if c.w_ssim:
             parts["ssim"] = c.w_ssim * ms_ssim_loss(out, gt, mask=mask)
         if self.perceptual.active and c.w_perceptual:
             parts["perceptual"] = c.w_perceptual * self.perceptual(out, gt)
-        if cond is not None:
+        if regions is not None:
+            parts["eyes"] = c.w_eyes * region_l1(out, gt, regions[:, 0:1], grow=1, valid=mask)
+            parts["mouth"] = c.w_mouth * region_l1(out, gt, regions[:, 1:2], grow=1, valid=mask)
+        elif cond is not None:
             parts["eyes"] = c.w_eyes * region_l1(out, gt, cond[:, 3:4], valid=mask)
             parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5], valid=mask)
         return parts
