@@ -292,9 +292,11 @@ def test_the_probe_does_not_time_the_first_step_of_more_threads(monkeypatch):
         while time.perf_counter() < end:
             pass
 
-    timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)
-    assert steps == 6 and calls == [1, 1, 1, 2, 2, 2] and timing.threads == 2
+    timing, steps = probe(step, cores=2, n=2, load=lambda: 1.0)  # 4 timed with two threads: the steps the run takes
+    assert steps == 8 and calls == [1, 1, 1, 2, 2, 2, 2, 2] and timing.threads == 2
     assert timing.step_s < 0.025  # the steady steps (0.01 s), not the first (0.045 s)
+    calls.clear()
+    assert probe(step, cores=2, n=2, n_more=3, load=lambda: 1.0)[1] == 7 and calls.count(2) == 4
 
 
 def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster(monkeypatch):
@@ -310,7 +312,7 @@ def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_
             pass
 
     timing, steps = probe(step, cores=8, n=2, load=lambda: 3.0)
-    assert steps == 6 and calls == [1, 1, 1, 6, 6, 6] and timing.threads == 6
+    assert steps == 8 and calls == [1, 1, 1, 6, 6, 6, 6, 6] and timing.threads == 6
     assert [spare_threads(2, x) for x in (-0.2, 0.4, 0.6, 1.0, 5.0)] == [2, 2, 1, 1, 1]
 
 
@@ -320,7 +322,7 @@ def test_estimate_and_progress_of_a_budgeted_run(astronaut_source):
                          batch_size=2, plan="late", on_estimate=estimates.append, progress=infos.append)
     (est,) = estimates
     assert result.estimate is est and est.steps >= est.done  # (fewer: a busy machine)
-    assert 1 <= est.done <= 1 + 2 + 1 + 2  # the probe: a warm-up, 2 on one thread, 1 + 2 on more threads
+    assert 1 <= est.done <= 1 + 2 + 1 + 4  # the probe: a warm-up, 2 on one thread, 1 + 4 on more threads
     assert all(i["expected_steps"] == est.steps for i in infos[est.done:])
     assert [i["step"] for i in infos] == list(range(1, result.steps + 1))
     assert result.metrics()["estimated_steps"] == est.steps and result.metrics()["plan"] == "late"
