@@ -297,6 +297,8 @@ def test_the_probe_does_not_time_the_first_step_of_more_threads(monkeypatch):
     assert timing.step_s < 0.025  # the steady steps (0.01 s), not the first (0.045 s)
     calls.clear()
     assert probe(step, cores=2, n=2, n_more=3, load=lambda: 1.0)[1] == 7 and calls.count(2) == 4
+    with pytest.raises(ValueError, match="at least one step"):
+        probe(step, cores=2, n_more=0)
 
 
 def test_the_probe_uses_the_cores_other_work_leaves_and_keeps_more_threads_when_faster(monkeypatch):

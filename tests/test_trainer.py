@@ -295,5 +295,7 @@ def test_ranks_share_gpus_in_turn_and_average_through_gloo_when_they_must():
     three_on_one = [rank_placement("cuda", 3, r, 3, 1) for r in range(3)]
     assert three_on_one == [("cuda:0", "gloo")] * 3  # NCCL refuses two ranks on one GPU
     assert [d for d, _ in (rank_placement("cuda", 4, r, 4, 2) for r in range(4))] == ["cuda:0", "cuda:1"] * 2
+    assert rank_placement("cuda:1", 2, 0, 2, 2) == ("cuda:1", "nccl")  # a GPU named: as before
+    assert rank_placement("cuda", 2, 1, None, 2) == ("cuda:1", "nccl")  # ranks a machine not known: one a GPU
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         rank_placement("cuda", 2, 0, 2, 0)

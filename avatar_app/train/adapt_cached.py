@@ -217,8 +217,8 @@ def pair_items(clip, indices: list[int], identity: np.ndarray):
 class FrameCache:
     """What the frozen part of ``model`` computes for each training frame, animating ``clip``'s
     reference frame: per frame ``warped_source (3, S, S)``, ``driving (3, S, S)`` and the landmark image
-    ``cond (6, S, S)`` with its eye and mouth masks dilated for the loss, ``regions (2, S, S)`` (all uint8: about
-    0.7 MB a frame), and the decoder's
+    ``cond (6, S, S)`` with its eye and mouth masks dilated for the loss, ``regions (2, S, S)`` (these three uint8:
+    about 0.7 MB a frame), and the decoder's
     inputs from ``plan.start`` on (``h`` and the warped features the adapted stages read).  Built in chunks of
     ``chunk`` frames without gradients.  ``items``: :func:`pair_items` of the same arguments, made beforehand
     (e.g. in a loader's worker)."""

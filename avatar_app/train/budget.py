@@ -144,14 +144,17 @@ def probe(step: Callable[[], None], cores: int | None = None, n: int = 2,
     (``load``: runnable threads, our own included; default :func:`runnable_now`),
     with as many threads as cores are free (:func:`spare_threads`): one untimed step, then (unless that one took more
     than :data:`SLOW_TRIAL` × one thread's time) ``n_more`` timed; returns the faster timing and how many steps ran.
-    (``n_more`` is larger than ``n``: those steps run at the speed the run will, so timing more of them costs nothing.
-    On a shared 2-core machine one step differs from the next by about ±10 %, at times +40 %: two steps' mean put 2
-    of 6 estimates 21-22 % off what 30 s bought, where the mean of any 4 consecutive steps of three 90-step series
-    was within 19 % of the series' mean.)  (More
+    (``n_more`` is larger than ``n``: when more threads are kept, those steps ran at the run's own speed, so timing
+    more of them costs nothing.  On a shared 2-core machine one step differs from the next by about ±10 %, at times
+    +40 %: two steps' mean put 2 of 6 estimates 21-22 % off what 30 s bought, where over three 90-step series the
+    mean of 4 consecutive steps was never more than 19 % off the series' mean, and that of 2 was more than 20 % off
+    in 4 of the 258 places a window started.)  (More
     threads are not tried on a busy machine: there each barrier waits for a thread that waits for a
     core, and a step can take many times longer — measured here with one core taken by other work:
     9.8 s a step on two threads against 0.46 s on one.)  Stops early once ``over()`` (the budget is
     spent)."""
+    if n < 1 or n_more < 1:
+        raise ValueError(f"the probe times at least one step each way (n={n}, n_more={n_more})")
     cores = cores or usable_cores()
     ran = []
 

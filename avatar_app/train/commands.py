@@ -95,17 +95,21 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def rank_placement(device: str, world: int, local_rank: int, local_world: int, gpus: int) -> tuple[str, str]:
+def rank_placement(device: str, world: int, local_rank: int, local_world: int | None, gpus: int) -> tuple[str, str]:
     """``(device, backend)`` of one torchrun rank.  On ``"cuda"`` with several ranks each rank takes GPU
-    ``local_rank`` mod ``gpus``, so more ranks than GPUs share them in turn: a lite model's meta-learning tasks leave
-    a GPU mostly idle between their small kernels (three ranks on one H200 read 115 samples/s with a second such run
-    beside them, where one rank alone had read 43: docs/PERSONALIZATION_PLATEAU.md).  NCCL refuses two ranks on one
-    GPU, so ranks that share average through gloo; one rank a GPU keeps NCCL."""
-    if device != "cuda" or world <= 1:
+    ``local_rank`` mod ``gpus``, so more ranks than GPUs (``local_world``: the ranks on this machine; None: not known,
+    taken as one a GPU) share them in turn, e.g. several small lite meta-learning tasks on one GPU (three ranks on one
+    H200 read 115 samples/s beside a second such run, where one rank of a different run alone had read 43:
+    docs/PERSONALIZATION_PLATEAU.md).  NCCL refuses two ranks on one GPU, so ranks that share average through gloo;
+    one rank a GPU, or a GPU named (``cuda:N``), keeps NCCL; the CPU uses gloo."""
+    if world <= 1 or not device.startswith("cuda"):
         return device, "gloo"
+    if device != "cuda":  # a GPU named on the command line: as before, NCCL
+        return device, "nccl"
     if gpus < 1:
         raise RuntimeError("--device cuda with several ranks, but torch sees no CUDA GPU")
-    return f"cuda:{local_rank % gpus}", "nccl" if local_world <= gpus else "gloo"
+    shared = local_world is not None and local_world > gpus
+    return f"cuda:{local_rank % gpus}", "gloo" if shared else "nccl"
 
 
 def run_train(args) -> int:
@@ -122,7 +126,8 @@ def run_train(args) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if device == "cuda" else 0
-    device, backend = rank_placement(device, world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)), gpus)
+    local_world = int(os.environ["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in os.environ else None
+    device, backend = rank_placement(device, world, local_rank, local_world, gpus)
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
