@@ -244,7 +244,7 @@ class FrameCache:
                 cond = (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)
                 keep = {"driving": (b["driving"] * 255.0 + 0.5).to(torch.uint8),  # the frames' own uint8 values
                         "cond": cond,  # and the eye and mouth masks dilated for the loss, once (a max: exact)
-                        "regions": (grow_regions(cond[:, 3:5].float() / 255.0) * 255.0 + 0.5).to(torch.uint8)}
+                        "regions": grow_regions(cond[:, 3:5].float()).to(torch.uint8)}
                 if start < 0:  # the warp network runs in each step: keep its inputs
                     keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
                 else:

@@ -32,8 +32,8 @@ from ..inference.networks import EnhancerStage
 from .config import TrainConfig
 from .enhancer_path import enhanced_window
 from .inputs import FlowInputs, WindowFlowInputs
-from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, ms_ssim_loss, pyramid_l1,
-                     region_l1, temporal_l1)
+from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, grow_regions,
+                     ms_ssim_loss, pyramid_l1, region_l1, temporal_l1)
 from .run_log import RunLog
 from .state import load_training_state, save_training_state
 from .validation import validate
@@ -167,12 +167,11 @@ class Trainer:
             parts["ssim"] = c.w_ssim * ms_ssim_loss(out, gt, mask=mask)
         if self.perceptual.active and c.w_perceptual:
             parts["perceptual"] = c.w_perceptual * self.perceptual(out, gt)
+        if regions is None and cond is not None:
+            regions = grow_regions(cond[:, 3:5])
         if regions is not None:
             parts["eyes"] = c.w_eyes * region_l1(out, gt, regions[:, 0:1], grow=1, valid=mask)
             parts["mouth"] = c.w_mouth * region_l1(out, gt, regions[:, 1:2], grow=1, valid=mask)
-        elif cond is not None:
-            parts["eyes"] = c.w_eyes * region_l1(out, gt, cond[:, 3:4], valid=mask)
-            parts["mouth"] = c.w_mouth * region_l1(out, gt, cond[:, 4:5], valid=mask)
         return parts
 
     def compute_losses(self, batch: dict, model: PortraitModel | None = None) -> tuple[torch.Tensor, dict]:
