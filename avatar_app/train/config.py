@@ -40,6 +40,7 @@ class TrainConfig:
     jitter_target: bool = False  # resident: also jitter the driving frame (resampling the target softens it)
     hard_pairs: float = 0.0  # resident: share of pairs whose driving frame is the largest head motion of 16 drawn
     large_motion: float = 0.0  # resident: share of pairs given a 1.1-1.4x zoom either way and a roll (train.large_motion)
+    cross_pairs: float = 0.0  # resident: share of pairs driven by another person's motion (train.cross_pairs; needs w_id)
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64
@@ -85,9 +86,12 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # TOML gives lists
         if self.amp_dtype not in ("fp16", "bf16"):
             raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
-        for name in ("hard_pairs", "large_motion"):
+        for name in ("hard_pairs", "large_motion", "cross_pairs"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputFileError(f"{name} is a share of the pairs, from 0 to 1, not {getattr(self, name)}.")
+        if self.cross_pairs and not self.w_id:
+            raise InputFileError("cross_pairs have no ground truth: only the identity loss learns from them, so they "
+                                 "need w_id > 0.")
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":

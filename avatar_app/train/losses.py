@@ -264,11 +264,13 @@ class IdentityLoss(nn.Module):
         with torch.autocast(images.device.type, enabled=False):
             return self.net(extract_chips(images.float(), mediapipe_chip_affine(points)))
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor, target: torch.Tensor, points: torch.Tensor,
+                target_points: torch.Tensor | None = None) -> torch.Tensor:
         """Mean identity distance of ``output`` from ``target`` (both ``(B, 3, H, W)`` RGB [0, 1]);
-        ``points (B, 478, 2+)``: the target's landmarks in px of these images."""
+        ``points (B, 478, 2+)``: the output's landmarks in px of these images, also the target's unless
+        ``target_points`` are given (a target that is not the frame the output should be: the source)."""
         with torch.no_grad():
-            want = self.embed(target, points)
+            want = self.embed(target, points if target_points is None else target_points)
         got = self.embed(output, points)
         # the small constant keeps the gradient finite where the two embeddings coincide
         return ((got - want).square().sum(1) + 1e-12).sqrt().mean()

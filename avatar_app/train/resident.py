@@ -19,8 +19,8 @@ clips do not dominate), a clip of theirs, two frames with a face; on the trainin
 a flip, a colour change shared by the pair, and a small scale/shift/rotation per image
 (landmarks move exactly; landmark images, triangle maps and masks are resampled with the
 image, so their lines scale with it by at most 6 %); optionally, pairs of large head motion
-(:mod:`.large_motion`).  Batch keys match
-``inputs.FlowInputs`` plus ``mask (B, 1, S, S)``.
+(:mod:`.large_motion`) and pairs driven by another person's motion (:mod:`.cross_pairs`).  Batch keys
+match ``inputs.FlowInputs`` plus ``mask (B, 1, S, S)`` (and ``cross (B,)`` bool where cross pairs are on).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..face.mesh import topology
 from ..models.conditioning import COND_CHANNELS, landmark_image
 from ..models.flow import rasterize_triangles
 from .clipio import BASE_SIZE
+from .cross_pairs import CrossMotion, draw_cross, retarget_rows
 from .data import PreparedDataset
 from .large_motion import ExactDrawer, HeadPoses, draw_large_zoom
 from .manifest import read_manifest
@@ -89,12 +90,14 @@ class ResidentPairs:
             source of several drawn (:mod:`.large_motion`).
         large_motion: share of the training pairs given a large zoom (1.1-1.4x either way) and roll
             (:mod:`.large_motion`).
+        cross_pairs: share of the training pairs driven by another person's motion, retargeted onto the
+            source (:mod:`.cross_pairs`; no ground truth: only the identity loss learns from them).
         workers: processes for the one-off rasterisation (default: all cores).
     """
 
     def __init__(self, root: str | Path, split: str = "train", val_fraction: float = 0.1, device="cuda",
                  augment: bool = True, workers: int | None = None, jitter_target: bool = False,
-                 hard_pairs: float = 0.0, large_motion: float = 0.0):
+                 hard_pairs: float = 0.0, large_motion: float = 0.0, cross_pairs: float = 0.0):
         t0 = time.perf_counter()
         self.root = Path(root)
         self.device = torch.device(device)
@@ -103,6 +106,7 @@ class ResidentPairs:
         self.jitter_target = jitter_target
         self.hard_pairs = hard_pairs if self.augment else 0.0
         self.large_motion = large_motion if self.augment else 0.0
+        self.cross_pairs = cross_pairs if self.augment else 0.0
         self._drawer = None
         ds = PreparedDataset(self.root, size=S, split=split, val_fraction=val_fraction, augment=False)
         clips = ds.clip_records  # checked: files there, lengths agreeing, embeddings readable
@@ -134,6 +138,7 @@ class ResidentPairs:
         self.has_identity = torch.tensor([c.has_embedding for c in clips], device=dev)
         self._valid = [s + c.valid_indices for s, c in zip(starts, clips)]
         self._clips_of = [np.array([i for i, c in enumerate(clips) if c.identity == p]) for p in self.people]
+        self._person_of = np.array([self.people.index(c.identity) for c in clips])
         self._poses = HeadPoses(points, np.concatenate([c.valid for c in clips])) if self.hard_pairs else None
         log.info("resident %s split: %d people, %d clips, %d frames on %s in %.1f s", split, len(self.people),
                  len(clips), n, dev, time.perf_counter() - t0)
@@ -209,10 +214,17 @@ class ResidentPairs:
     def batch(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """A batch of pairs on the device (see the module docstring for the keys)."""
         clip, src, drv = self.draw(batch, rng)
-        return self.assemble(clip, src, drv, rng)
+        cross = None
+        if self.cross_pairs:
+            hardest = self._poses.hardest if self._poses is not None else None
+            cross = draw_cross(self._person_of, clip, self._clips_of, self._valid, self.cross_pairs, rng,
+                               hardest, self.hard_pairs)
+        return self.assemble(clip, src, drv, rng, cross)
 
     def assemble(self, clip: np.ndarray, src: np.ndarray, drv: np.ndarray,
-                 rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+                 rng: np.random.Generator | None = None, cross: CrossMotion | None = None) -> dict[str, torch.Tensor]:
+        """The batch of pairs ``(clip, src, drv)`` (augmented where ``rng`` is given); ``cross``: rows driven by
+        another person instead (:func:`~.cross_pairs.draw_cross`), after the source's augmentation."""
         dev = self.device
         b = len(clip)
         aug = self.augment and rng is not None
@@ -243,12 +255,35 @@ class ResidentPairs:
                 self._jitter(out, "driving", rng, plain)
             for side, rows, s, degrees, t, fine in (zoom.transforms() if zoom is not None else []):
                 self._similarity(out, side, rows, s, degrees, t, exact=True, supersample=fine)
+        if cross is not None:
+            self._cross(out, cross, fi)
         # from the landmarks as augmented (the jitter and zoom scale the mouth too), as the app measures its own
         sp, dp = out["source_points"], out["driving_points"]
         nearer = (self._face_size(dp) / self._face_size(sp).clamp(min=1e-6)).clamp(min=1.0)
         gap = self._mouth_gap(dp) - self._mouth_gap(sp) * nearer
         out["mouth_amount"] = (gap / (3.0 * S / 256.0)).clamp(0.0, 1.0)  # = face.mesh.MouthFill
         return out
+
+    def _cross(self, out: dict, cross: CrossMotion, fi: torch.Tensor) -> None:
+        """Rows ``cross.rows`` driven by the other person's motion, retargeted onto their source as it now is
+        (flipped with it); their landmark images and triangle maps drawn afresh; no ground truth (mask 0)."""
+        b = out["source"].shape[0]
+        out["cross"] = torch.zeros(b, dtype=torch.bool, device=self.device)
+        if not len(cross.rows):
+            return
+        idx = torch.from_numpy(cross.rows.astype(np.int64)).to(self.device)
+        flip = fi[idx]
+        neutral = self.points[flip, torch.from_numpy(cross.neutral).to(self.device)]
+        driving = self.points[flip, torch.from_numpy(cross.driving).to(self.device)]
+        target = retarget_rows(out["source_points"][idx].cpu().numpy(), neutral.cpu().numpy(),
+                               driving.cpu().numpy(), S)
+        pts = torch.from_numpy(target).to(self.device)
+        cond, tri = self._exact()(pts, triangles=True)
+        out["driving_points"] = out["driving_points"].index_copy(0, idx, pts)
+        out["driving_cond"] = out["driving_cond"].index_copy(0, idx, cond)
+        out["tri_ids"] = out["tri_ids"].index_copy(0, idx, tri)
+        out["mask"] = out["mask"].index_fill(0, idx, 0.0)
+        out["cross"][idx] = True
 
     def _mouth_gap(self, points: torch.Tensor) -> torch.Tensor:
         """``(B,)`` mean gap between the inner lips of ``(B, 478, 3)`` landmarks (:func:`~avatar_app.face.mesh.mouth_opening`)."""

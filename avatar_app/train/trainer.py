@@ -96,9 +96,10 @@ class Trainer:
         self.step = 0
         self._resumed = False
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
-        if (cfg.resident or cfg.hard_pairs or cfg.large_motion) and not self.resident:  # those two are resident's
+        if (cfg.resident or cfg.hard_pairs or cfg.large_motion or cfg.cross_pairs) and not self.resident:  # resident's
             why = "resident = false" if not cfg.resident else "data given" if train_set is not None else "its stage"
-            log.warning("this %s run uses the loader (%s): no resident data, hard_pairs or large_motion", cfg.stage, why)
+            log.warning("this %s run uses the loader (%s): no resident data, hard_pairs, large_motion or cross_pairs",
+                        cfg.stage, why)
         self.train_set = train_set if train_set is not None else self._dataset(data, "train")
         self.val_set = val_set if val_set is not None else (self._dataset(data, "val") if data else None)
         if cfg.compile and self.device.type == "cuda":
@@ -118,7 +119,7 @@ class Trainer:
 
             return ResidentPairs(data, split, self.cfg.val_fraction, self.device, augment=split == "train",
                                  jitter_target=self.cfg.jitter_target, hard_pairs=self.cfg.hard_pairs,
-                                 large_motion=self.cfg.large_motion)
+                                 large_motion=self.cfg.large_motion, cross_pairs=self.cfg.cross_pairs)
 
         mode = "window" if self.cfg.stage == "enhancer" else "pairs"  # meta: pairs, grouped by identity
         app_path = mode == "window" and self.cfg.enhancer_app_path
@@ -187,7 +188,7 @@ class Trainer:
                 mask = b.get("mask")
                 parts = self._image_losses(image, b["driving"], b["driving_cond"], mask)
                 if self.identity is not None:
-                    parts["identity"] = self.cfg.w_id * self.identity(image, b["driving"], b["driving_points"])
+                    parts["identity"] = self.cfg.w_id * self._identity(image, b)
                 if self.cfg.stage != "warp" and self.cfg.w_warped:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.cfg.stage != "warp" and self.cfg.w_blend:
@@ -203,6 +204,16 @@ class Trainer:
                     self._last_batch = b
         total = sum(parts.values())
         return total, parts
+
+    def _identity(self, image: torch.Tensor, b: dict) -> torch.Tensor:
+        """Identity distance of the output from its ground truth, or, for a pair driven by another person
+        (``cross``, :mod:`.cross_pairs`), from the source (each cut to the face chip by its own landmarks)."""
+        target, points = b["driving"], b["driving_points"]
+        if "cross" in b:
+            c = b["cross"]
+            target = torch.where(c[:, None, None, None], b["source"], target)
+            points = torch.where(c[:, None, None], b["source_points"], points)
+        return self.identity(image, target, b["driving_points"], target_points=points)
 
     def _enhancer_losses(self, b: dict) -> dict:
         frames, gts = b["frames_256"], b["frames_512"]
