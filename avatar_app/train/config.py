@@ -40,7 +40,7 @@ class TrainConfig:
     jitter_target: bool = False  # resident: also jitter the driving frame (resampling the target softens it)
     hard_pairs: float = 0.0  # resident: share of pairs whose driving frame is the largest head motion of 16 drawn
     large_motion: float = 0.0  # resident: share of pairs given a 1.1-1.4x zoom either way and a roll (train.large_motion)
-    cross_pairs: float = 0.0  # resident: share of pairs driven by another person's motion (train.cross_pairs; needs w_id)
+    cross_pairs: float = 0.0  # resident: share of pairs driven by another person (train.cross_pairs; needs w_id)
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64
@@ -92,6 +92,9 @@ class TrainConfig:
         if self.cross_pairs and not self.w_id:
             raise InputFileError("cross_pairs have no ground truth: only the identity loss learns from them, so they "
                                  "need w_id > 0.")
+        if self.cross_pairs and self.perceptual_weights:
+            raise InputFileError("cross_pairs have no ground truth, and the perceptual loss compares whole frames: "
+                                 "set perceptual_weights = \"\" or cross_pairs = 0.")
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":

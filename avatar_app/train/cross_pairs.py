@@ -12,9 +12,12 @@ app retargets it.  Its landmark image and triangle map are drawn from the retarg
 as the app draws them.
 
 There is no ground truth for such a frame: its pixels are left out of every image loss (its mask
-is 0) and out of the discriminator, and the identity loss compares the output with the *source*
-(dlib's embedding of each image, each cut to the face chip by its own landmarks).  So these
+is 0; the unmasked perceptual loss is refused with cross pairs) and its rows out of the discriminator
+(:func:`self_rows`), and the identity loss compares the output with the *source* (dlib's embedding
+of each image, each cut to the face chip by its own landmarks: :func:`identity_target`).  So these
 pairs teach one thing: under motion that is not the source person's own, keep the source's face.
+A clip without a person label counts as its own person, so a "cross" row may then show the same
+human.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import torch
+
 from ..face.retarget import Retargeter
 from ..types import Landmarks
+from .large_motion import two_frames
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,7 @@ def draw_cross(person_of_clip: np.ndarray, clip: np.ndarray, clips_of: list[np.n
         other = int(rng.integers(people - 1))
         other += other >= own  # any person but the source's
         c = int(rng.choice(clips_of[other]))
-        choices = valid[c]
-        neutral[k], driving[k] = rng.choice(choices, size=2, replace=len(choices) < 2)
-        if hardest is not None and rng.random() < hard_share:
-            driving[k] = hardest(int(neutral[k]), choices, rng)
+        neutral[k], driving[k] = two_frames(valid[c], rng, hardest, hard_share)
     return CrossMotion(rows, neutral, driving)
 
 
@@ -69,3 +72,23 @@ def retarget_rows(source: np.ndarray, neutral: np.ndarray, driving: np.ndarray, 
         retarget.calibrate(Landmarks(neutral[k].astype(np.float32), (size, size)))
         out[k] = retarget(Landmarks(driving[k].astype(np.float32), (size, size))).points
     return out
+
+
+def identity_target(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a batch's output should look like to the identity loss, and its landmarks: the driving
+    frame, or for rows driven by another person (``b["cross"]``) the source."""
+    target, points = b["driving"], b["driving_points"]
+    if "cross" in b:
+        c = b["cross"]
+        target = torch.where(c[:, None, None, None], b["source"], target)
+        points = torch.where(c[:, None, None], b["source_points"], points)
+    return target, points
+
+
+def self_rows(b: dict, *tensors: torch.Tensor | None) -> tuple:
+    """``tensors`` (batch-first, or None) without the rows driven by another person: those have no real
+    frame for a discriminator to compare with."""
+    if "cross" not in b:
+        return tensors
+    keep = ~b["cross"]
+    return tuple(None if t is None else t[keep] for t in tensors)

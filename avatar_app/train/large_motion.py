@@ -76,6 +76,16 @@ class HeadPoses:
         return int(rng.choice(top))
 
 
+def two_frames(choices: np.ndarray, rng: np.random.Generator, hardest=None, hard_share: float = 0.0) -> tuple[int, int]:
+    """Two of ``choices`` at random (one twice only when there is one); with ``hardest``
+    (:meth:`HeadPoses.hardest`), for ``hard_share`` of the calls the second is one of large head
+    motion from the first."""
+    a, b = rng.choice(choices, size=2, replace=len(choices) < 2)
+    if hardest is not None and rng.random() < hard_share:
+        b = hardest(int(a), choices, rng)
+    return int(a), int(b)
+
+
 @dataclass(frozen=True)
 class LargeZoom:
     """Per pair of a batch: ``rows`` (indices of the pairs that take a large zoom), and for each of

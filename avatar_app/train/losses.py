@@ -233,10 +233,11 @@ class IdentityLoss(nn.Module):
     between dlib's 128-d face embeddings (the measure ``evaluate`` reports; same person
     below 0.6), through the torch port of dlib's ResNet so gradients reach the pixels.
 
-    Both images are cut to dlib's 150 px face chip by the same similarity, fitted to the
-    target's mediapipe landmarks (:func:`~avatar_app.models.face_embedding.mediapipe_chip_affine`),
-    so chip alignment does not count as identity.  The target's embedding is taken without
-    gradients; the network is frozen, float32 whatever the autocast.
+    Each image is cut to dlib's 150 px face chip by a similarity fitted to its mediapipe landmarks
+    (:func:`~avatar_app.models.face_embedding.mediapipe_chip_affine`): both by the target's when the
+    output should be that frame, each by its own when the target is another frame (the source of a
+    pair driven by another person), so chip alignment does not count as identity.  The target's
+    embedding is taken without gradients; the network is frozen, float32 whatever the autocast.
 
     Args:
         model: dlib's ``dlib_face_recognition_resnet_model_v1.dat``; empty or None: the one in

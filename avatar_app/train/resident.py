@@ -44,7 +44,7 @@ from ..models.flow import rasterize_triangles
 from .clipio import BASE_SIZE
 from .cross_pairs import CrossMotion, draw_cross, retarget_rows
 from .data import PreparedDataset
-from .large_motion import ExactDrawer, HeadPoses, draw_large_zoom
+from .large_motion import ExactDrawer, HeadPoses, draw_large_zoom, two_frames
 from .manifest import read_manifest
 from .split import split_clips
 
@@ -203,12 +203,9 @@ class ResidentPairs:
         people = rng.integers(len(self.people), size=batch)
         clip = np.array([rng.choice(self._clips_of[p]) for p in people])
         src, drv = np.empty(batch, np.int64), np.empty(batch, np.int64)
+        hardest = self._poses.hardest if self._poses is not None else None
         for k, c in enumerate(clip):
-            choices = self._valid[c]
-            pick = rng.choice(choices, size=2, replace=len(choices) < 2)
-            src[k], drv[k] = pick
-            if self._poses is not None and rng.random() < self.hard_pairs:
-                drv[k] = self._poses.hardest(int(src[k]), choices, rng)
+            src[k], drv[k] = two_frames(self._valid[c], rng, hardest, self.hard_pairs)
         return clip, src, drv
 
     def batch(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
 from ..inference.networks import EnhancerStage
 from .config import TrainConfig
+from .cross_pairs import identity_target, self_rows
 from .enhancer_path import enhanced_window
 from .inputs import FlowInputs, WindowFlowInputs
 from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, grow_regions,
@@ -95,6 +96,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
         self._resumed = False
+        self._last_fake = None  # the last generator step's output for the discriminator, if any was judged
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
         if (cfg.resident or cfg.hard_pairs or cfg.large_motion or cfg.cross_pairs) and not self.resident:  # resident's
             why = "resident = false" if not cfg.resident else "data given" if train_set is not None else "its stage"
@@ -187,33 +189,25 @@ class Trainer:
                 image = out["warped"] if self.cfg.stage == "warp" else out["image"]
                 mask = b.get("mask")
                 parts = self._image_losses(image, b["driving"], b["driving_cond"], mask)
-                if self.identity is not None:
-                    parts["identity"] = self.cfg.w_id * self._identity(image, b)
+                if self.identity is not None:  # for a pair driven by another person: the source's identity
+                    target, points = identity_target(b)
+                    parts["identity"] = self.cfg.w_id * self.identity(image, target, b["driving_points"], points)
                 if self.cfg.stage != "warp" and self.cfg.w_warped:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.cfg.stage != "warp" and self.cfg.w_blend:
                     parts["blend"] = self.cfg.w_blend * out["mask"].float().mean()
-                if self.disc is not None:  # judged where the ground truth is real (elsewhere: the same pixels)
-                    image = image if mask is None else torch.where(mask > 0.5, image, b["driving"].to(image.dtype))
-                    fake = self.disc(image, b["driving_cond"])
+                self._last_fake = None
+                image, gt, cond, mask = self_rows(b, image, b["driving"], b["driving_cond"], mask)  # a real frame
+                if self.disc is not None and len(image):  # judged where the ground truth is real (elsewhere: the same)
+                    image = image if mask is None else torch.where(mask > 0.5, image, gt.to(image.dtype))
+                    fake = self.disc(image, cond)
                     with torch.no_grad():
-                        real = self.disc(b["driving"], b["driving_cond"])
+                        real = self.disc(gt, cond)
                     parts["gan"] = self.cfg.w_gan * gan_g_loss(fake, self.cfg.gan)
                     parts["feature_matching"] = self.cfg.w_feature_matching * feature_matching(real, fake)
-                    self._last_fake = image.detach()
-                    self._last_batch = b
+                    self._last_fake, self._last_real = image.detach(), {"driving": gt, "driving_cond": cond}
         total = sum(parts.values())
         return total, parts
-
-    def _identity(self, image: torch.Tensor, b: dict) -> torch.Tensor:
-        """Identity distance of the output from its ground truth, or, for a pair driven by another person
-        (``cross``, :mod:`.cross_pairs`), from the source (each cut to the face chip by its own landmarks)."""
-        target, points = b["driving"], b["driving_points"]
-        if "cross" in b:
-            c = b["cross"]
-            target = torch.where(c[:, None, None, None], b["source"], target)
-            points = torch.where(c[:, None, None], b["source_points"], points)
-        return self.identity(image, target, b["driving_points"], target_points=points)
 
     def _enhancer_losses(self, b: dict) -> dict:
         frames, gts = b["frames_256"], b["frames_512"]
@@ -264,7 +258,7 @@ class Trainer:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.opt)
-        if self.disc is not None:
+        if self.disc is not None and self._last_fake is not None:
             parts["d"] = self._disc_step()
         self.scaler.update()
         self._update_ema()
@@ -274,7 +268,7 @@ class Trainer:
         return out
 
     def _disc_step(self) -> torch.Tensor:
-        b = self._last_batch
+        b = self._last_real
         self.opt_d.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             loss = gan_d_loss(self.disc(b["driving"], b["driving_cond"]), self.disc(self._last_fake, b["driving_cond"]),
