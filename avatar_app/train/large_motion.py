@@ -76,7 +76,8 @@ class HeadPoses:
         return int(rng.choice(top))
 
 
-def two_frames(choices: np.ndarray, rng: np.random.Generator, hardest=None, hard_share: float = 0.0) -> tuple[int, int]:
+def two_frames(choices: np.ndarray, rng: np.random.Generator, hardest=None,
+               hard_share: float = 0.0) -> tuple[int, int]:
     """Two of ``choices`` at random (one twice only when there is one); with ``hardest``
     (:meth:`HeadPoses.hardest`), for ``hard_share`` of the calls the second is one of large head
     motion from the first."""

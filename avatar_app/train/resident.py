@@ -219,7 +219,8 @@ class ResidentPairs:
         return self.assemble(clip, src, drv, rng, cross)
 
     def assemble(self, clip: np.ndarray, src: np.ndarray, drv: np.ndarray,
-                 rng: np.random.Generator | None = None, cross: CrossMotion | None = None) -> dict[str, torch.Tensor]:
+                 rng: np.random.Generator | None = None,
+                 cross: CrossMotion | None = None) -> dict[str, torch.Tensor]:
         """The batch of pairs ``(clip, src, drv)`` (augmented where ``rng`` is given); ``cross``: rows driven by
         another person instead (:func:`~.cross_pairs.draw_cross`), after the source's augmentation."""
         dev = self.device
