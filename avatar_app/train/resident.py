@@ -140,6 +140,7 @@ class ResidentPairs:
         self._clips_of = [np.array([i for i, c in enumerate(clips) if c.identity == p]) for p in self.people]
         self._person_of = np.array([self.people.index(c.identity) for c in clips])
         self._poses = HeadPoses(points, np.concatenate([c.valid for c in clips])) if self.hard_pairs else None
+        self._hardest = self._poses.hardest if self._poses is not None else None  # picks a hard pair's second frame
         log.info("resident %s split: %d people, %d clips, %d frames on %s in %.1f s", split, len(self.people),
                  len(clips), n, dev, time.perf_counter() - t0)
 
@@ -203,9 +204,8 @@ class ResidentPairs:
         people = rng.integers(len(self.people), size=batch)
         clip = np.array([rng.choice(self._clips_of[p]) for p in people])
         src, drv = np.empty(batch, np.int64), np.empty(batch, np.int64)
-        hardest = self._poses.hardest if self._poses is not None else None
         for k, c in enumerate(clip):
-            src[k], drv[k] = two_frames(self._valid[c], rng, hardest, self.hard_pairs)
+            src[k], drv[k] = two_frames(self._valid[c], rng, self._hardest, self.hard_pairs)
         return clip, src, drv
 
     def batch(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -213,9 +213,8 @@ class ResidentPairs:
         clip, src, drv = self.draw(batch, rng)
         cross = None
         if self.cross_pairs:
-            hardest = self._poses.hardest if self._poses is not None else None
             cross = draw_cross(self._person_of, clip, self._clips_of, self._valid, self.cross_pairs, rng,
-                               hardest, self.hard_pairs)
+                               self._hardest, self.hard_pairs)
         return self.assemble(clip, src, drv, rng, cross)
 
     def assemble(self, clip: np.ndarray, src: np.ndarray, drv: np.ndarray,

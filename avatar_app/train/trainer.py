@@ -96,7 +96,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
         self._resumed = False
-        self._last_fake = None  # the last generator step's output for the discriminator, if any was judged
+        self._judged = None  # (output, real frame, landmark image) the last generator step showed the discriminator
         self.resident = cfg.resident and cfg.stage in ("warp", "full") and train_set is None
         if (cfg.resident or cfg.hard_pairs or cfg.large_motion or cfg.cross_pairs) and not self.resident:  # resident's
             why = "resident = false" if not cfg.resident else "data given" if train_set is not None else "its stage"
@@ -196,18 +196,25 @@ class Trainer:
                     parts["warped"] = self.cfg.w_warped * pyramid_l1(out["warped"], b["driving"], mask=mask)
                 if self.cfg.stage != "warp" and self.cfg.w_blend:
                     parts["blend"] = self.cfg.w_blend * out["mask"].float().mean()
-                self._last_fake = None
-                image, gt, cond, mask = self_rows(b, image, b["driving"], b["driving_cond"], mask)  # a real frame
-                if self.disc is not None and len(image):  # judged where the ground truth is real (elsewhere: the same)
-                    image = image if mask is None else torch.where(mask > 0.5, image, gt.to(image.dtype))
-                    fake = self.disc(image, cond)
-                    with torch.no_grad():
-                        real = self.disc(gt, cond)
-                    parts["gan"] = self.cfg.w_gan * gan_g_loss(fake, self.cfg.gan)
-                    parts["feature_matching"] = self.cfg.w_feature_matching * feature_matching(real, fake)
-                    self._last_fake, self._last_real = image.detach(), {"driving": gt, "driving_cond": cond}
+                self._judged = None
+                if self.disc is not None:  # rows with a real frame (not cross pairs), judged where it is real
+                    image, gt, cond, mask = self_rows(b, image, b["driving"], b["driving_cond"], mask)
+                    if len(image):
+                        parts |= self._adversarial(image, gt, cond, mask)
         total = sum(parts.values())
         return total, parts
+
+    def _adversarial(self, image: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor,
+                     mask: torch.Tensor | None) -> dict:
+        """The generator's adversarial terms on ``image`` (``gt`` where ``mask`` says the ground truth is not real);
+        keeps what the discriminator's own step will judge."""
+        image = image if mask is None else torch.where(mask > 0.5, image, gt.to(image.dtype))
+        fake = self.disc(image, cond)
+        with torch.no_grad():
+            real = self.disc(gt, cond)
+        self._judged = (image.detach(), gt, cond)
+        return {"gan": self.cfg.w_gan * gan_g_loss(fake, self.cfg.gan),
+                "feature_matching": self.cfg.w_feature_matching * feature_matching(real, fake)}
 
     def _enhancer_losses(self, b: dict) -> dict:
         frames, gts = b["frames_256"], b["frames_512"]
@@ -258,7 +265,7 @@ class Trainer:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.opt)
-        if self.disc is not None and self._last_fake is not None:
+        if self._judged is not None:
             parts["d"] = self._disc_step()
         self.scaler.update()
         self._update_ema()
@@ -268,11 +275,10 @@ class Trainer:
         return out
 
     def _disc_step(self) -> torch.Tensor:
-        b = self._last_real
+        fake, real, cond = self._judged
         self.opt_d.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            loss = gan_d_loss(self.disc(b["driving"], b["driving_cond"]), self.disc(self._last_fake, b["driving_cond"]),
-                              self.cfg.gan)
+            loss = gan_d_loss(self.disc(real, cond), self.disc(fake, cond), self.cfg.gan)
         self.scaler.scale(loss).backward()
         self._average_gradients(self.disc.parameters())
         self.scaler.step(self.opt_d)
