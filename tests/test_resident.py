@@ -19,6 +19,7 @@ from avatar_app.models.portrait import PortraitModel, load_checkpoint, save_chec
 from avatar_app.train.clipio import clip_frame_mask, inside_frame_mask
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.data import PreparedDataset
+from avatar_app.train.fit_clock import FitClock
 from avatar_app.train.losses import ms_ssim_loss, pyramid_l1
 from avatar_app.train.metrics import l1, psnr, ssim
 from avatar_app.train.resident import ResidentPairs, mirror_points, people_split_summary
@@ -233,10 +234,36 @@ def test_time_budget_sets_the_steps_and_a_resumed_run_keeps_them(root, tmp_path)
         total = None
 
     now = time.perf_counter()
-    trainer.step, trainer._t10 = 40, now - 3.0  # steps 11..40 took 3 s: 0.1 s a step
-    steps = trainer._fit_budget(now - 4.0, 0, Bar())  # 4 s of the 10 s gone: about 58 more steps
+    clock = FitClock(0, torch.device("cpu"))
+    clock.t0, clock.t_warm = now - 4.0, now - 3.0  # 4 s of the 10 s gone; steps 11..40 took 3 s: 0.1 s a step
+    trainer.step = 40
+    steps = trainer._fit_budget(clock, Bar())  # about 58 more steps
     assert 95 <= steps <= 99 and trainer.cfg.steps == steps
     assert TrainConfig.load(tmp_path / "run" / "config.toml").steps == steps  # written down for resume
     trainer._resumed = True
     trainer.cfg.steps = 1234
-    assert trainer._fit_budget(now - 4.0, 0, Bar()) == 1234
+    assert trainer._fit_budget(clock, Bar()) == 1234
+
+
+def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatch):
+    """--stop-after: the call checkpoints and stops once its time is out (the speed known, here after 2
+    steps); --resume continues to the run's own length, and the weights are those of the run made at once."""
+    monkeypatch.setattr(FitClock, "WARM", 1)
+    monkeypatch.setattr(FitClock, "TIMED", 2)
+    cfg = dict(stage="full", preset="lite", steps=4, batch_size=2, resident=True, val_fraction=0.34,
+               val_every=1000, ckpt_every=1000, log_every=1000)
+    whole = Trainer(TrainConfig(**cfg), tmp_path / "whole", data=root, device="cpu")
+    whole.fit(progress=False)
+    part = Trainer(TrainConfig(**cfg), tmp_path / "part", data=root, device="cpu")
+    part.fit(progress=False, stop_after_s=1e-3)  # out of time as soon as the speed is known
+    assert part.step == 3 and part.cfg.steps == 4
+    saved = load_checkpoint(tmp_path / "part" / "model.safetensors")  # the share's EMA weights, on disk
+    assert all(torch.equal(x, y) for x, y in zip(saved.state_dict().values(), part.ema.state_dict().values()))
+    rest = Trainer(TrainConfig(**cfg), tmp_path / "part", data=root, device="cpu")
+    rest.resume()
+    assert rest.step == 3
+    rest.fit(progress=False)
+    assert rest.step == 4
+    for a, b in ((whole.model, rest.model), (whole.ema, rest.ema)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name

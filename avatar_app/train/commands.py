@@ -91,6 +91,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="override one config setting (TOML value), e.g. --set w_gan=0.3; repeatable")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--stop-after", type=float, default=0.0, metavar="S",
+                   help="train a share of the run: checkpoint and stop after about this many seconds (the "
+                        "run's length and schedule stay; --resume continues it)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -141,10 +144,11 @@ def run_train(args) -> int:
         trainer = Trainer(cfg, out, data=args.data, device=device)
         if args.resume:
             trainer.resume()
-        trainer.fit(progress=not args.no_progress)
+        trainer.fit(progress=not args.no_progress, stop_after_s=args.stop_after)
         if int(os.environ.get("RANK", 0)) == 0:
             rate = getattr(trainer, "samples_per_s", None)
-            print(f"trained {cfg.stage} to step {trainer.step}; weights: {out / 'model.safetensors'} "
+            short = f" of {trainer.cfg.steps} (continue with --resume)" if trainer.step < trainer.cfg.steps else ""
+            print(f"trained {cfg.stage} to step {trainer.step}{short}; weights: {out / 'model.safetensors'} "
                   f"(metrics in {out / 'metrics.jsonl'})"
                   + (f"; {rate:.0f} samples/s after warm-up" if rate else ""))
     finally:

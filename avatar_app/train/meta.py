@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections import defaultdict
 from dataclasses import replace
 
@@ -37,6 +36,7 @@ from ..errors import InputFileError
 from ..models.portrait import PortraitModel
 from .adapt_cached import (ALL_ADAPTED, FULL_PLANS, PLANS, FrameCache, Plan, ResidentPairs, adapted_parameters,
                            cached_steps, full_steps, inner_optimizer)
+from .fit_clock import FitClock
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -182,14 +182,15 @@ class MetaTrainer(Trainer):
         self.step += 1
         return {"inner_first": losses[0], "inner_last": losses[-1], "total": losses[-1], "meta_rate": eps}
 
-    def fit(self, steps: int | None = None, progress: bool = True) -> None:
+    def fit(self, steps: int | None = None, progress: bool = True, stop_after_s: float = 0.0) -> None:
+        """Outer steps until ``steps`` (default ``cfg.steps``); ``stop_after_s`` as :meth:`Trainer.fit`'s."""
         from tqdm import tqdm
 
         target = steps if steps is not None else self.cfg.steps
         bar = tqdm(total=target, initial=self.step, unit="task", desc="meta", disable=not progress or self.rank != 0)
-        t0, done0 = time.perf_counter(), self.step
+        clock, stop = FitClock(self.step, self.device, self.world), target
         stream = self._task_stream(self.step) if self.cfg.num_workers > 0 else None
-        while self.step < target:
+        while self.step < min(target, stop):
             if self.plan is not None:
                 task, items = (next(stream) if stream is not None
                                else (self.recordings.recording(self.step, self.rank), None))
@@ -198,8 +199,7 @@ class MetaTrainer(Trainer):
                 batches = ([next(stream) for _ in range(self.cfg.inner_steps)] if stream is not None
                            else self.task_batches(self.step))
                 losses = self.reptile_step(batches)
-            self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size * self.cfg.inner_steps)
-            if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
-                target = self._fit_budget(t0, done0, bar)
+            self._bookkeeping(losses, bar, clock, self.cfg.batch_size * self.cfg.inner_steps)
+            target, stop = self._lengths(clock, bar, target, stop, steps is None, stop_after_s)
         bar.close()
         self.save()

@@ -16,7 +16,6 @@ import copy
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from ..inference.networks import EnhancerStage
 from .config import TrainConfig
 from .cross_pairs import identity_target, self_rows
 from .enhancer_path import enhanced_window
+from .fit_clock import FitClock
 from .inputs import FlowInputs, WindowFlowInputs
 from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, grow_regions,
                      ms_ssim_loss, pyramid_l1, region_l1, temporal_l1)
@@ -291,70 +291,71 @@ class Trainer:
             e.lerp_(p.detach(), 1 - d)
 
     # -- loop, validation, checkpoints ----------------------------------------------------------------
-    def fit(self, steps: int | None = None, progress: bool = True) -> None:
-        """Train until ``steps`` (default ``cfg.steps``) total steps."""
+    def fit(self, steps: int | None = None, progress: bool = True, stop_after_s: float = 0.0) -> None:
+        """Train until ``steps`` (default ``cfg.steps``) total steps.  ``stop_after_s`` > 0: this call is a
+        share of a longer run: checkpoint and return at the step that ends about that many seconds in
+        (timed as the budget is: at the call's step 40 at the earliest); the run's length and schedule
+        stay, and :meth:`resume` continues it."""
         from tqdm import tqdm
 
         target = steps if steps is not None else self.cfg.steps
         spe = self.steps_per_epoch()
         bar = tqdm(total=target, initial=self.step, unit="step", desc=f"train {self.cfg.stage}",
                    disable=not progress or self.rank != 0)
-        t0, done0 = time.perf_counter(), self.step
-        while self.resident and self.step < target:
+        clock, stop = FitClock(self.step, self.device, self.world), target
+        while self.resident and self.step < min(target, stop):
             losses = self.train_step(self._resident_batch(self.step))
-            self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size)
-            if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
-                target = self._fit_budget(t0, done0, bar)
-        while self.step < target:
+            self._bookkeeping(losses, bar, clock, self.cfg.batch_size)
+            target, stop = self._lengths(clock, bar, target, stop, steps is None, stop_after_s)
+        while self.step < min(target, stop):
             epoch, skip = divmod(self.step, spe)
             for i, batch in enumerate(self._loader(epoch)):
                 if i < skip:
                     continue  # resuming mid-epoch: the same batches, in the same order
                 losses = self.train_step(batch)
-                self._bookkeeping(losses, bar, t0, done0, self.cfg.batch_size)
-                if self.cfg.time_budget_s > 0 and steps is None and self.step == done0 + 40:
-                    target = self._fit_budget(t0, done0, bar)
-                if self.step >= target:
+                self._bookkeeping(losses, bar, clock, self.cfg.batch_size)
+                target, stop = self._lengths(clock, bar, target, stop, steps is None, stop_after_s)
+                if self.step >= min(target, stop):
                     break
         bar.close()
         self.save()
 
-    def _fit_budget(self, t0: float, done0: int, bar) -> int:
-        """Set ``cfg.steps`` so that the run ends within ``time_budget_s`` of ``t0``, timed over steps
-        11–40 (the first 10 compile); the learning-rate schedule follows from here on. Rank 0's
-        figure holds for every rank; a resumed run keeps the steps saved with it."""
-        if not hasattr(self, "_t10") or self._resumed:  # a resumed run keeps the steps its budget set
+    def _lengths(self, clock: FitClock, bar, target: int, stop: int, budgeted: bool,
+                 stop_after_s: float) -> tuple[int, int]:
+        """Once the call's speed is known: the run's length from the time budget (when ``budgeted``: no
+        ``steps`` given to :meth:`fit`) and the step at which this call stops (``stop_after_s``)."""
+        if not clock.timed(self.step):
+            return target, stop
+        if self.cfg.time_budget_s > 0 and budgeted:
+            target = self._fit_budget(clock, bar)
+        if stop_after_s > 0:
+            stop = clock.step_at(stop_after_s, self.step)
+            log.info("this call stops at step %d of %d; --resume continues", min(stop, target), target)
+        return target, stop
+
+    def _fit_budget(self, clock: FitClock, bar) -> int:
+        """Set ``cfg.steps`` so that the run ends within ``time_budget_s`` of the call's start; the
+        learning-rate schedule follows from here on.  A resumed run keeps the steps saved with it."""
+        if self._resumed:
             return self.cfg.steps
-        per_step = (time.perf_counter() - self._t10) / (self.step - done0 - 10)
-        left = self.cfg.time_budget_s - (time.perf_counter() - t0)
-        steps = max(self.step + 1, self.step + int(0.97 * left / per_step))
-        if self.world > 1:  # every rank must stop at the same step (all_reduce, barriers): rank 0 decides
-            shared = torch.tensor([steps], dtype=torch.int64, device=self.device if dist.get_backend() == "nccl"
-                                  else "cpu")
-            dist.broadcast(shared, 0)
-            steps = int(shared.item())
-        self.cfg.steps = steps
+        self.cfg.steps = clock.step_at(self.cfg.time_budget_s, self.step)
         bar.total = self.cfg.steps
-        log.info("time budget %.0f s: %.3f s/step, training to step %d", self.cfg.time_budget_s, per_step,
-                 self.cfg.steps)
+        log.info("time budget %.0f s: training to step %d", self.cfg.time_budget_s, self.cfg.steps)
         if self.rank == 0 and self.run_dir is not None:
             self.cfg.save(self.run_dir / "config.toml")
         return self.cfg.steps
 
-    def _bookkeeping(self, losses: dict, bar, t0: float, done0: int, samples_per_step: int) -> None:
+    def _bookkeeping(self, losses: dict, bar, clock: FitClock, samples_per_step: int) -> None:
         """Progress, logging, validation and checkpoints after a step."""
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total']:.4f}")
-        if self.step - done0 == 10:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._t10 = time.perf_counter()
+        clock.tick(self.step)
         if self.rank == 0 and self.step % self.cfg.log_every == 0:
-            rate = (self.step - done0) * samples_per_step * self.world / (time.perf_counter() - t0)
-            if hasattr(self, "_t10") and self.step - done0 > 10:  # after compilation and warm-up
-                self.samples_per_s = (self.step - done0 - 10) * samples_per_step * self.world / (
-                    time.perf_counter() - self._t10)
-            self._log({**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": rate,
+            warm = clock.warm_rate(self.step, samples_per_step * self.world)
+            if warm is not None:  # after compilation and warm-up
+                self.samples_per_s = warm
+            self._log({**{f"train/{k}": v for k, v in losses.items()},
+                       "train/samples_per_s": clock.rate(self.step, samples_per_step * self.world),
                        "train/lr": self.opt.param_groups[0]["lr"]})
         if self.val_set is not None and self.step % self.cfg.val_every == 0:
             self._log({f"val/{k}": v for k, v in self.validate().items()})
