@@ -245,15 +245,18 @@ def test_time_budget_sets_the_steps_and_a_resumed_run_keeps_them(root, tmp_path)
     assert trainer._fit_budget(clock, Bar()) == 1234
 
 
-def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatch, resident):
     """--stop-after: the call checkpoints and stops once its time is out (the speed known, here after 2
-    steps); --resume continues to the run's own length, and the weights are those of the run made at once."""
+    steps); --resume continues to the run's own length, and the weights are those of the run made at once
+    (the schedule past its warm-up included; the resident pairs and the loader alike)."""
     monkeypatch.setattr(FitClock, "WARM", 1)
     monkeypatch.setattr(FitClock, "TIMED", 2)
-    cfg = dict(stage="full", preset="lite", steps=4, batch_size=2, resident=True, val_fraction=0.34,
-               val_every=1000, ckpt_every=1000, log_every=1000)
+    cfg = dict(stage="full", preset="lite", steps=4, batch_size=2, resident=resident, num_workers=0,
+               val_fraction=0.34, warmup_steps=1, val_every=1000, ckpt_every=1000, log_every=1000)
     whole = Trainer(TrainConfig(**cfg), tmp_path / "whole", data=root, device="cpu")
-    whole.fit(progress=False)
+    whole.fit(progress=False, stop_after_s=1e6)  # time to spare: the whole run
+    assert whole.step == 4
     part = Trainer(TrainConfig(**cfg), tmp_path / "part", data=root, device="cpu")
     part.fit(progress=False, stop_after_s=1e-3)  # out of time as soon as the speed is known
     assert part.step == 3 and part.cfg.steps == 4

@@ -8,8 +8,10 @@
 #       any jobs: CONFIG names configs/real-CONFIG.toml, the KEY=VALUEs are `train --set` overrides
 #   STOP=480 BUDGET=0 bash tools/train_real.sh OUT JOB ...; then RESUME=1 STOP=480 BUDGET=0 ... the same jobs
 #       a run longer than one call: each call trains about STOP seconds of it (`train --stop-after`) and
-#       the next continues it (`--resume`, from runs/NAME, which stays while the machine does); STOP counts
-#       from the first step, so leave the data's set-up (a minute or two) and the copies outside it
+#       the next continues it (`--resume`, from runs/NAME, which stays only while the machine does: the
+#       optimizer state is not copied to OUT). Give every call the same BUDGET and jobs, and with BUDGET=0
+#       a `steps=N` in each job's settings (the configs say 100000). STOP counts from the first step, so
+#       leave the data's set-up (a minute or two) and the copies outside it
 # The data comes as PACK (default .pack), made here by `tools/dataset_pack.py pack` (videos + landmarks:
 # the GPU machine needs no mediapipe or dlib); each job's EMA weights (fp16), metrics and log land in OUT.
 set -euo pipefail
@@ -30,7 +32,7 @@ for job in "${jobs[@]}"; do
     extra=()
     [ -n "${init:-}" ] && extra+=(--init-weights "$init")
     [ -n "${STOP:-}" ] && extra+=(--stop-after "$STOP")
-    [ -n "${RESUME:-}" ] && extra+=(--resume)
+    [ "${RESUME:-0}" = 1 ] && extra+=(--resume)
     IFS=, read -ra pairs <<<"${sets:-}"
     for kv in "${pairs[@]}"; do extra+=(--set "$kv"); done
     CUDA_VISIBLE_DEVICES=$gpu python3 -m avatar_app train --stage "$stage" --config "configs/real-$config.toml" \

@@ -91,11 +91,22 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="override one config setting (TOML value), e.g. --set w_gan=0.3; repeatable")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--stop-after", type=float, default=0.0, metavar="S",
+    p.add_argument("--stop-after", type=_seconds, default=0.0, metavar="S",
                    help="train a share of the run: checkpoint and stop after about this many seconds (the "
                         "run's length and schedule stay; --resume continues it)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {text}")
+    return value
 
 
 def rank_placement(device: str, world: int, local_rank: int, local_world: int | None, gpus: int) -> tuple[str, str]:

@@ -4,8 +4,8 @@ Every other training pair is self-reenactment: the source and the driving frame 
 person, so the output can be compared with a real frame.  The app, though, animates a portrait
 with *another* person's motion, retargeted onto it (:class:`~avatar_app.face.retarget.Retargeter`,
 relative mode, motion limits on), and that is where the full network painted another face
-(docs/MOTION_IDENTITY.md §7; these pairs: docs/MOTION_CROSS_PAIRS.md).  A cross pair takes the source of a training pair and, instead of
-a frame of the same clip, the motion of a training person of *another* identity between two
+(docs/MOTION_IDENTITY.md §7; these pairs: docs/MOTION_CROSS_PAIRS.md).  A cross pair takes the source of a
+training pair and, instead of a frame of the same clip, the motion of a training person of *another* identity between two
 frames of one of their clips (the first as their neutral face, the second as the driving
 frame; with ``hard_pairs``, as often as there, one of the furthest in head pose), retargeted as the
 app retargets it.  Its landmark image and triangle map are drawn from the retargeted landmarks
