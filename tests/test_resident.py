@@ -270,3 +270,17 @@ def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatc
     for a, b in ((whole.model, rest.model), (whole.ema, rest.ema)):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(x, y), name
+
+
+def test_resuming_with_another_length_than_the_saved_one_says_so(root, tmp_path, caplog):
+    cfg = dict(stage="full", preset="lite", steps=1, batch_size=2, resident=True, val_fraction=0.34,
+               val_every=1000, ckpt_every=1000, log_every=1000)
+    Trainer(TrainConfig(**cfg), tmp_path / "run", data=root, device="cpu").fit(progress=False)
+    same = Trainer(TrainConfig(**cfg), tmp_path / "run", data=root, device="cpu")
+    with caplog.at_level("WARNING"):
+        same.resume()
+    assert "saved to train" not in caplog.text
+    longer = Trainer(TrainConfig(**{**cfg, "steps": 100000}), tmp_path / "run", data=root, device="cpu")
+    with caplog.at_level("WARNING"):
+        longer.resume()  # e.g. a run whose time budget set its length, resumed without the budget
+    assert "saved to train to step 1; it now trains to 100000" in caplog.text and longer.cfg.steps == 100000

@@ -82,8 +82,7 @@ class Trainer:
         self.params = [p for m in trained for p in m.parameters()]
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas, **fused)
-        self.disc = None
-        self.opt_d = None
+        self.disc = self.opt_d = None
         if cfg.stage == "full" and cfg.w_gan > 0:
             width = 64 if self.model.preset == "full" else 32
             self.disc = MultiScaleDiscriminator(3, cond_channels=6, scales=2, channels=width).to(self.device)
@@ -395,6 +394,8 @@ class Trainer:
         self.step = int(meta["step"])
         if meta["extra"].get("scaler"):
             self.scaler.load_state_dict(meta["extra"]["scaler"])
-        if meta["extra"].get("steps") and self.cfg.time_budget_s > 0:  # the budget already chose the length
-            self.cfg.steps = int(meta["extra"]["steps"])
-            self._resumed = True
+        saved = int(meta["extra"].get("steps") or 0)
+        if saved and self.cfg.time_budget_s > 0:  # the budget already chose the length
+            self.cfg.steps, self._resumed = saved, True
+        elif saved and saved != self.cfg.steps:  # e.g. resumed without the budget or the steps it ran with
+            log.warning("this run was saved to train to step %d; it now trains to %d", saved, self.cfg.steps)
