@@ -25,15 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from avatar_app.models.identity import IdentityEncoder, identity_distance  # noqa: E402
-from avatar_app.train.large_motion import HeadPoses  # noqa: E402
+from avatar_app.train.large_motion import HeadPoses, rotation_angle  # noqa: E402
 from avatar_app.types import Landmarks  # noqa: E402
 
 BINS = (0, 10, 20, 30, 45, 180)  # degrees
-
-
-def angle_degrees(rotation: np.ndarray) -> np.ndarray:
-    """The angle of rotation matrices ``(..., 3, 3)``, in degrees."""
-    return np.degrees(np.arccos(np.clip((np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)))
 
 
 def clip_distances(folder: Path, encoder: IdentityEncoder, per_clip: int) -> list[tuple[int, float, float]]:
@@ -43,7 +38,7 @@ def clip_distances(folder: Path, encoder: IdentityEncoder, per_clip: int) -> lis
     if len(frames) < 2:
         return []
     poses = HeadPoses(points, valid)
-    ref = int(frames[np.argmin(angle_degrees(poses.rotation[frames]))])  # nearest the mesh's neutral pose
+    ref = int(frames[np.argmin(rotation_angle(poses.rotation[frames]))])  # nearest the mesh's neutral pose
 
     def embed(k: int) -> np.ndarray:
         image = cv2.imread(str(folder / "256" / f"{k:06d}.jpg"))
@@ -52,7 +47,7 @@ def clip_distances(folder: Path, encoder: IdentityEncoder, per_clip: int) -> lis
     reference = embed(ref)
     picked = frames[:: max(1, len(frames) // per_clip)]
     picked = picked[picked != ref]
-    turns = angle_degrees(poses.rotation[picked] @ poses.rotation[ref].T)
+    turns = np.degrees(rotation_angle(poses.rotation[picked] @ poses.rotation[ref].T))
     return [(int(k), float(t), identity_distance(embed(int(k)), reference)) for k, t in zip(picked, turns)]
 
 

@@ -1,15 +1,15 @@
 """Pairs driven by another person (issue 13): the source's face must survive someone else's motion.
 
 Every other training pair is self-reenactment: the source and the driving frame show the same
-person, so the output can be compared with a real frame.  The app, though, animates a portrait
-with *another* person's motion, retargeted onto it (:class:`~avatar_app.face.retarget.Retargeter`,
+person, so the output can be compared with a real frame.  The app, though, animates a portrait with
+*another* person's motion, retargeted onto it (:class:`~avatar_app.face.retarget.Retargeter`,
 relative mode, motion limits on), and that is where the full network painted another face
-(docs/MOTION_IDENTITY.md §7; these pairs: docs/MOTION_CROSS_PAIRS.md).  A cross pair takes the source of a
-training pair and, instead of a frame of the same clip, the motion of a training person of *another* identity between two
-frames of one of their clips (the first as their neutral face, the second as the driving
-frame; with ``hard_pairs``, as often as there, one of the furthest in head pose), retargeted as the
-app retargets it.  Its landmark image and triangle map are drawn from the retargeted landmarks
-as the app draws them.
+(docs/MOTION_IDENTITY.md §7; these pairs: docs/MOTION_CROSS_PAIRS.md).  A cross pair takes the
+source of a training pair and, instead of a frame of the same clip, the motion of a training person
+of *another* identity between two frames of one of their clips (the first as their neutral face, the
+second as the driving frame; with ``hard_pairs``, as often as there, one of the furthest in head
+pose), retargeted as the app retargets it.  Its landmark image and triangle map are drawn from the
+retargeted landmarks as the app draws them.
 
 There is no ground truth for such a frame: its pixels are left out of every image loss (its mask
 is 0; the unmasked perceptual loss is refused with cross pairs) and its rows out of the discriminator

@@ -38,6 +38,11 @@ ROLL_DEGREES = 15.0  # largest extra roll of a large-zoom pair's source
 SHIFT = 0.08  # largest shift of a large-zoom pair, in halves of the crop (grid units)
 
 
+def rotation_angle(rotation: np.ndarray) -> np.ndarray:
+    """The angle (radians) of rotation matrices ``(..., 3, 3)``."""
+    return np.arccos(np.clip((np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0))
+
+
 class HeadPoses:
     """Every frame's head pose against the mesh's neutral face: ``log_scale (N,)``, ``rotation (N, 3, 3)``.
 
@@ -63,8 +68,7 @@ class HeadPoses:
         """Head motion between frames ``a`` and ``b`` (broadcast): rotation angle (rad) + |Δ log scale|."""
         a, b = np.asarray(a), np.asarray(b)
         rel = self.rotation[b] @ np.swapaxes(self.rotation[a], -1, -2)
-        cos = (np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0
-        return np.arccos(np.clip(cos, -1.0, 1.0)) + np.abs(self.log_scale[b] - self.log_scale[a])
+        return rotation_angle(rel) + np.abs(self.log_scale[b] - self.log_scale[a])
 
     def hardest(self, source: int, choices: np.ndarray, rng: np.random.Generator,
                 candidates: int = CANDIDATES, keep: int = KEEP) -> int:
