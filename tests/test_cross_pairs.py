@@ -34,6 +34,19 @@ def _face(scale: float = 90.0) -> np.ndarray:
     return (topology().neutral.astype(np.float64) * scale + 128.0).astype(np.float32)
 
 
+def _trainer_with_identity(identity: torch.nn.Module, cfg: TrainConfig, root: Path, out: Path):
+    """A CPU trainer whose identity loss is ``identity`` (it stands in for dlib's ResNet, whose model file the tests
+    do not have)."""
+    import avatar_app.train.trainer as trainer_module
+
+    real = trainer_module.IdentityLoss
+    trainer_module.IdentityLoss = lambda *_: identity
+    try:
+        return trainer_module.Trainer(cfg, out, data=root, device="cpu")
+    finally:
+        trainer_module.IdentityLoss = real
+
+
 def test_cross_rows_are_driven_by_another_person():
     # 4 people, person p owns clips 2p and 2p+1; each clip's valid frames are its own 10 global indices
     person_of = np.repeat(np.arange(4), 2)
@@ -156,6 +169,13 @@ def test_image_losses_and_the_discriminator_leave_cross_rows_out(root, tmp_path)
     sum(parts.values()).backward()
     per_row = out.grad.abs().flatten(1).sum(1)
     assert (per_row[cross] == 0).all() and (per_row[~cross] > 0).all()
+    # and the rows with a real frame weigh as much as they would alone: no term is diluted by the cross share
+    gt, own = torch.rand_like(out), ~cross
+    whole = trainer._image_losses(out.detach(), gt, b["driving_cond"], b["mask"])
+    alone = trainer._image_losses(out.detach()[own], gt[own], b["driving_cond"][own], b["mask"][own])
+    assert whole.keys() == alone.keys() and {"eyes", "mouth"} <= whole.keys()
+    for name in whole:
+        assert torch.allclose(whole[name], alone[name], rtol=1e-5, atol=1e-7), name
     judged = []
     forward = trainer.disc.forward
     trainer.disc.forward = lambda image, cond: judged.append((len(image), len(cond))) or forward(image, cond)
@@ -169,8 +189,6 @@ def test_image_losses_and_the_discriminator_leave_cross_rows_out(root, tmp_path)
 
 
 def test_identity_of_a_cross_pair_is_measured_against_its_source(root, tmp_path):
-    from avatar_app.train.trainer import Trainer
-
     with pytest.raises(InputFileError, match="w_id"):
         TrainConfig(stage="full", preset="lite", cross_pairs=0.5)
     with pytest.raises(InputFileError, match="share"):
@@ -184,14 +202,7 @@ def test_identity_of_a_cross_pair_is_measured_against_its_source(root, tmp_path)
             calls.append((output.detach(), target, points, target_points))
             return (output - output.detach()).sum() + 0.25
 
-    import avatar_app.train.trainer as trainer_module
-
-    real = trainer_module.IdentityLoss
-    trainer_module.IdentityLoss = lambda *_: Recorder()
-    try:
-        trainer = Trainer(cfg, tmp_path / "run", data=root, device="cpu")
-    finally:
-        trainer_module.IdentityLoss = real
+    trainer = _trainer_with_identity(Recorder(), cfg, root, tmp_path / "run")
     assert trainer.train_set.cross_pairs == 0.5 and trainer.val_set.cross_pairs == 0.0
     b = trainer.train_set.batch(8, np.random.default_rng(11))
     cross = b["cross"]
@@ -221,3 +232,33 @@ def test_the_identity_loss_cuts_each_image_by_its_own_landmarks_when_given_two_s
     moved_points[..., 1] += 12.0
     assert float(loss(moved, rgb, moved_points, points)) < 0.05  # each cut by its own landmarks: the same face
     assert float(loss(moved, rgb, moved_points)) > 0.2  # both cut where the output's face is: the target is off
+
+
+@pytest.mark.parametrize("cross_warp", [False, True])
+def test_cross_rows_train_the_warp_only_when_asked(root, tmp_path, cross_warp):
+    """What a pair driven by another person teaches reaches the generator; the warp learns motion from real frames
+    unless ``cross_warp`` (its identity gradient taught it to follow less: docs/MOTION_CROSS_PAIRS.md §7.6)."""
+    cfg = TrainConfig(stage="full", preset="lite", steps=1, batch_size=4, resident=True, val_fraction=0.34,
+                      w_id=0.5, cross_pairs=0.5, cross_warp=cross_warp, w_gan=0.0, w_warped=0.0, w_blend=0.0,
+                      val_every=1000, ckpt_every=1000)
+    rows = {}
+
+    class CrossOnly(torch.nn.Module):  # stands in for dlib's ResNet: a loss on the cross rows' output alone
+        def forward(self, output, target, points, target_points=None):
+            return output[rows["cross"]].float().square().mean()
+
+    trainer = _trainer_with_identity(CrossOnly(), cfg, root, tmp_path / "run")
+    b = trainer.train_set.batch(8, np.random.default_rng(11))
+    rows["cross"] = b["cross"]
+    assert 0 < int(b["cross"].sum()) < 8
+    _, parts = trainer.compute_losses(b)
+    parts["identity"].backward()
+
+    def grad(module):
+        return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+    assert grad(trainer.model.generator) > 0
+    assert (grad(trainer.model.warp) > 0) == cross_warp
+    trainer.model.zero_grad(set_to_none=True)  # the self rows still train the warp
+    trainer.compute_losses(b)[1]["l1"].backward()
+    assert grad(trainer.model.warp) > 0

@@ -11,7 +11,8 @@
 #       the next continues it (`--resume`, from runs/NAME, which stays only while the machine does: the
 #       optimizer state is not copied to OUT). Give every call the same BUDGET and jobs, and with BUDGET=0
 #       a `steps=N` in each job's settings (the configs say 100000). STOP counts from the first step, so
-#       leave the data's set-up (a minute or two) and the copies outside it
+#       leave the data's set-up (a minute or two) and the copies outside it; it counts the compilation of the
+#       first steps (a cross-pairs run beside another got 243 of 1200 steps from STOP=300, the next call 600)
 # The data comes as PACK (default .pack), made here by `tools/dataset_pack.py pack` (videos + landmarks:
 # the GPU machine needs no mediapipe or dlib); each job's EMA weights (fp16), metrics and log land in OUT.
 set -euo pipefail

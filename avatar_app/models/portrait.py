@@ -102,7 +102,8 @@ class PortraitModel(nn.Module):
 
     def forward_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
                       mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
-                      mouth_amount: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+                      mouth_amount: torch.Tensor | float = 0.0,
+                      hold_warp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One frame at the network size.
 
         Args:
@@ -112,12 +113,16 @@ class PortraitModel(nn.Module):
             mouth, mouth_coord, mouth_amount: the analytic flow's mouth outputs; when
                 given, the warped source gets the painted mouth interior (as the geometric
                 animator does) before the generator sees it.
+            hold_warp: ``(B,)`` bool, training only: rows whose warp outputs reach the generator
+                without a gradient, so what is learnt from those rows is the generator's alone.
 
         Returns:
             dict with ``image (B, 3, S, S)``, ``mask``, ``grid (B, S, S, 2)``, ``occlusion``,
             ``warped`` (the warped source the generator blended with).
         """
         out = self.warp_frame(src, tgt_cond, analytic_grid, mouth, mouth_coord, mouth_amount)
+        if hold_warp is not None:
+            out = {k: torch.where(hold_warp.view(-1, *[1] * (v.dim() - 1)), v.detach(), v) for k, v in out.items()}
         image, mask = self.generator(src.features, out["grid"], out["occlusion"], tgt_cond, src.identity, out["warped"])
         return {"image": image, "mask": mask, **out}
 

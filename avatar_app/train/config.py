@@ -41,6 +41,7 @@ class TrainConfig:
     hard_pairs: float = 0.0  # resident: share of pairs whose driving frame is the largest head motion of 16 drawn
     large_motion: float = 0.0  # resident: share of pairs given a 1.1-1.4x zoom either way and a roll (train.large_motion)
     cross_pairs: float = 0.0  # resident: share of pairs driven by another person (train.cross_pairs; needs w_id)
+    cross_warp: bool = False  # full stage: cross pairs also train the warp (off: it learns motion from real frames)
     seed: int = 0
     num_workers: int = 2
     samples_per_clip: int = 64

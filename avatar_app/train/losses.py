@@ -98,14 +98,19 @@ def grow_regions(masks: torch.Tensor, grow: int = REGION_GROW) -> torch.Tensor:
 def region_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, grow: int = REGION_GROW,
               valid: torch.Tensor | None = None) -> torch.Tensor:
     """L1 inside a (dilated) region mask ``(B, 1, H, W)`` (and inside ``valid``, if given),
-    normalised by each sample's region area, then averaged over the batch (so it splits
-    across data-parallel ranks exactly).  ``grow = 1``: ``mask`` is already dilated (:func:`grow_regions`)."""
+    normalised by each sample's region area, then averaged over the samples that have a ground truth:
+    a row whose ``valid`` is 0 everywhere (a pair driven by another person) is left out of the mean as of
+    the sum, so a share of such rows does not weaken the term, as the masked means of the other image
+    losses are not weakened.  Without such rows the mean is over the batch (and splits across data-parallel
+    ranks exactly).  ``grow = 1``: ``mask`` is already dilated (:func:`grow_regions`)."""
     mask = grow_regions(mask, grow)
+    rows = output.shape[0]
     if valid is not None:
         mask = mask * valid
+        rows = (valid.flatten(1).amax(1) > 0).sum().clamp(min=1)
     area = mask.flatten(1).sum(1).clamp(min=1.0)
     per_sample = ((output - target).abs() * mask).flatten(1).sum(1) / (area * output.shape[1])
-    return per_sample.mean()
+    return per_sample.sum() / rows
 
 
 def temporal_l1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

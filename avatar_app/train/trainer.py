@@ -157,7 +157,8 @@ class Trainer:
             src = SourceCode(b["source"], b["source_cond"], b["identity"], model.warp.code(b["source"], b["source_cond"]), [])
             return model.warp_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
         src = model.encode_source(b["source"], b["source_cond"], b["identity"])
-        return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+        hold = b["cross"] if self.cfg.cross_pairs and not self.cfg.cross_warp and "cross" in b else None
+        return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"], hold_warp=hold)
 
     def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None,
                       mask: torch.Tensor | None = None, regions: torch.Tensor | None = None) -> dict:
