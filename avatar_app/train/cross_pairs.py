@@ -16,8 +16,8 @@ is 0; the unmasked perceptual loss is refused with cross pairs) and its rows out
 (:func:`self_rows`), and the identity loss compares the output with the *source* (dlib's embedding
 of each image, each cut to the face chip by its own landmarks: :func:`identity_target`).  So these
 pairs teach one thing: under motion that is not the source person's own, keep the source's face.  They teach
-it to the generator only (``cross_warp`` off, the default): the warp network learns motion from real frames,
-since taught by these rows it learnt to follow less (docs/MOTION_CROSS_PAIRS.md §7.6).
+it to the generator only in the full stage (``cross_warp`` off, the default): the warp network learns motion from
+real frames, since taught by these rows it likely learnt to follow less (docs/MOTION_CROSS_PAIRS.md §7.6).
 A clip without a person label counts as its own person, so a "cross" row may then show the same
 human.
 """
