@@ -21,6 +21,7 @@ import numpy as np
 from ..types import Landmarks
 from .align import similarity_fit
 from .eyes import hold_gaze
+from .lips import inner_lip_gaps, part_crossed_lips
 from .mesh import eye_centers, topology
 
 
@@ -40,6 +41,13 @@ class RetargetOptions:
             lids, brows and everything else follow the driver.
         motion_limits: saturate head rotation, zoom and shift smoothly towards
             :data:`MOTION_LIMITS` (the ranges the analytic flow renders without tearing).
+        rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
+            the first face, a re-anchor on a new face), expressions are measured from the
+            per-point median of the driver's first ``rest_frames`` faces, head motion undone,
+            instead of from that one frame: a face caught mid-word (pursed lips, raised brows)
+            is not taken for the rest, or every later frame would carry its opposite.  The
+            head pose is still measured from the calibration frame.  A calibration the user
+            asked for is kept as given.  0: off.
     """
 
     mode: str = "relative"
@@ -49,10 +57,13 @@ class RetargetOptions:
     transfer_scale: bool = True
     eye_contact: bool = False
     motion_limits: bool = True
+    rest_frames: int = 60
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
             raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
+        if self.rest_frames < 0:
+            raise ValueError(f"rest_frames must be 0 (off) or a number of frames, not {self.rest_frames}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class MotionLimits:
 
 
 MOTION_LIMITS = MotionLimits()
+REST_STEP = 0.02  # the most the settling rest moves a point in one frame, in inter-ocular distances
 
 
 def soft_limit(x: np.ndarray | float, limit: float, knee: float = 0.6) -> np.ndarray | float:
@@ -149,7 +161,9 @@ class Retargeter:
         self.source = source
         self.options = options or RetargetOptions()
         self._rigid = topology().rigid
-        self._neutral: np.ndarray | None = None
+        self._neutral: np.ndarray | None = None  # the calibration frame: head motion is measured from it
+        self._rest: np.ndarray | None = None  # the face expressions are measured from (its pose)
+        self._faces: list[np.ndarray] | None = None  # settling: the faces so far, pose undone
         self._neutral_size: tuple[int, int] = (0, 0)
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
 
@@ -158,20 +172,54 @@ class Retargeter:
         return self._neutral is not None
 
     @property
-    def neutral(self) -> Landmarks | None:
-        """The driver's neutral face, once calibrated (driver px)."""
-        return None if self._neutral is None else Landmarks(self._neutral.astype(np.float32), self._neutral_size)
+    def settling(self) -> bool:
+        """Whether the rest expression is still being refined (see ``RetargetOptions.rest_frames``)."""
+        return self._faces is not None
 
-    def calibrate(self, neutral: Landmarks) -> None:
-        """Take ``neutral`` as the driver's resting face (motion is measured from it)."""
+    @property
+    def neutral(self) -> Landmarks | None:
+        """The driver's neutral face, once calibrated (driver px): the calibration frame's pose
+        with the rest expression (see ``RetargetOptions.rest_frames``)."""
+        return None if self._rest is None else Landmarks(self._rest.astype(np.float32), self._neutral_size)
+
+    def calibrate(self, neutral: Landmarks, settle: bool = False) -> None:
+        """Take ``neutral`` as the driver's resting face (motion is measured from it).
+
+        ``settle``: the app picked this frame itself (the first face seen, a new face after a
+        jump), so the expression's rest is refined over the next ``rest_frames`` faces."""
         n = neutral.points.astype(np.float64)
         self._neutral = n
+        self._rest = n
+        self._faces = [] if settle and self.options.rest_frames > 1 else None
         self._neutral_size = neutral.image_size
         self._to_source = similarity_fit(n[self._rigid], self.source.points[self._rigid].astype(np.float64))
 
     def reset(self) -> None:
-        self._neutral = None
+        self._neutral = self._rest = self._faces = None
         self._to_source = None
+
+    def onto(self, source: Landmarks) -> "Retargeter":
+        """A retargeter onto another source face with this one's driver calibration (neutral, rest, and
+        the rest's settling if it is still under way)."""
+        other = Retargeter(source, self.options)
+        if self._neutral is not None:
+            other._neutral, other._rest, other._neutral_size = self._neutral, self._rest, self._neutral_size
+            other._faces = None if self._faces is None else list(self._faces)
+            other._to_source = similarity_fit(self._neutral[self._rigid], source.points[self._rigid].astype(np.float64))
+        return other
+
+    def _settle_rest(self, face: np.ndarray) -> None:
+        """Add one face (pose undone) to the rest estimate while it is still settling."""
+        assert self._faces is not None and self._rest is not None and self._neutral is not None
+        self._faces.append(face)
+        # towards the median, but never by more than REST_STEP a frame: a median can flip between two
+        # clusters (a pucker held for half the faces so far, then rest) and the mouth would snap with it
+        step = np.median(np.stack(self._faces), axis=0) - self._rest
+        cap = REST_STEP * inter_ocular(self._neutral)
+        norm = np.linalg.norm(step, axis=1, keepdims=True)
+        self._rest = self._rest + step * np.minimum(1.0, cap / np.maximum(norm, 1e-12))
+        if len(self._faces) >= self.options.rest_frames:
+            self._faces = None
 
     def head_motion(self, driver: Landmarks) -> tuple[float, np.ndarray, np.ndarray]:
         """``(s, R, t)`` with ``driver ≈ s R neutral + t`` over the rigid points (driver px)."""
@@ -180,22 +228,26 @@ class Retargeter:
         return similarity_fit(self._neutral[self._rigid], driver.points[self._rigid].astype(np.float64))
 
     def __call__(self, driver: Landmarks) -> Landmarks:
-        """Target landmarks in source crop px; calibrates on the first call if needed."""
+        """Target landmarks in source crop px; calibrates on the first call if needed (settling)."""
         if self._neutral is None:
-            self.calibrate(driver)
-        assert self._neutral is not None and self._to_source is not None
+            self.calibrate(driver, settle=True)
+        assert self._neutral is not None and self._rest is not None and self._to_source is not None
         opt = self.options
         pts = driver.points.astype(np.float64)
         s, rot, t = self.head_motion(driver)
-        expr = (pts - t) @ rot / s - self._neutral  # expression offsets, driver-neutral frame
+        face = (pts - t) @ rot / s  # the driver's face in the calibration frame's pose
+        if self._faces is not None:
+            self._settle_rest(face)
+        expr = face - self._rest  # expression offsets, driver-neutral frame
 
         s_ns, r_ns, t_ns = self._to_source
         expr_src = s_ns * expr @ r_ns.T * opt.expression_scale
         if opt.mode == "absolute":
-            base = s_ns * self._neutral @ r_ns.T + t_ns
+            base = s_ns * self._rest @ r_ns.T + t_ns  # the driver's own face: rest + (face - rest)
         else:
             base = self.source.points.astype(np.float64)
-        shape = base + expr_src
+        # a mouth shut past its rest: the lips meet, never cross (further than the portrait's own do)
+        shape = part_crossed_lips(base + expr_src, allowed=inner_lip_gaps(base))
 
         rot_d = _scaled_rotation(rot, opt.rotation_scale)
         scale = s if opt.transfer_scale else 1.0

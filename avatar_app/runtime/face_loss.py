@@ -163,7 +163,7 @@ class DriverGuard:
             self._candidate = (since, now, driver)
             return None
         self._candidate = None
-        self.retarget.calibrate(driver)
+        self.retarget.calibrate(driver, settle=True)
         self._accepted = (now, driver)
         return self.retarget(driver)
 
@@ -175,7 +175,7 @@ class DriverGuard:
         target = None
         if driver is not None:
             if not self.retarget.calibrated:
-                self.retarget.calibrate(driver)
+                self.retarget.calibrate(driver, settle=True)
             if self._candidate is None and self._accepted is not None:
                 at, last = self._accepted
                 if cut or is_jump(last, driver, now - at, self.thresholds):

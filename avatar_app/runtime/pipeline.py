@@ -178,11 +178,8 @@ class Pipeline:
         personalized model swapped into the running networks)."""
         with self._animate_lock:
             with self._lock:
-                neutral = self._retarget.neutral
                 self.portrait = portrait
-                self._retarget = Retargeter(portrait.landmarks, self._options)
-                if neutral is not None:
-                    self._retarget.calibrate(neutral)
+                self._retarget = self._retarget.onto(portrait.landmarks)
                 self._driver_guard.retarget = self._retarget
                 self._driver_guard.reset()
             if model is not None:
