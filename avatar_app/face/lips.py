@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .mesh import NOSE_TIP, topology
+from .mesh import NOSE_TIP, mouth_center, topology
 
 LEFT_CORNER, RIGHT_CORNER = 61, 291  # outer mouth corners (subject's right, left)
 
@@ -26,25 +26,24 @@ def _lip_halves() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     topo = topology()
     n = topo.neutral[:, :2].astype(np.float64)
     up, lo = topo.lips_inner_upper[1:-1], topo.lips_inner_lower[1:-1]
-    corners = {int(topo.lips_inner_upper[0]), int(topo.lips_inner_upper[-1]), LEFT_CORNER, RIGHT_CORNER}
+    mid = (n[up] + n[lo]) / 2
+    order = np.argsort(mid[:, 0])
+
+    def line(x: np.ndarray) -> np.ndarray:  # where the closed lips meet, at each x
+        return np.interp(x, mid[order, 0], mid[order, 1])
+
     outer = n[topo.lips_outer]
-    x0, x1 = outer[:, 0].min(), outer[:, 0].max()
-    mid_x = (n[up, 0] + n[lo, 0]) / 2
-    order = np.argsort(mid_x)
-    mid_y = ((n[up, 1] + n[lo, 1]) / 2)[order]
-    upper, lower = set(int(i) for i in up), set(int(i) for i in lo)
-    # every other point inside the outer lip contour's box, between the outer contour's top and bottom
-    top = np.interp(n[:, 0], *_sorted(outer[outer[:, 1] <= np.interp(outer[:, 0], mid_x[order], mid_y)]))
-    bottom = np.interp(n[:, 0], *_sorted(outer[outer[:, 1] >= np.interp(outer[:, 0], mid_x[order], mid_y)]))
-    line = np.interp(n[:, 0], mid_x[order], mid_y)
-    inside = (n[:, 0] > x0) & (n[:, 0] < x1) & (n[:, 1] >= top - 1e-6) & (n[:, 1] <= bottom + 1e-6)
-    for i in np.flatnonzero(inside):
-        if int(i) in corners or int(i) in upper or int(i) in lower:
-            continue
-        (upper if n[i, 1] < line[i] else lower).add(int(i))
-    upper -= corners
-    lower -= corners
-    return (np.array(sorted(upper)), np.array(sorted(lower)), np.asarray(up), np.asarray(lo))
+    above = outer[:, 1] <= line(outer[:, 0])
+    top = np.interp(n[:, 0], *_sorted(outer[above]))
+    bottom = np.interp(n[:, 0], *_sorted(outer[outer[:, 1] >= line(outer[:, 0])]))
+    # every other point between the outer contour's top and bottom, inside its width
+    inside = ((n[:, 0] > outer[:, 0].min()) & (n[:, 0] < outer[:, 0].max())
+              & (n[:, 1] >= top - 1e-6) & (n[:, 1] <= bottom + 1e-6))
+    skip = {int(topo.lips_inner_upper[0]), int(topo.lips_inner_upper[-1]), LEFT_CORNER, RIGHT_CORNER}
+    skip |= set(int(i) for i in up) | set(int(i) for i in lo)
+    rest = np.array([i for i in np.flatnonzero(inside) if int(i) not in skip], int)
+    is_upper = n[rest, 1] < line(n[rest, 0])
+    return (np.union1d(up, rest[is_upper]), np.union1d(lo, rest[~is_upper]), np.asarray(up), np.asarray(lo))
 
 
 def _sorted(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +60,7 @@ def _mouth_axes(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
         return None
     along = across / width
     down = np.array([-along[1], along[0]])
-    if down @ (p[topology().lips_outer, :2].mean(0) - p[NOSE_TIP, :2]) < 0:  # towards the chin, from the nose
+    if down @ (mouth_center(p)[:2] - p[NOSE_TIP, :2]) < 0:  # towards the chin, from the nose
         down = -down
     return along, down, width
 

@@ -192,7 +192,12 @@ class Retargeter:
         self._rest = n
         self._faces = [] if settle and self.options.rest_frames > 1 else None
         self._neutral_size = neutral.image_size
-        self._to_source = similarity_fit(n[self._rigid], self.source.points[self._rigid].astype(np.float64))
+        self._to_source = self._fit_source()
+
+    def _fit_source(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """The similarity from the driver's neutral to the source face, over the rigid points."""
+        assert self._neutral is not None
+        return similarity_fit(self._neutral[self._rigid], self.source.points[self._rigid].astype(np.float64))
 
     def reset(self) -> None:
         self._neutral = self._rest = self._faces = None
@@ -205,7 +210,7 @@ class Retargeter:
         if self._neutral is not None:
             other._neutral, other._rest, other._neutral_size = self._neutral, self._rest, self._neutral_size
             other._faces = None if self._faces is None else list(self._faces)
-            other._to_source = similarity_fit(self._neutral[self._rigid], source.points[self._rigid].astype(np.float64))
+            other._to_source = other._fit_source()
         return other
 
     def _settle_rest(self, face: np.ndarray) -> None:
