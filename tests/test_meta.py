@@ -152,6 +152,30 @@ def test_clip_frames_from_a_video(tmp_path, astronaut_source):
     assert pts[..., :2].min() > 0 and pts[..., :2].max() < 256
 
 
+def test_a_recording_that_starts_mid_word_gives_a_profile_at_rest(tmp_path, astronaut_source):
+    """The reference (a profile's portrait and neutral) is the recording's rest, not its first frame."""
+    from avatar_app.face.mesh import mouth_opening
+    from avatar_app.face.retarget import inter_ocular
+
+    rt = Retargeter(astronaut_source.landmarks)
+    rt.calibrate(synthetic_landmarks(FacePose()))
+    anim = GeometricAnimator(astronaut_source)
+    poses = [FacePose(jaw=0.8, brows=0.5), FacePose(jaw=0.6, blink_left=1.0, blink_right=1.0)]
+    # then at rest two frames in three (moving a little), talking in the third
+    poses += [FacePose(jaw=0.5, smile=0.4) if k % 3 == 2 else FacePose(roll=4.0 * np.sin(k)) for k in range(15)]
+    crops = [anim.animate(rt(synthetic_landmarks(p))) for p in poses]
+    path = write_clip_video(ClipFrames(crops, [None] * len(crops)), tmp_path / "me.mp4")
+    clip = clip_frames(VideoFileSource(path))
+    assert len(clip.crops) == len(poses)
+    assert clip.reference >= 2 and (clip.reference - 2) % 3 != 2, clip.reference  # a frame at rest
+    opening = [mouth_opening(p) for p in clip.points]
+    assert opening[clip.reference] < opening[0] - 5.0  # px of a 256 crop (the first frame's jaw opened 9 px)
+    # the neutral is that frame's face, in the recording's own pixels
+    assert clip.neutral.image_size == (640, 480)
+    ratio = lambda p: mouth_opening(p) / inter_ocular(p)  # noqa: E731  (the same in crop and camera px)
+    assert ratio(clip.neutral.points) == pytest.approx(ratio(clip.points[clip.reference]), abs=1e-3)
+
+
 def test_personalization_inputs_rasterise_each_frame_once_and_match_the_trainers(astronaut_source):
     """FrameFlowInputs (personalization) gives the same conditioning as FlowInputs (training),
     drawing each frame's landmark image and triangle map once, however many pairs use it."""

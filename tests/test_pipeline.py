@@ -221,7 +221,8 @@ def _live_rss_mb() -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read resident memory")
 def test_soak_memory_stays_flat(astronaut_source):
-    """Thousands of frames through the whole pipeline: resident memory grows < 50 MB."""
+    """1,300 frames through the whole pipeline after warming up: resident memory grows < 25 MB (a 256
+    frame is 0.2 MB, so keeping one frame in ten would fail; measured here it stays within ±4 MB)."""
     sink = CollectSink()
     sink.send = lambda image: None  # keep nothing
     driver = SyntheticDriver(fps=100, duration=None, render=False, realtime=True)  # faster than the animator
@@ -230,12 +231,12 @@ def test_soak_memory_stays_flat(astronaut_source):
     try:
         assert _wait_for(lambda: p.stats().frames_animated >= 200, timeout=60)
         base = _live_rss_mb()
-        assert _wait_for(lambda: p.stats().frames_animated >= 3000, timeout=240, step=0.5)
+        assert _wait_for(lambda: p.stats().frames_animated >= 1500, timeout=240, step=0.5)
         grown = _live_rss_mb() - base
     finally:
         p.stop()
     assert p.error is None
-    assert grown < 50, f"resident memory grew {grown:.1f} MB"
+    assert grown < 25, f"resident memory grew {grown:.1f} MB"
 
 
 def test_a_slow_animator_does_not_hold_up_tracking_or_the_sinks(astronaut_source):

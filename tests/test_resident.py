@@ -45,6 +45,17 @@ def train_set(root) -> ResidentPairs:
     return ResidentPairs(root, "train", val_fraction=0.34, device="cpu", workers=1)
 
 
+def test_a_process_pool_renders_what_this_process_does(root, train_set, monkeypatch):
+    """Big datasets render their landmark images and triangle maps in spawned workers, small ones in
+    this process (a worker's start costs more than a few frames); both give the same bytes."""
+    import avatar_app.train.resident as resident
+
+    monkeypatch.setattr(resident, "FRAMES_PER_WORKER", 1)  # a pool even for this dataset's frames
+    pooled = ResidentPairs(root, "train", val_fraction=0.34, device="cpu", workers=2)
+    assert torch.equal(pooled.cond, train_set.cond) and torch.equal(pooled.tri, train_set.tri)
+    assert int(train_set.tri.max()) > 0 and int(train_set.cond.max()) > 0  # something was drawn
+
+
 def test_split_by_person_and_batch_layout(root, train_set):
     val = ResidentPairs(root, "val", val_fraction=0.34, device="cpu", workers=1)
     assert set(train_set.people).isdisjoint(val.people) and train_set.people and val.people
@@ -253,7 +264,7 @@ def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatc
     monkeypatch.setattr(FitClock, "WARM", 1)
     monkeypatch.setattr(FitClock, "TIMED", 2)
     cfg = dict(stage="full", preset="lite", steps=4, batch_size=2, resident=resident, num_workers=0,
-               val_fraction=0.34, warmup_steps=1, val_every=1000, ckpt_every=1000, log_every=1000)
+               val_fraction=0.34, warmup_steps=1, val_every=1000, ckpt_every=1000, log_every=1000, d_channels=8)
     whole = Trainer(TrainConfig(**cfg), tmp_path / "whole", data=root, device="cpu")
     whole.fit(progress=False, stop_after_s=1e6)  # time to spare: the whole run
     assert whole.step == 4
@@ -274,7 +285,7 @@ def test_a_run_trained_in_shares_ends_as_one_run_does(root, tmp_path, monkeypatc
 
 def test_resuming_with_another_length_than_the_saved_one_says_so(root, tmp_path, caplog):
     cfg = dict(stage="full", preset="lite", steps=1, batch_size=2, resident=True, val_fraction=0.34,
-               val_every=1000, ckpt_every=1000, log_every=1000)
+               val_every=1000, ckpt_every=1000, log_every=1000, d_channels=8)
     Trainer(TrainConfig(**cfg), tmp_path / "run", data=root, device="cpu").fit(progress=False)
     same = Trainer(TrainConfig(**cfg), tmp_path / "run", data=root, device="cpu")
     with caplog.at_level("WARNING"):

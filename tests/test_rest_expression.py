@@ -189,3 +189,22 @@ def test_the_rest_moves_at_most_rest_step_a_frame(astronaut_source):
         now = rt.neutral.points.astype(np.float64)
         assert np.linalg.norm(now - last, axis=1).max() <= REST_STEP * iod * 1.001 + 1e-4
         last = now
+
+
+def test_a_recordings_rest_frame_is_neither_mid_word_nor_a_blink():
+    """The frame a profile takes as its portrait and neutral (``rest_frame``): the face nearest the
+    clip's median expression once zoom, roll and shift are undone, whatever frame comes first."""
+    from avatar_app.face.retarget import rest_frame
+
+    poses = [MID_WORD, FacePose(blink_left=1.0, blink_right=1.0), FacePose(jaw=0.7), FacePose(smile=0.6)]
+    # a person at rest in every other frame, moving about (closer, tilted, off to the side), talking between
+    at_rest = {k for k in range(4, 24) if k % 2 == 0}
+    for k in range(4, 24):
+        pose = dict(roll=8.0 * np.sin(k), scale=1.0 + 0.1 * np.cos(k), shift=(0.2 * np.sin(k / 3), 0.0))
+        poses.append(FacePose(**pose) if k in at_rest else FacePose(jaw=0.3 + 0.02 * k, brows=0.3, **pose))
+    faces = [synthetic_landmarks(p).points for p in poses]
+    assert rest_frame(faces) in at_rest
+    assert rest_frame(faces[4:]) + 4 in at_rest  # it does not depend on which frame comes first
+    turned = [synthetic_landmarks(FacePose(yaw=30.0)).points] * 3 + faces[4:]
+    assert rest_frame(turned) >= 3  # a turned head is no rest: its face is another shape in the image
+    assert rest_frame(faces[:1]) == 0

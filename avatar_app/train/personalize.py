@@ -1,7 +1,8 @@
 """Personalization: adapt the (meta-learned) model to one person in a wall-clock budget.
 
 From a clip of the person: track every frame, take one aligned crop for the clip, hold
-out every 10th frame, and fine-tune on self-reenactment pairs until the wall-clock budget
+out every 10th frame, take the frame nearest the clip's rest expression as the reference (the
+portrait and the neutral a profile keeps: not a first frame caught mid-word or in a blink), and fine-tune on self-reenactment pairs until the wall-clock budget
 runs out or the caller cancels.  What is fine-tuned depends on the device (:func:`auto_plan`):
 on a GPU the warp network and the generator on random pairs (the source is the reference
 frame or another frame); on a CPU the warp network and the generator's decoder animating the
@@ -26,6 +27,7 @@ import torch
 from ..capture.base import FrameSource
 from ..errors import NoFaceError
 from ..face.align import face_crop_box, transform_points, warp_to_crop
+from ..face.retarget import rest_frame
 from ..face.tracker import FaceTracker
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
@@ -126,7 +128,8 @@ def clip_frames(source: FrameSource, tracker: FaceTracker | None = None, max_fra
     crops = [warp_to_crop(im, affine, NET_SIZE) for im in images]
     points = [transform_points(p, affine) for p in found]
     h, w = images[0].shape[:2]
-    return ClipFrames(crops, points, reference=0, neutral=Landmarks(found[0], (w, h)))
+    ref = rest_frame(found)  # the portrait and the neutral: the recording's rest, not its first frame
+    return ClipFrames(crops, points, reference=ref, neutral=Landmarks(found[ref], (w, h)))
 
 
 CPU_PLAN = "warp+decoder"  # measured against the others in docs/PERSONALIZATION.md

@@ -48,6 +48,9 @@ from .large_motion import ExactDrawer, HeadPoses, draw_large_zoom, two_frames
 from .manifest import read_manifest
 from .split import split_clips
 
+# A spawned rendering worker takes 2-3 s to import what it needs and a frame ~15 ms (2-core machine): with
+# fewer frames than this a worker, the frames are rendered sooner in this process (a small dataset, a test's).
+FRAMES_PER_WORKER = 256
 log = logging.getLogger(__name__)
 
 S = BASE_SIZE
@@ -130,8 +133,8 @@ class ResidentPairs:
         self.tri = tri  # (2, N, S, S) int16
         self.points = torch.from_numpy(np.stack([points, mirror_points(points)])).to(dev)  # (2, N, 478, 3)
         topo = topology()
-        self._lips = (torch.as_tensor(topo.lips_inner_upper[1:-1], device=dev),
-                      torch.as_tensor(topo.lips_inner_lower[1:-1], device=dev))
+        self._lips = (torch.tensor(topo.lips_inner_upper[1:-1], device=dev),
+                      torch.tensor(topo.lips_inner_lower[1:-1], device=dev))
         self._rigid = torch.as_tensor(topo.rigid, device=dev)
         self.masks = torch.from_numpy(np.stack([c.frame_mask(S) for c in clips]).astype(np.uint8)).to(dev)  # (C, S, S)
         self.identity = torch.from_numpy(np.stack([c.embedding for c in clips])).to(dev)
@@ -176,6 +179,7 @@ class ResidentPairs:
         scratch = Path(tempfile.mkdtemp(prefix="avatar-resident-", dir=roots[0]))
         cond_path, tri_path = scratch / "cond.u8", scratch / "tri.i16"
         workers = workers or max(1, (os.cpu_count() or 1) // ranks_here)
+        workers = min(workers, max(1, n // FRAMES_PER_WORKER))
         try:
             np.memmap(cond_path, np.uint8, "w+", shape=(2, n, COND_CHANNELS, S, S)).flush()
             np.memmap(tri_path, np.int16, "w+", shape=(2, n, S, S)).flush()

@@ -84,7 +84,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas, **fused)
         self.disc = self.opt_d = None
         if cfg.stage == "full" and cfg.w_gan > 0:
-            width = 64 if self.model.preset == "full" else 32
+            width = cfg.d_channels or (64 if self.model.preset == "full" else 32)
             self.disc = MultiScaleDiscriminator(3, cond_channels=6, scales=2, channels=width).to(self.device)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=cfg.betas, **fused)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
