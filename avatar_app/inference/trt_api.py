@@ -147,7 +147,7 @@ def _search(flavours: list[str]) -> tuple[Flavour | None, str | None]:
     if problems:
         return None, "; ".join(problems)
     return None, ("TensorRT is not installed (pip install \"avatar-app[tensorrt]\" brings TensorRT for RTX and "
-                  "pycuda; see README for full TensorRT)")
+                  "pycuda; engines/README.md, Installing TensorRT, for full TensorRT)")
 
 
 def load() -> Flavour:
