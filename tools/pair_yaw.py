@@ -7,37 +7,57 @@ between two random frames of a clip of the training split (val_fraction 0.15, as
 and between a frame and the hard pairs' pick (one of the 4 of 16 furthest in pose), mixed as the shipped
 recipe drew them (hard_pairs 0.3); also each frame against its clip's median pose. 200 pairs a clip, seed 0.
 """
+
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from avatar_app.face.retarget import _rotation_vector  # noqa: E402
-from avatar_app.train.data import PreparedDataset  # noqa: E402
 from avatar_app.train.large_motion import HeadPoses  # noqa: E402
-ds = PreparedDataset(sys.argv[1], size=256, split="train", val_fraction=0.15, augment=False)
-rng = np.random.default_rng(0)
-rand, hard, frames_yaw = [], [], []
-for c in ds.clip_records:
-    pts = c.points(np.arange(c.frames), 256).astype(np.float64)
-    poses = HeadPoses(pts, c.valid)
-    idx = np.flatnonzero(c.valid)
+
+
+def clip_yaws(points: np.ndarray, valid: np.ndarray, rng: np.random.Generator, pairs: int = 200):
+    """``(random, hard, frames)`` |yaw| in degrees for one clip's ``(N, 478, 3)`` landmarks: ``pairs`` random
+    pairs, as many hard pairs (a frame and :meth:`HeadPoses.hardest`'s pick), and every frame against the
+    clip's median yaw.  Empty arrays for a clip with fewer than two faces."""
+    poses = HeadPoses(points.astype(np.float64), valid)
+    idx = np.flatnonzero(valid)
     if len(idx) < 2:
-        continue
+        return np.zeros(0), np.zeros(0), np.zeros(0)
 
-    def yaw(a, b):
-        return np.degrees(_rotation_vector(poses.rotation[b] @ poses.rotation[a].T))[1]
+    def yaw(a: int, b: int) -> float:
+        return float(np.degrees(_rotation_vector(poses.rotation[b] @ poses.rotation[a].T))[1])
 
-    for _ in range(200):
+    rand, hard = [], []
+    for _ in range(pairs):
         a, b = rng.choice(idx, 2, replace=False)
         rand.append(abs(yaw(a, b)))
-        h = poses.hardest(a, idx, rng)
-        hard.append(abs(yaw(a, h)))
-    ref = np.median([np.degrees(_rotation_vector(poses.rotation[i]))[1] for i in idx])
-    frames_yaw += [abs(np.degrees(_rotation_vector(poses.rotation[i]))[1] - ref) for i in idx]
-mix = np.concatenate([rand, hard[: int(len(hard) * 0.3 / 0.7)]])
-for name, v in (("random pairs", rand), ("hard pairs", hard), ("recipe mix (0.3 hard)", mix), ("frames vs clip median", frames_yaw)):
-    v = np.asarray(v)
-    print(f"{name}: n={len(v)} p50 {np.percentile(v,50):.1f} p90 {np.percentile(v,90):.1f} p95 {np.percentile(v,95):.1f} p99 {np.percentile(v,99):.1f} p99.9 {np.percentile(v,99.9):.1f} max {v.max():.1f}")
-print("clips", len(ds.clip_records), "identities", len({c.identity for c in ds.clip_records}))
+        hard.append(abs(yaw(a, poses.hardest(a, idx, rng))))
+    own = np.array([np.degrees(_rotation_vector(poses.rotation[i]))[1] for i in idx])
+    return np.array(rand), np.array(hard), np.abs(own - np.median(own))
+
+
+def main() -> int:
+    from avatar_app.train.data import PreparedDataset
+
+    ds = PreparedDataset(sys.argv[1], size=256, split="train", val_fraction=0.15, augment=False)
+    rng = np.random.default_rng(0)
+    parts = [clip_yaws(c.points(np.arange(c.frames), 256), c.valid, rng) for c in ds.clip_records]
+    rand, hard, frames = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    mix = np.concatenate([rand, hard[: int(len(hard) * 0.3 / 0.7)]])
+    for name, v in (("random pairs", rand), ("hard pairs", hard), ("recipe mix (0.3 hard)", mix),
+                    ("frames vs clip median", frames)):
+        q = np.percentile(v, [50, 90, 95, 99, 99.9])
+        print(f"{name}: n={len(v)} p50 {q[0]:.1f} p90 {q[1]:.1f} p95 {q[2]:.1f} p99 {q[3]:.1f} p99.9 {q[4]:.1f} "
+              f"max {v.max():.1f}")
+    print("clips", len(ds.clip_records), "identities", len({c.identity for c in ds.clip_records}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
