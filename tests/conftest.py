@@ -61,6 +61,16 @@ def hopper_source(hopper, still_tracker):
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+def load_tool(name: str):
+    """The module of ``tools/NAME.py`` (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def three_portrait_dataset(tmp_path_factory, frames: int, sizes=(256,)) -> Path:
     """A synthetic prepared dataset of three people (astronaut, Grace Hopper, a mirrored astronaut),
     two clips of ``frames`` frames each."""

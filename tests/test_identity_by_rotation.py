@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from avatar_app.train.large_motion import rotation_angle
-from conftest import three_portrait_dataset
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "identity_by_rotation.py"
+from conftest import load_tool, three_portrait_dataset
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("identity_by_rotation", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("identity_by_rotation")
 
 
 def test_angle_of_a_rotation():

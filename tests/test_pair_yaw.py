@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "pair_yaw.py"
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("pair_yaw", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("pair_yaw")
 
 
 def test_a_clip_turning_between_two_poses():

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "twofold_select.py"
+from conftest import load_tool
+
 PEOPLE = ["a", "b", "c", "d"]  # halves by alternate names: A = a, c; B = b, d
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("twofold_select", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("twofold_select")
 
 
 def _row(psnr=None, identity=None):
