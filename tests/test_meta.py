@@ -30,14 +30,15 @@ def _tiny() -> PortraitModel:
     return PortraitModel(config={"preset": "custom", **TINY})
 
 
-def _animated_clip(source, n: int = 30) -> ClipFrames:
-    """A person's clip: the source face animated by the synthetic driver (exact landmarks)."""
+def _animated_clip(source, n: int = 30, poses=None) -> ClipFrames:
+    """A person's clip: the source face animated by the synthetic driver (exact landmarks), along its
+    timeline or through ``poses``."""
     rt = Retargeter(source.landmarks)
     rt.calibrate(synthetic_landmarks(FacePose()))
     anim = GeometricAnimator(source)
     crops, points = [], []
-    for i in range(n):
-        target = rt(synthetic_landmarks(timeline_pose(1.0 + i * 0.15)))
+    for pose in poses or [timeline_pose(1.0 + i * 0.15) for i in range(n)]:
+        target = rt(synthetic_landmarks(pose))
         crops.append(anim.animate(target))
         points.append(target.points)
     return ClipFrames(crops, points, reference=0)
@@ -157,14 +158,10 @@ def test_a_recording_that_starts_mid_word_gives_a_profile_at_rest(tmp_path, astr
     from avatar_app.face.mesh import mouth_opening
     from avatar_app.face.retarget import inter_ocular
 
-    rt = Retargeter(astronaut_source.landmarks)
-    rt.calibrate(synthetic_landmarks(FacePose()))
-    anim = GeometricAnimator(astronaut_source)
     poses = [FacePose(jaw=0.8, brows=0.5), FacePose(jaw=0.6, blink_left=1.0, blink_right=1.0)]
     # then at rest two frames in three (moving a little), talking in the third
     poses += [FacePose(jaw=0.5, smile=0.4) if k % 3 == 2 else FacePose(roll=4.0 * np.sin(k)) for k in range(15)]
-    crops = [anim.animate(rt(synthetic_landmarks(p))) for p in poses]
-    path = write_clip_video(ClipFrames(crops, [None] * len(crops)), tmp_path / "me.mp4")
+    path = write_clip_video(_animated_clip(astronaut_source, poses=poses), tmp_path / "me.mp4")
     clip = clip_frames(VideoFileSource(path))
     assert len(clip.crops) == len(poses)
     assert clip.reference >= 2 and (clip.reference - 2) % 3 != 2, clip.reference  # a frame at rest

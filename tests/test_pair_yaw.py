@@ -26,7 +26,7 @@ def test_a_clip_turning_between_two_poses():
         assert np.min(np.abs(v[:, None] - np.array([0.0, 15.0, 20.0, 35.0])[None]), axis=1).max() < 1.0
     assert np.mean(rand < 1.0) > 0.4  # two frontal frames, most often
     assert np.mean(hard > 14.0) > 0.9  # the hard pick is a turned frame (or the frontal one from a turned frame)
-    assert sorted(np.round(np.unique(np.round(own)))) == [0.0, 15.0, 20.0]  # against the clip's (frontal) median
+    assert sorted(np.unique(np.round(own))) == [0.0, 15.0, 20.0]  # against the clip's (frontal) median
     alone = clip_yaws(points[:1], np.ones(1, bool), np.random.default_rng(0))
     assert all(len(v) == 0 for v in alone)
     assert float(np.max(rand)) == pytest.approx(35.0, abs=1.0)

@@ -49,7 +49,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     parts = [clip_yaws(c.points(np.arange(c.frames), 256), c.valid, rng) for c in ds.clip_records]
     rand, hard, frames = (np.concatenate([p[k] for p in parts]) for k in range(3))
-    mix = np.concatenate([rand, hard[: int(len(hard) * 0.3 / 0.7)]])
+    # the recipe's share of hard pairs (0.3 of all), drawn from every clip's, not the first clips' only
+    mix = np.concatenate([rand, rng.choice(hard, size=int(len(hard) * 0.3 / 0.7), replace=False)])
     for name, v in (("random pairs", rand), ("hard pairs", hard), ("recipe mix (0.3 hard)", mix),
                     ("frames vs clip median", frames)):
         q = np.percentile(v, [50, 90, 95, 99, 99.9])

