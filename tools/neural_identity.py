@@ -4,8 +4,8 @@
         [--portrait assets/portraits/astronaut.jpg] [--drivers approach_retreat profile_turns] \
         [--frames 60] [--worst 16] [--spread 6] [--variants ...] [--every 6] [--limits 15 15 20 1.15]
 
-The driver plays through the offline loop (tracker, DriverGuard, limits) with the geometric
-animator, which records each target.  Then, on a few frames only (the network takes ~1 s a
+The driver plays through the offline loop (tracker, DriverGuard, the neural animator's motion
+limits) with the geometric animator, which records each target.  Then, on a few frames only (the network takes ~1 s a
 frame on a CPU): the ``--worst`` frames of largest head motion against the source (|log
 scale| + |rotation| in radians) and ``--spread`` others evenly over the rest, each frame is
 rendered several ways and its dlib identity distance to the source measured as the stress
@@ -21,7 +21,8 @@ Printed: per frame the head motion (scale, yaw / pitch / roll in degrees), each 
 distance and the blend mask's mean inside the target face; then each variant's mean and
 maximum over the frames.  ``--every N`` instead takes every N-th frame (the stress check's
 sampling: N = 6) and also prints the 95th percentile; ``--limits PITCH YAW ROLL ZOOM`` runs the
-retargeting with other motion limits (to test whether tighter limits would help).
+retargeting with other motion limits (to test whether tighter limits would help; figures before
+2026-12-04 were taken with the geometric animator's, yaw 30).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 
 from avatar_app.capture import stress  # noqa: E402
-from avatar_app.face import retarget  # noqa: E402
 from avatar_app.face.align import similarity_fit  # noqa: E402
 from avatar_app.face.mesh import topology  # noqa: E402
+from avatar_app.face.retarget import NEURAL_MOTION_LIMITS, MotionLimits  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.imaging import rgb_chw_to_bgr  # noqa: E402
@@ -55,7 +56,10 @@ VARIANTS = ("geometric", "network", "warped", "generated", "analytic+gen")
 
 
 class Recording(GeometricAnimator):
-    """The geometric animator, keeping every target it was given."""
+    """The geometric animator, keeping every target it was given (under the neural animator's limits:
+    the network variants are what this tool studies)."""
+
+    motion_limits = NEURAL_MOTION_LIMITS
 
     def __init__(self, source):
         super().__init__(source)
@@ -139,8 +143,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, help="every N-th frame instead of --worst / --spread")
     ap.add_argument("--limits", type=float, nargs=4, metavar=("PITCH", "YAW", "ROLL", "ZOOM"))
     args = ap.parse_args()
-    if args.limits:  # the retargeter's default limits, for this run only
-        retarget.limit_motion.__defaults__ = (retarget.MotionLimits(*args.limits),)
+    if args.limits:
+        Recording.motion_limits = MotionLimits(*args.limits)
 
     still = FaceTracker()
     encoder = IdentityEncoder().load()

@@ -39,8 +39,10 @@ class RetargetOptions:
         eye_contact: hold the avatar's gaze at its neutral (the source's own, in
             ``relative`` mode: a portrait looking into the camera keeps doing so) while
             lids, brows and everything else follow the driver.
-        motion_limits: saturate head rotation, zoom and shift smoothly towards
-            :data:`MOTION_LIMITS` (the ranges the analytic flow renders without tearing).
+        motion_limits: saturate head rotation, zoom and shift smoothly towards ``limits``.
+        limits: the ranges the animator draws cleanly: :data:`MOTION_LIMITS` (the analytic flow's)
+            unless set; the pipeline and the offline render set the animator's own
+            (``runtime.animator.retarget_options``: the neural animator's are :data:`NEURAL_MOTION_LIMITS`).
         rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
             the first face, a re-anchor on a new face), expressions are measured from the
             per-point median of the driver's first ``rest_frames`` faces, head motion undone,
@@ -58,6 +60,7 @@ class RetargetOptions:
     eye_contact: bool = False
     motion_limits: bool = True
     rest_frames: int = 60
+    limits: MotionLimits | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
@@ -87,6 +90,11 @@ class MotionLimits:
 
 
 MOTION_LIMITS = MotionLimits()
+# The shipped networks were trained on pairs whose relative yaw stays under 20.3 degrees in 95 % of them
+# (tools/pair_yaw.py on the training split, the recipe's mix of random and hard pairs; 31.6 at p99): past
+# that the generator draws turns it rarely saw, and the face looks less like the portrait (docs/MOTION_REST.md
+# 7.1, 7.2).  The other ranges are the analytic flow's, which the networks refine.
+NEURAL_MOTION_LIMITS = MotionLimits(yaw=20.0)
 REST_STEP = 0.02  # the most the settling rest moves a point in one frame, in inter-ocular distances
 
 
@@ -278,7 +286,8 @@ class Retargeter:
         moved_pivot_d = s * rot @ pivot_d + t
         shift_d = (moved_pivot_d - pivot_d) * opt.translation_scale
         if opt.motion_limits:
-            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral))
+            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral),
+                                                 opt.limits or MOTION_LIMITS)
         rot_src = r_ns @ rot_d @ r_ns.T
         shift = s_ns * r_ns @ shift_d
         target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift

@@ -8,6 +8,7 @@ side runs.  Stage timings of the last frame are kept in ``timings`` (ms).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import cv2
@@ -15,9 +16,18 @@ import numpy as np
 import torch
 
 from ..face.mesh import MouthFill, topology
+from ..face.retarget import MOTION_LIMITS, RetargetOptions
 from ..models.eye_lids import closed_lid_lift
 from ..models.flow import AnalyticFlow, fill_mouth_interior, rasterize_triangles, warp_image
 from ..types import Landmarks, SourcePortrait
+
+
+def retarget_options(animator, options: RetargetOptions | None = None) -> RetargetOptions:
+    """``options`` with the motion limits of ``animator`` (its ``motion_limits``: the ranges it draws
+    cleanly; :data:`~avatar_app.face.retarget.MOTION_LIMITS` for one that does not say).  Every path that
+    pairs a retargeter with an animator (live, render, the stress runs, the cross-identity evaluation)
+    takes its options from here, so the same animator gets the same head motion everywhere."""
+    return dataclasses.replace(options or RetargetOptions(), limits=getattr(animator, "motion_limits", MOTION_LIMITS))
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -44,6 +54,7 @@ class GeometricAnimator:
     """
 
     name = "geometric"
+    motion_limits = MOTION_LIMITS
 
     def __init__(self, source: SourcePortrait, device: str = "cpu", opencv_warp: bool | None = None):
         self.device = torch.device(device)

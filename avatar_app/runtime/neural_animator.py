@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from ..imaging import rgb_chw_to_bgr
+from ..face.retarget import NEURAL_MOTION_LIMITS
 from ..inference.chain import NetworkChain
 from ..inference.chain_inputs import ChainInputs
 from ..models.portrait import PortraitModel, load_checkpoint
@@ -48,6 +49,7 @@ class NeuralAnimator:
     """
 
     name = "neural"
+    motion_limits = NEURAL_MOTION_LIMITS  # a tighter yaw than the analytic flow's: what the networks were trained on
 
     def __init__(self, source: SourcePortrait, model: PortraitModel | None = None, weights: str | None = None,
                  preset: str = "lite", device: str | None = None, identity: np.ndarray | None = None,

@@ -27,7 +27,7 @@ from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
 from ..sinks.base import Sink
 from ..types import Frame, Landmarks, SourcePortrait
-from .animator import GeometricAnimator
+from .animator import GeometricAnimator, retarget_options
 from .face_loss import DriverGuard, FaceLossSmoother
 from .stats import AvatarFrame, LatestSlot, PipelineStats, Timings
 
@@ -46,7 +46,7 @@ class Pipeline:
         fps: the rate sinks are kept fed at: new avatars go out as soon as they are made,
             and the last one is repeated when none came for ``1.5 / fps`` s.
         tracker: reuse a tracker (one is created otherwise).
-        options: retargeting options.
+        options: retargeting options (their motion limits are the animator's: ``retarget_options``).
         face_loss: timing of hold / ease / resume when the face is lost or jumps (see :class:`DriverGuard`).
         pace: play the driver at its own frame rate (for video files, which decode
             faster than real time); cameras and the realtime synthetic driver pace
@@ -66,9 +66,9 @@ class Pipeline:
         self._sinks: list[Sink] = list(sinks or [])
         self._own_tracker = tracker is None
         self._tracker = tracker
-        self._options = options or RetargetOptions()
-        self._retarget = Retargeter(portrait.landmarks, self._options)
         self._animator = animator if animator is not None else GeometricAnimator(portrait)
+        self._options = retarget_options(self._animator, options)  # the motion limits are the animator's
+        self._retarget = Retargeter(portrait.landmarks, self._options)
         self._driver_guard = DriverGuard(self._retarget, face_loss or FaceLossSmoother())
         self._lock = threading.Lock()  # guards portrait/retargeter/sinks (held briefly)
         # Serialises the animator's own use (animate vs. set_source / swap), so a slow neural
@@ -188,9 +188,13 @@ class Pipeline:
                 self._animator.set_source(portrait)
 
     def set_animator(self, animator) -> None:
-        """Swap the animator (anything with ``animate(Landmarks) -> image`` and ``timings``)."""
+        """Swap the animator (anything with ``animate(Landmarks) -> image`` and ``timings``); the head
+        motion takes its limits from the next frame on."""
         with self._animate_lock:
             self._animator = animator
+            with self._lock:
+                self._options = retarget_options(animator, self._options)
+                self._retarget.options = self._options
 
     def add_sink(self, sink: Sink) -> None:
         with self._lock:

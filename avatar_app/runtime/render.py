@@ -26,7 +26,7 @@ from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
 from ..sinks.recorder import VideoRecorder
 from ..types import Frame, SourcePortrait
-from .animator import GeometricAnimator
+from .animator import GeometricAnimator, retarget_options
 from .face_loss import DriverGuard
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def render_video(
     own_tracker = tracker is None
     tracker = tracker or FaceTracker()
     animator = animator if animator is not None else GeometricAnimator(source)
-    guard = DriverGuard(Retargeter(source.landmarks, options))
+    guard = DriverGuard(Retargeter(source.landmarks, retarget_options(animator, options)))
     size = source.image.shape[1::-1] if paste else (source.size, source.size)
     fps = driver.fps or 25.0
     total = getattr(driver, "frame_count", None)

@@ -2,9 +2,10 @@
 
 Each validation clip drives the first frame of another validation person's clip: the motion is
 taken relative to the driver's first frame (the calibrated neutral face) and retargeted onto
-the source, as the live app does. There is no ground truth, so the scores are how the output
-keeps the *source's* identity (dlib distance to the source face), how well it follows the
-retargeted landmarks (mediapipe on the output) and the mouth (correlation of mouth openings).
+the source within each animator's motion limits, as the live app does. There is no ground
+truth, so the scores are how the output keeps the *source's* identity (dlib distance to the
+source face), how well it follows the retargeted landmarks (mediapipe on the output) and the
+mouth (correlation of mouth openings).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
     ``animators_for(portrait, identity)`` builds the animators (as self-reenactment does).
     """
     from ..face.retarget import RetargetOptions, Retargeter
+    from ..runtime.animator import retarget_options
     from ..types import Landmarks
 
     valid = np.flatnonzero(driver.valid)
@@ -41,10 +43,14 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
     s_i = int(np.flatnonzero(source.valid)[0])
     src_img = source.image(s_i)
     portrait = source_portrait(src_img, source.landmarks[s_i])
-    retarget = Retargeter(portrait.landmarks, RetargetOptions(eye_contact=ctx.eye_contact))
     size = source.size
-    retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (size, size)))
-    targets = [retarget(Landmarks(driver.landmarks[i], (size, size))).points for i in drive]
+
+    def targets_for(animator) -> list[np.ndarray]:
+        """The driver's frames retargeted onto the portrait within ``animator``'s motion limits, as live."""
+        options = retarget_options(animator, RetargetOptions(eye_contact=ctx.eye_contact))
+        retarget = Retargeter(portrait.landmarks, options)
+        retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (size, size)))
+        return [retarget(Landmarks(driver.landmarks[i], (size, size))).points for i in drive]
     reference = [driver.image(i) for i in drive]
     eyes = (detect_all(ctx.tracker, reference), detect_all(ctx.tracker, [src_img])[0])
     picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(4, len(drive)))})
@@ -55,6 +61,7 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
               "ground_truth": {"jitter": None, "identity_distance": None}, "animators": {}}
     images = {"driver": reference}
     for anim in animators_for(portrait, identity):
+        targets = targets_for(anim)
         outputs, times = [], []
         for t in targets:
             t0 = time.perf_counter()

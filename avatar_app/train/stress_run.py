@@ -20,7 +20,7 @@ import numpy as np
 from ..capture.base import FrameSource
 from ..face.retarget import Retargeter
 from ..face.tracker import FaceTracker
-from ..runtime.animator import GeometricAnimator
+from ..runtime.animator import GeometricAnimator, retarget_options
 from ..runtime.face_loss import DriverGuard
 from ..runtime.pipeline import Pipeline
 from ..runtime.render import drive_frames
@@ -35,7 +35,7 @@ def offline_avatars(source: SourcePortrait, driver, animator=None) -> list[np.nd
     elif hasattr(animator, "reset"):
         animator.reset()
     with FaceTracker() as tracker:
-        guard = DriverGuard(Retargeter(source.landmarks))
+        guard = DriverGuard(Retargeter(source.landmarks, retarget_options(animator)))
         return [im for im, _ in drive_frames(source, driver.frames, tracker, animator, guard)]
 
 

@@ -1,0 +1,100 @@
+"""Each animator turns the head as far as it draws cleanly: the geometric avatar to its analytic flow's
+limits (30 degrees of yaw), the neural one to what its networks were trained on (20), in every path that
+pairs a retargeter with an animator (live, with the animator swapped while it runs; render)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from avatar_app.capture import stress
+from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
+from avatar_app.face.align import similarity_fit
+from avatar_app.face.mesh import topology
+from avatar_app.face.retarget import MOTION_LIMITS, NEURAL_MOTION_LIMITS, MotionLimits, Retargeter, RetargetOptions
+from avatar_app.runtime.animator import GeometricAnimator
+from avatar_app.runtime.neural_animator import NeuralAnimator
+from avatar_app.runtime.pipeline import Pipeline
+from avatar_app.runtime.render import render_video
+
+
+def _yaw(source, target) -> float:
+    """Degrees of yaw of ``target``'s rigid points against ``source``'s (the rotation vector's y)."""
+    rig = topology().rigid
+    _, rot, _ = similarity_fit(source.points[rig].astype(np.float64), target.points[rig].astype(np.float64))
+    angle = np.arccos(np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0))
+    return float(np.degrees((rot[0, 2] - rot[2, 0]) / (2 * np.sin(angle)) * angle)) if angle > 1e-8 else 0.0
+
+
+def _recording(cls):
+    """``cls`` keeping every target it animates."""
+
+    class Recording(cls):
+        def animate(self, target):
+            self.targets = getattr(self, "targets", []) + [target]
+            return super().animate(target)
+
+    return Recording
+
+
+def _neural(source):
+    return _recording(NeuralAnimator)(source, preset="lite", identity=np.zeros(128, np.float32))
+
+
+def test_the_retargeter_keeps_to_the_limits_it_is_given(astronaut_source):
+    src = astronaut_source.landmarks
+    turned = synthetic_landmarks(FacePose(yaw=45))
+    yaws = {}
+    for name, limits in (("default", None), ("neural", NEURAL_MOTION_LIMITS), ("narrow", MotionLimits(yaw=10))):
+        rt = Retargeter(src, RetargetOptions(limits=limits))
+        rt.calibrate(synthetic_landmarks(FacePose()))
+        yaws[name] = abs(_yaw(src, rt(turned)))
+    # 45 degrees bend towards each limit: 29.7 / 19.98 / 10.0 by the tanh knee at 0.6 of the limit
+    assert 0.9 * MOTION_LIMITS.yaw < yaws["default"] < MOTION_LIMITS.yaw * 1.02
+    assert 0.9 * NEURAL_MOTION_LIMITS.yaw < yaws["neural"] < NEURAL_MOTION_LIMITS.yaw * 1.02
+    assert 9.0 < yaws["narrow"] < 10.2
+
+
+def test_render_turns_the_head_as_far_as_its_animator_draws_cleanly(astronaut_source, tmp_path):
+    turns = stress.profile_turns(seconds=2.0)  # to +60 and -60 degrees of yaw
+    widest = {}
+    for animator in (_recording(GeometricAnimator)(astronaut_source), _neural(astronaut_source)):
+        render_video(astronaut_source, turns.source(), tmp_path / f"{animator.name}.mp4", animator=animator,
+                     progress=False)
+        widest[animator.name] = max(abs(_yaw(astronaut_source.landmarks, t)) for t in animator.targets)
+    assert 0.9 * MOTION_LIMITS.yaw < widest["geometric"] < MOTION_LIMITS.yaw
+    assert 0.9 * NEURAL_MOTION_LIMITS.yaw < widest["neural"] < NEURAL_MOTION_LIMITS.yaw
+
+
+def test_live_takes_the_limits_of_the_animator_swapped_in(astronaut_source):
+    from test_pipeline import PoseSource
+
+    driver = PoseSource(FacePose())
+    geometric, neural = _recording(GeometricAnimator)(astronaut_source), _neural(astronaut_source)
+    p = Pipeline(astronaut_source, driver, [], fps=30, animator=geometric)
+    p.start()
+
+    def turned_to(animator) -> float:
+        n = len(getattr(animator, "targets", []))
+        end = time.monotonic() + 10.0
+        while len(getattr(animator, "targets", [])) < n + 3 and time.monotonic() < end:
+            time.sleep(0.05)
+        return abs(_yaw(astronaut_source.landmarks, animator.targets[-1]))
+
+    try:
+        time.sleep(0.3)
+        for k in range(1, 24):  # to 46 degrees in 0.75 s (an instant turn is a jump, not motion)
+            driver.pose = FacePose(yaw=2.0 * k)
+            time.sleep(0.033)
+        assert 0.9 * MOTION_LIMITS.yaw < turned_to(geometric) < MOTION_LIMITS.yaw
+        p.set_animator(neural)
+        assert 0.9 * NEURAL_MOTION_LIMITS.yaw < turned_to(neural) < NEURAL_MOTION_LIMITS.yaw
+        p.set_eye_contact(True)  # another option changed: the limits stay the animator's
+        assert turned_to(neural) < NEURAL_MOTION_LIMITS.yaw
+        p.set_animator(geometric)
+        assert 0.9 * MOTION_LIMITS.yaw < turned_to(geometric) < MOTION_LIMITS.yaw
+    finally:
+        p.stop()
+    assert p.error is None
+
