@@ -7,6 +7,8 @@ unseen segment, scored on ``--later-frames`` frames spread over it.  Each start 
 ``NAME=`` for the untrained model) is personalized for ``--budget`` seconds on ``--device`` with the
 app's own :func:`~avatar_app.train.personalize.personalize`, scored every ``--every`` training seconds.
 Frames are the prepared 256 crops and landmarks; PSNR over the whole crop, as personalization scores.
+Every frame is animated from the recording's first frame (``--reference first``, as every figure before
+2026-12-04), or from the frame the app takes since then (``--reference rest``: ``retarget.rest_frame``).
 
     python tools/personalize_curve.py --data PREPARED --start meta=M.safetensors base=B.safetensors untrained= \
         --budget 30 --every 3 --device cuda --out curve.json
@@ -27,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avatar_app.face.retarget import rest_frame  # noqa: E402
 from avatar_app.models.portrait import PortraitModel, load_checkpoint  # noqa: E402
 from avatar_app.models.shipped import untrained_model  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
@@ -108,6 +111,9 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="personalize each start once per seed (the order its pairs are drawn in); with more than one "
                         "seed the runs are named NAME#SEED, and the curves' spread shows how much of a gap is noise")
+    p.add_argument("--reference", choices=("first", "rest"), default="first",
+                   help="the portrait every frame is animated from: the recording's first frame, or its rest frame "
+                        "(what the app takes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -131,10 +137,11 @@ def main() -> int:
         record, later = segments(clip, float(entries[key].get("fps") or 25.0), args.record, args.later_frames)
         frames = record + later
         local = {f: k for k, f in enumerate(frames)}
-        whole = ClipFrames([clip.image(f) for f in frames], [clip.landmarks[f] for f in frames], reference=0)
-        recording = ClipFrames(whole.crops[:len(record)], whole.points[:len(record)], reference=0)
+        ref = rest_frame([clip.landmarks[f] for f in record]) if args.reference == "rest" else 0
+        whole = ClipFrames([clip.image(f) for f in frames], [clip.landmarks[f] for f in frames], reference=ref)
+        recording = ClipFrames(whole.crops[:len(record)], whole.points[:len(record)], reference=ref)
         identity = clip.embedding if clip.embedding is not None else np.zeros(128, np.float32)
-        later_items = frame_items(whole, [(0, local[f]) for f in later], identity)
+        later_items = frame_items(whole, [(ref, local[f]) for f in later], identity)
         for plan in args.plans if warmup > 0 else ():
             t0 = time.perf_counter()
             w = personalize(recording, start_models(next(iter(starts.values())), args.preset, args.device)[0], identity,
@@ -161,7 +168,7 @@ def main() -> int:
                 "later_frames": len(later), "steps": res.steps, "estimated_steps": None if args.steps else est.steps,
                 "probe_step_s": est.timing.step_s,
                 "threads": est.timing.threads, "cpu_share": est.timing.cpu_share, "load": os.getloadavg(),
-                "adapted": len(res.adapted or []), "seed": seed, "curve": res.curve}
+                "adapted": len(res.adapted or []), "seed": seed, "reference": ref, "curve": res.curve}
             c0, c1 = res.curve[0], res.curve[-1]
             print(f"{key} {label}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
                   f"{res.seconds:.1f} s, {c1['cpu_seconds']:.1f} CPU s "
