@@ -30,3 +30,15 @@ def test_a_clip_turning_between_two_poses():
     alone = clip_yaws(points[:1], np.ones(1, bool), np.random.default_rng(0))
     assert all(len(v) == 0 for v in alone)
     assert float(np.max(rand)) == pytest.approx(35.0, abs=1.0)
+
+
+def test_a_clip_that_comes_nearer():
+    clip_pairs = _tool().clip_pairs
+    scales = [1.0, 1.0, 1.25, 1.0, 0.8, 1.0] * 4  # the face 1.25x nearer, then 0.8x (farther), now and then
+    points = np.stack([synthetic_landmarks(FacePose(scale=s)).points for s in scales])
+    got = clip_pairs(points, np.ones(len(scales), bool), np.random.default_rng(0), pairs=300)
+    # the zoom either way between two frames the clip holds: 1, 1.25 (1.0 against 1.25 or 0.8) or 1.5625
+    for v in (got["random_zoom"], got["hard_zoom"]):
+        assert np.min(np.abs(v[:, None] - np.array([1.0, 1.25, 1.5625])[None]), axis=1).max() < 0.01
+    assert np.mean(got["hard_zoom"] > 1.2) > 0.9  # the hard pick moves the most
+    assert np.abs(got["random"]).max() < 1.0  # and no turn

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from avatar_app.face.retarget import Retargeter  # noqa: E402
 from avatar_app.face.source import prepare_source, read_image  # noqa: E402
 from avatar_app.models.conditioning import landmark_image  # noqa: E402
-from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
+from avatar_app.runtime.animator import GeometricAnimator, retarget_options  # noqa: E402
 from avatar_app.runtime.neural_animator import NeuralAnimator  # noqa: E402
 from avatar_app.types import Landmarks  # noqa: E402
 
@@ -40,12 +40,11 @@ def main() -> None:
               for i in args.frames])]
     for name in ("astronaut.jpg", "grace_hopper.jpg"):
         src = prepare_source(read_image(ROOT / "assets" / "portraits" / name), 256)
-        retarget = Retargeter(src.landmarks)
-        retarget.calibrate(Landmarks(lm[0], (256, 256)))  # the clip's first frame is its neutral face
-        targets = [retarget(Landmarks(lm[i], (256, 256))) for i in args.frames]
-        neural = NeuralAnimator(src, weights=args.weights, backend="torch-cpu")
-        rows.append(("geometric", [GeometricAnimator(src).animate(t) for t in targets]))
-        rows.append((f"neural {label}", [neural.animate(t) for t in targets]))
+        for text, animator in (("geometric", GeometricAnimator(src)),
+                               (f"neural {label}", NeuralAnimator(src, weights=args.weights, backend="torch-cpu"))):
+            retarget = Retargeter(src.landmarks, retarget_options(animator))  # within each animator's limits
+            retarget.calibrate(Landmarks(lm[0], (256, 256)))  # the clip's first frame is its neutral face
+            rows.append((text, [animator.animate(retarget(Landmarks(lm[i], (256, 256)))) for i in args.frames]))
     strips = []
     for text, images in rows:
         strip = np.concatenate(images, 1).copy()

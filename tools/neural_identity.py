@@ -5,7 +5,8 @@
         [--frames 60] [--worst 16] [--spread 6] [--variants ...] [--every 6] [--limits 15 15 20 1.15]
 
 The driver plays through the offline loop (tracker, DriverGuard, the neural animator's motion
-limits) with the geometric animator, which records each target.  Then, on a few frames only (the network takes ~1 s a
+limits) with the geometric animator, which records each target (so the ``geometric`` variant below
+is drawn under the neural limits too).  Then, on a few frames only (the network takes ~1 s a
 frame on a CPU): the ``--worst`` frames of largest head motion against the source (|log
 scale| + |rotation| in radians) and ``--spread`` others evenly over the rest, each frame is
 rendered several ways and its dlib identity distance to the source measured as the stress

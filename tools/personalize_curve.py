@@ -162,13 +162,13 @@ def main() -> int:
                               on_estimate=None if args.steps else (lambda e: print(f"  estimate: {e.message()}", flush=True)))
             est = res.estimate
             label = (name if args.plans == ["auto"] else f"{name}/{res.plan}") + (
-                f"#{seed}" if len(args.seeds) > 1 else "")
+                f"#{seed}" if len(args.seeds) > 1 else "") + ("@rest" if args.reference == "rest" else "")
             results.setdefault(key, {})[label] = {
                 "weights": weights or f"untrained {args.preset}", "plan": res.plan, "record_frames": len(record),
                 "later_frames": len(later), "steps": res.steps, "estimated_steps": None if args.steps else est.steps,
                 "probe_step_s": est.timing.step_s,
                 "threads": est.timing.threads, "cpu_share": est.timing.cpu_share, "load": os.getloadavg(),
-                "adapted": len(res.adapted or []), "seed": seed, "reference": ref, "curve": res.curve}
+                "adapted": len(res.adapted or []), "seed": seed, "reference": args.reference, "reference_frame": ref, "curve": res.curve}
             c0, c1 = res.curve[0], res.curve[-1]
             print(f"{key} {label}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
                   f"{res.seconds:.1f} s, {c1['cpu_seconds']:.1f} CPU s "

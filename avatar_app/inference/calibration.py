@@ -126,9 +126,9 @@ def record_calibration(source: SourcePortrait, drivers, identity: np.ndarray, fr
                        description: str = "") -> CalibrationSet:
     """A calibration set: ``source`` driven by the first ``frames`` landmark sets of ``drivers``
     (an iterable of driver :class:`~avatar_app.types.Landmarks`; the first is the neutral face)."""
-    from ..face.retarget import Retargeter
+    from ..face.retarget import NEURAL_MOTION_LIMITS, Retargeter, RetargetOptions
 
-    rt = Retargeter(source.landmarks)
+    rt = Retargeter(source.landmarks, RetargetOptions(limits=NEURAL_MOTION_LIMITS))  # the poses the networks get
     targets = []
     for lm in drivers:
         if lm is None:

@@ -26,7 +26,8 @@ def retarget_options(animator, options: RetargetOptions | None = None) -> Retarg
     """``options`` with the motion limits of ``animator`` (its ``motion_limits``: the ranges it draws
     cleanly; :data:`~avatar_app.face.retarget.MOTION_LIMITS` for one that does not say).  Every path that
     pairs a retargeter with an animator (live, render, the stress runs, the cross-identity evaluation)
-    takes its options from here, so the same animator gets the same head motion everywhere."""
+    takes its options from here, so the same animator gets the same head motion everywhere: ``options.limits``
+    is replaced, whatever it was (other limits are the animator's to say)."""
     return dataclasses.replace(options or RetargetOptions(), limits=getattr(animator, "motion_limits", MOTION_LIMITS))
 
 
