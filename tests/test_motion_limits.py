@@ -1,6 +1,6 @@
-"""Each animator turns the head as far as it draws cleanly: the geometric avatar to its analytic flow's
-limits (30 degrees of yaw), the neural one to what its networks were trained on (20), in every path that
-pairs a retargeter with an animator (live, with the animator swapped while it runs; render)."""
+"""Each animator moves the head as far as it draws cleanly: the geometric avatar to its analytic flow's
+limits (30 degrees of yaw, 1.35x zoom), the neural one to what its networks were trained on (20, 1.25x), in
+every path that pairs a retargeter with an animator (live, with the animator swapped while it runs; render)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def test_the_retargeter_keeps_to_the_limits_it_is_given(astronaut_source):
     assert 0.9 * MOTION_LIMITS.yaw < yaws["default"] < MOTION_LIMITS.yaw * 1.02
     assert 0.9 * NEURAL_MOTION_LIMITS.yaw < yaws["neural"] < NEURAL_MOTION_LIMITS.yaw * 1.02
     assert 9.0 < yaws["narrow"] < 10.2
+    rig = topology().rigid
+    for limits in (MOTION_LIMITS, NEURAL_MOTION_LIMITS):  # 1.6x nearer bends towards 1.35x / 1.25x
+        rt = Retargeter(src, RetargetOptions(limits=limits))
+        rt.calibrate(synthetic_landmarks(FacePose()))
+        zoom, _, _ = similarity_fit(src.points[rig].astype(np.float64),
+                                    rt(synthetic_landmarks(FacePose(scale=1.6))).points[rig].astype(np.float64))
+        assert limits.zoom ** 0.9 < zoom < limits.zoom
 
 
 def test_render_turns_the_head_as_far_as_its_animator_draws_cleanly(astronaut_source, tmp_path):
