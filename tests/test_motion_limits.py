@@ -12,7 +12,8 @@ from avatar_app.capture import stress
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.face.align import similarity_fit
 from avatar_app.face.mesh import topology
-from avatar_app.face.retarget import MOTION_LIMITS, NEURAL_MOTION_LIMITS, MotionLimits, Retargeter, RetargetOptions
+from avatar_app.face.retarget import (MOTION_LIMITS, NEURAL_MOTION_LIMITS, MotionLimits, Retargeter, RetargetOptions,
+                                      _rotation_vector)
 from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.runtime.pipeline import Pipeline
@@ -20,11 +21,10 @@ from avatar_app.runtime.render import render_video
 
 
 def _yaw(source, target) -> float:
-    """Degrees of yaw of ``target``'s rigid points against ``source``'s (the rotation vector's y)."""
+    """Degrees of yaw of ``target``'s rigid points against ``source``'s (the rotation vector's y, as the limits)."""
     rig = topology().rigid
     _, rot, _ = similarity_fit(source.points[rig].astype(np.float64), target.points[rig].astype(np.float64))
-    angle = np.arccos(np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0))
-    return float(np.degrees((rot[0, 2] - rot[2, 0]) / (2 * np.sin(angle)) * angle)) if angle > 1e-8 else 0.0
+    return float(np.degrees(_rotation_vector(rot))[1])
 
 
 def _recording(cls):
@@ -46,8 +46,9 @@ def test_the_retargeter_keeps_to_the_limits_it_is_given(astronaut_source):
     src = astronaut_source.landmarks
     turned = synthetic_landmarks(FacePose(yaw=45))
     yaws = {}
-    for name, limits in (("default", None), ("neural", NEURAL_MOTION_LIMITS), ("narrow", MotionLimits(yaw=10))):
-        rt = Retargeter(src, RetargetOptions(limits=limits))
+    for name, options in (("default", RetargetOptions()), ("neural", RetargetOptions(limits=NEURAL_MOTION_LIMITS)),
+                          ("narrow", RetargetOptions(limits=MotionLimits(yaw=10)))):
+        rt = Retargeter(src, options)
         rt.calibrate(synthetic_landmarks(FacePose()))
         yaws[name] = abs(_yaw(src, rt(turned)))
     # 45 degrees bend towards each limit: 29.7 / 19.98 / 10.0 by the tanh knee at 0.6 of the limit

@@ -64,7 +64,8 @@ def main() -> int:
     pick = rng.choice(len(got["hard"]), size=int(len(got["hard"]) * 0.3 / 0.7), replace=False)
     for what, unit, digits in (("", "degrees of yaw", 1), ("_zoom", "zoom factor", 3)):
         rand, hard = got["random" + what], got["hard" + what]
-        rows = [("random pairs", rand), ("hard pairs", hard), ("recipe mix (0.3 hard)", np.concatenate([rand, hard[pick]]))]
+        rows = [("random pairs", rand), ("hard pairs", hard),
+                ("recipe mix (0.3 hard)", np.concatenate([rand, hard[pick]]))]
         if not what:
             rows.append(("frames vs clip median", got["frames"]))
         for name, v in rows:

@@ -168,7 +168,8 @@ def main() -> int:
                 "later_frames": len(later), "steps": res.steps, "estimated_steps": None if args.steps else est.steps,
                 "probe_step_s": est.timing.step_s,
                 "threads": est.timing.threads, "cpu_share": est.timing.cpu_share, "load": os.getloadavg(),
-                "adapted": len(res.adapted or []), "seed": seed, "reference": args.reference, "reference_frame": ref, "curve": res.curve}
+                "adapted": len(res.adapted or []), "seed": seed, "reference": args.reference, "reference_frame": ref,
+                "curve": res.curve}
             c0, c1 = res.curve[0], res.curve[-1]
             print(f"{key} {label}/{res.plan}: {res.steps} steps (estimated {None if args.steps else est.steps}) in "
                   f"{res.seconds:.1f} s, {c1['cpu_seconds']:.1f} CPU s "

@@ -25,50 +25,6 @@ from .lips import inner_lip_gaps, part_crossed_lips
 from .mesh import eye_centers, topology
 
 
-@dataclass
-class RetargetOptions:
-    """How driving motion is transferred.
-
-    Attributes:
-        mode: ``"relative"`` (source keeps its own face shape and gets the driver's
-            changes) or ``"absolute"`` (source takes the driver's face shape).
-        expression_scale: multiplies the expression offsets (1 = as driven).
-        rotation_scale: 0..1, how much head rotation is transferred.
-        translation_scale: how much head translation (in face sizes) is transferred.
-        transfer_scale: transfer the driver moving closer/farther as zoom.
-        eye_contact: hold the avatar's gaze at its neutral (the source's own, in
-            ``relative`` mode: a portrait looking into the camera keeps doing so) while
-            lids, brows and everything else follow the driver.
-        motion_limits: saturate head rotation, zoom and shift smoothly towards ``limits``.
-        limits: the ranges the animator draws cleanly: :data:`MOTION_LIMITS` (the analytic flow's)
-            unless set; the pipeline and the offline render set the animator's own
-            (``runtime.animator.retarget_options``: the neural animator's are :data:`NEURAL_MOTION_LIMITS`).
-        rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
-            the first face, a re-anchor on a new face), expressions are measured from the
-            per-point median of the driver's first ``rest_frames`` faces, head motion undone,
-            instead of from that one frame: a face caught mid-word (pursed lips, raised brows)
-            is not taken for the rest, or every later frame would carry its opposite.  The
-            head pose is still measured from the calibration frame.  A calibration the user
-            asked for is kept as given.  0: off.
-    """
-
-    mode: str = "relative"
-    expression_scale: float = 1.0
-    rotation_scale: float = 1.0
-    translation_scale: float = 1.0
-    transfer_scale: bool = True
-    eye_contact: bool = False
-    motion_limits: bool = True
-    rest_frames: int = 60
-    limits: MotionLimits | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("relative", "absolute"):
-            raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
-        if self.rest_frames < 0:
-            raise ValueError(f"rest_frames must be 0 (off) or a number of frames, not {self.rest_frames}")
-
-
 @dataclass(frozen=True)
 class MotionLimits:
     """How far the avatar's head may move from its neutral (see docs/MOTION.md for the measurement).
@@ -97,6 +53,52 @@ MOTION_LIMITS = MotionLimits()
 # further per face size than the driver: the shift is not limited with it).  docs/MOTION_REST.md 7.1-7.3.  The
 # other ranges are the analytic flow's, which the networks refine.
 NEURAL_MOTION_LIMITS = MotionLimits(yaw=20.0, zoom=1.25)
+
+
+@dataclass
+class RetargetOptions:
+    """How driving motion is transferred.
+
+    Attributes:
+        mode: ``"relative"`` (source keeps its own face shape and gets the driver's
+            changes) or ``"absolute"`` (source takes the driver's face shape).
+        expression_scale: multiplies the expression offsets (1 = as driven).
+        rotation_scale: 0..1, how much head rotation is transferred.
+        translation_scale: how much head translation (in face sizes) is transferred.
+        transfer_scale: transfer the driver moving closer/farther as zoom.
+        eye_contact: hold the avatar's gaze at its neutral (the source's own, in
+            ``relative`` mode: a portrait looking into the camera keeps doing so) while
+            lids, brows and everything else follow the driver.
+        motion_limits: saturate head rotation, zoom and shift smoothly towards ``limits``.
+        limits: the ranges the animator draws cleanly: :data:`MOTION_LIMITS` (the analytic flow's)
+            by default; the pipeline and the offline render set the animator's own
+            (``runtime.animator.retarget_options``: the neural animator's are :data:`NEURAL_MOTION_LIMITS`).
+        rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
+            the first face, a re-anchor on a new face), expressions are measured from the
+            per-point median of the driver's first ``rest_frames`` faces, head motion undone,
+            instead of from that one frame: a face caught mid-word (pursed lips, raised brows)
+            is not taken for the rest, or every later frame would carry its opposite.  The
+            head pose is still measured from the calibration frame.  A calibration the user
+            asked for is kept as given.  0: off.
+    """
+
+    mode: str = "relative"
+    expression_scale: float = 1.0
+    rotation_scale: float = 1.0
+    translation_scale: float = 1.0
+    transfer_scale: bool = True
+    eye_contact: bool = False
+    motion_limits: bool = True
+    rest_frames: int = 60
+    limits: MotionLimits = MOTION_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("relative", "absolute"):
+            raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
+        if self.rest_frames < 0:
+            raise ValueError(f"rest_frames must be 0 (off) or a number of frames, not {self.rest_frames}")
+
+
 REST_STEP = 0.02  # the most the settling rest moves a point in one frame, in inter-ocular distances
 
 
@@ -288,8 +290,7 @@ class Retargeter:
         moved_pivot_d = s * rot @ pivot_d + t
         shift_d = (moved_pivot_d - pivot_d) * opt.translation_scale
         if opt.motion_limits:
-            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral),
-                                                 opt.limits or MOTION_LIMITS)
+            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral), opt.limits)
         rot_src = r_ns @ rot_d @ r_ns.T
         shift = s_ns * r_ns @ shift_d
         target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift

@@ -49,7 +49,7 @@ class NeuralAnimator:
     """
 
     name = "neural"
-    motion_limits = NEURAL_MOTION_LIMITS  # a tighter yaw than the analytic flow's: what the networks were trained on
+    motion_limits = NEURAL_MOTION_LIMITS  # tighter yaw and zoom than the analytic flow's: what the networks learned
 
     def __init__(self, source: SourcePortrait, model: PortraitModel | None = None, weights: str | None = None,
                  preset: str = "lite", device: str | None = None, identity: np.ndarray | None = None,

@@ -45,12 +45,16 @@ def cross_clip(ctx: Context, driver: EvalClip, source: EvalClip, frames: int, an
     portrait = source_portrait(src_img, source.landmarks[s_i])
     size = source.size
 
+    by_limits: dict = {}  # animators with the same motion limits share their targets
+
     def targets_for(animator) -> list[np.ndarray]:
         """The driver's frames retargeted onto the portrait within ``animator``'s motion limits, as live."""
         options = retarget_options(animator, RetargetOptions(eye_contact=ctx.eye_contact))
-        retarget = Retargeter(portrait.landmarks, options)
-        retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (size, size)))
-        return [retarget(Landmarks(driver.landmarks[i], (size, size))).points for i in drive]
+        if options.limits not in by_limits:
+            retarget = Retargeter(portrait.landmarks, options)
+            retarget.calibrate(Landmarks(driver.landmarks[int(valid[0])], (size, size)))
+            by_limits[options.limits] = [retarget(Landmarks(driver.landmarks[i], (size, size))).points for i in drive]
+        return by_limits[options.limits]
     reference = [driver.image(i) for i in drive]
     eyes = (detect_all(ctx.tracker, reference), detect_all(ctx.tracker, [src_img])[0])
     picks = sorted({int(round(x)) for x in np.linspace(0, len(drive) - 1, min(4, len(drive)))})
