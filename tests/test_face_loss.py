@@ -115,3 +115,43 @@ def test_natural_motion_is_not_a_jump():
 
     frames = [_driver(timeline_pose(t / 30)) for t in range(400)]
     assert not any(is_jump(a, b, 1 / 30) for a, b in zip(frames[:-1], frames[1:]))
+
+
+def _steps(poses) -> np.ndarray:
+    """Median point displacement between consecutive poses, in face sizes (the stress checks' measure)."""
+    from avatar_app.face.mesh import face_size
+
+    return np.array([float(np.median(np.linalg.norm((b.points - a.points)[:, :2], axis=1))) / face_size(a.points)
+                     for a, b in zip(poses[:-1], poses[1:])])
+
+
+def test_a_blend_into_a_re_anchored_face_never_outruns_the_driver(astronaut_source):
+    """After each cut of the synthetic driver the avatar glides from the held pose into the new face
+    while that face keeps moving: a frame moves no further than the driver's target did, or the
+    guard's own transition speed where that is more (the blend alone used to add up to 0.05 face
+    sizes a frame to a driver moving 0.035)."""
+    from avatar_app.capture import stress
+    from avatar_app.face.retarget import Retargeter
+    from avatar_app.runtime.face_loss import DriverGuard
+
+    class Recording(Retargeter):
+        def __call__(self, driver):
+            self.last = super().__call__(driver)
+            return self.last
+
+    src = astronaut_source.landmarks
+    driver = stress.synthetic_cut(shots=stress.random_shots(7), talk_seed=7)
+    guard = DriverGuard(Recording(src))
+    fps = driver.fps
+    shown, targets = [], []  # what the avatar showed, and the driver's retargeted face (None while settling)
+    for f in driver.frames:
+        guard.retarget.last = None
+        shown.append(guard.update(f.timestamp, f.landmarks, src))
+        targets.append(guard.retarget.last)
+    assert guard.jumps == 3
+    own = np.array([0.0 if a is None or b is None else _steps([a, b])[0] for a, b in zip(targets[:-1], targets[1:])])
+    allowed = np.maximum(own, guard.transition_speed / fps)
+    moved = _steps(shown)
+    assert (moved <= allowed + 1e-4).all(), f"{(moved - allowed).max():.4f} face sizes over, frame {(moved - allowed).argmax()}"
+    blending = (own > 0) & (moved > 0) & (np.abs(moved - own) > 1e-4)  # frames where the avatar was not where the target was
+    assert blending.sum() >= 10  # the blends happened (re-anchored, not jumped)

@@ -243,10 +243,7 @@ def _unseen_rows():
     edge = pytest.mark.xfail(strict=False, reason=(
         "identity at the portrait's edge: the driver tilts and looks down (second face) or the head is shifted "
         "far (side-to-side); every-frame p95 over 0.45, the sampled frames decide (docs/MOTION_UNSEEN.md §8)"))
-    known = {("astronaut", "unseen_synthetic_cut", 256, "offline"): pytest.mark.xfail(strict=False, reason=(
-        "0.075 against 0.067 + 0.007: the blend after a re-anchor adds its own motion to the driver's "
-        "(docs/MOTION_UNSEEN.md §8)")),
-        ("grace_hopper", "unseen_second_face", 512, "offline"): edge,
+    known = {("grace_hopper", "unseen_second_face", 512, "offline"): edge,
         ("grace_hopper", "unseen_second_face", 512, "live"): edge,
         ("astronaut", "unseen_side_to_side", 512, "live"): edge}
     rows = []

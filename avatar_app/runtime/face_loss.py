@@ -123,7 +123,11 @@ class DriverGuard:
     * a face that returns after a loss where it was (no jump) resumes with a blend.
 
     * while tracking, the pose moves no faster than ``max_speed`` (soft knee): the real
-      clips' heads move at most about 7 face sizes/s (0.2 inter-ocular distances a frame).
+      clips' heads move at most about 7 face sizes/s (0.2 inter-ocular distances a frame);
+    * a transition the driver did not make (a blend into a re-anchored or returning face, an
+      ease to the neutral, a recalibration) never adds to the driver's own motion: a frame moves
+      at most as far as the driver's target moved, or ``transition_speed`` if that is more, so
+      the avatar is never faster than the driver, nor faster than a calm glide of its own.
 
     Args:
         retarget: the retargeter (calibrated on the first face if it is not yet).
@@ -131,15 +135,19 @@ class DriverGuard:
         settle_s: how long a new face must stay before it is taken as the neutral.
         thresholds: what counts as a jump.
         max_speed: face sizes (:func:`~avatar_app.face.mesh.face_size`) per second.
+        transition_speed: face sizes per second, the fastest a transition moves the avatar where
+            the driver moves slower (median point).
     """
 
     def __init__(self, retarget: Retargeter, smoother: FaceLossSmoother | None = None, settle_s: float = 0.5,
-                 thresholds: JumpThresholds = JumpThresholds(), max_speed: float = 6.0):
+                 thresholds: JumpThresholds = JumpThresholds(), max_speed: float = 6.0,
+                 transition_speed: float = 0.75):
         self.retarget = retarget
         self.smoother = smoother or FaceLossSmoother()
         self.settle_s = settle_s
         self.thresholds = thresholds
         self.max_speed = max_speed
+        self.transition_speed = transition_speed
         self.reset()
 
     def reset(self) -> None:
@@ -147,6 +155,8 @@ class DriverGuard:
         self._accepted: tuple[float, Landmarks] | None = None  # last face followed (time, driver px)
         self._candidate: tuple[float, float, Landmarks] | None = None  # (since, last seen, face) after a jump
         self._shown: tuple[float, Landmarks] | None = None
+        self._paced: Landmarks | None = None  # the last frame's pose after pacing, before the speed limit
+        self._target: Landmarks | None = None  # the last frame's retargeted face (None: no face)
         self.jumps = 0
 
     @property
@@ -187,19 +197,47 @@ class DriverGuard:
                 self._accepted = (now, driver)
                 target = self.retarget(driver)
         out = self.smoother.update(now, target, neutral)
-        if self.smoother.state == TRACKING and self._shown is not None:
-            out = self._speed_limited(now, out)
+        if self._shown is not None:
+            out = self._paced = self._pace(now, out, target)
+            if self.smoother.state == TRACKING:
+                out = self._speed_limited(now, out)
             self.smoother.shown(out)
-        self._shown = (now, out)
+        else:
+            self._paced = out
+        self._shown, self._target = (now, out), target
         return out
+
+    def _pace(self, now: float, out: Landmarks, target: Landmarks | None) -> Landmarks:
+        """``out``, moved from the last paced pose no further than the driver's target moved since
+        the last frame, or ``transition_speed`` allows in this frame's time if that is more.  (The
+        speed limit comes after: a pose it held back catches up at its own pace.)"""
+        assert self._shown is not None and self._paced is not None
+        at, last = self._shown[0], self._paced
+        own = 0.0  # face sizes, as every motion here
+        if target is not None and self._target is not None:
+            own = _median_step(self._target.points, target.points) / max(face_size(self._target.points), 1e-6)
+        allowed = max(own, self.transition_speed * _frame_time(now - at))
+        moved = _median_step(last.points, out.points) / max(face_size(last.points), 1e-6)
+        if moved <= allowed:
+            return out
+        return last.with_points(last.points + (out.points - last.points) * np.float32(allowed / moved))
 
     def _speed_limited(self, now: float, target: Landmarks) -> Landmarks:
         assert self._shown is not None
         at, last = self._shown
-        dt = min(max(now - at, 1 / 60), 0.2)
         step = target.points - last.points
-        speed = float(np.median(np.linalg.norm(step[:, :2], axis=1))) / max(face_size(last.points), 1e-6) / dt
+        speed = _median_step(last.points, target.points) / max(face_size(last.points), 1e-6) / _frame_time(now - at)
         if speed <= 0.6 * self.max_speed:
             return target
         keep = float(soft_limit(speed, self.max_speed)) / speed
         return last.with_points(last.points + step * np.float32(keep))
+
+
+def _frame_time(dt: float) -> float:
+    """A frame's time step for speed limits: at least a 60 fps frame, at most 0.2 s (a stall)."""
+    return min(max(dt, 1 / 60), 0.2)
+
+
+def _median_step(a: np.ndarray, b: np.ndarray) -> float:
+    """The median point's 2-D displacement from ``a`` to ``b`` (px)."""
+    return float(np.median(np.linalg.norm((b - a)[:, :2], axis=1)))
