@@ -155,3 +155,29 @@ def test_a_blend_into_a_re_anchored_face_never_outruns_the_driver(astronaut_sour
     assert (moved <= allowed + 1e-4).all(), f"{(moved - allowed).max():.4f} face sizes over, frame {(moved - allowed).argmax()}"
     blending = (own > 0) & (moved > 0) & (np.abs(moved - own) > 1e-4)  # frames where the avatar was not where the target was
     assert blending.sum() >= 10  # the blends happened (re-anchored, not jumped)
+    last = driver.frames[-1]
+    for k in range(1, 61):  # the last face stays still for 2 s: the avatar arrives where it is
+        out = guard.update(last.timestamp + k / fps, last.landmarks, src)
+    assert _steps([out, guard.retarget.last])[0] < 1e-3
+
+
+def test_a_hold_after_fast_motion_stays_where_the_avatar_was(astronaut_source):
+    """A head moving faster than the speed limit lets the avatar fall behind; when the face is then lost the
+    avatar holds what it *showed*, not a step towards where the driver had got to."""
+    from avatar_app.capture.synthetic import FacePose
+    from avatar_app.face.retarget import Retargeter
+    from avatar_app.runtime.face_loss import DriverGuard
+
+    src = astronaut_source.landmarks
+    guard = DriverGuard(Retargeter(src), max_speed=2.0)  # its knee at 1.2 face sizes/s, 0.04 a frame
+    shown = [guard.update(i / 30, _driver(), src) for i in range(10)]
+    for i in range(10, 20):  # about 0.06 face sizes a frame: past the knee, under the jump test
+        shown.append(guard.update(i / 30, _driver(FacePose(shift=(0.12 * (i - 9), 0.0))), src))
+    assert guard.jumps == 0 and _steps(shown[9:])[-1] > 0.04
+    states = []
+    for i in range(20, 40):
+        shown.append(guard.update(i / 30, None, src))
+        states.append(guard.smoother.state)
+    held = [k for k, s in enumerate(states, start=20) if s == HOLDING]
+    assert len(held) >= 10
+    assert max(np.abs(shown[k].points - shown[19].points).max() for k in held) == 0.0

@@ -125,9 +125,11 @@ class DriverGuard:
     * while tracking, the pose moves no faster than ``max_speed`` (soft knee): the real
       clips' heads move at most about 7 face sizes/s (0.2 inter-ocular distances a frame);
     * a transition the driver did not make (a blend into a re-anchored or returning face, an
-      ease to the neutral, a recalibration) never adds to the driver's own motion: a frame moves
+      ease to the neutral) never adds to the driver's own motion: a frame's median point moves
       at most as far as the driver's target moved, or ``transition_speed`` if that is more, so
-      the avatar is never faster than the driver, nor faster than a calm glide of its own.
+      the avatar is never faster than the driver, nor faster than a calm glide of its own.  (A
+      calibration made outside the guard, the user's or an animator's new limits, changes the
+      target itself: that reaches the avatar at the speed limit's pace.)
 
     Args:
         retarget: the retargeter (calibrated on the first face if it is not yet).
@@ -147,6 +149,8 @@ class DriverGuard:
         self.settle_s = settle_s
         self.thresholds = thresholds
         self.max_speed = max_speed
+        if transition_speed <= 0:
+            raise ValueError(f"transition_speed must be positive (face sizes/s), got {transition_speed}")
         self.transition_speed = transition_speed
         self.reset()
 
@@ -198,6 +202,8 @@ class DriverGuard:
                 target = self.retarget(driver)
         out = self.smoother.update(now, target, neutral)
         if self._shown is not None:
+            if self.smoother.state != TRACKING:
+                self._paced = self._shown[1]  # a hold or an ease starts from what was shown
             out = self._paced = self._pace(now, out, target)
             if self.smoother.state == TRACKING:
                 out = self._speed_limited(now, out)
@@ -216,7 +222,7 @@ class DriverGuard:
         own = 0.0  # face sizes, as every motion here
         if target is not None and self._target is not None:
             own = _median_step(self._target.points, target.points) / max(face_size(self._target.points), 1e-6)
-        allowed = max(own, self.transition_speed * _frame_time(now - at))
+        allowed = max(own, self.transition_speed * min(max(now - at, 0.0), 0.2))
         moved = _median_step(last.points, out.points) / max(face_size(last.points), 1e-6)
         if moved <= allowed:
             return out
