@@ -140,7 +140,7 @@ def test_from_a_meta_learned_start_before_is_the_base_and_the_start_is_what_adap
     assert untouched and all(torch.equal(adapted[n], m[n]) for n in untouched)  # the start's, not base's
     assert not torch.equal(adapted[untouched[0]], dict(base.named_parameters())[untouched[0]])
     from avatar_app.train.budget import expected_gain
-    assert expected_gain("lite", "warp+decoder", 0, meta=True) != expected_gain("lite", "warp+decoder", 0)
+    assert expected_gain("lite", "warp+decoder", 60, meta=True) != expected_gain("lite", "warp+decoder", 60)
 
 
 def test_cached_personalization_lowers_heldout_loss(astronaut_source):
@@ -199,6 +199,7 @@ def test_expected_gain_follows_the_measured_curve():
     assert expected_gain("lite", "warp+decoder", last + 50) == (lo, hi, True)  # never extrapolated upwards
     assert expected_gain("lite", "warp+decoder", 0)[:2] == (0.0, 0.0)
     assert expected_gain("lite", "head", 40) is None  # not measured: nothing is promised
+    assert expected_gain("lite", "warp+decoder", 5, meta=True) is None  # fewer steps than the curve's first
     text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo, hi, True)).message()
     assert f"at least {lo:.1f}-{hi:.1f} dB" in text
     same = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(1.48, 1.52, False)).message()

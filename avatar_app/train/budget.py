@@ -30,16 +30,17 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
-# shipped weights score unpersonalized, as the app compares (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left
-# as it is*: the same two clips from lite-meta-2, 2026-12-01, the plan with its SPADE branch left as it is: step 0 is the start's own
-# score, which the app never shows; 77 the ends of the timed 30 s runs, whose rate decayed over the 77-78 steps 30 s
-# bought; 112 the ends of 112-step runs on one core.  Points of a longer run taken part-way overstate what a budget
-# ending there buys: 84 steps of a 112-step run gave 1.56-1.65, 71 steps decaying to their own end 1.44-1.46, before
-# the SPADE branch was left).  Between points: linear, which understates.
+# shipped weights score unpersonalized, as the app compares, from the recording's *rest frame* as the portrait (what
+# the app takes since 2026-12-04): docs/PERSONALIZATION_PLATEAU.md, *Timed from the rest frame*: three timed 30 s runs
+# per clip on two idle cores, 112-133 steps; 10-90 read off the runs' curves (part-way points of a run whose rate
+# decays over all of it overstate what a budget ending there buys), the last point the runs' ends.  Fewer steps
+# than the first point: nothing is promised.  (From the first frame, before: +1.47-1.65 at 77-112 steps.)
+# Between points: linear, which understates.
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
                                (112, 1.20, 1.45)],
-    ("lite", "warp+decoder", "meta"): [(0, 0.36, 0.73), (77, 1.47, 1.49), (112, 1.60, 1.65)],
+    ("lite", "warp+decoder", "meta"): [(10, 0.37, 0.50), (30, 0.71, 0.78), (60, 0.84, 1.15), (90, 0.89, 1.20),
+                                       (112, 0.89, 1.20)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
                        (220, 1.68, 2.07)],
 }
@@ -48,9 +49,10 @@ MEASURED_GAIN = {
 def expected_gain(preset: str, plan: str, steps: int, meta: bool = False) -> tuple[float, float, bool] | None:
     """``(low, high, beyond)``: the measured later-segment gain (dB) after ``steps`` steps,
     interpolated linearly; ``beyond``: more steps than were measured (then at least the last
-    figures).  ``meta``: from the meta-learned start.  ``None`` where this was not measured."""
+    figures).  ``meta``: from the meta-learned start.  ``None`` where this was not measured (fewer steps than
+    the first point, too)."""
     points = MEASURED_GAIN.get((preset, plan, "meta") if meta else (preset, plan))
-    if points is None:
+    if points is None or steps < points[0][0]:
         return None
     last = points[-1]
     if steps >= last[0]:
