@@ -119,10 +119,9 @@ def test_natural_motion_is_not_a_jump():
 
 def _steps(poses) -> np.ndarray:
     """Median point displacement between consecutive poses, in face sizes (the stress checks' measure)."""
-    from avatar_app.face.mesh import face_size
+    from avatar_app.face.mesh import face_motion
 
-    return np.array([float(np.median(np.linalg.norm((b.points - a.points)[:, :2], axis=1))) / face_size(a.points)
-                     for a, b in zip(poses[:-1], poses[1:])])
+    return np.array([face_motion(a.points, b.points) for a, b in zip(poses[:-1], poses[1:])])
 
 
 def test_a_blend_into_a_re_anchored_face_never_outruns_the_driver(astronaut_source):

@@ -47,12 +47,6 @@ def clip_pairs(points: np.ndarray, valid: np.ndarray, rng: np.random.Generator, 
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def clip_yaws(points: np.ndarray, valid: np.ndarray, rng: np.random.Generator, pairs: int = 200):
-    """``(random, hard, frames)`` |yaw| of :func:`clip_pairs`."""
-    d = clip_pairs(points, valid, rng, pairs)
-    return d["random"], d["hard"], d["frames"]
-
-
 def main() -> int:
     from avatar_app.train.data import PreparedDataset
 

@@ -120,6 +120,12 @@ def face_size(points: np.ndarray, dims: int = 2) -> float:
     return float(np.sqrt(((xy - xy.mean(0)) ** 2).sum(1).mean()))
 
 
+def face_motion(a: np.ndarray, b: np.ndarray) -> float:
+    """How far a face moved from ``a`` to ``b`` (``(478, 2|3)`` points): the median point's 2-D displacement in
+    :func:`face_size` s of ``a`` (the guard's pace and speed limit, and the stress checks' jump measure)."""
+    return float(np.median(np.linalg.norm(b[:, :2] - a[:, :2], axis=1))) / max(face_size(a), 1e-6)
+
+
 def mouth_center(points: np.ndarray) -> np.ndarray:
     return points[topology().lips_outer].mean(axis=0)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..face.jumps import JumpThresholds, is_jump  # the guard's test (also the tracker's)
-from ..face.mesh import face_size
+from ..face.mesh import face_motion
 from ..face.retarget import Retargeter, inter_ocular, soft_limit
 from ..types import Landmarks
 
@@ -219,11 +219,9 @@ class DriverGuard:
         speed limit comes after: a pose it held back catches up at its own pace.)"""
         assert self._shown is not None and self._paced is not None
         at, last = self._shown[0], self._paced
-        own = 0.0  # face sizes, as every motion here
-        if target is not None and self._target is not None:
-            own = _median_step(self._target.points, target.points) / max(face_size(self._target.points), 1e-6)
+        own = 0.0 if target is None or self._target is None else face_motion(self._target.points, target.points)
         allowed = max(own, self.transition_speed * min(max(now - at, 0.0), 0.2))
-        moved = _median_step(last.points, out.points) / max(face_size(last.points), 1e-6)
+        moved = face_motion(last.points, out.points)
         if moved <= allowed:
             return out
         return last.with_points(last.points + (out.points - last.points) * np.float32(allowed / moved))
@@ -231,19 +229,11 @@ class DriverGuard:
     def _speed_limited(self, now: float, target: Landmarks) -> Landmarks:
         assert self._shown is not None
         at, last = self._shown
+        dt = min(max(now - at, 1 / 60), 0.2)
         step = target.points - last.points
-        speed = _median_step(last.points, target.points) / max(face_size(last.points), 1e-6) / _frame_time(now - at)
+        speed = face_motion(last.points, target.points) / dt
         if speed <= 0.6 * self.max_speed:
             return target
         keep = float(soft_limit(speed, self.max_speed)) / speed
         return last.with_points(last.points + step * np.float32(keep))
 
-
-def _frame_time(dt: float) -> float:
-    """A frame's time step for speed limits: at least a 60 fps frame, at most 0.2 s (a stall)."""
-    return min(max(dt, 1 / 60), 0.2)
-
-
-def _median_step(a: np.ndarray, b: np.ndarray) -> float:
-    """The median point's 2-D displacement from ``a`` to ``b`` (px)."""
-    return float(np.median(np.linalg.norm((b - a)[:, :2], axis=1)))

@@ -7,7 +7,7 @@ Every output frame is re-detected with mediapipe (static mode, up to four faces)
   ghost beside the face; a "face" mediapipe finds *inside* the main one — it sees one in
   Grace Hopper's glasses at some zooms — is part of that face, not a second one);
 * ``max_jump`` — the largest frame-to-frame landmark motion of the output, as the
-  median point displacement in face sizes (:func:`face_size`: the spread of the rigid
+  median point displacement in face sizes (:func:`~avatar_app.face.mesh.face_size`: the spread of the rigid
   points, the measure the retargeter transfers motion by), against ``natural_jump``,
   the same measure on the driver's own continuous motion (its largest natural motion)
   plus ``noise``, the detector's own jitter on the output (:func:`detection_noise` on
@@ -31,7 +31,7 @@ import numpy as np
 
 from ..face.tracker import FaceTracker
 from ..types import Landmarks
-from ..face.mesh import face_size, topology
+from ..face.mesh import face_motion, topology
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _nearest(faces: list[Landmarks], previous: Landmarks | None) -> Landmarks | 
 
 
 def frame_jumps(sequence: Sequence[Landmarks | None]) -> np.ndarray:
-    """Frame-to-frame motion: median point displacement / :func:`face_size`, for each pair
+    """Frame-to-frame motion (:func:`~avatar_app.face.mesh.face_motion`), for each pair
     of consecutive frames that both have a face."""
     return _pair_jumps(sequence)[1]
 
@@ -106,7 +106,7 @@ def _pair_jumps(sequence: Sequence[Landmarks | None]) -> tuple[list[int], np.nda
         if a is None or b is None:
             continue
         pairs.append(i)
-        out.append(float(np.median(np.linalg.norm(b.xy - a.xy, axis=1))) / max(face_size(a.xy), 1e-6))
+        out.append(face_motion(a.xy, b.xy))
     return pairs, np.asarray(out, np.float64)
 
 
