@@ -29,7 +29,7 @@ def test_the_variant_tools_window_over_the_whole_frame_is_the_models_frame(astro
     cache = FrameCache(model, clip, [3, 7], np.zeros(128, np.float32), -1)
     b = cache.batch([0, 1])
     with torch.no_grad():
-        want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+        want = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
         whole, part = image_of(model, b, (0, 0, 256)), image_of(model, b, (64, 32, 128))
     assert torch.allclose(whole, want["image"], atol=1e-6) and part.shape == (2, 3, 128, 128)
 

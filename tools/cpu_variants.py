@@ -107,7 +107,7 @@ def image_of(model, b: dict, crop: tuple[int, int, int] | None = None, warped_to
     """The adapted model's frame for cached batch ``b`` (whole, or the window ``(y, x, size)``); with
     ``warped_too`` also the warped source image (the same window)."""
     src = b["source"]
-    out = model.warp_frame(src, b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+    out = model.warp_frame(src, b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
     gen = model.generator
     if crop is None:
         image, _ = gen(src.features, out["grid"], out["occlusion"], b["cond"], src.identity, out["warped"])

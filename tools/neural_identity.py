@@ -106,13 +106,13 @@ class Renders:
     def __call__(self, target, zero_residual: bool = False) -> dict[str, np.ndarray]:
         cond, txy, ids, amount = (torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
                                   for a in self.animator.network_inputs(target))
-        grid, mouth, mouth_coord = self.flow(self.source_xy, txy, ids, self.lid_lift)[:3]
+        grid, mouth, mouth_coord, big = self.flow(self.source_xy, txy, ids, self.lid_lift)
         warp = self.model.warp
         if zero_residual:
             forward = warp.forward
             warp.forward = lambda *a, **k: (torch.zeros_like(forward(*a, **k)[0]), forward(*a, **k)[1])
         try:
-            out = self.model.forward_frame(self.code, cond, grid, mouth, mouth_coord, float(amount))
+            out = self.model.forward_frame(self.code, cond, grid, mouth, mouth_coord, float(amount), big)
         finally:
             if zero_residual:
                 del warp.forward

@@ -186,7 +186,8 @@ class NetworkChain:
         amount_arr = np.array([amount], np.float32)
         f = self._run("flow", {"target_xy": target_xy, "tri_ids": tri_ids})
         w = self._run("warp", {"target_cond": target_cond, "analytic_grid": f["analytic_grid"], "mouth": f["mouth"],
-                               "mouth_coord": f["mouth_coord"], "mouth_amount": amount_arr})
+                               "mouth_coord": f["mouth_coord"], "mouth_amount": amount_arr,
+                               "large_motion": f["large_motion"]})
         g = self._run("generator", {"grid": w["grid"], "occlusion": w["occlusion"], "target_cond": target_cond,
                                     "warped": w["warped"]})
         if "enhancer" not in self.backends:

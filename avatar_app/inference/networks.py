@@ -9,7 +9,8 @@ and the temporal enhancer's ring buffer goes in as ``history`` and comes back as
 ====================  =========================================================
 ``encoder`` (once)    source image + landmark image -> warp code, generator features
 ``flow``              source/target landmarks + target triangle ids (+ the source's
-                      closed-lid lift) -> analytic grid, mouth mask and lip coordinate
+                      closed-lid lift) -> analytic grid, mouth mask, lip coordinate and
+                      how far the head moved (its correction is bounded then)
 ``warp``              warp network: refined grid, occlusion, warped source (+ mouth)
 ``generator``         ID-preserving generator: image and blend mask at 256
 ``enhancer`` (512)    generator output + its warped source, source warped at 512 -> refined 512 image
@@ -37,8 +38,9 @@ from ..models.layers import resize_grid
 from ..models.portrait import NET_SIZE, PortraitModel, SourceCode
 
 #: bump when a network's inputs, outputs or maths change: cached exports are keyed by it
-NETWORKS_VERSION = 5  # 3: the flow moves the irises (gaze); 4: the enhancer's base counts the mask once;
-#                       5: the flow takes the source's closed-lid lift (models/eye_lids.py)
+NETWORKS_VERSION = 6  # 3: the flow moves the irises (gaze); 4: the enhancer's base counts the mask once;
+#                       5: the flow takes the source's closed-lid lift (models/eye_lids.py); 6: the flow
+#                       says how far the head moved, and the warp bounds its correction then (models/warp.py)
 PER_FRAME = ("flow", "warp", "generator", "enhancer")
 
 
@@ -104,7 +106,7 @@ class FlowStage(_Stage):
         self.flow = AnalyticFlow(NET_SIZE, math_dtype=torch.float32)
 
     def forward(self, source_xy, target_xy, tri_ids, lid_lift):
-        return self.flow(source_xy, target_xy, tri_ids.long(), lid_lift=lid_lift)
+        return self.flow.for_networks(source_xy, target_xy, tri_ids.long(), lid_lift=lid_lift)
 
 
 class WarpStage(_Stage):
@@ -112,9 +114,10 @@ class WarpStage(_Stage):
         super().__init__()
         self.model = model
 
-    def forward(self, source, source_cond, code, target_cond, analytic_grid, mouth, mouth_coord, mouth_amount):
+    def forward(self, source, source_cond, code, target_cond, analytic_grid, mouth, mouth_coord, mouth_amount,
+                large_motion):
         src = SourceCode(source, source_cond, None, code, [])
-        out = self.model.warp_frame(src, target_cond, analytic_grid, mouth, mouth_coord, mouth_amount)
+        out = self.model.warp_frame(src, target_cond, analytic_grid, mouth, mouth_coord, mouth_amount, large_motion)
         return out["grid"], out["occlusion"], out["warped"]
 
 
@@ -177,9 +180,10 @@ def network_specs(model: PortraitModel, size: int = NET_SIZE) -> dict[str, Netwo
         "flow": NetworkSpec("flow", (TensorSpec("source_xy", (1, NUM_LANDMARKS, 2)),
                                      TensorSpec("target_xy", (1, NUM_LANDMARKS, 2)),
                                      TensorSpec("tri_ids", (1, s, s), "int32"), TensorSpec("lid_lift", (1, 2, 1))),
-                            ("analytic_grid", "mouth", "mouth_coord")),
+                            ("analytic_grid", "mouth", "mouth_coord", "large_motion")),
         "warp": NetworkSpec("warp", (img, cond, TensorSpec("code", tuple(code.shape)), tcond,
-                                     TensorSpec("analytic_grid", (1, s, s, 2)), mouth, coord, amount),
+                                     TensorSpec("analytic_grid", (1, s, s, 2)), mouth, coord, amount,
+                                     TensorSpec("large_motion", (1,))),
                             ("grid", "occlusion", "warped")),
         "generator": NetworkSpec("generator", tuple(TensorSpec(f"feat{i}", tuple(f.shape)) for i, f in enumerate(feats))
                                  + (grid, TensorSpec("occlusion", (1, 1, s, s)), tcond,

@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..face.mesh import CHIN, FOREHEAD_TOP, REGION_MOUTH, MeshTopology, topology
+from ..face.mesh import REGION_MOUTH, MeshTopology, topology
 from .eye_flow import KNOT_SPAN, KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
-from .eye_window import eager_on_cpu
-from .similarity import similarity_2d
+from .head_motion import HeadMotion
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
 
@@ -104,7 +103,7 @@ class AnalyticFlow(nn.Module):
             face height (forehead top to chin), over which outside motion fades to 0 —
             the narrowest band; a large motion widens it (``fold_margin``).
         big_motion: ``(lo, hi)``: how far the head's similarity moves the outline (face
-            heights) where the outside map starts / ends turning rigid (``_outside``).
+            heights) where the outside map starts / ends turning rigid (:mod:`.head_motion`).
         fold_margin: the band widens with the head's motion so the outside map's slope
             stays under this (< 1: no fold, so no second copy of the face).
         max_band: the band's widest, in face heights.
@@ -122,8 +121,6 @@ class AnalyticFlow(nn.Module):
         self.size = size
         self.resolution = res = min(size, 256) if resolution is None else resolution
         self.coarse = min(coarse, res)
-        self.falloff = falloff
-        self.big_motion, self.fold_margin, self.max_band = big_motion, fold_margin, max_band
         self.register_buffer("triangles", torch.tensor(topo.triangles, dtype=torch.long), persistent=False)
         self.register_buffer(
             "is_mouth", torch.as_tensor(topo.triangle_region == REGION_MOUTH, dtype=torch.float32), persistent=False
@@ -134,7 +131,6 @@ class AnalyticFlow(nn.Module):
         for name, index in parts.items():
             self.register_buffer(f"eye_{name}", index, persistent=False)
         self.register_buffer("eye_knots", torch.linspace(-KNOT_SPAN, KNOT_SPAN, KNOTS), persistent=False)
-        self.register_buffer("oval", torch.tensor(topo.face_oval, dtype=torch.long), persistent=False)
         lip_coord = torch.zeros(topo.neutral.shape[0])
         lip_coord[torch.tensor(topo.lips_inner_lower, dtype=torch.long)] = 1.0
         lip_coord[torch.tensor(topo.lips_inner_upper[[0, -1]], dtype=torch.long)] = 0.5  # corners
@@ -142,7 +138,7 @@ class AnalyticFlow(nn.Module):
         self.register_buffer("pixels", pixel_grid(res, res).permute(2, 0, 1).contiguous(), persistent=False)  # (2, R, R)
         step = res / self.coarse
         coarse_px = pixel_grid(self.coarse, self.coarse) * step + (step - 1) / 2
-        self.register_buffer("coarse_pixels", coarse_px, persistent=False)
+        self.head = HeadMotion(topo.face_oval, coarse_px, falloff, big_motion, fold_margin, max_band)
 
     def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor, fine_eyes: bool = False,
                 lid_lift: torch.Tensor | None = None):
@@ -218,7 +214,7 @@ class AnalyticFlow(nn.Module):
             inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots, lid_lift)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
-        outside = self._outside(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
+        outside = self.pixels[:, :h, :w].unsqueeze(0) + self.head(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
         # inside the mesh: piecewise affine; outside: the smooth field; a soft seam between
         blend = _soften(covered) * covered
         src_pos = outside + (inside - outside) * blend
@@ -239,69 +235,16 @@ class AnalyticFlow(nn.Module):
             return grid.permute(0, 2, 3, 1), mouth, mouth_coord, remap
         return grid.permute(0, 2, 3, 1), mouth, mouth_coord
 
-    def _outside(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Source positions ``(B, 2, H, W)`` for pixels outside the mesh (whole-head motion).
+    def large_motion(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: 0 while the head moved little, 1 where the outside map moves it rigidly
+        (:meth:`.head_motion.HeadMotion.large_motion`; landmarks ``(B, V, 2)`` in any px)."""
+        return self.head.large_motion(src_xy, tgt_xy)
 
-        Two maps, blended by how far the head moved (its similarity's displacement at the
-        fade's start, ``reach``, in face heights):
-
-        * **small motions** (``reach`` up to ``big_motion[0]``: 95 % of the validation clips'
-          frames): a pixel moves as the outline near it does (inverse-distance weighting of
-          the outline's displacements), fading to 0 over ``falloff`` — hair, ears and neck go
-          with the head and the background stays;
-        * **large motions** (from ``big_motion[1]``): the head's similarity (rotation, scale,
-          shift) moves everything up to ``falloff[0]`` from the outline rigidly, plus the
-          outline's non-rigid motion (a dropped jaw), then fades.
-
-        Either way the fade's band widens with the motion so the map never folds: the place the
-        head left is filled from the background beyond it, never from the source head (no second
-        copy of the face, the "ghost"). The rigid map for every motion cost 0.18 dB on real
-        validation clips (it moves the background near a turning head; docs/MOTION.md §4).
-
-        Only reductions and element-wise ops: batched, differentiable, ONNX-exportable.
-        """
-        anchors = tgt_xy[:, self.oval]  # (B, K, 2)
-        src_oval = src_xy[:, self.oval]
-        m, shift = similarity_2d(anchors, src_oval, eps=1e-6)  # the head's similarity, target -> source
-
-        def rigid(p: torch.Tensor) -> torch.Tensor:  # (B, P, 2) target px -> displacement to source px
-            return p @ m.transpose(1, 2) + shift[:, None] - p
-
-        disp = src_oval - anchors
-        residual = disp - rigid(anchors)  # the outline's non-rigid motion
-        coarse = self.coarse_pixels.to(tgt_xy.dtype)  # (float64 landmarks: no float32 matrix product below)
-        q = coarse.reshape(1, -1, 1, 2)  # (1, P, 1, 2)
-        dx, dy = (q - anchors[:, None]).unbind(-1)  # (a sum over a last axis of 2 is slow on the CPU)
-        d2 = dx * dx + dy * dy  # (B, P, K)
-        face_h = (tgt_xy[:, CHIN] - tgt_xy[:, FOREHEAD_TOP]).norm(dim=-1).clamp(min=1.0)  # (B,)
-        r2 = d2 + (0.02 * face_h[:, None, None]) ** 2
-        weights = torch.rsqrt(r2) / r2  # inverse distance cubed
-        weights = weights / weights.sum(2, keepdim=True)
-        dist = d2.min(dim=2).values.sqrt() / face_h[:, None]  # face heights from the outline
-        # Band width: a smoothstep over W face heights has slope 1.5 / W, so a displacement of
-        # D px folds nothing while D * 1.5 / (W * face_h) < 1 (with a margin).  D: the head's
-        # similarity at the outline pushed out to where the fade starts.
-        r0, r1 = self.falloff
-        t = anchors - anchors.mean(1, keepdim=True)
-        out = t / t.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-        reach = rigid(anchors + out * (r0 * face_h[:, None, None])).norm(dim=-1).amax(1) / face_h  # (B,)
-        width = torch.maximum(reach * (1.5 / self.fold_margin), torch.full_like(reach, r1 - r0))
-        width = width.clamp(max=self.max_band)[:, None]
-        band = _fade(dist, r0, r0 + width)[..., None]
-        near = (weights @ disp) * band  # small motions: the outline's own displacements
-        whole = rigid(coarse.reshape(1, -1, 2)) * band + (weights @ residual) * _fade(dist, r0, r1)[..., None]
-        lo, hi = self.big_motion
-        big = 1 - _fade(reach, lo, hi)[:, None, None]  # 0 below lo, 1 from hi
-        d_out = near + big * (whole - near)
-        c = self.coarse
-        field = d_out.reshape(-1, c, c, 2).permute(0, 3, 1, 2).contiguous()  # channels-last: 3x slower upsampling
-        return self.pixels[:, :h, :w].unsqueeze(0) + _upsample(field, h, w)
-
-
-def _fade(dist: torch.Tensor, r0, r1) -> torch.Tensor:
-    """1 up to ``r0``, smoothstep down to 0 at ``r1`` (``r1`` may be a tensor)."""
-    t = ((dist - r0) / (r1 - r0)).clamp(0, 1)
-    return 1 - t * t * (3 - 2 * t)
+    def for_networks(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor,
+                     lid_lift: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """What the warp network takes from the flow: :meth:`forward`'s ``(grid, mouth, mouth_coord)``
+        and :meth:`large_motion`."""
+        return (*self(src_xy, tgt_xy, tri_ids, lid_lift=lid_lift), self.large_motion(src_xy, tgt_xy))
 
 
 def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,18 +270,6 @@ def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[to
         torch.stack([y0 - y1, x1 - x0, x0 * y1 - x1 * y0], -1),
     ]
     return torch.stack(rows, -2) / det[..., None, None], degenerate
-
-
-def _upsample(field: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``field (B, C, h0, w0)`` bilinearly to ``(B, C, h, w)`` (``align_corners=False``).
-
-    On the CPU, eager (not exported or compiled) and without gradients, with OpenCV plane by plane: the same
-    values (to 2e-5 px on the outside field) at a third of ``F.interpolate``'s time, on the live path."""
-    if not eager_on_cpu(field) or field.dtype != torch.float32 or field.requires_grad:
-        return F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
-    planes = field.reshape(-1, *field.shape[2:]).numpy()
-    up = [torch.from_numpy(cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)) for p in planes]
-    return torch.stack(up).reshape(*field.shape[:2], h, w)
 
 
 def _soften(mask: torch.Tensor, k: int = 5) -> torch.Tensor:

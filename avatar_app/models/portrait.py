@@ -24,7 +24,7 @@ from .assets import WEIGHTS_DIR
 from .enhancer import TemporalEnhancer
 from .flow import fill_mouth_interior
 from .generator import Generator
-from .warp import WarpNet, identity_grid
+from .warp import WarpNet, identity_grid, limit_residual
 
 NET_SIZE = 256  # the warp network and generator work at 256; the enhancer makes 512
 FORMAT_NAME = "avatar-app-portrait"
@@ -88,12 +88,15 @@ class PortraitModel(nn.Module):
 
     def warp_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
                    mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
-                   mouth_amount: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+                   mouth_amount: torch.Tensor | float = 0.0,
+                   large_motion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The warping half of :meth:`forward_frame`: ``grid``, ``occlusion`` and ``warped``."""
         b, s = analytic_grid.shape[0], analytic_grid.shape[1]
         ident = identity_grid(b, s, analytic_grid.device, analytic_grid.dtype)
         flow = analytic_grid.permute(0, 3, 1, 2) - ident
         residual, occlusion = self.warp(src.image, src.cond, tgt_cond, flow, code=src.code)
+        if large_motion is not None:
+            residual = limit_residual(residual, large_motion)
         grid = (ident + flow + residual).permute(0, 2, 3, 1)
         warped = F.grid_sample(src.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if mouth is not None and mouth_coord is not None:
@@ -102,7 +105,7 @@ class PortraitModel(nn.Module):
 
     def forward_frame(self, src: SourceCode, tgt_cond: torch.Tensor, analytic_grid: torch.Tensor,
                       mouth: torch.Tensor | None = None, mouth_coord: torch.Tensor | None = None,
-                      mouth_amount: torch.Tensor | float = 0.0,
+                      mouth_amount: torch.Tensor | float = 0.0, large_motion: torch.Tensor | None = None,
                       hold_warp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One frame at the network size.
 
@@ -113,6 +116,9 @@ class PortraitModel(nn.Module):
             mouth, mouth_coord, mouth_amount: the analytic flow's mouth outputs; when
                 given, the warped source gets the painted mouth interior (as the geometric
                 animator does) before the generator sees it.
+            large_motion: ``(B,)`` :meth:`~.flow.AnalyticFlow.large_motion` of the frame: where it is
+                above 0 the warp network's correction is bounded (:func:`~.warp.limit_residual`);
+                ``None``: never.
             hold_warp: ``(B,)`` bool, training only: rows whose warp outputs reach the generator
                 without a gradient, so what is learnt from those rows is the generator's alone.
 
@@ -120,7 +126,7 @@ class PortraitModel(nn.Module):
             dict with ``image (B, 3, S, S)``, ``mask``, ``grid (B, S, S, 2)``, ``occlusion``,
             ``warped`` (the warped source the generator blended with).
         """
-        out = self.warp_frame(src, tgt_cond, analytic_grid, mouth, mouth_coord, mouth_amount)
+        out = self.warp_frame(src, tgt_cond, analytic_grid, mouth, mouth_coord, mouth_amount, large_motion)
         if hold_warp is not None:
             out = {k: torch.where(hold_warp.view(-1, *[1] * (v.dim() - 1)), v.detach(), v) for k, v in out.items()}
         image, mask = self.generator(src.features, out["grid"], out["occlusion"], tgt_cond, src.identity, out["warped"])

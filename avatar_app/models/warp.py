@@ -107,3 +107,29 @@ class WarpNet(nn.Module):
         if size > self.resolution and size % self.resolution == 0:
             return F.avg_pool2d(x, size // self.resolution)  # exportable anti-aliased downscale
         return F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+
+
+#: the most the warp network may move a pixel away from the analytic flow while the head moves
+#: far (px at the network's 256; :func:`limit_residual`)
+LARGE_MOTION_RESIDUAL_PX = 6.0
+
+
+def limit_residual(residual: torch.Tensor, large_motion: torch.Tensor, limit_px: float = LARGE_MOTION_RESIDUAL_PX,
+                   knee: float = 0.6) -> torch.Tensor:
+    """The warp network's ``residual (B, 2, S, S)`` (norm units), bounded where the head moved far.
+
+    Trained on clips whose backgrounds stand still, the network learnt to hold what lies around
+    the face still against the analytic flow's whole-head motion, by up to ~26 px at 256 on
+    ordinary frames.  When the head moves far (``large_motion (B,)`` 1, from
+    :meth:`~.flow.AnalyticFlow.large_motion`: where the analytic flow moves the head rigidly) that
+    stretched a hat between the face and the place it held (docs/MOTION_TRANSITIONS.md §4).  There
+    each pixel's correction saturates smoothly at ``limit_px`` (unchanged up to ``knee`` of it, as
+    :func:`~avatar_app.face.retarget.soft_limit`); at ``large_motion`` 0 it is untouched, between
+    the two blended.  A zero residual (an untrained network) stays zero.
+    """
+    limit = limit_px * 2.0 / residual.shape[-1]
+    start, room = knee * limit, (1 - knee) * limit
+    mag = residual.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    bounded = torch.where(mag <= start, mag, start + room * torch.tanh((mag - start) / room))
+    weight = large_motion.to(residual.dtype).reshape(-1, 1, 1, 1)
+    return residual * (1 + weight * (bounded / mag - 1))

@@ -239,16 +239,17 @@ class FrameCache:
                 n = b["driving"].shape[0]
                 if src is None:  # the reference frame, encoded once
                     src = model.encode_source(b["source"][:1], b["source_cond"][:1], b["identity"][:1])
-                grid, mouth, coord = flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
+                grid, mouth, coord, big = flow.for_networks(b["source_points"][..., :2], b["driving_points"][..., :2],
+                                                            b["tri_ids"])
                 s = _expand(src, n)
                 cond = (b["driving_cond"] * 255.0 + 0.5).to(torch.uint8)
                 keep = {"driving": (b["driving"] * 255.0 + 0.5).to(torch.uint8),  # the frames' own uint8 values
                         "cond": cond,  # and the eye and mouth masks dilated for the loss, once (a max: exact)
                         "regions": grow_regions(cond[:, 3:5].float()).to(torch.uint8)}
                 if start < 0:  # the warp network runs in each step: keep its inputs
-                    keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"]}
+                    keep |= {"grid": grid, "mouth": mouth, "coord": coord, "mouth_amount": b["mouth_amount"], "big": big}
                 else:
-                    keep |= self._frozen_part(model, s, b, grid, mouth, coord, start)
+                    keep |= self._frozen_part(model, s, b, grid, mouth, coord, big, start)
                 for key, v in keep.items():
                     parts.setdefault(key, []).append(v.contiguous())
         model.train(was_training)
@@ -258,10 +259,10 @@ class FrameCache:
         self.size = len(indices)
 
     @staticmethod
-    def _frozen_part(model: PortraitModel, s, b: dict, grid, mouth, coord, start: int) -> dict:
+    def _frozen_part(model: PortraitModel, s, b: dict, grid, mouth, coord, big, start: int) -> dict:
         """The warp network's warped source and the decoder's inputs from stage ``start`` on."""
         gen = model.generator
-        out = model.warp_frame(s, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+        out = model.warp_frame(s, b["driving_cond"], grid, mouth, coord, b["mouth_amount"], big)
         warped = gen.warp_features(s.features, out["grid"], out["occlusion"])
         h = None
         for stage in range(1, start + 1):
@@ -367,7 +368,7 @@ def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[in
     the adapted stages on cached frames."""
     b = cache.batch(picks)
     if cache.start < 0:
-        out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"])
+        out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
         image, warped = out["image"], out["warped"]
     else:
         image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start,

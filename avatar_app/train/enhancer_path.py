@@ -29,8 +29,9 @@ def enhanced_window(model: PortraitModel, flow: AnalyticFlow, stage: EnhancerSta
     outs, history = [], None
     for t in range(t_len):
         with torch.no_grad():
-            grid, mouth, coord = flow(b["source_points"][..., :2], b["points_256"][:, t, :, :2], b["tri_ids"][:, t])
-            f = model.forward_frame(src, b["driving_cond"][:, t], grid, mouth, coord, b["mouth_amount"][:, t])
+            grid, mouth, coord, big = flow.for_networks(b["source_points"][..., :2], b["points_256"][:, t, :, :2],
+                                                        b["tri_ids"][:, t])
+            f = model.forward_frame(src, b["driving_cond"][:, t], grid, mouth, coord, b["mouth_amount"][:, t], big)
         if history is None:  # the first frame starts the ring buffer afresh (reset), as the app's first frame does
             n = b["points_256"].shape[0]
             history = f["image"].new_zeros(n, enh.neighbours, enh.channels, enh.feature_size, enh.feature_size)

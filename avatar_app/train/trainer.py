@@ -152,13 +152,14 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _frame(self, model: PortraitModel, b: dict) -> dict:
-        grid, mouth, coord = self.flow(b["source_points"][..., :2], b["driving_points"][..., :2], b["tri_ids"])
+        grid, mouth, coord, big = self.flow.for_networks(b["source_points"][..., :2], b["driving_points"][..., :2],
+                                                         b["tri_ids"])
         if self.cfg.stage == "warp":  # no generator: skip its source features
             src = SourceCode(b["source"], b["source_cond"], b["identity"], model.warp.code(b["source"], b["source_cond"]), [])
-            return model.warp_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"])
+            return model.warp_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"], big)
         src = model.encode_source(b["source"], b["source_cond"], b["identity"])
         hold = b["cross"] if self.cfg.cross_pairs and not self.cfg.cross_warp and "cross" in b else None
-        return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"], hold_warp=hold)
+        return model.forward_frame(src, b["driving_cond"], grid, mouth, coord, b["mouth_amount"], big, hold_warp=hold)
 
     def _image_losses(self, out: torch.Tensor, gt: torch.Tensor, cond: torch.Tensor | None,
                       mask: torch.Tensor | None = None, regions: torch.Tensor | None = None) -> dict:
