@@ -148,7 +148,7 @@ def test_io_check_accepts_the_spec_and_names_each_mismatch(networks):
         check_io(flow, ins[:2], outs, "engine")
     with pytest.raises(EngineBuildError, match="has outputs"):
         check_io(flow, ins, outs[:2], "engine")
-    half = outs[:2] + [(outs[2][0], (1,), DataType.HALF)]
+    half = outs[:2] + [(outs[2][0], outs[2][1], DataType.HALF)] + outs[3:]
     with pytest.raises(EngineBuildError, match="non-float32 outputs"):
         check_io(flow, ins, half, "engine")
 

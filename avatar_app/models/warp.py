@@ -129,7 +129,7 @@ def limit_residual(residual: torch.Tensor, large_motion: torch.Tensor, limit_px:
     """
     limit = limit_px * 2.0 / residual.shape[-1]
     start, room = knee * limit, (1 - knee) * limit
-    mag = residual.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    mag = residual.norm(dim=1, keepdim=True).clamp(min=1e-4)  # 0.01 px; 1e-4 is a normal fp16 number
     bounded = torch.where(mag <= start, mag, start + room * torch.tanh((mag - start) / room))
     weight = large_motion.to(residual.dtype).reshape(-1, 1, 1, 1)
     return residual * (1 + weight * (bounded / mag - 1))
