@@ -28,7 +28,8 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # per person, what 30 s bought on two idle cores, whose rate decayed over all 112; a shorter budget decays sooner,
 # not measured apart) and
 # docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
-# 2026-12-01 curves of the shipped full-real, interpolated at these steps).  A key ending in "meta" is
+# shipped full-real's curves from the recording's rest frame, 2026-12-04, one 10 s run per person, interpolated at these
+# steps; from the first frame they were 1.01-1.15 / 1.30-1.41 / 1.55-1.92 / 1.69-2.30 / 1.68-2.07).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares, from the recording's *rest frame* as the portrait (what
 # the app takes since 2026-12-04): docs/PERSONALIZATION_PLATEAU.md, *Timed from the rest frame*: three timed 30 s runs
@@ -41,8 +42,8 @@ MEASURED_GAIN = {
                                (112, 1.20, 1.45)],
     ("lite", "warp+decoder", "meta"): [(10, 0.37, 0.50), (30, 0.71, 0.78), (60, 0.84, 1.15), (90, 0.89, 1.20),
                                        (112, 0.89, 1.20)],
-    ("full", "full"): [(0, 0.0, 0.0), (25, 1.01, 1.15), (50, 1.30, 1.41), (100, 1.55, 1.92), (150, 1.69, 2.30),
-                       (220, 1.68, 2.07)],
+    ("full", "full"): [(0, 0.0, 0.0), (25, 0.82, 1.16), (50, 0.99, 1.23), (100, 1.46, 1.65), (150, 1.78, 1.93),
+                       (220, 1.84, 2.23)],
 }
 
 
