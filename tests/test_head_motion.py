@@ -30,7 +30,8 @@ def _moved(points: np.ndarray, shift: float, angle_deg: float = 0.0, scale: floa
 
 def _large(src: np.ndarray, tgt: np.ndarray) -> float:
     t = lambda p: torch.from_numpy(p[None, :, :2].copy())  # noqa: E731
-    return float(AnalyticFlow(S).large_motion(t(src), t(tgt))[0])
+    ids = torch.from_numpy(rasterize_triangles(tgt, topology().triangles, S))[None]
+    return float(AnalyticFlow(S).for_networks(t(src), t(tgt), ids)[3][0])
 
 
 def test_large_motion_tells_a_head_that_moved_far_from_one_that_moved_a_little():

@@ -165,6 +165,20 @@ class AnalyticFlow(nn.Module):
             ``size``) to the upsampled source positions (px, channel first) at flat pixel
             indices ``idx (B, 2, N)``; ``None`` when the flow is computed at ``size``.
         """
+        grid, mouth, mouth_coord, remap, _ = self._flow(src_xy, tgt_xy, tri_ids, fine_eyes, lid_lift)
+        return (grid, mouth, mouth_coord, remap) if fine_eyes else (grid, mouth, mouth_coord)
+
+    def for_networks(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor,
+                     lid_lift: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """What the warp network takes from the flow: :meth:`forward`'s ``(grid, mouth, mouth_coord)``
+        and ``large_motion (B,)``: 0 while the head moved little, 1 where the outside map moves it
+        rigidly (:class:`.head_motion.HeadMotion`, which measures it for that map)."""
+        grid, mouth, mouth_coord, _, large = self._flow(src_xy, tgt_xy, tri_ids, False, lid_lift)
+        return grid, mouth, mouth_coord, large
+
+    def _flow(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor, fine_eyes: bool,
+              lid_lift: torch.Tensor | None):
+        """:meth:`forward`'s ``(grid, mouth, mouth_coord, remap)`` and the head's ``large_motion``."""
         b, h, w = tri_ids.shape
         nf = self.triangles.shape[0]
         src_full, tgt_full = src_xy, tgt_xy
@@ -214,7 +228,8 @@ class AnalyticFlow(nn.Module):
             inside = eye_flow(src_xy, tgt_xy, inside, eyes, parts, self.eye_knots, lid_lift)
         lip = (g[6] * x + g[7] * y + g[8]).unsqueeze(1)
 
-        outside = self.pixels[:, :h, :w].unsqueeze(0) + self.head(src_xy, tgt_xy, h, w)  # (B, 2, H, W)
+        moved, large = self.head(src_xy, tgt_xy, h, w)
+        outside = self.pixels[:, :h, :w].unsqueeze(0) + moved  # (B, 2, H, W)
         # inside the mesh: piecewise affine; outside: the smooth field; a soft seam between
         blend = _soften(covered) * covered
         src_pos = outside + (inside - outside) * blend
@@ -231,20 +246,7 @@ class AnalyticFlow(nn.Module):
             idx, delta = remap
             grid = grid.reshape(b, 2, -1).scatter_add(2, idx, delta * (2.0 / self.size)).reshape(grid.shape)
             remap = None
-        if fine_eyes:
-            return grid.permute(0, 2, 3, 1), mouth, mouth_coord, remap
-        return grid.permute(0, 2, 3, 1), mouth, mouth_coord
-
-    def large_motion(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor) -> torch.Tensor:
-        """``(B,)``: 0 while the head moved little, 1 where the outside map moves it rigidly
-        (:meth:`.head_motion.HeadMotion.large_motion`; landmarks ``(B, V, 2)`` in any px)."""
-        return self.head.large_motion(src_xy, tgt_xy)
-
-    def for_networks(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, tri_ids: torch.Tensor,
-                     lid_lift: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """What the warp network takes from the flow: :meth:`forward`'s ``(grid, mouth, mouth_coord)``
-        and :meth:`large_motion`."""
-        return (*self(src_xy, tgt_xy, tri_ids, lid_lift=lid_lift), self.large_motion(src_xy, tgt_xy))
+        return grid.permute(0, 2, 3, 1), mouth, mouth_coord, remap, large
 
 
 def _barycentric_matrices(tri: torch.Tensor, min_area2: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

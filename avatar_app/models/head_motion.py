@@ -9,7 +9,7 @@ moves the outline (``reach``, in face heights):
   it does, fading to 0 with distance — hair and neck go with the head, the background stays;
 * **large motions**: the head moves rigidly as a whole, then fades.
 
-:meth:`HeadMotion.large_motion` tells the two apart (0 small .. 1 large); the warp network's
+Its ``large_motion`` tells the two apart (0 small .. 1 large); the warp network's
 correction is bounded where it is 1 (:func:`~.warp.limit_residual`), so a network trained on
 clips with still backgrounds cannot hold a hat or hair still while the face under it moves
 far (it stretched a cap badge into a second face: docs/MOTION_TRANSITIONS.md §4).
@@ -58,14 +58,10 @@ class HeadMotion(nn.Module):
         reach = (edge @ m.transpose(1, 2) + shift[:, None] - edge).norm(dim=-1).amax(1) / face_h  # (B,)
         return m, shift, anchors, src_xy[:, self.oval] - anchors, face_h, reach
 
-    def large_motion(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor) -> torch.Tensor:
-        """``(B,)``: 0 while the head's motion is small, rising smoothly to 1 where the map turns
-        rigid (``big_motion``).  Landmarks in any px (the measure is in face heights)."""
-        lo, hi = self.big_motion
-        return 1 - fade(self._head(src_xy, tgt_xy)[-1], lo, hi)
-
-    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Displacements ``(B, 2, h, w)`` (px, target -> source) for pixels outside the mesh.
+    def forward(self, src_xy: torch.Tensor, tgt_xy: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Displacements ``(B, 2, h, w)`` (px, target -> source) for pixels outside the mesh, and
+        ``large_motion (B,)``: 0 while the head's motion is small, rising smoothly to 1 where the map
+        turns rigid (``big_motion``; in face heights, so the landmarks' px scale does not matter).
 
         In both regimes the fade's band widens with the motion so the map never folds: the place the
         head left is filled from the background beyond it, never from the source head (no second
@@ -96,11 +92,11 @@ class HeadMotion(nn.Module):
         near = (weights @ disp) * band  # small motions: the outline's own displacements
         whole = rigid(coarse.reshape(1, -1, 2)) * band + (weights @ residual) * fade(dist, r0, r1)[..., None]
         lo, hi = self.big_motion
-        big = 1 - fade(reach, lo, hi)[:, None, None]  # 0 below lo, 1 from hi
-        d_out = near + big * (whole - near)
+        large = 1 - fade(reach, lo, hi)  # 0 below lo, 1 from hi
+        d_out = near + large[:, None, None] * (whole - near)
         c = self.coarse
         field = d_out.reshape(-1, c, c, 2).permute(0, 3, 1, 2).contiguous()  # channels-last: 3x slower upsampling
-        return upsample(field, h, w)
+        return upsample(field, h, w), large
 
 
 def fade(dist: torch.Tensor, r0, r1) -> torch.Tensor:

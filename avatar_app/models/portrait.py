@@ -116,7 +116,7 @@ class PortraitModel(nn.Module):
             mouth, mouth_coord, mouth_amount: the analytic flow's mouth outputs; when
                 given, the warped source gets the painted mouth interior (as the geometric
                 animator does) before the generator sees it.
-            large_motion: ``(B,)`` :meth:`~.flow.AnalyticFlow.large_motion` of the frame: where it is
+            large_motion: ``(B,)`` ``large_motion`` of the frame (:meth:`~.flow.AnalyticFlow.for_networks`): where it is
                 above 0 the warp network's correction is bounded (:func:`~.warp.limit_residual`);
                 ``None``: never.
             hold_warp: ``(B,)`` bool, training only: rows whose warp outputs reach the generator

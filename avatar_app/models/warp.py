@@ -121,7 +121,7 @@ def limit_residual(residual: torch.Tensor, large_motion: torch.Tensor, limit_px:
     Trained on clips whose backgrounds stand still, the network learnt to hold what lies around
     the face still against the analytic flow's whole-head motion, by up to ~26 px at 256 on
     ordinary frames.  When the head moves far (``large_motion (B,)`` 1, from
-    :meth:`~.flow.AnalyticFlow.large_motion`: where the analytic flow moves the head rigidly) that
+    :meth:`~.flow.AnalyticFlow.for_networks`: where the analytic flow moves the head rigidly) that
     stretched a hat between the face and the place it held (docs/MOTION_TRANSITIONS.md §4).  There
     each pixel's correction saturates smoothly at ``limit_px`` (unchanged up to ``knee`` of it, as
     :func:`~avatar_app.face.retarget.soft_limit`); at ``large_motion`` 0 it is untouched, between
