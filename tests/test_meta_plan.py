@@ -8,11 +8,13 @@ import torch
 
 from avatar_app.imaging import bgr_to_rgb_chw
 from avatar_app.models.portrait import PortraitModel
-from avatar_app.train.adapt_cached import FULL_PLANS, PLANS, adapted_parameters
+from avatar_app.face.retarget import rest_frame
+from avatar_app.train.adapt_cached import FULL_PLANS, PLANS, adapted_parameters, cache_picks
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FlowInputs
 from avatar_app.train.meta import MetaTrainer
 from avatar_app.train.meta_tasks import RecordingTasks
+from avatar_app.train.personalize import training_indices
 
 from test_meta import _animated_clip
 from test_trainer import TINY, ShiftedPairs
@@ -34,11 +36,12 @@ class _PersonClip:
         return self._crops[index]
 
 
-@pytest.fixture
-def trainer(tmp_path, astronaut_source, hopper_source):
+@pytest.fixture(params=["first"])
+def trainer(request, tmp_path, astronaut_source, hopper_source):
     people = {"astronaut": [(_PersonClip("a", "astronaut", _animated_clip(astronaut_source, 24)), 25.0)],
               "hopper": [(_PersonClip("h", "hopper", _animated_clip(hopper_source, 24)), 25.0)]}
-    recordings = RecordingTasks(people, record_s=0.8, cache_frames=8)  # 20 frames recorded, 8 of them cached
+    # 20 frames recorded, 8 of them cached
+    recordings = RecordingTasks(people, record_s=0.8, cache_frames=8, reference=request.param)
     cfg = TrainConfig(stage="meta", model=TINY, inner_plan=PLAN, inner_steps=3, meta_lr=0.5, warmup_steps=0,
                       schedule="constant", num_workers=0, batch_size=8, inner_lr=1.0, w_warped=0.0)
     return MetaTrainer(cfg, tmp_path, train_set=FlowInputs(ShiftedPairs([astronaut_source], n=4)),
@@ -90,7 +93,9 @@ def test_the_outer_step_moves_only_the_plans_parameters(trainer, monkeypatch):
     assert plan and any(n not in plan for n in before)
 
 
-def test_the_inner_loop_animates_one_fixed_source_the_recordings_first_frame(trainer, monkeypatch):
+@pytest.mark.parametrize("trainer", ["first", "rest"], indirect=True)
+def test_the_inner_loop_animates_one_fixed_source_the_recordings_reference_frame(trainer, monkeypatch):
+    """The portrait is the recording's first frame, or (``inner_reference = "rest"``) the one the app takes."""
     sources = []
     forward = PortraitModel.forward_frame
 
@@ -99,19 +104,26 @@ def test_the_inner_loop_animates_one_fixed_source_the_recordings_first_frame(tra
         return forward(self, src, *args, **kwargs)
 
     monkeypatch.setattr(PortraitModel, "forward_frame", spy)
-    first = {}
+    first, rest = {}, trainer.recordings.reference == "rest"
     for step in range(4):
         task = trainer.recordings.recording(step)
+        clip = trainer.recordings.clips[task.key]
+        want = rest_frame([clip.landmarks[f] for f in task.frames]) if rest else 0
+        assert task.reference == want
         sources.clear()
         trainer.adapt_plan(task)
-        reference = torch.from_numpy(bgr_to_rgb_chw(trainer.recordings.clips[task.key].image(task.frames[0])))
+        reference = torch.from_numpy(bgr_to_rgb_chw(clip.image(task.frames[want])))
         assert len(sources) == trainer.cfg.inner_steps
         for s in sources:  # every sample of every inner step animates the recording's reference frame
             assert s.shape[0] == trainer.cfg.batch_size
             assert all(torch.equal(x, reference) for x in s)
-        assert len(task.train) == 8 and not any(i % 10 == 9 for i in task.train)  # personalization's held-out rule
-        first[(task.key, task.frames[0])] = reference
+        # personalization's held-out rule and its picks
+        assert task.train == cache_picks(training_indices(len(task.frames), want), 8)
+        assert len(task.train) == 8 and not any(i % 10 == 9 and i != want for i in task.train)
+        first[(task.key, task.frames[want])] = reference
     assert len(first) > 1  # different tasks, different sources: the check could fail
+    if rest:  # the rest frame is not the first one in every recording: the check could fail
+        assert any(trainer.recordings.recording(s).reference != 0 for s in range(4))
 
 
 def test_tasks_loaded_by_workers_are_the_serial_ones(trainer):

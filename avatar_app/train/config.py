@@ -78,9 +78,11 @@ class TrainConfig:
     # "": the inner loop adapts every warp and generator weight on the data's pairs (the `full` plan); a name of
     # adapt_cached.PLANS: the inner loop is that cached plan, as personalization runs it (its parameters, optimiser,
     # rate, schedule, batch and loss weights replace batch_size, inner_lr, warp_lr_scale, w_warped, w_ssim), on a
-    # recording of `inner_record_s` seconds of one training person's clip animating its first frame (train.meta_tasks)
+    # recording of `inner_record_s` seconds of one training person's clip animating its `inner_reference` frame:
+    # "first", or "rest" (the frame nearest the recording's rest expression, the portrait the app takes) (train.meta_tasks)
     inner_plan: str = ""
     inner_record_s: float = 10.0
+    inner_reference: str = "first"
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -12,10 +12,10 @@ With several ranks each takes its own task and the moves are averaged across ran
 
 With ``inner_plan`` (a name of :data:`~.adapt_cached.PLANS`) the inner loop is that cached plan as
 personalization runs it on a CPU (its cosine squeezed into the ``inner_steps``, where the app's spans the
-~100 steps its budget buys): a recording of one training person (:mod:`.meta_tasks`), its first frame the
-source for the whole loop, only the plan's parameters adapted (its optimiser, rate, schedule over the inner
-loop, batch and loss weights), and only those moved by the outer step — the weights learn to adapt the way
-they will be adapted.  With a name of :data:`~.adapt_cached.FULL_PLANS` (``"full"``) it is the GPU's plan
+~100 steps its budget buys): a recording of one training person (:mod:`.meta_tasks`), its first or rest
+frame (``inner_reference``) the source for the whole loop, only the plan's parameters adapted (its optimiser,
+rate, schedule over the inner loop, batch and loss weights), and only those moved by the outer step — the
+weights learn to adapt the way they will be adapted.  With a name of :data:`~.adapt_cached.FULL_PLANS` (``"full"``) it is the GPU's plan
 on such a recording: every warp and generator weight on random pairs of its frames (those a cached plan
 would cache), as personalization draws them.
 """
@@ -71,7 +71,8 @@ class MetaTrainer(Trainer):
             from .meta_tasks import RecordingTasks
 
             self.recordings = (recordings if recordings is not None else
-                               RecordingTasks.from_prepared(data, cfg.val_fraction, cfg.inner_record_s, cfg.seed))
+                               RecordingTasks.from_prepared(data, cfg.val_fraction, cfg.inner_record_s, cfg.seed,
+                                                            reference=cfg.inner_reference))
             self.adapted = sorted(adapted_parameters(self.model, self.plan))
         else:
             self.tasks = self._group_by_identity()
@@ -143,8 +144,8 @@ class MetaTrainer(Trainer):
     def adapt_plan(self, task, items=None, model: PortraitModel | None = None) -> tuple[PortraitModel, list[float]]:
         """A copy of ``model`` (default: the meta-model) after ``inner_steps`` steps of the inner plan on the
         recording ``task`` (a :class:`~.meta_tasks.Recording`; ``items``: its inputs, loaded beforehand): the
-        source is the recording's first frame throughout (a cached plan) or random pairs of its frames, the first
-        one the source half the time (a :data:`~.adapt_cached.FULL_PLANS` plan, as personalization draws them), and
+        source is the recording's reference frame throughout (a cached plan) or random pairs of its frames, the
+        reference the source half the time (a :data:`~.adapt_cached.FULL_PLANS` plan, as personalization draws them), and
         the rate decays (if the plan's does) over the loop."""
         clone = copy.deepcopy(model if model is not None else self.model).train()
         rec = self.recordings

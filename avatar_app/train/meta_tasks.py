@@ -1,8 +1,8 @@
 """Reptile's tasks when its inner loop is a cached personalization plan (``inner_plan``): recordings.
 
 A task is what personalization gets from a user: a recording of ``record_s`` seconds of one person's
-clip (a random window of a random clip of a random training person), animating the recording's first
-frame (the reference: the profile's portrait) into its training frames — every frame but every 10th
+clip (a random window of a random clip of a random training person), animating the recording's reference
+frame (the profile's portrait: its rest frame, as the app takes it, or its first frame) into its training frames — every frame but every 10th
 (held out, as :func:`~.personalize.personalize` holds them out), of which the plan caches
 :data:`~.adapt_cached.CACHE_FRAMES` spread over the recording (:func:`~.adapt_cached.cache_picks`).
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
+from ..face.retarget import rest_frame
 from .adapt_cached import CACHE_FRAMES, cache_picks, pair_items
 from .personalize import ClipFrames, training_indices
 
@@ -41,12 +42,13 @@ class PersonClip(Protocol):
 
 @dataclass
 class Recording:
-    """One task: ``frames`` (indices into the clip ``key``) are the recording, ``frames[0]`` its reference."""
+    """One task: ``frames`` (indices into the clip ``key``) are the recording, ``frames[reference]`` its reference."""
 
     key: str
     person: str
     frames: list[int]
-    train: list[int]  # positions in ``frames`` the plan caches (0, the reference, among them, as personalize does)
+    train: list[int]  # positions in ``frames`` the plan caches, picked as personalize picks them
+    reference: int = 0  # position in ``frames`` of the portrait
 
 
 class _LazyCrops:
@@ -62,12 +64,20 @@ class _LazyCrops:
         return self.clip.image(self.frames[i])
 
 
+REFERENCES = ("first", "rest")
+
+
 class RecordingTasks:
     """The recordings Reptile adapts to: ``people`` maps each training person to their clips, each with its
-    frame rate (frames/s)."""
+    frame rate (frames/s).  ``reference``: which frame of a recording is the portrait, ``"rest"`` (the one nearest
+    the recording's rest expression, :func:`~avatar_app.face.retarget.rest_frame`, as the app takes a profile's
+    portrait) or ``"first"``."""
 
     def __init__(self, people: dict[str, list[tuple[PersonClip, float]]], record_s: float = 10.0,
-                 cache_frames: int = CACHE_FRAMES, seed: int = 0):
+                 cache_frames: int = CACHE_FRAMES, seed: int = 0, reference: str = "first"):
+        if reference not in REFERENCES:
+            raise InputFileError(f"A recording's reference is one of {', '.join(REFERENCES)}, not '{reference}'.")
+        self.reference = reference
         self.people = {p: clips for p, clips in sorted(people.items()) if clips}
         if not self.people:
             raise InputFileError("No training person has a usable clip; prepare some clips first.")
@@ -77,7 +87,7 @@ class RecordingTasks:
 
     @classmethod
     def from_prepared(cls, data: str | Path, val_fraction: float, record_s: float = 10.0, seed: int = 0,
-                      cache_frames: int = CACHE_FRAMES) -> "RecordingTasks":
+                      cache_frames: int = CACHE_FRAMES, reference: str = "first") -> "RecordingTasks":
         """The training people's clips of a prepared folder (split by person as training splits it)."""
         from .eval_clips import load_clip
         from .manifest import read_manifest
@@ -89,11 +99,11 @@ class RecordingTasks:
             clip, _why = load_clip(Path(data), entries[key])
             if clip is not None and int(clip.valid.sum()) >= 20:
                 people[clip.identity].append((clip, float(entries[key].get("fps") or 25.0)))
-        return cls(people, record_s, cache_frames, seed)
+        return cls(people, record_s, cache_frames, seed, reference)
 
     def recording(self, step: int, rank: int = 0) -> Recording:
         """Step ``step``'s task of rank ``rank``: a person, one of their clips, a window of ``record_s`` seconds of
-        its valid frames (the whole clip when shorter)."""
+        its valid frames (the whole clip when shorter), and its reference frame."""
         rng = np.random.default_rng((self.seed, step, rank))
         person = self.persons[int(rng.integers(len(self.persons)))]
         clip, fps = self.people[person][int(rng.integers(len(self.people[person])))]
@@ -101,13 +111,15 @@ class RecordingTasks:
         n = min(max(2, int(round(self.record_s * fps))), len(valid))
         start = int(rng.integers(len(valid) - n + 1))
         frames = valid[start:start + n].tolist()
-        train = cache_picks(training_indices(n), self.cache_frames)
-        return Recording(clip.key, person, frames, train)
+        ref = rest_frame([clip.landmarks[f] for f in frames]) if self.reference == "rest" else 0
+        train = cache_picks(training_indices(n, ref), self.cache_frames)
+        return Recording(clip.key, person, frames, train, ref)
 
     def clip_frames(self, task: Recording) -> ClipFrames:
-        """The task's recording as personalization holds it (crops read when used; reference: its first frame)."""
+        """The task's recording as personalization holds it (crops read when used)."""
         clip = self.clips[task.key]
-        return ClipFrames(_LazyCrops(clip, task.frames), [clip.landmarks[f] for f in task.frames], reference=0)
+        return ClipFrames(_LazyCrops(clip, task.frames), [clip.landmarks[f] for f in task.frames],
+                          reference=task.reference)
 
     def identity(self, task: Recording) -> np.ndarray:
         emb = self.clips[task.key].embedding
