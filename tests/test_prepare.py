@@ -210,7 +210,8 @@ def test_cli_parser(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "data"
-    report = generate_synthetic_dataset(PORTRAITS, out, clips_per_portrait=2, frames=12, progress=False)
+    two = [PORTRAITS / "astronaut.jpg", PORTRAITS / "grace_hopper.jpg"]
+    report = generate_synthetic_dataset(two, out, clips_per_portrait=2, frames=12, progress=False)
     return out, report
 
 

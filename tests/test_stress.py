@@ -26,13 +26,14 @@ import pytest
 import numpy as np
 
 from avatar_app.capture import stress
-from avatar_app.face.source import prepare_source
+from avatar_app.face.source import prepare_source, read_image
 from avatar_app.train import stress_checks as sc
 from avatar_app.train.stress_run import live_avatars, offline_avatars
 from avatar_app.train.stress_unseen import unseen_stress_drivers, unseen_synthetic_cut
 
 CLIPS = Path(os.environ.get("AVATAR_APP_REAL_CLIPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"))
 REAL_FRAMES = 60
+PORTRAITS = Path(__file__).resolve().parents[1] / "assets" / "portraits"
 log = logging.getLogger(__name__)
 
 
@@ -146,12 +147,14 @@ def test_validation_people_offline(person, name, people, request, still_tracker,
 def _rows_512():
     quick = {("grace_hopper", "shot_cut"), ("astronaut", "synthetic_cut")}
     return [pytest.param(p, d, marks=() if (p, d) in quick else SLOW)
-            for p in ("astronaut", "grace_hopper") for d in DRIVERS]
+            for p in ("astronaut", "grace_hopper", "mona_lisa") for d in DRIVERS]
 
 
 @pytest.mark.parametrize("portrait, name", _rows_512())
 def test_stress_at_512(portrait, name, astronaut, hopper, request, still_tracker, identity):
-    source = prepare_source(astronaut if portrait == "astronaut" else hopper, 512, tracker=still_tracker)
+    image = {"astronaut": astronaut, "grace_hopper": hopper}.get(portrait)
+    image = image if image is not None else read_image(PORTRAITS / f"{portrait}.jpg")
+    source = prepare_source(image, 512, tracker=still_tracker)
     emb = identity.embed(source.crop, source.landmarks) if identity else None
     driver, natural = _driver(name, request, still_tracker, source)
     _assert_holds(sc.check_output(f"{portrait} {name} @ 512", _offline(source, driver), natural, still_tracker,
@@ -189,6 +192,32 @@ def test_live_pipeline_makes_the_offline_avatars(name, hopper, request, still_tr
     assert indices == list(range(len(driver.frames))), info
     worst = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(offline, live))
     assert worst <= 1, f"live avatars differ from the offline ones by up to {worst} levels"
+
+
+def test_the_painting_turning_further_keeps_its_likeness(still_tracker, identity):
+    """The Mona Lisa faces 18 degrees away from the camera: driven to 60 degrees of profile her way, she turns
+    only until her drawn head faces 30 degrees away (the flow's measured range), so she still looks like
+    herself.  While the yaw limit ignored her own turn (30 degrees more, 48 from the camera) the identity
+    distance on those frames reached 0.46 at 512 (and her profile-turns row failed the identity check:
+    0.453 on this machine, 0.466 on the H200; docs/MOTION_PORTRAITS.md, "A painting")."""
+    if identity is None:
+        pytest.skip("dlib's identity models are not installed")
+    from avatar_app.face.retarget import portrait_yaw
+    from avatar_app.models.identity import identity_distance
+
+    source = prepare_source(read_image(PORTRAITS / "mona_lisa.jpg"), 512, tracker=still_tracker)
+    own = portrait_yaw(source.landmarks.points)
+    assert own > 10  # a turned portrait: the check could fail
+    driver = stress.profile_turns()
+    further = [k for k, lm in enumerate(driver.natural_landmarks[0])
+               if k % 6 == 0 and portrait_yaw(lm.points) * np.sign(own) > 20]
+    assert len(further) >= 6
+    images = _offline(source, driver)
+    emb = identity.embed(source.crop, source.landmarks)
+    seq = sc.followed(sc.detect_all([images[k] for k in further], still_tracker))
+    dists = [identity_distance(identity.embed(images[k], f), emb) for k, f in zip(further, seq) if f is not None]
+    print("identity turning further:", np.round(dists, 3))
+    assert len(dists) == len(further) and max(dists) <= 0.45, np.round(dists, 3)
 
 
 def _live_rows():

@@ -33,7 +33,8 @@ from avatar_app.train.ghost import ghost_area  # noqa: E402
 from avatar_app.train.metrics import landmark_follow_error  # noqa: E402
 
 AXES = {
-    "yaw (deg)": ([0, 15, 30, 40, 50, 60], lambda v: FacePose(yaw=v)),
+    # both ways: a portrait turned from the camera tears sooner turning further (docs/MOTION_TRANSITIONS.md §5)
+    "yaw (deg)": ([-60, -50, -40, -30, -15, 0, 15, 30, 40, 50, 60], lambda v: FacePose(yaw=v)),
     "pitch (deg)": ([0, 10, 20, 30, 40], lambda v: FacePose(pitch=v)),
     "roll (deg)": ([0, 15, 30, 45, 60], lambda v: FacePose(roll=v)),
     "scale (x)": ([0.5, 0.7, 1.0, 1.3, 1.6, 2.0], lambda v: FacePose(scale=v)),

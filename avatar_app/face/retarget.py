@@ -35,6 +35,11 @@ class MotionLimits:
         shift: translation in the neutral's inter-ocular distances.
         knee: fraction of each limit passed through unchanged; beyond it the motion
             bends smoothly (tanh) towards the limit, never reaching it.
+        rendered_yaw: degrees the drawn head may face away from the camera: the portrait's own turn
+            (:func:`portrait_yaw`) plus the motion's.  ``yaw`` was measured on frontal portraits, where the
+            two are one; a portrait already turned tears sooner turning further (docs/MOTION.md §1), so
+            its motion that way stops at ``rendered_yaw`` less its own turn (never under
+            :data:`MIN_TURN`), and the other way at ``yaw`` as before.
     """
 
     pitch: float = 25.0
@@ -43,9 +48,11 @@ class MotionLimits:
     zoom: float = 1.35
     shift: float = 1.0
     knee: float = 0.6
+    rendered_yaw: float = 30.0
 
 
 MOTION_LIMITS = MotionLimits()
+MIN_TURN = 5.0  # degrees a portrait turned past ``rendered_yaw`` may still turn further (it follows a little)
 # What the shipped networks were trained on (tools/pair_yaw.py on the training split, the recipe's mix of random
 # and hard pairs): relative yaw under 20.3 degrees in 95 % of the pairs (31.6 at p99): past that the generator
 # draws turns it rarely saw, and the face looks less like the portrait; relative zoom under 1.254x in 99.9 % (none
@@ -133,14 +140,28 @@ def _rotation_from_vector(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
+def portrait_yaw(points: np.ndarray) -> float:
+    """How far the face ``points`` (``(478, 3)``) is turned from the camera: the yaw (degrees, about the
+    face's vertical axis, the sign of :func:`limit_motion`'s rotations) of the similarity from the
+    frontal mesh's rigid points onto its own."""
+    rigid = topology().rigid
+    _s, rot, _t = similarity_fit(topology().neutral[rigid].astype(np.float64),
+                                 np.asarray(points, np.float64)[rigid])
+    return float(np.degrees(_rotation_vector(rot))[1])
+
+
 def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float,
-                 limits: MotionLimits = MOTION_LIMITS) -> tuple[float, np.ndarray, np.ndarray]:
+                 limits: MotionLimits = MOTION_LIMITS, own_yaw: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
     """Soft-limit a head motion: scale ``s``, rotation ``rot`` (3x3, x = pitch, y = yaw,
-    z = roll axes) and ``shift`` (px, of a face with inter-ocular distance ``iod`` px)."""
+    z = roll axes) and ``shift`` (px, of a face with inter-ocular distance ``iod`` px) of a portrait
+    turned ``own_yaw`` degrees (:func:`portrait_yaw`)."""
     k = limits.knee
     v = _rotation_vector(rot)
     deg = np.degrees(v)
-    deg = np.array([soft_limit(deg[0], limits.pitch, k), soft_limit(deg[1], limits.yaw, k),
+    # the portrait's own turn leaves less room turning further (rendered = own + motion), never more
+    room = min(limits.yaw, max(limits.rendered_yaw - own_yaw, MIN_TURN)) if deg[1] >= 0 else \
+        min(limits.yaw, max(limits.rendered_yaw + own_yaw, MIN_TURN))
+    deg = np.array([soft_limit(deg[0], limits.pitch, k), soft_limit(deg[1], room, k),
                     soft_limit(deg[2], limits.roll, k)], np.float64)
     rot = _rotation_from_vector(np.radians(deg))
     s = float(np.exp(soft_limit(np.log(max(s, 1e-6)), np.log(limits.zoom), k)))
@@ -193,6 +214,7 @@ class Retargeter:
         self._faces: list[np.ndarray] | None = None  # settling: the faces so far, pose undone
         self._neutral_size: tuple[int, int] = (0, 0)
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._own_yaw = portrait_yaw(source.points)  # how far the portrait itself is turned (the motion limits)
 
     @property
     def calibrated(self) -> bool:
@@ -290,7 +312,8 @@ class Retargeter:
         moved_pivot_d = s * rot @ pivot_d + t
         shift_d = (moved_pivot_d - pivot_d) * opt.translation_scale
         if opt.motion_limits:
-            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral), opt.limits)
+            scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral), opt.limits,
+                                                   self._own_yaw)
         rot_src = r_ns @ rot_d @ r_ns.T
         shift = s_ns * r_ns @ shift_d
         target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift
