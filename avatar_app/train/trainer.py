@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.discriminator import MultiScaleDiscriminator
 from ..models.flow import AnalyticFlow
-from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint, save_checkpoint
+from ..models.portrait import NET_SIZE, PortraitModel, SourceCode, load_checkpoint
 from ..inference.networks import EnhancerStage
 from .config import TrainConfig
 from .cross_pairs import identity_target, self_rows
@@ -36,7 +36,7 @@ from .inputs import FlowInputs, WindowFlowInputs
 from .losses import (IdentityLoss, PerceptualLoss, feature_matching, gan_d_loss, gan_g_loss, grow_regions,
                      ms_ssim_loss, pyramid_l1, region_l1, temporal_l1)
 from .run_log import RunLog
-from .state import load_training_state, save_training_state
+from .run_files import resume_run, save_run
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -372,32 +372,12 @@ class Trainer:
 
     def save(self) -> None:
         """Checkpoint (rank 0): ``model.safetensors`` (the EMA weights, loadable by the app),
-        ``raw.safetensors`` (non-EMA weights) and ``training_state.safetensors``."""
+        ``raw.safetensors`` (non-EMA weights) and ``training_state.safetensors`` (:mod:`.run_files`)."""
         if self.world > 1:
             dist.barrier()
-        if self.rank != 0 or self.run_dir is None:
-            return
-        save_checkpoint(self.ema, self.run_dir / "model.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
-        save_checkpoint(self.ema, self.run_dir / "model_fp16.safetensors", {"step": str(self.step),
-                                                                            "stage": self.cfg.stage}, torch.float16)
-        save_checkpoint(self.model, self.run_dir / "raw.safetensors", {"step": str(self.step), "stage": self.cfg.stage})
-        modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
-        optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})
-        save_training_state(self.run_dir / "training_state.safetensors", step=self.step, modules=modules,
-                            optimizers=optimizers, extra={"scaler": self.scaler.state_dict(), "steps": self.cfg.steps})
+        if self.rank == 0 and self.run_dir is not None:
+            save_run(self)
 
     def resume(self) -> None:
         """Continue from the last checkpoint in ``run_dir`` (weights, optimizers, step, RNG)."""
-        raw = load_checkpoint(self.run_dir / "raw.safetensors", self.device)
-        self.model.load_state_dict(raw.state_dict())
-        modules = {"ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
-        optimizers = {"g": self.opt} | ({"d": self.opt_d} if self.opt_d is not None else {})
-        meta = load_training_state(self.run_dir / "training_state.safetensors", modules=modules, optimizers=optimizers)
-        self.step = int(meta["step"])
-        if meta["extra"].get("scaler"):
-            self.scaler.load_state_dict(meta["extra"]["scaler"])
-        saved = int(meta["extra"].get("steps") or 0)
-        if saved and self.cfg.time_budget_s > 0:  # the budget already chose the length
-            self.cfg.steps, self._resumed = saved, True
-        elif saved and saved != self.cfg.steps:  # e.g. resumed without the budget or the steps it ran with
-            log.warning("this run was saved to train to step %d; it now trains to %d", saved, self.cfg.steps)
+        resume_run(self)
