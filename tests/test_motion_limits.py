@@ -111,7 +111,7 @@ def test_live_takes_the_limits_of_the_animator_swapped_in(astronaut_source):
 
 
 
-def test_a_turned_portrait_turns_further_only_as_far_as_the_flow_draws(astronaut_source):
+def test_a_turned_portrait_turns_further_only_as_far_as_the_flow_draws():
     """The yaw limit was measured on frontal portraits: a portrait turned 18 degrees (the Mona Lisa's own turn)
     turns further only to 30 degrees from the camera, the other way as far as a frontal one; a frontal portrait
     keeps its 30 degrees each way."""

@@ -46,11 +46,15 @@ def assemble(read, board: int) -> np.ndarray:
     if not pieces:
         raise SystemExit(f"board {board} lists no pieces")
     w, h = BOARD
-    colour, cover = np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32)
+    pad = 512  # room for a piece reaching past the board's edge
+    cover = np.zeros((h + 2 * pad, w + 2 * pad), np.float32)
+    colour = np.zeros(cover.shape + (3,), np.float32)
     for name, fx, fy in pieces:
         im = cv2.imdecode(np.frombuffer(read(name), np.uint8), cv2.IMREAD_UNCHANGED)
+        if im is None or im.ndim != 3 or im.shape[2] != 4:
+            raise SystemExit(f"{name} is not an image with an alpha channel")
         ph, pw = im.shape[:2]
-        x0, y0 = int(round(float(fx) * w - pw / 2)), int(round(float(fy) * h - ph / 2))
+        x0, y0 = pad + int(round(float(fx) * w - pw / 2)), pad + int(round(float(fy) * h - ph / 2))
         alpha = im[..., 3].astype(np.float32) / 255.0
         region = (slice(y0, y0 + ph), slice(x0, x0 + pw))
         colour[region] = colour[region] * (1 - alpha[..., None]) + im[..., :3] * alpha[..., None]

@@ -37,7 +37,7 @@ class MotionLimits:
             bends smoothly (tanh) towards the limit, never reaching it.
         rendered_yaw: degrees the drawn head may face away from the camera: the portrait's own turn
             (:func:`portrait_yaw`) plus the motion's.  ``yaw`` was measured on frontal portraits, where the
-            two are one; a portrait already turned tears sooner turning further (docs/MOTION.md §1), so
+            two are one; a portrait already turned tears sooner turning further (docs/MOTION_TRANSITIONS.md §5), so
             its motion that way stops at ``rendered_yaw`` less its own turn (never under
             :data:`MIN_TURN`), and the other way at ``yaw`` as before.
     """
@@ -58,7 +58,8 @@ MIN_TURN = 5.0  # degrees a portrait turned past ``rendered_yaw`` may still turn
 # draws turns it rarely saw, and the face looks less like the portrait; relative zoom under 1.254x in 99.9 % (none
 # past 1.297), where the analytic flow's 1.35x is beyond every pair (a tighter zoom, 1.13x, made the avatar move
 # further per face size than the driver: the shift is not limited with it).  docs/MOTION_REST.md 7.1-7.3.  The
-# other ranges are the analytic flow's, which the networks refine.
+# other ranges are the analytic flow's, which the networks refine.  (Those pairs were drawn before `rendered_yaw`:
+# a retrain's cross pairs, train/cross_pairs.py, now turn a turned source further by less.)
 NEURAL_MOTION_LIMITS = MotionLimits(yaw=20.0, zoom=1.25)
 
 

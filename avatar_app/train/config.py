@@ -90,6 +90,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # TOML gives lists
         if self.amp_dtype not in ("fp16", "bf16"):
             raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
+        if self.inner_reference not in ("first", "rest"):
+            raise InputFileError(f"inner_reference is 'first' or 'rest' (the recording's frame Reptile animates), "
+                                 f"not '{self.inner_reference}'.")
         if self.d_channels < 0:
             raise InputFileError(f"d_channels is a width (0: by preset), not {self.d_channels}.")
         for name in ("hard_pairs", "large_motion", "cross_pairs"):
