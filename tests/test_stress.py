@@ -157,10 +157,8 @@ def _rows_512():
 
 
 @pytest.mark.parametrize("portrait, name", _rows_512())
-def test_stress_at_512(portrait, name, astronaut, hopper, request, still_tracker, identity):
-    image = {"astronaut": astronaut, "grace_hopper": hopper}.get(portrait)
-    image = image if image is not None else read_image(PORTRAITS / f"{portrait}.jpg")
-    source = prepare_source(image, 512, tracker=still_tracker)
+def test_stress_at_512(portrait, name, request, still_tracker, identity):
+    source = prepare_source(read_image(PORTRAITS / f"{portrait}.jpg"), 512, tracker=still_tracker)
     emb = identity.embed(source.crop, source.landmarks) if identity else None
     driver, natural = _driver(name, request, still_tracker, source)
     _assert_holds(sc.check_output(f"{portrait} {name} @ 512", _offline(source, driver), natural, still_tracker,

@@ -160,8 +160,8 @@ def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float,
     v = _rotation_vector(rot)
     deg = np.degrees(v)
     # the portrait's own turn leaves less room turning further (rendered = own + motion), never more
-    room = min(limits.yaw, max(limits.rendered_yaw - own_yaw, MIN_TURN)) if deg[1] >= 0 else \
-        min(limits.yaw, max(limits.rendered_yaw + own_yaw, MIN_TURN))
+    further = own_yaw if deg[1] >= 0 else -own_yaw  # the portrait's own turn in this motion's direction
+    room = min(limits.yaw, max(limits.rendered_yaw - further, MIN_TURN))
     deg = np.array([soft_limit(deg[0], limits.pitch, k), soft_limit(deg[1], room, k),
                     soft_limit(deg[2], limits.roll, k)], np.float64)
     rot = _rotation_from_vector(np.radians(deg))

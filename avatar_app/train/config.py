@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import InputFileError
 
 STAGES = ("warp", "full", "enhancer", "meta")
+INNER_REFERENCES = ("first", "rest")  # the frame of a recording Reptile's inner loop animates (train.meta_tasks)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class TrainConfig:
     # adapt_cached.PLANS: the inner loop is that cached plan, as personalization runs it (its parameters, optimiser,
     # rate, schedule, batch and loss weights replace batch_size, inner_lr, warp_lr_scale, w_warped, w_ssim), on a
     # recording of `inner_record_s` seconds of one training person's clip animating its `inner_reference` frame:
-    # "first", or "rest" (the frame nearest the recording's rest expression, the portrait the app takes) (train.meta_tasks)
+    # "first", or "rest" (nearest the recording's rest expression, the portrait the app takes) (train.meta_tasks)
     inner_plan: str = ""
     inner_record_s: float = 10.0
     inner_reference: str = "first"
@@ -90,9 +91,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # TOML gives lists
         if self.amp_dtype not in ("fp16", "bf16"):
             raise InputFileError(f"amp_dtype must be 'fp16' or 'bf16', not '{self.amp_dtype}'.")
-        if self.inner_reference not in ("first", "rest"):
-            raise InputFileError(f"inner_reference is 'first' or 'rest' (the recording's frame Reptile animates), "
-                                 f"not '{self.inner_reference}'.")
+        if self.inner_reference not in INNER_REFERENCES:
+            raise InputFileError(f"inner_reference is one of {', '.join(INNER_REFERENCES)} (the recording's frame "
+                                 f"Reptile animates), not '{self.inner_reference}'.")
         if self.d_channels < 0:
             raise InputFileError(f"d_channels is a width (0: by preset), not {self.d_channels}.")
         for name in ("hard_pairs", "large_motion", "cross_pairs"):

@@ -15,9 +15,9 @@ personalization runs it on a CPU (its cosine squeezed into the ``inner_steps``, 
 ~100 steps its budget buys): a recording of one training person (:mod:`.meta_tasks`), its first or rest
 frame (``inner_reference``) the source for the whole loop, only the plan's parameters adapted (its optimiser,
 rate, schedule over the inner loop, batch and loss weights), and only those moved by the outer step — the
-weights learn to adapt the way they will be adapted.  With a name of :data:`~.adapt_cached.FULL_PLANS` (``"full"``) it is the GPU's plan
-on such a recording: every warp and generator weight on random pairs of its frames (those a cached plan
-would cache), as personalization draws them.
+weights learn to adapt the way they will be adapted.  With a name of :data:`~.adapt_cached.FULL_PLANS`
+(``"full"``) it is the GPU's plan on such a recording: every warp and generator weight on random pairs of
+its frames (those a cached plan would cache), as personalization draws them.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ class MetaTrainer(Trainer):
         """A copy of ``model`` (default: the meta-model) after ``inner_steps`` steps of the inner plan on the
         recording ``task`` (a :class:`~.meta_tasks.Recording`; ``items``: its inputs, loaded beforehand): the
         source is the recording's reference frame throughout (a cached plan) or random pairs of its frames, the
-        reference the source half the time (a :data:`~.adapt_cached.FULL_PLANS` plan, as personalization draws them), and
-        the rate decays (if the plan's does) over the loop."""
+        reference the source half the time (a :data:`~.adapt_cached.FULL_PLANS` plan, as personalization draws
+        them), and the rate decays (if the plan's does) over the loop."""
         clone = copy.deepcopy(model if model is not None else self.model).train()
         rec = self.recordings
         items = items if items is not None else rec.inputs(task)

@@ -2,9 +2,10 @@
 
 A task is what personalization gets from a user: a recording of ``record_s`` seconds of one person's
 clip (a random window of a random clip of a random training person), animating the recording's reference
-frame (the profile's portrait: its rest frame, as the app takes it, or its first frame) into its training frames — every frame but every 10th
-(held out, as :func:`~.personalize.personalize` holds them out), of which the plan caches
-:data:`~.adapt_cached.CACHE_FRAMES` spread over the recording (:func:`~.adapt_cached.cache_picks`).
+frame (the profile's portrait: its rest frame, as the app takes it, or its first frame) into its training
+frames — every frame but every 10th (held out, as :func:`~.personalize.personalize` holds them out), of
+which the plan caches :data:`~.adapt_cached.CACHE_FRAMES` spread over the recording
+(:func:`~.adapt_cached.cache_picks`).
 
 Which task step ``s`` of rank ``r`` gets is a pure function of ``(seed, s, r)``; :class:`TaskInputs`
 loads it (the frames it caches, their landmark images and triangle maps drawn) so that a
@@ -24,6 +25,7 @@ import torch
 from ..errors import InputFileError
 from ..face.retarget import rest_frame
 from .adapt_cached import CACHE_FRAMES, cache_picks, pair_items
+from .config import INNER_REFERENCES
 from .personalize import ClipFrames, training_indices
 
 
@@ -64,9 +66,6 @@ class _LazyCrops:
         return self.clip.image(self.frames[i])
 
 
-REFERENCES = ("first", "rest")
-
-
 class RecordingTasks:
     """The recordings Reptile adapts to: ``people`` maps each training person to their clips, each with its
     frame rate (frames/s).  ``reference``: which frame of a recording is the portrait, ``"rest"`` (the one nearest
@@ -75,8 +74,8 @@ class RecordingTasks:
 
     def __init__(self, people: dict[str, list[tuple[PersonClip, float]]], record_s: float = 10.0,
                  cache_frames: int = CACHE_FRAMES, seed: int = 0, reference: str = "first"):
-        if reference not in REFERENCES:
-            raise InputFileError(f"A recording's reference is one of {', '.join(REFERENCES)}, not '{reference}'.")
+        if reference not in INNER_REFERENCES:
+            raise InputFileError(f"A recording's reference is one of {', '.join(INNER_REFERENCES)}, not '{reference}'.")
         self.reference = reference
         self.people = {p: clips for p, clips in sorted(people.items()) if clips}
         if not self.people:
