@@ -113,19 +113,20 @@ def test_live_takes_the_limits_of_the_animator_swapped_in(astronaut_source):
 def test_a_turned_portrait_turns_further_only_as_far_as_the_flow_draws():
     """The yaw limit was measured on frontal portraits: a portrait turned 18 degrees (the Mona Lisa's own turn)
     turns further only to 30 degrees from the camera, the other way as far as a frontal one; a frontal portrait
-    keeps its 30 degrees each way."""
+    keeps its 30 degrees each way -- also when the driver's neutral face is tilted (rolled) against the portrait."""
     from avatar_app.face.retarget import MIN_TURN, portrait_yaw
 
     assert abs(portrait_yaw(synthetic_landmarks(FacePose()).points)) < 0.1
     for own in (-18.0, 0.0, 18.0, 40.0):
         portrait = synthetic_landmarks(FacePose(yaw=-own))  # FacePose's yaw is the limits' negative
         assert abs(portrait_yaw(portrait.points) - own) < 0.5
-        rt = Retargeter(portrait, RetargetOptions())
-        rt.calibrate(synthetic_landmarks(FacePose()))
-        for driver in (60.0, -60.0):  # the driver turns far either way (relative to its neutral)
-            moved = _yaw(portrait, rt(synthetic_landmarks(FacePose(yaw=-driver))))
-            further = np.sign(driver) == np.sign(own)
-            room = min(max(MOTION_LIMITS.rendered_yaw - abs(own), MIN_TURN) if further else MOTION_LIMITS.yaw,
-                       MOTION_LIMITS.yaw)
-            assert np.sign(moved) == np.sign(driver)
-            assert 0.9 * room < abs(moved) < room * 1.02, (own, driver, moved)
+        for roll in (0.0, 20.0):
+            rt = Retargeter(portrait, RetargetOptions())
+            rt.calibrate(synthetic_landmarks(FacePose(roll=roll)))
+            for driver in (60.0, -60.0):  # the driver turns far either way (relative to its neutral)
+                moved = portrait_yaw(rt(synthetic_landmarks(FacePose(yaw=-driver, roll=roll))).points) - own
+                further = np.sign(driver) == np.sign(own)
+                room = min(max(MOTION_LIMITS.rendered_yaw - abs(own), MIN_TURN) if further else MOTION_LIMITS.yaw,
+                           MOTION_LIMITS.yaw)
+                assert np.sign(moved) == np.sign(driver)
+                assert 0.9 * room < abs(moved) < room * 1.02, (own, roll, driver, moved)

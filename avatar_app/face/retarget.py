@@ -141,30 +141,34 @@ def _rotation_from_vector(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def portrait_yaw(points: np.ndarray) -> float:
-    """How far the face ``points`` (``(478, 3)``) is turned from the camera: the yaw (degrees, about the
-    face's vertical axis, the sign of :func:`limit_motion`'s rotations) of the similarity from the
-    frontal mesh's rigid points onto its own."""
+def head_pose(points: np.ndarray) -> np.ndarray:
+    """The rotation (3x3) of the similarity from the frontal mesh's rigid points onto those of ``points``
+    (``(478, 3)``): how the face is turned from the camera."""
     rigid = topology().rigid
-    _s, rot, _t = similarity_fit(topology().neutral[rigid].astype(np.float64),
-                                 np.asarray(points, np.float64)[rigid])
-    return float(np.degrees(_rotation_vector(rot))[1])
+    return similarity_fit(topology().neutral[rigid].astype(np.float64), np.asarray(points, np.float64)[rigid])[1]
 
 
-def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float,
-                 limits: MotionLimits = MOTION_LIMITS, own_yaw: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
+def portrait_yaw(points: np.ndarray) -> float:
+    """How far the face ``points`` is turned from the camera: the yaw (degrees, about the face's vertical axis,
+    the sign of :func:`limit_motion`'s rotations) of :func:`head_pose`."""
+    return float(np.degrees(_rotation_vector(head_pose(points)))[1])
+
+
+def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float, limits: MotionLimits = MOTION_LIMITS,
+                 own_yaw: float = 0.0, frame: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """Soft-limit a head motion: scale ``s``, rotation ``rot`` (3x3, x = pitch, y = yaw,
     z = roll axes) and ``shift`` (px, of a face with inter-ocular distance ``iod`` px) of a portrait
-    turned ``own_yaw`` degrees (:func:`portrait_yaw`)."""
+    turned ``own_yaw`` degrees (:func:`portrait_yaw`).  ``frame``: the rotation taking ``rot``'s rotation vector
+    into the head's own axes (default: ``rot`` is about them already)."""
     k = limits.knee
-    v = _rotation_vector(rot)
-    deg = np.degrees(v)
+    frame = np.eye(3) if frame is None else np.asarray(frame, np.float64)
+    deg = frame @ np.degrees(_rotation_vector(rot))
     # the portrait's own turn leaves less room turning further (rendered = own + motion), never more
     further = own_yaw if deg[1] >= 0 else -own_yaw  # the portrait's own turn in this motion's direction
     room = min(limits.yaw, max(limits.rendered_yaw - further, MIN_TURN))
     deg = np.array([soft_limit(deg[0], limits.pitch, k), soft_limit(deg[1], room, k),
                     soft_limit(deg[2], limits.roll, k)], np.float64)
-    rot = _rotation_from_vector(np.radians(deg))
+    rot = _rotation_from_vector(np.radians(frame.T @ deg))
     s = float(np.exp(soft_limit(np.log(max(s, 1e-6)), np.log(limits.zoom), k)))
     norm = float(np.linalg.norm(shift[:2])) / max(iod, 1e-6)
     if norm > 1e-9:
@@ -215,7 +219,8 @@ class Retargeter:
         self._faces: list[np.ndarray] | None = None  # settling: the faces so far, pose undone
         self._neutral_size: tuple[int, int] = (0, 0)
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
-        self._own_yaw = portrait_yaw(source.points)  # how far the portrait itself is turned (the motion limits)
+        self._pose = head_pose(source.points)  # how the portrait itself is turned (the motion limits)
+        self._own_yaw = float(np.degrees(_rotation_vector(self._pose))[1])
 
     @property
     def calibrated(self) -> bool:
@@ -313,8 +318,9 @@ class Retargeter:
         moved_pivot_d = s * rot @ pivot_d + t
         shift_d = (moved_pivot_d - pivot_d) * opt.translation_scale
         if opt.motion_limits:
+            # about the portrait's head axes (the driver's own, carried over): a tilted calibration turns no further
             scale, rot_d, shift_d = limit_motion(scale, rot_d, shift_d, inter_ocular(self._neutral), opt.limits,
-                                                   self._own_yaw)
+                                                   self._own_yaw, self._pose.T @ r_ns)
         rot_src = r_ns @ rot_d @ r_ns.T
         shift = s_ns * r_ns @ shift_d
         target = (shape - pivot_s) @ rot_src.T * scale + pivot_s + shift
