@@ -290,3 +290,26 @@ def test_paste_back_really_pastes(astronaut_source):
     assert (out[cy - 3 : cy + 4, cx - 3 : cx + 4] >= 254).all()
     # the soft border blends: somewhere between the centre and the outside the values are mixed
     assert not np.array_equal(out, src.image)
+
+
+def test_an_antialiased_crop_averages_the_pixels_it_shrinks(hopper):
+    """``antialias``: where the crop shrinks the image more than 1.5x, the same geometry, the texture averaged;
+    at milder scales the crop is the plain one, bit for bit."""
+    big = cv2.resize(hopper, None, fx=6, fy=6, interpolation=cv2.INTER_CUBIC)
+
+    def affine(side: float, centre=(1500.0, 1700.0)) -> np.ndarray:
+        a = cv2.getRotationMatrix2D(centre, 10.0, 256 / side)
+        a[:, 2] = 128 - a[:, :2] @ np.array(centre)
+        return a
+
+    smooth = cv2.GaussianBlur(big, (0, 0), 24)  # nothing finer than the crop's pixels to alias
+    for a in (affine(1800), affine(1800, (200.0, 300.0)), affine(500)):  # the second reaches past the corner
+        diff = np.abs(warp_to_crop(smooth, a, 256, antialias=True).astype(float) - warp_to_crop(smooth, a, 256))
+        assert diff.mean() < 0.3 and diff.max() <= 3, (diff.mean(), diff.max())
+    mild = affine(300)  # shrinks 1.2x: left to bilinear sampling
+    np.testing.assert_array_equal(warp_to_crop(big, mild, 256, antialias=True), warp_to_crop(big, mild, 256))
+    noisy = np.clip(big + np.random.default_rng(0).normal(0, 12, big.shape), 0, 255).astype(np.uint8)
+    clean = warp_to_crop(big, affine(1800), 256, antialias=True).astype(float)
+    psnr = {aa: 10 * np.log10(255 ** 2 / np.mean((warp_to_crop(noisy, affine(1800), 256, antialias=aa) - clean) ** 2))
+            for aa in (False, True)}
+    assert psnr[True] > psnr[False] + 10, psnr

@@ -123,9 +123,45 @@ class CropStabilizer:
         return self.box
 
 
-def warp_to_crop(image: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
-    """Crop ``(size, size, 3)`` from ``image`` with an image->crop affine (edges replicated)."""
+AREA_BELOW = 2 / 3  # crop scales (crop px per image px) under which an antialiased crop averages the pixels first
+
+
+def warp_to_crop(image: np.ndarray, affine: np.ndarray, size: int, antialias: bool = False) -> np.ndarray:
+    """Crop ``(size, size, 3)`` from ``image`` with an image->crop affine (edges replicated).
+
+    ``antialias``: where the crop shrinks the image more than 1.5x (a phone photo, a 1080p webcam), the pixels it
+    covers are averaged down to about the crop's scale first, as bilinear sampling alone reads 4 of every
+    (1 / scale)^2 of them and the photo's fine texture and noise alias.  The dataset's crops (``prepare``)
+    are made without it, as the shipped networks were trained on them."""
+    if antialias:
+        image, affine = _averaged_down(image, np.asarray(affine, np.float64), size)
     return cv2.warpAffine(image, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _averaged_down(image: np.ndarray, affine: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``image`` the crop covers, averaged over blocks of k x k pixels (k the whole number nearest the
+    shrink factor, so the crop then samples it at 0.75-1.33x), and the affine from it; as given where the crop
+    shrinks the image by less than 1 / :data:`AREA_BELOW` or covers none of it."""
+    scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+    if scale >= AREA_BELOW:
+        return image, affine
+    k = max(2, round(1 / scale))
+    inv = cv2.invertAffineTransform(affine)
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inv[:, :2].T + inv[:, 2]
+    margin = 3 * k  # so that sampling at the crop's edge reads averaged pixels, not the border
+    h, w = image.shape[:2]
+    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - margin, 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + margin, (w, h))
+    if x1 - x0 < k or y1 - y0 < k:
+        return image, affine
+    part = image[y0:y1, x0:x1]
+    pad_y, pad_x = -(y1 - y0) % k, -(x1 - x0) % k  # whole blocks: the image's last row and column repeated
+    if pad_x or pad_y:
+        part = cv2.copyMakeBorder(part, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+    small = cv2.resize(part, (part.shape[1] // k, part.shape[0] // k), interpolation=cv2.INTER_AREA)
+    # pixel (u, v) of ``small`` is the mean of image px x0 + k u ... x0 + k u + k - 1 (and so in y)
+    to_image = np.array([[k, 0, x0 + (k - 1) / 2], [0, k, y0 + (k - 1) / 2]], np.float64)
+    return small, np.hstack([affine[:, :2] @ to_image[:, :2], (affine[:, :2] @ to_image[:, 2] + affine[:, 2])[:, None]])
 
 
 def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:

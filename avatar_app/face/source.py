@@ -79,7 +79,7 @@ def prepare_source(
     lm = faces[index]
     box = face_crop_box(lm.points, crop_scale)
     to_crop = box.image_to_crop(size)
-    crop = warp_to_crop(image, to_crop, size)
+    crop = warp_to_crop(image, to_crop, size, antialias=True)  # a large photo: averaged, not aliased
     crop_lm = lm.with_points(transform_points(lm.points, to_crop))
     crop_lm = type(crop_lm)(crop_lm.points, (size, size), lm.confidence)
     warn_if_eyes_closed(crop_lm.points, name)

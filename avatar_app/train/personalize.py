@@ -125,7 +125,7 @@ def clip_frames(source: FrameSource, tracker: FaceTracker | None = None, max_fra
                           "record again facing the camera in good light.")
     box = median_crop_box([face_crop_box(p) for p in found])
     affine = box.image_to_crop(NET_SIZE)
-    crops = [warp_to_crop(im, affine, NET_SIZE) for im in images]
+    crops = [warp_to_crop(im, affine, NET_SIZE, antialias=True) for im in images]  # a 1080p camera: averaged
     points = [transform_points(p, affine) for p in found]
     h, w = images[0].shape[:2]
     ref = rest_frame(found)  # the portrait and the neutral: the recording's rest, not its first frame
