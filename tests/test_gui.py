@@ -169,6 +169,26 @@ def test_bad_source_files_show_a_message_and_the_app_keeps_working(make_window, 
     assert stop(qtbot, w) < 1.5
 
 
+def test_a_portrait_with_closed_eyes_is_told_in_the_status_area(make_window, qtbot, tmp_path, astronaut_source,
+                                                                 hopper_path):
+    """The closed-eyes advice was only logged: an app started from a launcher has no console to show it."""
+    from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
+    from avatar_app.face.retarget import Retargeter
+    from avatar_app.runtime.animator import GeometricAnimator
+
+    rt = Retargeter(astronaut_source.landmarks)
+    rt.calibrate(synthetic_landmarks(FacePose()))
+    shut = GeometricAnimator(astronaut_source).animate(rt(synthetic_landmarks(FacePose(blink_left=1, blink_right=1))))
+    cv2.imwrite(str(tmp_path / "asleep.png"), shut)  # the avatar's own closed eyes: mediapipe reads a gap of 0.07
+    w = make_window()
+    w.set_source(str(tmp_path / "asleep.png"))
+    qtbot.waitUntil(lambda: any("The eyes in 'asleep.png' are closed" in m for m in w.status.messages()), timeout=15000)
+    w.set_source(str(hopper_path))  # open eyes: nothing more to say
+    qtbot.waitUntil(lambda: w.avatar_view.image is not None, timeout=15000)
+    qtbot.wait(500)
+    assert sum("are closed or nearly closed" in m for m in w.status.messages()) == 1
+
+
 def test_calibrate_hotkey_takes_the_current_face_as_neutral(make_window, qtbot):
     from avatar_app.capture.synthetic import SyntheticDriver
 

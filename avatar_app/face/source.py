@@ -89,13 +89,20 @@ def prepare_source(
     )
 
 
-def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> bool:
-    """Log a warning (and return True) when a portrait's eyes are closed or nearly so: the analytic
-    flow can only show the eyeball the portrait shows (docs/EYES.md), so its eyes open dark."""
+def closed_eyes_advice(points: np.ndarray, name: str = "the source image") -> str | None:
+    """What to tell the user when a portrait's eyes are closed or nearly so (``None`` when they are open): the
+    analytic flow can only show the eyeball the portrait shows (docs/EYES.md), so its eyes open dark."""
     openness = eye_openness(points)
     if openness >= CLOSED_EYES:
-        return False
-    log.warning("The eyes in %s are closed or nearly closed (lid gap %.2f of the eye's width): the avatar "
-                "opens them over what the portrait shows next to the lids (a dark slit, no eyeball); for "
-                "eyes that open naturally, use a portrait with open eyes.", name, openness)
-    return True
+        return None
+    return (f"The eyes in {name} are closed or nearly closed (lid gap {openness:.2f} of the eye's width): the avatar "
+            "opens them over what the portrait shows next to the lids (a dark slit, no eyeball); for eyes that open "
+            "naturally, use a portrait with open eyes.")
+
+
+def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> bool:
+    """Log :func:`closed_eyes_advice` (and return True) when a portrait's eyes are closed or nearly so."""
+    advice = closed_eyes_advice(points, name)
+    if advice is not None:
+        log.warning("%s", advice)
+    return advice is not None

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
@@ -132,7 +133,7 @@ class LiveController(QObject):
         call_reporting(lambda: fn(*args), self.message, fn.__name__)
 
     def _portrait(self, path: str | None, size: int, image: np.ndarray | None = None) -> SourcePortrait:
-        from ..face.source import prepare_source
+        from ..face.source import closed_eyes_advice, prepare_source
         from ..face.tracker import FaceTracker
 
         if path is None and image is None:
@@ -145,6 +146,9 @@ class LiveController(QObject):
         portrait = prepare_source(image if image is not None else path, size, tracker=self._tracker)
         if image is None:
             self._portraits = {key: portrait}  # keep the newest only
+        advice = closed_eyes_advice(portrait.landmarks.points, f"'{Path(path).name}'" if path else "this portrait")
+        if advice is not None:  # logged too, but an app started from a launcher has no console
+            emit_safely(self.message, advice)
         return portrait
 
     def _prepare(self, path: str, size: int) -> None:
