@@ -77,6 +77,7 @@ class LiveController(QObject):
         self._tracker = None  # still-image tracker, used on the worker thread only
         self._last_stats = 0.0
         self._closed = False
+        self._advised: str | None = None  # the portrait whose closed eyes the status area was last told of
 
     # -- called from the UI thread (each returns at once) --------------------------------
     def prepare(self, path: str, size: int):
@@ -147,8 +148,9 @@ class LiveController(QObject):
         if image is None:
             self._portraits = {key: portrait}  # keep the newest only
         advice = closed_eyes_advice(portrait.landmarks.points, f"'{Path(path).name}'" if path else "this portrait")
-        if advice is not None:  # logged too, but an app started from a launcher has no console
-            emit_safely(self.message, advice)
+        if advice is not None and (image is not None or path != self._advised):  # once a portrait, at either size
+            emit_safely(self.message, advice)  # (logged too, but an app started from a launcher has no console)
+        self._advised = path if image is None else None
         return portrait
 
     def _prepare(self, path: str, size: int) -> None:
