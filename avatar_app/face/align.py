@@ -140,7 +140,7 @@ def warp_to_crop(image: np.ndarray, affine: np.ndarray, size: int, antialias: bo
 
 def _averaged_down(image: np.ndarray, affine: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The part of ``image`` the crop covers, averaged over blocks of k x k pixels (k the whole number nearest the
-    shrink factor, so the crop then samples it at 0.75-1.33x), and the affine from it; as given where the crop
+    shrink factor, so the crop then samples it at 0.8-1.33x), and the affine from it; as given where the crop
     shrinks the image by less than 1 / :data:`AREA_BELOW` or covers none of it."""
     scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
     if scale >= AREA_BELOW:
