@@ -97,19 +97,19 @@ def add_animate_parsers(sub) -> None:
 
 def resolve_source(args):
     """The portrait image (path or array) and the profile, from --source / --profile."""
-    from .errors import AvatarError
+    from .errors import UsageError
 
     profile = None
     if getattr(args, "profile", None):
         from .profiles import load_profile, load_source
 
+        if args.weights:  # before the profile is looked for: the flags are wrong whether it exists or not
+            raise UsageError("--weights and --profile both choose weights; give one of them.")
         profile = load_profile(args.profile)
-        if args.weights:
-            raise AvatarError("--weights and --profile both choose weights; give one of them.")
         args.animator, args.weights = "neural", str(profile.weights_path)
         return (args.source or load_source(profile)), profile
     if not args.source:
-        raise AvatarError("Give the portrait to animate with --source IMG (or a personalized --profile NAME).")
+        raise UsageError("Give the portrait to animate with --source IMG (or a personalized --profile NAME).")
     return args.source, None
 
 
@@ -118,7 +118,7 @@ def make_animator(args, source, live: bool = False):
     :func:`~avatar_app.inference.default_animator.machine_default` (said on stderr), or neural with ``--weights``.
     ``live``: where ``auto`` chose the neural animator, it must keep up (:mod:`~avatar_app.inference.live_speed`:
     measured on the first start here), else the geometric one runs, saying why."""
-    from .errors import AvatarError
+    from .errors import UsageError
     from .inference.default_animator import machine_default
     from .models.shipped import default_preset, start_model
 
@@ -133,7 +133,7 @@ def make_animator(args, source, live: bool = False):
             print(f"avatar-app: note: {default.why} (--animator chooses)", file=sys.stderr)
     if args.animator == "geometric":
         if args.weights:
-            raise AvatarError("--weights only applies to --animator neural.")
+            raise UsageError("--weights only applies to --animator neural.")
         return None
     from .runtime.neural_animator import NeuralAnimator
 
@@ -151,7 +151,7 @@ def make_animator(args, source, live: bool = False):
 
         calibration = CalibrationSet.load(args.calibration)
     elif args.precision == "int8":
-        raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
+        raise UsageError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     print("avatar-app: preparing the neural networks (on a GPU the first start compiles them: about a minute)",
           file=sys.stderr, flush=True)
     animator = NeuralAnimator(source, model=start.model, backend=args.backend, precision=args.precision,
@@ -206,14 +206,14 @@ def run_render(args) -> int:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    from .errors import AvatarError
+    from .errors import UsageError
 
     try:
         w, h = (int(v) for v in text.lower().split("x"))
         if w <= 0 or h <= 0 or w % 2 or h % 2:
             raise ValueError
     except ValueError:
-        raise AvatarError(f"'{text}' is not a frame size; use WIDTHxHEIGHT with even numbers, e.g. 1280x720.") from None
+        raise UsageError(f"'{text}' is not a frame size; use WIDTHxHEIGHT with even numbers, e.g. 1280x720.") from None
     return w, h
 
 

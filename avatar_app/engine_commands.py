@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import AvatarError
+from .errors import AvatarError, UsageError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -112,7 +112,7 @@ def _build(args, cache) -> int:
         choose_backend(args.backend)  # says why it cannot run here
     model, calibration = _model(args).model, _calibration(args.calibration)
     if args.precision == "int8" and calibration is None:
-        raise AvatarError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
+        raise UsageError("--precision int8 needs --calibration SET.npz (make one with 'avatar-app engines calibrate').")
     if args.backend == "tensorrt":
         from .inference.trt_backend import build_engines
 
@@ -181,7 +181,7 @@ def run_bench_backend(args) -> int:
         if calibration is not None:
             variants.append(Variant("tensorrt int8", "tensorrt", dict(precision="int8", calibration=calibration)))
     else:
-        raise AvatarError(f"Unknown --backend '{kind}'; choose cuda, cpu, tensorrt or auto.")
+        raise UsageError(f"Unknown --backend '{kind}'; choose cuda, cpu, tensorrt or auto.")
     for preset in args.preset:
         for size in args.size:
             print(f"{preset} {size}px:", file=sys.stderr)

@@ -15,6 +15,13 @@ class AvatarError(Exception):
     exit_code = 1
 
 
+class UsageError(AvatarError):
+    """A flag, or a combination of flags, the command cannot take (those argparse cannot check itself); the same
+    exit code as argparse's own usage errors."""
+
+    exit_code = 2
+
+
 class InputFileError(AvatarError):
     """A file is missing, unreadable or not what it should be."""
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import AvatarError
+from .errors import AvatarError, UsageError
 from .profiles import (INFO_FILE, NEUTRAL_FILE, _unknown, delete_profile, list_profiles, load_profile, profiles_root,
                        validate_name)
 
@@ -89,7 +89,7 @@ def run_profiles(args) -> int:
         delete_profile(args.name, root)
         print(f"deleted profile '{args.name}'")
         return 0
-    raise AvatarError(f"Unknown profiles action {action!r}; use list, show or delete.")
+    raise UsageError(f"Unknown profiles action {action!r}; use list, show or delete.")
 
 
 __all__ = ["add_profiles_parser", "metric_summary", "run_profiles"]

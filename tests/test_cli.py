@@ -238,6 +238,38 @@ def test_bad_size_is_a_usage_error(tmp_path, astronaut_path):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("flags", [["--weights", "w.safetensors", "--profile", "me"],  # two sources of weights
+                                   ["--weights", "w.safetensors", "--animator", "geometric"],
+                                   ["--animator", "neural", "--backend", "onnxruntime", "--precision", "int8"]])
+def test_flags_the_command_cannot_take_exit_as_argparse_s_own(tmp_path, capsys, astronaut_path, flags):
+    """README: exit code 2 for bad arguments, whether argparse or the command finds them (they were 1)."""
+    code = main(["render", "--source", str(astronaut_path), "--synthetic", "-o", str(tmp_path / "o.mp4")] + flags)
+    assert code == 2 and "--" in _error_line(capsys)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_ctrl_c_in_the_middle_of_a_render_keeps_the_earlier_output(tmp_path, capsys, astronaut_path, monkeypatch):
+    """README: 130 when interrupted, and a render that does not finish never leaves a broken file or overwrites a
+    good one (the frames so far are in a hidden partial file, which goes)."""
+    from avatar_app.runtime.animator import GeometricAnimator
+
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"earlier good video")
+    animate, calls = GeometricAnimator.animate, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return animate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GeometricAnimator, "animate", interrupted)
+    assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "2", "-o", str(out),
+                 "--no-progress"]) == 130
+    assert len(calls) == 6 and out.read_bytes() == b"earlier good video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mp4"]  # no partial file left behind
+
+
 def test_frames_without_a_face_hold_the_last_pose(tmp_path, astronaut_path, hopper):
     still = camera_frame(hopper)
     moved = np.roll(still, 40, axis=1)  # the driver's head moved right

@@ -205,7 +205,7 @@ def test_cli_export_engines_and_bench(tmp_path, capsys, monkeypatch):
         assert code == 0
     else:  # 6 (DependencyError): cannot build here, and the sentence says why
         assert code == 6 and f"The tensorrt backend cannot build here: {why}." in capsys.readouterr().err
-    assert main(["engines", "build", "--backend", "onnxruntime", "--precision", "int8"]) == 1
+    assert main(["engines", "build", "--backend", "onnxruntime", "--precision", "int8"]) == 2  # bad arguments
     assert "needs --calibration" in capsys.readouterr().err
     assert main(["engines", "clean"]) == 0
     assert "removed 4 file(s)" in capsys.readouterr().out
@@ -225,7 +225,7 @@ def test_cli_render_picks_and_reports_a_backend(tmp_path, capsys, astronaut_path
     assert "neural networks on backend" in err
     assert main(args + ["--backend", "torch-cpu", "--precision", "int8", "--calibration", "missing.npz"]) == 3
     capsys.readouterr()
-    assert main(args + ["--backend", "onnxruntime", "--precision", "fp16"]) == 1
+    assert main(args + ["--backend", "onnxruntime", "--precision", "fp16"]) == 2
     assert "The onnxruntime backend runs fp32, int8, not fp16; fp16 runs on tensorrt or torch-cuda or torch-cpu" \
         in capsys.readouterr().err
     code = main(args + ["--backend", "torch-cuda"])

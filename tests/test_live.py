@@ -144,7 +144,7 @@ def test_virtual_camera_alone_missing_is_an_error(capsys, astronaut_path):
 
 def test_bad_vcam_size(capsys, astronaut_path):
     code = main(["live", "--source", str(astronaut_path), "--synthetic", "--vcam-size", "big", "--duration", "1"])
-    assert code == 1
+    assert code == 2  # bad arguments, as argparse's own
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
 
 

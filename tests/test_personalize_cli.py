@@ -104,7 +104,7 @@ def test_profile_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AVATAR_APP_DATA", str(tmp_path / "data"))
     assert main(["render", "--profile", "nobody", "--synthetic", "-o", str(tmp_path / "o.mp4")]) == 3
     assert "nobody" in capsys.readouterr().err
-    assert main(["render", "--synthetic", "-o", str(tmp_path / "o.mp4")]) == 1
+    assert main(["render", "--synthetic", "-o", str(tmp_path / "o.mp4")]) == 2
     assert "--source" in capsys.readouterr().err
 
 

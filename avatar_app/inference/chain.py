@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import AvatarError
+from ..errors import AvatarError, UsageError
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import NUM_LANDMARKS
 from .backend import Backend
@@ -42,7 +42,7 @@ def make_backend(name: str, precision: str | None = None, cache: EngineCache | N
     precision = precision or default_precision(name)
     if precision not in PRECISIONS.get(name, (precision,)):
         runs = [b for b, p in PRECISIONS.items() if precision in p]
-        raise AvatarError(f"The {name} backend runs {', '.join(PRECISIONS[name])}, not {precision}; "
+        raise UsageError(f"The {name} backend runs {', '.join(PRECISIONS[name])}, not {precision}; "
                           f"{precision} runs on {' or '.join(runs) or 'no backend'} (--backend).")
     if name in ("torch-cpu", "torch-cuda"):
         from .torch_backend import TorchBackend
