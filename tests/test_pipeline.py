@@ -159,6 +159,27 @@ def test_calibrate_at_run_time_makes_the_current_pose_neutral(astronaut_source):
         p.stop()
 
 
+def test_a_profile_s_neutral_is_kept_from_the_first_frame(astronaut_source):
+    """README: `live --profile` takes the profile's neutral face; it is kept as it is (no first frame taken as
+    neutral, no settling): a driver who starts mouth open and turned is drawn so from the first frame."""
+    driver = PoseSource(FacePose(yaw=8.0, jaw=0.3))
+    latest: list[np.ndarray] = []
+    p = Pipeline(astronaut_source, driver, [], fps=30)
+    neutral = synthetic_landmarks(FacePose())
+    p.set_neutral(neutral)
+    p.subscribe(lambda f: latest.append(f.image))
+    p.start()
+    try:
+        assert _wait_for(lambda: len(latest) > 10)
+        assert np.abs(latest[0].astype(int) - astronaut_source.crop.astype(int)).mean() > 3.0  # moved, from frame 1
+        assert np.array_equal(p._retarget.neutral.points, neutral.points) and not p._retarget.settling
+        driver.pose = FacePose()
+        time.sleep(0.5)
+        assert np.abs(latest[-1].astype(int) - astronaut_source.crop.astype(int)).max() <= 1  # at its neutral: at rest
+    finally:
+        p.stop()
+
+
 def test_set_source_switches_the_portrait(astronaut_source, hopper_source):
     latest: list[np.ndarray] = []
     p = Pipeline(astronaut_source, PoseSource(FacePose()), [], fps=30)

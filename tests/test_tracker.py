@@ -162,6 +162,19 @@ def test_track_after_reset_and_moved_face(hopper):
         assert res.landmarks.xy[:, 0].mean() > 320
 
 
+def test_a_second_larger_face_does_not_take_over(hopper):
+    """README: with several faces in view the tracker follows the one nearest where yours was, not the largest
+    (a person walking in behind, closer to the camera)."""
+    frame = np.full((420, 700, 3), 30, np.uint8)
+    frame[60:360, :256] = cv2.resize(hopper, (256, 300), interpolation=cv2.INTER_AREA)
+    both = frame.copy()
+    both[10:410, 359:700] = cv2.resize(hopper, (341, 400), interpolation=cv2.INTER_AREA)[:, ::-1]  # larger, mirrored
+    with FaceTracker() as tracker:
+        xs = [tracker.track(Frame(both if i >= 5 else frame, i / FPS, i)).landmarks.xy[:, 0].mean() for i in range(15)]
+        assert len(tracker.detect_faces(both)) == 2  # both faces are there to be found
+    assert all(x < 256 for x in xs), np.round(xs)  # the left face throughout (its landmarks' mean x about 142)
+
+
 def test_synthetic_frames_pass_through(still_tracker):
     drv = SyntheticDriver(fps=10, duration=1)
     with FaceTracker() as tracker:
