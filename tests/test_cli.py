@@ -186,6 +186,16 @@ def test_corrupt_driving_video(tmp_path, capsys, astronaut_path):
     assert "broken.mp4" in _error_line(capsys)
 
 
+def test_render_from_a_camera_records_the_seconds_asked(tmp_path, astronaut_path, hopper):
+    """README: `--camera` records `--duration` seconds (index or device path); a video file stands in for the
+    device, as a camera longer than asked."""
+    camera = _write_video(tmp_path / "camera.mp4", [camera_frame(hopper)] * 30)  # 3 s at 10 fps
+    out = tmp_path / "recorded.mp4"
+    assert main(["render", "--source", str(astronaut_path), "--camera", str(camera), "--duration", "1", "--fps", "10",
+                 "-o", str(out), "--no-progress"]) == 0
+    assert len(_read_video(out)) == 10
+
+
 def test_camera_that_does_not_open(tmp_path, capsys, astronaut_path):
     code = main(["render", "--source", str(astronaut_path), "--camera", "/dev/video-missing-77",
                  "-o", str(tmp_path / "o.mp4")])
@@ -214,6 +224,25 @@ def test_doctor_reports_tracker_and_backends(capsys):
     from avatar_app.inference.default_animator import machine_default
 
     assert f"--animator auto: {machine_default().animator}" in out  # what auto runs here, and why
+
+
+def test_doctor_says_when_mediapipe_ships_no_face_model(monkeypatch, tmp_path):
+    """README: later mediapipe versions ship no FaceMesh model; doctor says so and what to install (a mediapipe
+    folder without the model stands in for such a version)."""
+    import importlib.machinery
+    import importlib.util
+
+    from avatar_app import doctor
+
+    empty = tmp_path / "mediapipe"
+    empty.mkdir()
+    spec = importlib.machinery.ModuleSpec("mediapipe", None, is_package=True)
+    spec.submodule_search_locations = [str(empty)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "mediapipe" else None)
+    check = doctor.tracker_check()
+    assert not check.ok and "install mediapipe==0.10.21" in check.detail
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert not doctor.tracker_check().ok and "not installed" in doctor.tracker_check().detail
 
 
 def test_bench_prints_stage_times(capsys):

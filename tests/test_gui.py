@@ -148,6 +148,19 @@ def test_the_neural_animator_runs_from_the_window(make_window, qtbot):
     stop(qtbot, w)
 
 
+def test_a_size_chosen_while_running_restarts_the_avatar_at_that_size(make_window, qtbot):
+    """README (desktop app): changing a choice while running restarts the avatar with it."""
+    w = make_window()
+    start(qtbot, w)
+    assert as_array(w.avatar_view.image).shape == (256, 256, 3)
+    first = w.controller._pipeline
+    w.size_box.setCurrentIndex(w.size_box.findData(512))
+    w.size_box.activated.emit(w.size_box.currentIndex())  # as a user's pick does
+    qtbot.waitUntil(lambda: w.state == "running" and w.controller._pipeline is not first
+                    and as_array(w.avatar_view.image).shape == (512, 512, 3), timeout=20000)
+    stop(qtbot, w)
+
+
 def test_bad_source_files_show_a_message_and_the_app_keeps_working(make_window, qtbot, tmp_path, hopper_path):
     w = make_window()
     bad = tmp_path / "holiday.jpg"

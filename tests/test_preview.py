@@ -154,3 +154,16 @@ def test_real_window_under_xvfb() -> None:
     finally:
         xvfb.terminate()
         xvfb.wait(timeout=10)
+
+
+def test_q_in_the_preview_stops_live(monkeypatch, astronaut_path) -> None:
+    """README: `live` runs until Ctrl-C or Q in the preview window (no --duration here: only the key stops it)."""
+    from avatar_app.cli import main
+
+    FakeGui([-1] * 14 + [ord("q")]).install(monkeypatch)
+    done: list[int] = []
+    runner = Thread(target=lambda: done.append(main(["live", "--source", str(astronaut_path), "--synthetic",
+                                                     "--preview"])), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert done == [0], "live did not stop on Q"
