@@ -79,7 +79,7 @@ def test_cli_neural_with_and_without_weights(tmp_path, capsys, astronaut_path, m
                  "--weights", str(bad), "-o", str(out), "--no-progress"]) == 3
     assert "bad.safetensors" in capsys.readouterr().err
     assert main(["render", "--source", str(astronaut_path), "--synthetic", "--animator", "geometric",
-                 "--weights", str(weights), "-o", str(out)]) == 1  # weights with the geometric animator: an error
+                 "--weights", str(weights), "-o", str(out)]) == 2  # weights with the geometric animator: bad arguments
     assert main(["render", "--source", str(astronaut_path), "--synthetic", "--duration", "0.4", "--fps", "10",
                  "--weights", str(weights), "-o", str(out), "--no-progress"]) == 0  # auto: weights mean neural
     assert "neural networks on" in capsys.readouterr().err
