@@ -9,6 +9,11 @@ frame through the model (the cached inputs are the app's, exactly; tests/test_pe
 
     python tools/cpu_variants.py --data /work/data/real --weights assets/weights/lite-real.safetensors \
         --clips williamyang1991__VToonify__529 --variants base w3 crop128x --steps 120 --out v.json
+
+Its ``base`` is the plan of the third round (docs/PERSONALIZATION_ROUNDS.md), which the tables there measured: the
+plan as it ships since adapts without the SPADE branch (``frozen``) and weighs the warped source's L1 (``w_warped``
+0.5, the variant ``wrp``), and the app animates the recording's rest frame, where this tool animates its first.
+For the plan as it ships, use ``tools/personalize_curve.py`` (``--variant`` changes its fields; ``--reference``).
 """
 
 from __future__ import annotations
