@@ -13,7 +13,7 @@ from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.face.align import similarity_fit
 from avatar_app.face.mesh import topology
 from avatar_app.face.retarget import (MOTION_LIMITS, NEURAL_MOTION_LIMITS, MotionLimits, Retargeter, RetargetOptions,
-                                      _rotation_vector)
+                                      rotation_yaw)
 from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.runtime.neural_animator import NeuralAnimator
 from avatar_app.runtime.pipeline import Pipeline
@@ -24,7 +24,7 @@ def _yaw(source, target) -> float:
     """Degrees of yaw of ``target``'s rigid points against ``source``'s (the rotation vector's y, as the limits)."""
     rig = topology().rigid
     _, rot, _ = similarity_fit(source.points[rig].astype(np.float64), target.points[rig].astype(np.float64))
-    return float(np.degrees(_rotation_vector(rot))[1])
+    return rotation_yaw(rot)
 
 
 def _recording(cls):

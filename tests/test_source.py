@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatar_app.errors import InputFileError, NoFaceError
-from avatar_app.face.align import transform_points, warp_to_crop
+from avatar_app.face.align import affine_after, transform_points, warp_to_crop
 from avatar_app.face.mesh import eye_centers
 from avatar_app.face.source import prepare_source, read_image
 from avatar_app.face.tracker import FaceTracker
@@ -258,8 +258,7 @@ def test_a_large_photo_gives_the_crop_its_small_copy_gives(hopper, still_tracker
     db = lambda a: 10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - small.crop) ** 2))  # noqa: E731
     # with the small copy's geometry carried over (big px x is small px (x + 0.5) / 6 - 0.5): the averaging alone
     to_small = np.array([[1 / 6, 0, 0.5 / 6 - 0.5], [0, 1 / 6, 0.5 / 6 - 0.5]])
-    affine = cv2.invertAffineTransform(small.crop_to_image)
-    affine = np.hstack([affine[:, :2] @ to_small[:, :2], (affine[:, :2] @ to_small[:, 2] + affine[:, 2])[:, None]])
+    affine = affine_after(cv2.invertAffineTransform(small.crop_to_image), to_small)
     averaged, sampled = (db(warp_to_crop(big, affine, size, antialias=aa)) for aa in (True, False))
     assert averaged > sampled + 4 and averaged > 32, (averaged, sampled)
     # and end to end, the photo's own landmarks placing its crop (they differ a little on the noisy photo)

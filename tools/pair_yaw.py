@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar_app.face.retarget import _rotation_vector  # noqa: E402
+from avatar_app.face.retarget import rotation_yaw  # noqa: E402
 from avatar_app.train.large_motion import HeadPoses  # noqa: E402
 
 
@@ -37,14 +37,14 @@ def clip_pairs(points: np.ndarray, valid: np.ndarray, rng: np.random.Generator, 
         return {k: np.zeros(0) for k in out}
 
     def add(kind: str, a: int, b: int) -> None:
-        out[kind].append(abs(float(np.degrees(_rotation_vector(poses.rotation[a].T @ poses.rotation[b]))[1])))
+        out[kind].append(abs(rotation_yaw(poses.rotation[a].T @ poses.rotation[b])))
         out[f"{kind}_zoom"].append(float(np.exp(abs(poses.log_scale[b] - poses.log_scale[a]))))
 
     for _ in range(pairs):
         a, b = rng.choice(idx, 2, replace=False)
         add("random", a, b)
         add("hard", a, poses.hardest(a, idx, rng))
-    own = np.array([np.degrees(_rotation_vector(poses.rotation[i]))[1] for i in idx])
+    own = np.array([rotation_yaw(poses.rotation[i]) for i in idx])
     out["frames"] = np.abs(own - np.median(own))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 

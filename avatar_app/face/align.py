@@ -123,6 +123,12 @@ class CropStabilizer:
         return self.box
 
 
+def affine_after(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The affine ``a`` applied after ``b`` (both ``(2, 3)``): a point x goes to ``a(b(x))``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.hstack([a[:, :2] @ b[:, :2], (a[:, :2] @ b[:, 2] + a[:, 2])[:, None]])
+
+
 AREA_BELOW = 2 / 3  # crop scales (crop px per image px) under which an antialiased crop averages the pixels first
 
 
@@ -161,7 +167,7 @@ def _averaged_down(image: np.ndarray, affine: np.ndarray, size: int) -> tuple[np
     small = cv2.resize(part, (part.shape[1] // k, part.shape[0] // k), interpolation=cv2.INTER_AREA)
     # pixel (u, v) of ``small`` is the mean of image px x0 + k u ... x0 + k u + k - 1 (and so in y)
     to_image = np.array([[k, 0, x0 + (k - 1) / 2], [0, k, y0 + (k - 1) / 2]], np.float64)
-    return small, np.hstack([affine[:, :2] @ to_image[:, :2], (affine[:, :2] @ to_image[:, 2] + affine[:, 2])[:, None]])
+    return small, affine_after(affine, to_image)
 
 
 def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:

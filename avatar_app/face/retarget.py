@@ -141,6 +141,12 @@ def _rotation_from_vector(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
+def rotation_yaw(rot: np.ndarray) -> float:
+    """The yaw of a rotation (3x3): degrees about the face's vertical axis, the y component of its rotation vector
+    (the sign of :func:`limit_motion`'s rotations)."""
+    return float(np.degrees(_rotation_vector(rot))[1])
+
+
 def head_pose(points: np.ndarray) -> np.ndarray:
     """The rotation (3x3) of the similarity from the frontal mesh's rigid points onto those of ``points``
     (``(478, 3)``): how the face is turned from the camera."""
@@ -149,9 +155,8 @@ def head_pose(points: np.ndarray) -> np.ndarray:
 
 
 def portrait_yaw(points: np.ndarray) -> float:
-    """How far the face ``points`` is turned from the camera: the yaw (degrees, about the face's vertical axis,
-    the sign of :func:`limit_motion`'s rotations) of :func:`head_pose`."""
-    return float(np.degrees(_rotation_vector(head_pose(points)))[1])
+    """How far the face ``points`` is turned from the camera: the :func:`rotation_yaw` of :func:`head_pose`."""
+    return rotation_yaw(head_pose(points))
 
 
 def limit_motion(s: float, rot: np.ndarray, shift: np.ndarray, iod: float, limits: MotionLimits = MOTION_LIMITS,
@@ -220,7 +225,7 @@ class Retargeter:
         self._neutral_size: tuple[int, int] = (0, 0)
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
         self._pose = head_pose(source.points)  # how the portrait itself is turned (the motion limits)
-        self._own_yaw = float(np.degrees(_rotation_vector(self._pose))[1])
+        self._own_yaw = rotation_yaw(self._pose)
 
     @property
     def calibrated(self) -> bool:
