@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-# Engines and ONNX exports built by tests go to a throw-away folder, never the checkout's engines/.
-os.environ["AVATAR_APP_ENGINES"] = __import__("tempfile").mkdtemp(prefix="avatar-engines-")
+# Engines and ONNX exports built by tests go to a throw-away folder, never the checkout's engines/;
+# removed when the test process ends (each run's exports are about 35 MB).
+_ENGINES = tempfile.mkdtemp(prefix="avatar-engines-")
+os.environ["AVATAR_APP_ENGINES"] = _ENGINES
+atexit.register(shutil.rmtree, _ENGINES, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

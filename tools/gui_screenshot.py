@@ -11,7 +11,9 @@ user's own settings are not touched.  Exits with 1 if the picture is blank.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +37,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="how long the avatar runs before the shot")
     p.add_argument("--source", default=None, help="portrait (default: the first bundled one)")
     args = p.parse_args()
-    os.environ.setdefault("AVATAR_APP_CONFIG", tempfile.mkdtemp(prefix="avatar-app-shot-"))
+    if "AVATAR_APP_CONFIG" not in os.environ:  # a throw-away settings folder, removed at exit
+        os.environ["AVATAR_APP_CONFIG"] = tempfile.mkdtemp(prefix="avatar-app-shot-")
+        atexit.register(shutil.rmtree, os.environ["AVATAR_APP_CONFIG"], ignore_errors=True)
     os.environ.setdefault("AVATAR_APP_DATA", os.environ["AVATAR_APP_CONFIG"])
 
     import numpy as np
