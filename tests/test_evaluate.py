@@ -25,6 +25,7 @@ from avatar_app.models.identity import IdentityEncoder
 from avatar_app.runtime.animator import GeometricAnimator
 from avatar_app.train import evaluate as evaluate_module
 from avatar_app.train.split import SPLIT_RULE, split_clips
+from avatar_app.train.eval_clips import run_clips
 from avatar_app.train.evaluate import add_evaluate_parser, evaluate, run_evaluate
 from avatar_app.train.report import SHEET_COLUMNS, format_table
 
@@ -101,6 +102,19 @@ def test_metrics_json(evaluated):
     assert "untrained lite" in metrics["settings"]["neural"]
     assert SPLIT_RULE in metrics["split_rule"]
     print("\nmeasured:", json.dumps(aggregate, indent=1), "ground truth:", metrics["ground_truth"])
+
+
+def test_a_runs_clips_are_read_again_at_its_size(evaluated, prepared):
+    """eval_clips.run_clips, the tools' way back from a metrics.json to the frames it scored."""
+    _, out = evaluated
+    run = json.loads((out / "metrics.json").read_text())
+    again = list(run_clips(prepared, run))
+    assert [record["key"] for record, _, _ in again] == ["astronaut__clip01", "hopper__clip01"]
+    for record, clip, reason in again:
+        assert reason == "" and clip.key == record["key"] and clip.size == 256
+        assert clip.image(record["frames"][0]).shape == (256, 256, 3)
+    run["settings"]["size"] = 512  # prepared at 256 only
+    assert [(clip, reason) for _, clip, reason in run_clips(prepared, run)] == [(None, "no 512 crops")] * 2
 
 
 def test_geometric_reproduces_its_own_animation(evaluated):

@@ -12,6 +12,15 @@ resamples it (a 1.03x zoom, 1 degree of roll and a 1.5 px shift, bilinear).  One
 a reference for how much of the figure the measure leaves to the avatar, not a bound.  Printed per
 clip: the driver's gaze s.d. (frames with open eyes), that reference r, and each animator's r from
 the run; then the means over the clips where the reference has a figure.
+
+``--parts`` asks instead where the geometric avatar loses the figure: each clip with a gaze figure is rendered
+three ways and re-detected as ``evaluate`` does: *full* (the frame's landmarks, what ``evaluate`` scores), *held*
+(the irises held where the source's sit in their eyes, :func:`~avatar_app.face.eyes.hold_gaze`: head, lids and
+mouth move, the iris does not, so any gaze read back is the read of a moving eye, not drawn) and *iris only* (the
+source's own landmarks with the irises placed as the frame's).  Printed per clip: the full render's r against the
+driver's frames and against the targets (the prepared landmarks), the iris-only render's r against the targets,
+and the held render's gaze s.d. beside the driver's; then means, medians and the clips whose held gaze varies by
+at least half as much as the driver's.
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from avatar_app.face.eyes import CLOSED_EYES, eye_openness, horizontal_gaze  # noqa: E402
+from avatar_app.face.eyes import CLOSED_EYES, eye_openness, hold_gaze, horizontal_gaze  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
-from avatar_app.train.eval_clips import load_clip  # noqa: E402
+from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
+from avatar_app.train.eval_clips import run_clips, source_portrait  # noqa: E402
 from avatar_app.train.eval_eyes import detect_all, eye_follow  # noqa: E402
-from avatar_app.train.manifest import read_manifest  # noqa: E402
+from avatar_app.types import Landmarks  # noqa: E402
 
 
 def resampled(image: np.ndarray) -> np.ndarray:
@@ -46,24 +56,80 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+COLUMNS = ("r(driver, full)", "r(driver, targets)", "r(targets, full)", "r(targets, iris only)",
+           "driver s.d.", "held s.d.")
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-9 and b.std() > 1e-9 else float("nan")
+
+
+def clip_parts(tracker, clip, source_frame: int, frames: list[int]) -> list[float] | None:
+    """The :data:`COLUMNS` of one clip, ``None`` when fewer than 3 frames have every face and open driver eyes."""
+    size = clip.size
+    src = clip.landmarks[source_frame]
+    avatar = GeometricAnimator(source_portrait(clip.image(source_frame), src))
+    targets = [clip.landmarks[i] for i in frames]
+    renders = {
+        "full": targets,
+        "held": [hold_gaze(t, src) for t in targets],
+        "iris": [hold_gaze(src, t) for t in targets],
+    }
+    read = {k: detect_all(tracker, [avatar.animate(Landmarks(t, (size, size))) for t in v]) for k, v in renders.items()}
+    read["driver"] = detect_all(tracker, [clip.image(i) for i in frames])
+    keep = [i for i in range(len(frames)) if all(read[k][i] is not None for k in read)
+            and eye_openness(read["driver"][i]) >= CLOSED_EYES]
+    if len(keep) < 3:
+        return None
+    g = {k: np.array([horizontal_gaze(read[k][i]) for i in keep]) for k in read}
+    t = np.array([horizontal_gaze(targets[i]) for i in keep])
+    return [_r(g["driver"], g["full"]), _r(g["driver"], t), _r(t, g["full"]), _r(t, g["iris"]),
+            float(g["driver"].std()), float(g["held"].std())]
+
+
+def print_parts(data: Path, run: dict, tracker) -> int:
+    """``--parts``: the :data:`COLUMNS` of each clip with a gaze figure, then means and medians."""
+    print("| clip | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS))
+    rows = []
+    for c, clip, reason in run_clips(data, run):
+        if all(a.get("gaze_r") is None for a in c["animators"].values()):
+            continue
+        parts = None if clip is None else clip_parts(tracker, clip, int(c["source_frame"]), list(c["frames"]))
+        if parts is None:
+            print(f"| {c['key']} | skipped: {reason or 'fewer than 3 scored frames'} |")
+            continue
+        rows.append(parts)
+        print(f"| {c['key']} | " + " | ".join(f"{v:.3f}" for v in parts) + " |", flush=True)
+    if not rows:
+        return 1
+    a = np.array(rows)
+    print("| **mean** | " + " | ".join(f"{v:.3f}" for v in np.nanmean(a, 0)) + " |")
+    print("| **median** | " + " | ".join(f"{v:.3f}" for v in np.nanmedian(a, 0)) + " |")
+    moving = a[:, 5] >= 0.5 * a[:, 4]
+    print(f"\nheld gaze s.d. at least half the driver's: {moving.sum()} of {len(a)} clips, r(driver, full) "
+          f"{np.nanmean(a[moving, 0]):.3f} on them, {np.nanmean(a[~moving, 0]):.3f} on the others")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="the prepared dataset the run evaluated")
     ap.add_argument("--metrics", required=True, help="an `avatar-app evaluate` run's metrics.json")
+    ap.add_argument("--parts", action="store_true", help="where the geometric avatar loses gaze r (module docstring)")
     args = ap.parse_args(argv)
     run = json.loads(Path(args.metrics).read_text())
     settings = run.get("settings", {})
     if settings.get("eye_contact"):
         ap.error("that run held the gaze (--eye-contact): its gaze r says nothing to compare with")
     size = int(settings.get("size", 256))
-    entries = {str(e["key"]): e for e in read_manifest(Path(args.data))["clips"]}
     tracker = FaceTracker(max_faces=1)
+    if args.parts:
+        return print_parts(Path(args.data), run, tracker)
     names = sorted({a for c in run["clips"] for a in c["animators"] if a != "static"})
     print(f"crop {size}\n| clip | driver gaze s.d. | reference r | " + " | ".join(f"{n} r" for n in names) + " |")
     print("|---|---:|---:|" + "---:|" * len(names))
     rows = []
-    for c in run["clips"]:
-        clip, reason = load_clip(Path(args.data), entries[c["key"]], size)
+    for c, clip, reason in run_clips(Path(args.data), run):
         if clip is None:
             print(f"| {c['key']} | skipped: {reason} |")
             continue
@@ -81,8 +147,8 @@ def main(argv=None) -> int:
         for k, n in enumerate(names):
             got = [r[1][k] for r in rows if r[1][k] is not None]
             means.append(f"{n} {np.mean(got):.3f} ({len(got)} clips)" if got else f"{n} –")
-        print(f"\nmeans over the {len(rows)} clips with a reference figure: reference {np.mean([r[0] for r in rows]):.3f}; "
-              + "; ".join(means))
+        reference = np.mean([r[0] for r in rows])
+        print(f"\nmeans over the {len(rows)} clips with a reference figure: reference {reference:.3f}; " + "; ".join(means))
     return 0
 
 

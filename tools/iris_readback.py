@@ -28,9 +28,8 @@ from avatar_app.face.eyes import eye_openness, horizontal_gaze  # noqa: E402
 from avatar_app.face.mesh import topology  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
-from avatar_app.train.eval_clips import load_clip, source_portrait  # noqa: E402
+from avatar_app.train.eval_clips import run_clips, source_portrait  # noqa: E402
 from avatar_app.train.eval_eyes import detect_all  # noqa: E402
-from avatar_app.train.manifest import read_manifest  # noqa: E402
 from avatar_app.types import Landmarks  # noqa: E402
 
 SHIFTS = (-0.08, -0.04, 0.0, 0.04, 0.08)  # eye widths along the corner line
@@ -60,15 +59,12 @@ def main(argv=None) -> int:
     ap.add_argument("--gaze-clips", action="store_true", help="only the clips with a gaze figure in the run")
     args = ap.parse_args(argv)
     run = json.loads(Path(args.metrics).read_text())
-    size = int(run.get("settings", {}).get("size", 256))
-    entries = {str(e["key"]): e for e in read_manifest(Path(args.data))["clips"]}
     tracker = FaceTracker(max_faces=1)
     print("| source (clip) | openness | mean eye width (px) | read-back slope |\n|---|---:|---:|---:|")
     slopes = []
-    for c in run["clips"]:
+    for c, clip, reason in run_clips(Path(args.data), run):
         if args.gaze_clips and all(a.get("gaze_r") is None for a in c["animators"].values()):
             continue
-        clip, reason = load_clip(Path(args.data), entries[c["key"]], size)
         if clip is None:
             print(f"| {c['key']} | skipped: {reason} | | |")
             continue
@@ -76,7 +72,7 @@ def main(argv=None) -> int:
         points = clip.landmarks[s].copy()
         avatar = GeometricAnimator(source_portrait(clip.image(s), points))
         targets = [looking(points, d) for d in SHIFTS]
-        read = detect_all(tracker, [avatar.animate(Landmarks(t, (size, size))) for t in targets])
+        read = detect_all(tracker, [avatar.animate(Landmarks(t, (clip.size, clip.size))) for t in targets])
         pairs = [(horizontal_gaze(t), horizontal_gaze(r)) for t, r in zip(targets, read) if r is not None]
         seen = detect_all(tracker, [clip.image(s)])[0]
         openness = f"{eye_openness(seen):.3f}" if seen is not None else "–"

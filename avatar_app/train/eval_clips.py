@@ -5,6 +5,7 @@ how an animator's outputs on them are scored (shared by self- and cross-reenactm
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,19 @@ def load_clip(data: Path, entry: dict, size: int = CROP) -> tuple[EvalClip | Non
 
     return EvalClip(key, str(entry.get("identity") or key), folder, rescale_points(landmarks, CROP, size), valid,
                     embedding, _frame_mask(folder, size), size), ""
+
+
+def run_clips(data: Path, run: dict) -> Iterator[tuple[dict, EvalClip | None, str]]:
+    """Each clip of an ``avatar-app evaluate`` run (its parsed ``metrics.json``), read again from the prepared
+    folder ``data`` at the run's crop size: ``(the run's record of the clip, the clip or None, why not)``, for tools
+    that look again at what a run scored."""
+    from .manifest import read_manifest
+
+    size = int(run.get("settings", {}).get("size", CROP))
+    entries = {str(e["key"]): e for e in read_manifest(Path(data))["clips"]}
+    for record in run["clips"]:
+        clip, reason = load_clip(Path(data), entries[record["key"]], size)
+        yield record, clip, reason
 
 
 def _frame_mask(folder: Path, size: int = CROP) -> np.ndarray | None:
