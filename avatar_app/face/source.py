@@ -96,8 +96,8 @@ def closed_eyes_advice(points: np.ndarray, name: str = "the source image") -> st
     if openness >= CLOSED_EYES:
         return None
     return (f"The eyes in {name} are closed or nearly closed (lid gap {openness:.2f} of the eye's width): the avatar "
-            "opens them over what the portrait shows next to the lids (a dark slit, no eyeball); for eyes that open "
-            "naturally, use a portrait with open eyes.")
+            "opens them over what the portrait shows next to the lids (a dark slit, no eyeball), and eye contact has "
+            "no gaze to hold; for eyes that open naturally, use a portrait with open eyes.")
 
 
 def warn_if_eyes_closed(points: np.ndarray, name: str = "the source image") -> bool:
