@@ -115,6 +115,8 @@ def test_a_runs_clips_are_read_again_at_its_size(evaluated, prepared):
         assert clip.image(record["frames"][0]).shape == (256, 256, 3)
     run["settings"]["size"] = 512  # prepared at 256 only
     assert [(clip, reason) for _, clip, reason in run_clips(prepared, run)] == [(None, "no 512 crops")] * 2
+    run["clips"][0]["key"] = "someone__else"
+    assert next(run_clips(prepared, run))[1:] == (None, f"not in the manifest of {prepared}")
 
 
 def test_geometric_reproduces_its_own_animation(evaluated):

@@ -80,7 +80,11 @@ def run_clips(data: Path, run: dict) -> Iterator[tuple[dict, EvalClip | None, st
     size = int(run.get("settings", {}).get("size", CROP))
     entries = {str(e["key"]): e for e in read_manifest(Path(data))["clips"]}
     for record in run["clips"]:
-        clip, reason = load_clip(Path(data), entries[record["key"]], size)
+        entry = entries.get(str(record["key"]))
+        if entry is None:
+            yield record, None, f"not in the manifest of {data}"
+            continue
+        clip, reason = load_clip(Path(data), entry, size)
         yield record, clip, reason
 
 
