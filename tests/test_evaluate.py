@@ -113,6 +113,10 @@ def test_a_runs_clips_are_read_again_at_its_size(evaluated, prepared):
     for record, clip, reason in again:
         assert reason == "" and clip.key == record["key"] and clip.size == 256
         assert clip.image(record["frames"][0]).shape == (256, 256, 3)
+    for record, gaze in zip(run["clips"], (None, 0.5)):  # only the second clip with a gaze figure
+        for scores in record["animators"].values():
+            scores["gaze_r"] = gaze
+    assert [record["key"] for record, _, _ in run_clips(prepared, run, gaze_only=True)] == ["hopper__clip01"]
     run["settings"]["size"] = 512  # prepared at 256 only
     assert [(clip, reason) for _, clip, reason in run_clips(prepared, run)] == [(None, "no 512 crops")] * 2
     run["clips"][0]["key"] = "someone__else"

@@ -42,7 +42,7 @@ from avatar_app.face.eyes import CLOSED_EYES, eye_openness, hold_gaze, horizonta
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
 from avatar_app.train.eval_clips import run_clips, source_portrait  # noqa: E402
-from avatar_app.train.eval_eyes import detect_all, eye_follow  # noqa: E402
+from avatar_app.train.eval_eyes import _follow, detect_all, eye_follow  # noqa: E402
 from avatar_app.types import Landmarks  # noqa: E402
 
 
@@ -63,11 +63,10 @@ COLUMNS = ("r(driver, full)", "r(driver, targets)", "r(targets, full)", "r(targe
 
 
 def _r(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of ``b`` on ``a``: NaN when ``a`` does not move, 0 when ``b`` does not (as ``evaluate`` scores a
-    still avatar)."""
-    if a.std() < 1e-9:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1]) if b.std() > 1e-9 else 0.0
+    """``evaluate``'s r of ``b`` on ``a`` (0 when ``b`` does not move), whatever ``a``'s spread; NaN when ``a`` does
+    not move at all."""
+    r, _slope = _follow(a, b, 1e-9)
+    return float("nan") if r is None else r
 
 
 def clip_parts(tracker, clip, source_frame: int, frames: list[int]) -> list[float] | None:
@@ -97,9 +96,7 @@ def print_parts(data: Path, run: dict, tracker) -> int:
     """``--parts``: the :data:`COLUMNS` of each clip with a gaze figure, then means and medians."""
     print("| clip | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS))
     rows = []
-    for c, clip, reason in run_clips(data, run):
-        if all(a.get("gaze_r") is None for a in c["animators"].values()):
-            continue
+    for c, clip, reason in run_clips(data, run, gaze_only=True):
         parts = None if clip is None else clip_parts(tracker, clip, int(c["source_frame"]), list(c["frames"]))
         if parts is None:
             print(f"| {c['key']} | skipped: {reason or 'fewer than 3 scored frames'} |")

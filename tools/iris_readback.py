@@ -62,9 +62,7 @@ def main(argv=None) -> int:
     tracker = FaceTracker(max_faces=1)
     print("| source (clip) | openness | mean eye width (px) | read-back slope |\n|---|---:|---:|---:|")
     slopes = []
-    for c, clip, reason in run_clips(Path(args.data), run):
-        if args.gaze_clips and all(a.get("gaze_r") is None for a in c["animators"].values()):
-            continue
+    for c, clip, reason in run_clips(Path(args.data), run, gaze_only=args.gaze_clips):
         if clip is None:
             print(f"| {c['key']} | skipped: {reason} | | |")
             continue

@@ -71,15 +71,18 @@ def load_clip(data: Path, entry: dict, size: int = CROP) -> tuple[EvalClip | Non
                     embedding, _frame_mask(folder, size), size), ""
 
 
-def run_clips(data: Path, run: dict) -> Iterator[tuple[dict, EvalClip | None, str]]:
+def run_clips(data: Path, run: dict, gaze_only: bool = False) -> Iterator[tuple[dict, EvalClip | None, str]]:
     """Each clip of an ``avatar-app evaluate`` run (its parsed ``metrics.json``), read again from the prepared
     folder ``data`` at the run's crop size: ``(the run's record of the clip, the clip or None, why not)``, for tools
-    that look again at what a run scored."""
+    that look again at what a run scored.  ``gaze_only``: only the clips where some animator has a gaze figure
+    (the others are not read)."""
     from .manifest import read_manifest
 
     size = int(run.get("settings", {}).get("size", CROP))
     entries = {str(e["key"]): e for e in read_manifest(Path(data))["clips"]}
     for record in run["clips"]:
+        if gaze_only and all(a.get("gaze_r") is None for a in record["animators"].values()):
+            continue
         entry = entries.get(str(record["key"]))
         if entry is None:
             yield record, None, f"not in the manifest of {data}"
