@@ -78,7 +78,7 @@ def test_at_512_the_eyes_are_drawn_at_512(astronaut_source):
     eyes (as before) sampled midway between the lids across a closed lid line: a line of eyeball showed
     through (a full blink read 0.14 at 512, 0.08 at 256)."""
     from avatar_app.face.align import rescale_points
-    from avatar_app.models.eye_flow import eye_region_triangles
+    from avatar_app.face.mesh import eye_region_triangles
 
     size = 512
     src = rescale_points(astronaut_source.landmarks.points, SIZE, size).astype(np.float32)

@@ -11,9 +11,9 @@ import torch
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.face.eyes import eye_gaze, eye_openness, hold_gaze, horizontal_gaze
-from avatar_app.face.mesh import topology
+from avatar_app.face.mesh import eye_region_triangles, topology
 from avatar_app.face.retarget import Retargeter, RetargetOptions
-from avatar_app.models.eye_flow import IRIS_GAIN, eye_region_triangles
+from avatar_app.models.eye_flow import IRIS_GAIN
 from avatar_app.models.flow import AnalyticFlow, rasterize_triangles
 from avatar_app.runtime.animator import GeometricAnimator
 

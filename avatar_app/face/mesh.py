@@ -102,6 +102,57 @@ UPPER_LIP_CENTER_INNER = 13
 LOWER_LIP_CENTER_INNER = 14
 
 
+EYE_CURVES = ("upper", "lower", "ring_up", "ring_low")
+
+
+def eye_paths(topo: MeshTopology | None = None) -> dict[str, list[list[int]]]:
+    """Landmark indices per eye (rows: subject's right, left), each path ordered from the image-left to the
+    image-right end on an upright face: ``corners`` (2 each), ``iris`` (5, centre first), the ``upper`` /
+    ``lower`` lid paths (corners included), and the next ring of mesh points above (``ring_up``) and below
+    (``ring_low``) the opening.  The eye flow's :func:`~avatar_app.models.eye_flow.eye_parts` packs them."""
+    topo = topo or topology()
+    n = topo.neutral[:, :2]
+    out: dict[str, list] = {k: [] for k in ("corners", "iris", *EYE_CURVES)}
+    for upper, lower, iris in ((topo.right_eye_upper, topo.right_eye_lower, topo.right_iris),
+                               (topo.left_eye_upper, topo.left_eye_lower, topo.left_iris)):
+        if n[upper[0], 0] > n[upper[-1], 0]:
+            upper, lower = upper[::-1], lower[::-1]
+        out["corners"].append([int(upper[0]), int(upper[-1])])
+        out["iris"].append([int(i) for i in iris])
+        out["upper"].append([int(i) for i in upper])
+        out["lower"].append([int(i) for i in lower])
+        for name, path in (("ring_up", upper), ("ring_low", lower)):
+            out[name].append(_ring(topo, path, set(upper) | set(lower)))
+    return out
+
+
+def _ring(topo: MeshTopology, path: np.ndarray, contour: set) -> list[int]:
+    """The skin points that share a triangle with ``path``'s inner points, on the far side of
+    the opening from the other lid, ordered along the eye (image left to right)."""
+    n = topo.neutral[:, :2]
+    a, b = n[path[0]], n[path[-1]]
+    axis = b - a
+    perp = np.array([-axis[1], axis[0]])
+    side = np.sign((n[path[1:-1]] - a) @ perp).sum()  # which side of the corner line this lid is on
+    tris = topo.triangles[topo.triangle_region == REGION_SKIN]
+    near = tris[np.isin(tris, path[1:-1]).any(axis=1)]
+    ring = {int(i) for i in near.ravel()} - contour
+    ring = [i for i in ring if np.sign((n[i] - a) @ perp) == np.sign(side)]
+    return sorted(ring, key=lambda i: float((n[i] - a) @ axis))
+
+
+def eye_region_triangles(topo: MeshTopology | None = None) -> np.ndarray:
+    """``(F, 2) float32``: 1 where a triangle lies in the subject's right / left eye region
+    (the opening and the lid bands out to the rings of :func:`eye_paths`)."""
+    topo = topo or topology()
+    paths = eye_paths(topo)
+    cols = []
+    for e in range(2):
+        region = np.concatenate([paths[k][e] for k in EYE_CURVES])
+        cols.append(np.isin(topo.triangles, region).all(axis=1))
+    return np.stack(cols, 1).astype(np.float32)
+
+
 def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the (subject's) right and left eye contours: ``(D,)`` each."""
     topo = topology()

@@ -21,6 +21,7 @@ import numpy as np
 from ..types import Landmarks
 from .align import similarity_fit, similarity_fits
 from .eyes import hold_gaze
+from .folds import SkinFolds
 from .lips import inner_lip_gaps, part_crossed_lips
 from .mesh import eye_centers, topology
 
@@ -226,6 +227,7 @@ class Retargeter:
         self._to_source: tuple[float, np.ndarray, np.ndarray] | None = None
         self._pose = head_pose(source.points)  # how the portrait itself is turned (the motion limits)
         self._own_yaw = rotation_yaw(self._pose)
+        self._folds = SkinFolds(source.points)  # the portrait's skin folds no further than the driver's
 
     @property
     def calibrated(self) -> bool:
@@ -309,10 +311,13 @@ class Retargeter:
         expr_src = s_ns * expr @ r_ns.T * opt.expression_scale
         if opt.mode == "absolute":
             base = s_ns * self._rest @ r_ns.T + t_ns  # the driver's own face: rest + (face - rest)
+            shape = base + expr_src
         else:
             base = self.source.points.astype(np.float64)
+            # offsets the portrait's proportions leave no room for: its skin folds no further than the driver's
+            shape = self._folds(base + expr_src, self._folds.driver_ratios(face, self._rest))
         # a mouth shut past its rest: the lips meet, never cross (further than the portrait's own do)
-        shape = part_crossed_lips(base + expr_src, allowed=inner_lip_gaps(base))
+        shape = part_crossed_lips(shape, allowed=inner_lip_gaps(base))
 
         rot_d = _scaled_rotation(rot, opt.rotation_scale)
         scale = s if opt.transfer_scale else 1.0

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..face.mesh import FOREHEAD_TOP, NOSE_BRIDGE, REGION_SKIN, MeshTopology, topology
+from ..face.mesh import EYE_CURVES, FOREHEAD_TOP, NOSE_BRIDGE, MeshTopology, eye_paths, topology
 from .eye_window import box_window, can_compact, grid_of, sample_at, window, window_size
 
 MAX_VERTICAL = 0.08  # most vertical iris shift, in eye widths
@@ -60,7 +60,7 @@ KNOT_SPAN = 0.55  # ... evenly over -KNOT_SPAN .. KNOT_SPAN (a little past the c
 MIN_DET = 1e-6  # px² (px for widths): floor of an eye frame's determinant, so degenerate landmarks stay finite
 
 
-CURVES = ("upper", "lower", "ring_up", "ring_low")
+CURVES = EYE_CURVES
 
 
 def eye_parts(topo: MeshTopology | None = None) -> dict[str, torch.Tensor]:
@@ -76,17 +76,7 @@ def eye_parts(topo: MeshTopology | None = None) -> dict[str, torch.Tensor]:
     that distance (see :class:`_Frame`)."""
     topo = topo or topology()
     n = topo.neutral[:, :2]
-    out: dict[str, list] = {k: [] for k in ("corners", "iris", *CURVES)}
-    for upper, lower, iris in ((topo.right_eye_upper, topo.right_eye_lower, topo.right_iris),
-                               (topo.left_eye_upper, topo.left_eye_lower, topo.left_iris)):
-        if n[upper[0], 0] > n[upper[-1], 0]:
-            upper, lower = upper[::-1], lower[::-1]
-        out["corners"].append([int(upper[0]), int(upper[-1])])
-        out["iris"].append([int(i) for i in iris])
-        out["upper"].append([int(i) for i in upper])
-        out["lower"].append([int(i) for i in lower])
-        for name, path in (("ring_up", upper), ("ring_low", lower)):
-            out[name].append(_ring(topo, path, set(upper) | set(lower)))
+    out = eye_paths(topo)
     parts = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
     length = len(out["upper"][0])
     packed, pad = [], torch.zeros(len(CURVES), length)
@@ -104,33 +94,6 @@ def eye_parts(topo: MeshTopology | None = None) -> dict[str, torch.Tensor]:
     eye_width = np.linalg.norm(n[out["corners"][0][0]] - n[out["corners"][0][1]])
     parts["ratio"] = torch.tensor(float(eye_width / np.linalg.norm(n[FOREHEAD_TOP] - n[NOSE_BRIDGE])))
     return parts
-
-
-def _ring(topo: MeshTopology, path: np.ndarray, contour: set) -> list[int]:
-    """The skin points that share a triangle with ``path``'s inner points, on the far side of
-    the opening from the other lid, ordered along the eye (image left to right)."""
-    n = topo.neutral[:, :2]
-    a, b = n[path[0]], n[path[-1]]
-    axis = b - a
-    perp = np.array([-axis[1], axis[0]])
-    side = np.sign((n[path[1:-1]] - a) @ perp).sum()  # which side of the corner line this lid is on
-    tris = topo.triangles[topo.triangle_region == REGION_SKIN]
-    near = tris[np.isin(tris, path[1:-1]).any(axis=1)]
-    ring = {int(i) for i in near.ravel()} - contour
-    ring = [i for i in ring if np.sign((n[i] - a) @ perp) == np.sign(side)]
-    return sorted(ring, key=lambda i: float((n[i] - a) @ axis))
-
-
-def eye_region_triangles(topo: MeshTopology | None = None) -> np.ndarray:
-    """``(F, 2) float32``: 1 where a triangle lies in the subject's right / left eye region
-    (the opening and the lid bands out to the rings of :func:`eye_parts`)."""
-    topo = topo or topology()
-    parts = eye_parts(topo)
-    cols = []
-    for e in range(2):
-        region = np.concatenate([parts[k][e].numpy() for k in CURVES])
-        cols.append(np.isin(topo.triangles, region).all(axis=1))
-    return np.stack(cols, 1).astype(np.float32)
 
 
 def _lerp(u: torch.Tensor, table: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
@@ -218,7 +181,7 @@ def eye_flow(src_xy: torch.Tensor, tgt_xy: torch.Tensor, inside: torch.Tensor, r
         src_xy, tgt_xy: ``(B, V, 2)`` source and target landmarks, px of the flow's grid.
         inside: ``(B, 2, H, W)`` the piecewise-affine source positions (px) per target pixel.
         regions: ``(B, 2, H, W)`` 1 inside the target's right / left eye region
-            (:func:`eye_region_triangles`), 0 elsewhere.
+            (:func:`~avatar_app.face.mesh.eye_region_triangles`), 0 elsewhere.
         parts: :func:`eye_parts`.
         knots: ``(K,)`` evenly spaced ``u`` at which the lid and ring curves are resampled.
         lid_lift: as for :func:`eye_remap`.

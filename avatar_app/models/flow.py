@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..face.mesh import REGION_MOUTH, MeshTopology, topology
-from .eye_flow import KNOT_SPAN, KNOTS, can_compact, eye_flow, eye_parts, eye_region_triangles, eye_remap
+from ..face.mesh import REGION_MOUTH, MeshTopology, eye_region_triangles, topology
+from .eye_flow import KNOT_SPAN, KNOTS, can_compact, eye_flow, eye_parts, eye_remap
 from .head_motion import HeadMotion
 
 _SHIFT = 4  # fixed-point fraction bits for cv2.fillPoly
