@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
-from avatar_app.face.folds import MIN_AREA, SkinFolds, signed_areas
+from avatar_app.face.folds import MIN_AREA, SkinFolds
 from avatar_app.face.lips import _lip_halves
 from avatar_app.face.mesh import eye_paths, face_size, mouth_opening, topology
 from avatar_app.face.retarget import Retargeter, RetargetOptions, inter_ocular
@@ -24,8 +24,7 @@ def _fold_excess(folds: SkinFolds, shape: np.ndarray, ratios: np.ndarray | None 
     """px² by which ``shape``'s checked skin triangles pass under their floor (MIN_AREA of their area on the
     portrait, or the driver's own share where that is less)."""
     floor = np.full(len(folds.triangles), MIN_AREA) if ratios is None else np.minimum(MIN_AREA, ratios)
-    area = folds._sign * signed_areas(shape, folds.triangles)
-    return float(np.maximum(floor * folds._size - area, 0.0).sum())
+    return float(np.maximum((floor - folds.shares(shape)) * folds.sizes, 0.0).sum())
 
 
 def _dropped_jaw(points: np.ndarray, drop: float) -> np.ndarray:
@@ -66,7 +65,7 @@ def test_a_fold_the_driver_has_too_is_kept(hopper_source):
     base = hopper_source.landmarks.points
     folds = SkinFolds(base)
     shape = _dropped_jaw(base, 0.25 * inter_ocular(base))
-    own = folds._sign * signed_areas(shape, folds.triangles) / folds._size
+    own = folds.shares(shape)
     assert own.min() < 0
     assert folds(shape, own) is shape  # the driver's face turned those triangles over as far
     halfway = folds(shape, np.maximum(own, own.min() / 2))  # the driver folded only half as far
@@ -105,7 +104,7 @@ def test_the_retargeter_limits_folds_in_relative_mode_only(hopper_source, monkey
         return rt(synthetic_landmarks(FacePose(jaw=1.0))).points
 
     def turned_over(points):
-        return float(np.maximum(-folds._sign * signed_areas(points, folds.triangles), 0).sum())
+        return float(np.maximum(-folds.shares(points) * folds.sizes, 0).sum())
 
     limited, absolute = drive("relative"), drive("absolute")
     monkeypatch.setattr(SkinFolds, "__call__", lambda self, shape, ratios=None: shape)

@@ -70,6 +70,16 @@ def _offline(source, driver: stress.StressDriver, tmp_path=None, animator=None) 
     return offline_avatars(source, driver, animator)
 
 
+def test_a_rows_verdict_is_taken_on_the_unrounded_figures():
+    """A jump printed 0.072 against 0.067 + 0.004 can hold; the row says which, as the test would."""
+    close = sc.StressResult("synthetic_cut", 100, 1.0, 0, max_jump=0.0716, natural_jump=0.0674, noise=0.0043)
+    over = sc.StressResult("second_face", 60, 1.0, 0, max_jump=0.0716, natural_jump=0.0674, noise=0.0040)
+    assert "0.072 | 0.067 + 0.004" in close.row() and "0.072 | 0.067 + 0.004" in over.row()
+    assert close.row().endswith("| holds |") and not close.failures()
+    assert "**fails**: largest jump" in over.row() and over.failures()
+    assert close.row().count("|") == sc.ROW_HEADER.splitlines()[0].count("|")
+
+
 def _assert_holds(result: sc.StressResult) -> None:
     print(result.row())  # the measured row (shown with -rP)
     assert not result.failures(), f"{result.name}: " + "; ".join(result.failures())

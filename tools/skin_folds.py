@@ -117,8 +117,8 @@ def _size(clip: Path) -> int:
 def _score(seen: dict) -> tuple[float, float, float, float]:
     """``(turned over, under the floor, largest point move, ms)`` of the last retargeted frame."""
     lim, out, ratios = seen["limit"], np.asarray(seen["out"]), seen["ratios"]
-    area = lim._sign * folds.signed_areas(out, lim.triangles)
-    floor = np.minimum(folds.MIN_AREA, ratios) * lim._size
+    area = lim.shares(out) * lim.sizes
+    floor = np.minimum(folds.MIN_AREA, ratios) * lim.sizes
     moved = np.linalg.norm(out[:, :2] - np.asarray(seen["shape"])[:, :2], axis=1).max()
     return (float(np.maximum(-area, 0).sum()), float(np.maximum(floor - area, 0).sum()), float(moved),
             seen["took"] * 1e3)

@@ -89,14 +89,14 @@ def main() -> int:
     how = "live (paced)" if args.live else "live (lockstep)" if args.lockstep else "offline"
     print(f"{args.animator} animator{' ' + Path(args.weights).name if args.weights else ''}, {args.frames} real frames, "
           f"{how}{', unseen drivers' if args.unseen else ''}")
-    print("| driver | frames | face found | two faces | max jump (face sizes) | natural + noise (face sizes) | identity p95 |")
-    print("|---|---|---|---|---|---|---|")
+    print(sc.ROW_HEADER)
     naturals: dict[str, float] = {}
+    rows = failing = 0
     for name, image in portraits:
         source = prepare_source(image, args.size, tracker=still)
         emb = encoder.embed(source.crop, source.landmarks) if encoder else None
         animator = make_animator(args, source)
-        print(f"| **{name} @ {args.size}** | | | | | | |")
+        print(f"| **{name} @ {args.size}** | | | | | | | |")
         for d in drivers:
             t0 = time.perf_counter()
             indices, note = None, ""
@@ -112,6 +112,8 @@ def main() -> int:
             res = sc.check_output(d.name, images, natural, still, encoder, emb, indices=indices,
                                   identity_every=args.identity_every)
             print(res.row(), f"<!-- {note}{time.perf_counter() - t0:.1f} s -->", flush=True)
+            rows, failing = rows + 1, failing + bool(res.failures())
+    print(f"\n{rows} rows, {failing} failing")
     return 0
 
 

@@ -93,8 +93,14 @@ class SkinFolds:
         self._keep = keep
         self.triangles = tris[keep]
         self._sign = np.sign(area[keep])
-        self._size = np.abs(area[keep])
-        self._reach = np.sqrt(self._size)  # the most a corner moves in one step for its triangle: about its side
+        self.sizes = np.abs(area[keep])  # px², each checked triangle's area on ``base``
+        self.sizes.setflags(write=False)
+        self._reach = np.sqrt(self.sizes)  # the most a corner moves in one step for its triangle: about its side
+
+    def shares(self, shape: np.ndarray) -> np.ndarray:
+        """Per checked triangle (:attr:`triangles`), the share of its area on ``base`` that ``shape`` keeps
+        (signed: < 0 where it turned over; what :meth:`driver_ratios` gives for the driver)."""
+        return self._sign * signed_areas(shape, self.triangles) / self.sizes
 
     def driver_ratios(self, face: np.ndarray, rest: np.ndarray) -> np.ndarray:
         """Per checked triangle, the share of its rest's area the driver's ``face`` keeps (signed: < 0 where
@@ -114,8 +120,8 @@ class SkinFolds:
         ratio = np.full(len(self.triangles), MIN_AREA)
         if driver_ratios is not None:
             ratio = np.minimum(ratio, driver_ratios)
-        floor = ratio * self._size - 1e-6 * self._size
-        target = floor + (PUSH - 1.0) * MIN_AREA * self._size
+        floor = ratio * self.sizes - 1e-6 * self.sizes
+        target = floor + (PUSH - 1.0) * MIN_AREA * self.sizes
         tris, sign = self.triangles, self._sign
         xy = np.array(np.asarray(shape)[:, :2], np.float64)
         bad = sign * signed_areas(xy, tris) < floor
