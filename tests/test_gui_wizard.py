@@ -39,7 +39,7 @@ def test_guidance_from_real_tracking(still_tracker, astronaut_source):
     crop = astronaut_source.crop
     good = framed(crop)
     g = guidance(good, still_tracker.detect_faces(good)[0])
-    assert g.face and g.centred and g.bright and g.ok and "Talk and turn" in g.advice()
+    assert g.face and g.centred and g.bright and g.ok and "Talk, turn your head and move it about" in g.advice()
     aside = framed(crop, at=(384, 112))
     g = guidance(aside, still_tracker.detect_faces(aside)[0])
     assert g.face and not g.centred and "middle" in g.advice()
@@ -57,7 +57,8 @@ def test_wizard_records_adapts_compares_saves_and_the_profiles_menu_switches(mak
     w = make_window(recording_source=lambda: ImageSequenceSource(clip_images, fps=15.0, loop=True))
     w.settings.budget_s = 2.0  # a tiny budget on the lite preset
     wizard = w.open_wizard(record_s=2.5, countdown_s=0.5)
-    assert "talk and turn your head a little" in wizard.intro_page.findChild(type(w.stats_label)).text()
+    intro = wizard.intro_page.findChild(type(w.stats_label)).text()
+    assert "talk, turn your head and move it about a little" in intro
 
     beat = Heartbeat()
     wizard.next()  # record: countdown, then 2.5 s with guidance from real tracking

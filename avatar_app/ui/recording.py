@@ -62,7 +62,7 @@ class Guidance:
             return "Too dark: turn on a light or face a window."
         if not self.centred:
             return "Move so that your face is in the middle of the picture."
-        return "Good. Talk and turn your head a little."
+        return "Good. Talk, turn your head and move it about a little."
 
 
 def guidance(image: np.ndarray, landmarks: Landmarks | None, min_brightness: float = MIN_BRIGHTNESS,

@@ -25,8 +25,8 @@ INTRO = (
     "<p>The avatar app can adapt its model to <b>your</b> face in about half a minute, so that the avatar "
     "looks more like you.</p>"
     "<ol><li><b>Record about {seconds:.0f} seconds</b> of yourself: after a short countdown, look at the camera, "
-    "talk and turn your head a little. The page tells you whether your face is found, centred and lit well "
-    "enough.</li>"
+    "talk, turn your head and move it about a little (the adapted model learns where your head goes). "
+    "The page tells you whether your face is found, centred and lit well enough.</li>"
     "<li><b>Adapt</b>: the model is fine-tuned on your recording for {budget:.0f} seconds, in the background "
     "(you can cancel).</li>"
     "<li><b>Compare</b> before and after on frames the model did not train on, then save the result under a "
@@ -59,7 +59,7 @@ class RecordPage(QWizardPage):
         self.view = ImageView("Opening the camera…")
         self.phase_label = QLabel("")
         self.face_label, self.centre_label, self.light_label = QLabel(), QLabel(), QLabel()
-        self.advice_label = QLabel("Talk and turn your head a little while recording.")
+        self.advice_label = QLabel("Talk, turn your head and move it about a little while recording.")
         self.again_button = QPushButton("Record again")
         self.again_button.clicked.connect(self.record)
         checks = QVBoxLayout()
