@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from avatar_app.train.adapt_cached import FrameCache
@@ -59,3 +60,16 @@ def test_the_later_error_tool_renders_and_scores_as_personalization_does(astrona
         assert masks[k][pts[:, 1], pts[:, 0]].float().mean() > 0.97
     moved = [dict(it, driving_points=it["driving_points"] + torch.tensor([40.0, 0.0, 0.0])) for it in items]
     assert (face_masks(moved) != masks).float().mean() > 0.05  # a mask follows its own frame's landmarks
+
+
+def test_the_coverage_tool_measures_how_far_later_faces_sit_from_the_nearest_recorded_one():
+    """tools/recording_coverage.py (docs/PERSONALIZATION_REAL_FACES.md): each later face's distance to the nearest
+    recorded face, by the points' means, averaged and in face sizes; a later face where the recording went adds 0."""
+    from recording_coverage import coverage_gap
+
+    face = np.random.default_rng(0).normal(size=(478, 3))
+    at = lambda x, y: face + [x, y, 0.0]  # noqa: E731
+    recorded = [at(0, 0), at(1, 0)]
+    assert coverage_gap(recorded, [at(0, 0), at(1, 0)], 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert coverage_gap(recorded, [at(0, 0), at(4, 0)], 2.0) == pytest.approx((0 + 3) / 2 / 2)
+    assert coverage_gap(recorded, [at(0.5, 2)], 1.0) == pytest.approx(np.hypot(0.5, 2))
