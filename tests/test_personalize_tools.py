@@ -73,3 +73,24 @@ def test_the_coverage_tool_measures_how_far_later_faces_sit_from_the_nearest_rec
     assert coverage_gap(recorded, [at(0, 0), at(1, 0)], 1.0) == pytest.approx(0.0, abs=1e-9)
     assert coverage_gap(recorded, [at(0, 0), at(4, 0)], 2.0) == pytest.approx((0 + 3) / 2 / 2)
     assert coverage_gap(recorded, [at(0.5, 2)], 1.0) == pytest.approx(np.hypot(0.5, 2))
+
+
+def test_the_coverage_tool_reads_a_recordings_spread_and_yaw_range():
+    """tools/recording_coverage.py's recording-only figures: the faces' mean distance from their median place, in
+    face sizes, and the 5th-95th percentile range of the head's yaw."""
+    from recording_coverage import spread, yaw_range
+
+    from avatar_app.face.mesh import topology
+
+    face = topology().neutral.astype(np.float64) * 100.0
+    at = lambda x, y: face + [x, y, 0.0]  # noqa: E731
+    assert spread([at(0, 0), at(1, 0), at(2, 0)], 2.0) == pytest.approx((1 + 0 + 1) / 3 / 2)
+    assert spread([at(3, 3)] * 4, 1.0) == pytest.approx(0.0, abs=1e-9)
+
+    def turned(deg):
+        a = np.radians(deg)
+        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        return face @ rot.T
+
+    assert yaw_range([turned(d) for d in np.linspace(-10, 10, 21)]) == pytest.approx(18.0, abs=0.2)
+    assert yaw_range([turned(5.0)] * 5) == pytest.approx(0.0, abs=1e-6)

@@ -6,9 +6,11 @@ valid flags and identity embedding, and the landmarks (by default 1/4 px for x a
 for depth: well below mediapipe's own frame-to-frame jitter; delta-coded along time,
 xz-compressed: about 8 MB for 23k frames; pack.json records the steps).  ``unpack``
 decodes the videos again and writes the same crops (same affine, same code path as
-``avatar-app prepare``), so the GPU machine needs neither mediapipe nor dlib.
+``avatar-app prepare``), so the GPU machine needs neither mediapipe nor dlib.  ``--split val`` packs only the
+validation people's clips (``split_clips``'s rule; the packed manifest lists only those, so name clips explicitly on
+the other side: a split of a split is not the same split).
 
-    python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK [--steps 4 4 1]
+    python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK [--steps 4 4 1] [--split val|train [--val-fraction 0.15]]
     python tools/dataset_pack.py unpack PACK OUT [--workers N]
 """
 
@@ -29,15 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar_app.face.align import CropBox, warp_to_crop  # noqa: E402
 from avatar_app.train.clipio import BASE_SIZE, ClipWriter, size_affine  # noqa: E402
+from avatar_app.train.split import split_clips  # noqa: E402
 from avatar_app.types import NUM_LANDMARKS  # noqa: E402
 
 STEPS = (4.0, 4.0, 1.0)  # quantisation steps per px of x, y, z
 OLD_STEPS = (16.0, 16.0, 4.0)  # packs written before pack.json recorded its steps
 
 
-def pack(prepared: Path, videos: Path, out: Path, steps=STEPS) -> None:
+def pack(prepared: Path, videos: Path, out: Path, steps=STEPS, split: str = "all", val_fraction: float = 0.15) -> None:
     quant = np.asarray(steps, np.float32)
     manifest = json.loads((prepared / "manifest.json").read_text())
+    if split != "all":
+        train, val = split_clips(manifest["clips"], val_fraction)
+        keep = set(val if split == "val" else train)
+        manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in keep]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(exist_ok=True)
     clips, deltas, idents = [], [], []
@@ -55,7 +62,7 @@ def pack(prepared: Path, videos: Path, out: Path, steps=STEPS) -> None:
     stream = np.ascontiguousarray(np.concatenate(deltas).astype(np.int16).transpose(2, 1, 0))
     (out / "landmarks.xz").write_bytes(lzma.compress(stream.tobytes(), preset=6))
     np.save(out / "identity.npy", np.stack(idents))
-    (out / "pack.json").write_text(json.dumps({"manifest": manifest, "clips": clips,
+    (out / "pack.json").write_text(json.dumps({"manifest": manifest, "clips": clips, "split": split,
                                                "frames": int(stream.shape[2]),
                                                "steps": [float(v) for v in quant]}))
     print(f"packed {len(clips)} clips, {stream.shape[2]} frames into {out}")
@@ -112,13 +119,16 @@ def main() -> None:
     a.add_argument("out", type=Path)
     a.add_argument("--steps", type=float, nargs=3, default=STEPS, metavar=("X", "Y", "Z"),
                    help="landmark quantisation steps per pixel (default %(default)s)")
+    a.add_argument("--split", choices=("all", "val", "train"), default="all",
+                   help="only the validation (or training) people's clips")
+    a.add_argument("--val-fraction", type=float, default=0.15)
     b = sub.add_parser("unpack")
     b.add_argument("pack", type=Path)
     b.add_argument("out", type=Path)
     b.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     if args.cmd == "pack":
-        pack(args.prepared, args.videos, args.out, args.steps)
+        pack(args.prepared, args.videos, args.out, args.steps, args.split, args.val_fraction)
     else:
         unpack(args.pack, args.out, args.workers)
 

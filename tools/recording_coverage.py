@@ -5,10 +5,13 @@
 Splits each clip as ``tools/personalize_curve.py`` does (the first ``--record`` seconds, at most half the clip,
 then as long again, ``--later-frames`` of it spread evenly) and prints, per clip, the **gap**: for each later frame
 the distance from its landmarks' mean to the nearest recorded frame's, averaged over the later frames, in face sizes
-(:func:`~avatar_app.face.mesh.face_size` of the recording's rest frame, the portrait the app takes); and how far the
-later frames sit from the rest frame itself.  Personalization's gain on the later segment falls as the gap grows
-(Spearman -0.72 over the 13 validation people for the CPU plan, docs/PERSONALIZATION_REAL_FACES.md).  Default
-clips: the validation people's (``--val-fraction``), as ``personalize_curve`` picks them.
+(:func:`~avatar_app.face.mesh.face_size` of the recording's rest frame, the portrait the app takes); how far the
+later frames sit from the rest frame itself; and what the recording alone shows (what a meter in the wizard could
+read): its **spread** (the recorded faces' mean distance from their median place, face sizes) and the range of its
+head's yaw (5th to 95th percentile, degrees).  Personalization's gain on the later segment falls as the gap grows
+(Spearman -0.72 over the 13 validation people for the CPU plan); the recording's spread and yaw range do not
+follow it (docs/PERSONALIZATION_REAL_FACES.md).  Default clips: the validation people's (``--val-fraction``), as
+``personalize_curve`` picks them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from personalize_curve import segments  # noqa: E402
 
 from avatar_app.face.mesh import face_size  # noqa: E402
-from avatar_app.face.retarget import rest_frame  # noqa: E402
+from avatar_app.face.retarget import portrait_yaw, rest_frame  # noqa: E402
 from avatar_app.train.data import split_clips  # noqa: E402
 from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
@@ -39,6 +42,18 @@ def coverage_gap(recorded: list[np.ndarray], later: list[np.ndarray], size: floa
     return float(np.mean(gaps)) / size
 
 
+def spread(recorded: list[np.ndarray], size: float) -> float:
+    """Mean distance of the ``recorded`` faces' point means from their median, in units of ``size``."""
+    seen = np.array([np.asarray(p)[:, :2].mean(0) for p in recorded])
+    return float(np.linalg.norm(seen - np.median(seen, axis=0), axis=1).mean()) / size
+
+
+def yaw_range(recorded: list[np.ndarray]) -> float:
+    """Degrees between the 5th and 95th percentiles of the ``recorded`` faces' yaw (``(478, 3)`` points each)."""
+    yaws = [portrait_yaw(p) for p in recorded]
+    return float(np.percentile(yaws, 95) - np.percentile(yaws, 5))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="a prepared dataset")
@@ -50,12 +65,12 @@ def main() -> int:
 
     entries = {c["key"]: c for c in read_manifest(args.data)["clips"]}
     keys = args.clips or sorted(split_clips(list(entries.values()), args.val_fraction)[1])
-    print("| clip | recorded | later | gap (face sizes) | later from the rest frame |")
-    print("|---|---:|---:|---:|---:|")
+    print("| clip | recorded | later | gap (face sizes) | later from the rest frame | recording's spread | yaw range |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for key in keys:
         clip, why = load_clip(args.data, entries[key]) if key in entries else (None, "not in the manifest")
         if clip is None:
-            print(f"| {key} | skipped: {why} | | | |")
+            print(f"| {key} | skipped: {why} | | | | | |")
             continue
         record, later = segments(clip, float(entries[key].get("fps") or 25.0), args.record, args.later_frames)
         rec_pts = [np.asarray(clip.landmarks[f]) for f in record]
@@ -63,7 +78,7 @@ def main() -> int:
         rest = rec_pts[rest_frame(rec_pts)]
         size = face_size(rest[:, :2])
         print(f"| {key} | {len(record)} | {len(later)} | {coverage_gap(rec_pts, later_pts, size):.3f} | "
-              f"{coverage_gap([rest], later_pts, size):.2f} |")
+              f"{coverage_gap([rest], later_pts, size):.2f} | {spread(rec_pts, size):.3f} | {yaw_range(rec_pts):.1f} |")
     return 0
 
 
