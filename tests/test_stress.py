@@ -160,7 +160,7 @@ def _rows_512():
     read_back = pytest.mark.xfail(strict=False, reason=(
         "the painting's profile turns at 512: the output read back by mediapipe jumps 0.134 on the H200 against "
         "0.128 + 0.004 (2-core machines: 0.127, passing, and 0.132 against 0.125 + 0.005) while its targets move "
-        "at most 0.109 (docs/MOTION_TRANSITIONS.md §5, §8)"))
+        "at most 0.109 (docs/MOTION_TRANSITIONS.md §5, docs/MOTION_MATRIX.md)"))
     return [pytest.param(p, d, marks=() if (p, d) in quick
                          else (SLOW, read_back) if (p, d) == ("mona_lisa", "profile_turns") else SLOW)
             for p in ("astronaut", "grace_hopper", "mona_lisa") for d in DRIVERS]
