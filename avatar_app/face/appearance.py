@@ -80,7 +80,7 @@ class Look:
 
 
 @lru_cache(maxsize=1)
-def _skin_points() -> np.ndarray:
+def skin_points() -> np.ndarray:
     """Mesh points on skin: vertices of skin triangles only, off the outline and its next ring
     (those can be hair or background on a turned head), not on the lips, eyes or brows."""
     topo = topology()
@@ -146,7 +146,7 @@ def face_look(image: np.ndarray, points: np.ndarray) -> Look:
     layout_ok = (inside[:-1, :-1] & inside[1:, :-1] & inside[:-1, 1:] & inside[1:, 1:]).ravel()
     layout = cv2.resize(lab[..., 0], (GRID, GRID), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     # the skin points in patch px (image -> patch: the inverse affine)
-    skin = pts[_skin_points(), :2]
+    skin = pts[skin_points(), :2]
     to_patch = cv2.invertAffineTransform(to_image).astype(np.float32)
     uv = np.rint(skin @ to_patch[:, :2].T + to_patch[:, 2]).astype(np.int64)
     np.clip(uv, 0, side - 1, out=uv)

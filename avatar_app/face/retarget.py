@@ -82,6 +82,9 @@ class RetargetOptions:
         limits: the ranges the animator draws cleanly: :data:`MOTION_LIMITS` (the analytic flow's)
             by default; the pipeline and the offline render set the animator's own
             (``runtime.animator.retarget_options``: the neural animator's are :data:`NEURAL_MOTION_LIMITS`).
+        brow_follow: ``(right, left)``, how much of the driver's brow motion each brow of the portrait shows
+            (:func:`~avatar_app.face.brows.brow_follow`: a brow under a fringe, 0, does not move the hair over
+            it); ``runtime.animator.retarget_options`` sets the portrait's.
         rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
             the first face, a re-anchor on a new face), expressions are measured from the
             per-point median of the driver's first ``rest_frames`` faces, head motion undone,
@@ -100,12 +103,15 @@ class RetargetOptions:
     motion_limits: bool = True
     rest_frames: int = 60
     limits: MotionLimits = MOTION_LIMITS
+    brow_follow: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "absolute"):
             raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
         if self.rest_frames < 0:
             raise ValueError(f"rest_frames must be 0 (off) or a number of frames, not {self.rest_frames}")
+        if len(self.brow_follow) != 2 or not all(0.0 <= f <= 1.0 for f in self.brow_follow):
+            raise ValueError(f"brow_follow must be two shares from 0 to 1 (right, left), not {self.brow_follow}")
 
 
 REST_STEP = 0.02  # the most the settling rest moves a point in one frame, in inter-ocular distances
@@ -309,6 +315,10 @@ class Retargeter:
 
         s_ns, r_ns, t_ns = self._to_source
         expr_src = s_ns * expr @ r_ns.T * opt.expression_scale
+        if opt.brow_follow != (1.0, 1.0):  # a brow under a fringe moves the hair over it less, or not at all
+            topo = topology()
+            for brow, share in zip((topo.right_brow, topo.left_brow), opt.brow_follow):
+                expr_src[brow] *= share
         if opt.mode == "absolute":
             base = s_ns * self._rest @ r_ns.T + t_ns  # the driver's own face: rest + (face - rest)
             shape = base + expr_src

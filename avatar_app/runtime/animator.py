@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..face.brows import portrait_brow_follow
 from ..face.mesh import MouthFill, topology
 from ..face.retarget import MOTION_LIMITS, RetargetOptions
 from ..models.eye_lids import closed_lid_lift
@@ -27,8 +28,14 @@ def retarget_options(animator, options: RetargetOptions | None = None) -> Retarg
     cleanly; :data:`~avatar_app.face.retarget.MOTION_LIMITS` for one that does not say).  Every path that
     pairs a retargeter with an animator (live, render, the stress runs, the cross-identity evaluation)
     takes its options from here, so the same animator gets the same head motion everywhere: ``options.limits``
-    is replaced, whatever it was (other limits are the animator's to say)."""
-    return dataclasses.replace(options or RetargetOptions(), limits=getattr(animator, "motion_limits", MOTION_LIMITS))
+    is replaced, whatever it was (other limits are the animator's to say), and so is ``options.brow_follow``, the
+    animator's portrait's (:func:`~avatar_app.face.brows.portrait_brow_follow`: a brow under a fringe holds still)."""
+    limits = getattr(animator, "motion_limits", MOTION_LIMITS)
+    options = dataclasses.replace(options or RetargetOptions(), limits=limits)
+    source = getattr(animator, "source", None)
+    if isinstance(source, SourcePortrait):
+        options = dataclasses.replace(options, brow_follow=portrait_brow_follow(source))
+    return options
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..capture.base import FrameSource
+from ..face.brows import portrait_brow_follow
 from ..face.retarget import Retargeter, RetargetOptions
 from ..face.tracker import FaceTracker
 from ..sinks.base import Sink
@@ -179,7 +180,9 @@ class Pipeline:
         with self._animate_lock:
             with self._lock:
                 self.portrait = portrait
+                self._options = dataclasses.replace(self._options, brow_follow=portrait_brow_follow(portrait))
                 self._retarget = self._retarget.onto(portrait.landmarks)
+                self._retarget.options = self._options
                 self._driver_guard.retarget = self._retarget
                 self._driver_guard.reset()
             if model is not None:
