@@ -75,6 +75,7 @@ def test_every_path_that_pairs_a_retargeter_with_an_animator_takes_the_portraits
     assert fringed.extras["brow_follow"] == (0.0, 1.0) and portrait_brow_follow(fringed) == (0.0, 1.0)
     with pytest.raises(ValueError, match="brow_follow"):
         RetargetOptions(brow_follow=(1.5, 1.0))
+    assert RetargetOptions(brow_follow=np.array([0.5, 1.0])).brow_follow == (0.5, 1.0)  # a tuple, whatever came
 
 
 def test_a_pipeline_that_changes_portrait_takes_the_new_portraits_brows(hopper_source):

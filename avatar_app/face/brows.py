@@ -24,7 +24,7 @@ import numpy as np
 
 from ..types import SourcePortrait
 from .appearance import skin_points
-from .mesh import eye_centers, topology
+from .mesh import LEFT_BROW_UPPER, RIGHT_BROW_UPPER, eye_centers, topology
 
 ABOVE = 0.15  # how far above the brow's upper row the portrait is looked at, in brow-to-eye distances
 RADIUS = 0.05  # the box looked at there: half its side, in brow-to-eye distances
@@ -72,15 +72,14 @@ def brow_follow(crop: np.ndarray, points: np.ndarray) -> tuple[float, float]:
         return 1.0, 1.0
     skin = float(np.nanmedian(cheeks))
     out = []
-    for brow, eye in ((topo.right_brow, right_eye), (topo.left_brow, left_eye)):
+    for brow, row, eye in ((topo.right_brow, RIGHT_BROW_UPPER, right_eye), (topo.left_brow, LEFT_BROW_UPPER, left_eye)):
         b = pts[brow]
         centre = b.mean(0)
         reach = float(np.linalg.norm(centre - eye))  # the brow's distance from its eye
         along = np.linalg.svd(b - centre)[2][0]  # the brow's own direction
         up = np.array([-along[1], along[0]])
         up = up if up @ (centre - eye) > 0 else -up  # across the brow, away from the eye
-        top = b[(b - centre) @ up > 0]  # its upper row
-        above = _lightness(lab, top + ABOVE * reach * up, max(1, round(RADIUS * reach)))
+        above = _lightness(lab, pts[list(row)] + ABOVE * reach * up, max(1, round(RADIUS * reach)))
         darker = skin - above
         hair = np.clip((darker - HAIR_DARKER[0]) / (HAIR_DARKER[1] - HAIR_DARKER[0]), 0.0, 1.0)
         covered = float(np.nanmean(hair)) if not np.isnan(hair).all() else 0.0

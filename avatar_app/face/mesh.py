@@ -100,6 +100,11 @@ FOREHEAD_TOP = 10
 NOSE_BRIDGE = 6  # on the midline, just below the eye line
 UPPER_LIP_CENTER_INNER = 13
 LOWER_LIP_CENTER_INNER = 14
+# the brows' two rows (mediapipe indices, outer end to inner; the topology file holds each brow as a set)
+RIGHT_BROW_LOWER = (46, 53, 52, 65, 55)
+RIGHT_BROW_UPPER = (70, 63, 105, 66, 107)
+LEFT_BROW_LOWER = (276, 283, 282, 295, 285)
+LEFT_BROW_UPPER = (300, 293, 334, 296, 336)
 
 
 EYE_CURVES = ("upper", "lower", "ring_up", "ring_low")

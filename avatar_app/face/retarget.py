@@ -84,7 +84,8 @@ class RetargetOptions:
             (``runtime.animator.retarget_options``: the neural animator's are :data:`NEURAL_MOTION_LIMITS`).
         brow_follow: ``(right, left)``, how much of the driver's brow motion each brow of the portrait shows
             (:func:`~avatar_app.face.brows.brow_follow`: a brow under a fringe, 0, does not move the hair over
-            it); ``runtime.animator.retarget_options`` sets the portrait's.
+            it: in ``relative`` mode it stays where the portrait has it, in ``absolute`` at the driver's rest
+            shape); ``runtime.animator.retarget_options`` sets the portrait's.
         rest_frames: after a calibration the app made by itself (``calibrate(..., settle=True)``:
             the first face, a re-anchor on a new face), expressions are measured from the
             per-point median of the driver's first ``rest_frames`` faces, head motion undone,
@@ -110,8 +111,10 @@ class RetargetOptions:
             raise ValueError(f"retarget mode must be 'relative' or 'absolute', not {self.mode!r}")
         if self.rest_frames < 0:
             raise ValueError(f"rest_frames must be 0 (off) or a number of frames, not {self.rest_frames}")
-        if len(self.brow_follow) != 2 or not all(0.0 <= f <= 1.0 for f in self.brow_follow):
+        follow = tuple(float(f) for f in self.brow_follow)
+        if len(follow) != 2 or not all(0.0 <= f <= 1.0 for f in follow):
             raise ValueError(f"brow_follow must be two shares from 0 to 1 (right, left), not {self.brow_follow}")
+        self.brow_follow = follow
 
 
 REST_STEP = 0.02  # the most the settling rest moves a point in one frame, in inter-ocular distances

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..face.mesh import topology
+from ..face.mesh import LEFT_BROW_LOWER, LEFT_BROW_UPPER, RIGHT_BROW_LOWER, RIGHT_BROW_UPPER, topology
 from ..types import NUM_LANDMARKS
 
 COND_CHANNELS = 6
@@ -49,10 +49,6 @@ _MESH_GREY = 64
 _GAP_SHUT, _GAP_OPEN = 0.4, 1.0  # lid gap in iris radii: gaze blob fades in between
 
 # mediapipe indices not in the topology file as ordered paths
-_RIGHT_BROW_LOWER = (46, 53, 52, 65, 55)
-_RIGHT_BROW_UPPER = (70, 63, 105, 66, 107)
-_LEFT_BROW_LOWER = (276, 283, 282, 295, 285)
-_LEFT_BROW_UPPER = (300, 293, 334, 296, 336)
 _NOSE_BRIDGE = (168, 6, 197, 195, 5, 4, 1)
 _NOSE_BASE = (98, 97, 2, 326, 327)
 
@@ -111,8 +107,8 @@ def _chain_edges(edges: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, int], 
 @lru_cache(maxsize=1)
 def _plan() -> _Plan:
     topo = topology()
-    for path, brow in ((_RIGHT_BROW_LOWER + _RIGHT_BROW_UPPER, topo.right_brow),
-                       (_LEFT_BROW_LOWER + _LEFT_BROW_UPPER, topo.left_brow)):
+    for path, brow in ((RIGHT_BROW_LOWER + RIGHT_BROW_UPPER, topo.right_brow),
+                       (LEFT_BROW_LOWER + LEFT_BROW_UPPER, topo.left_brow)):
         assert set(path) == {int(i) for i in brow}, "brow indices disagree with the mesh data"
 
     def idx(seq) -> np.ndarray:
@@ -123,8 +119,8 @@ def _plan() -> _Plan:
 
     parts = (
         _Part((255, 255, 255), (idx(topo.face_oval),), True),
-        _Part((255, 160, 0), (brow(_RIGHT_BROW_LOWER, _RIGHT_BROW_UPPER),), True),
-        _Part((160, 255, 0), (brow(_LEFT_BROW_LOWER, _LEFT_BROW_UPPER),), True),
+        _Part((255, 160, 0), (brow(RIGHT_BROW_LOWER, RIGHT_BROW_UPPER),), True),
+        _Part((160, 255, 0), (brow(LEFT_BROW_LOWER, LEFT_BROW_UPPER),), True),
         _Part((0, 0, 255), (idx(_NOSE_BRIDGE), idx(_NOSE_BASE)), False),
         _Part((255, 0, 0), (idx(topo.lips_outer),), True),
         _Part((255, 0, 255), (idx(topo.lips_inner),), True),

@@ -177,10 +177,11 @@ class Pipeline:
         """Animate another portrait (same crop size); the driver's neutral is kept.  With
         ``model``, the animator also runs those weights (its ``set_model``: a profile's
         personalized model swapped into the running networks)."""
+        brows = portrait_brow_follow(portrait)  # (a few ms: not while the tracking thread waits for the lock)
         with self._animate_lock:
             with self._lock:
                 self.portrait = portrait
-                self._options = dataclasses.replace(self._options, brow_follow=portrait_brow_follow(portrait))
+                self._options = dataclasses.replace(self._options, brow_follow=brows)
                 self._retarget = self._retarget.onto(portrait.landmarks)
                 self._retarget.options = self._options
                 self._driver_guard.retarget = self._retarget
