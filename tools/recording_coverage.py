@@ -34,17 +34,22 @@ from avatar_app.train.eval_clips import load_clip  # noqa: E402
 from avatar_app.train.manifest import read_manifest  # noqa: E402
 
 
+def _centres(faces: list[np.ndarray]) -> np.ndarray:
+    """``(F, 2)``: each face's points' mean (``(N, 2|3)`` points each), in the image plane."""
+    return np.array([np.asarray(p)[:, :2].mean(0) for p in faces])
+
+
 def coverage_gap(recorded: list[np.ndarray], later: list[np.ndarray], size: float) -> float:
     """Mean over ``later`` faces (``(N, 2|3)`` points each) of the distance from its points' mean to the nearest
     ``recorded`` face's, in units of ``size``."""
-    seen = np.array([np.asarray(p)[:, :2].mean(0) for p in recorded])
-    gaps = [np.linalg.norm(seen - np.asarray(p)[:, :2].mean(0), axis=1).min() for p in later]
+    seen = _centres(recorded)
+    gaps = [np.linalg.norm(seen - c, axis=1).min() for c in _centres(later)]
     return float(np.mean(gaps)) / size
 
 
 def spread(recorded: list[np.ndarray], size: float) -> float:
     """Mean distance of the ``recorded`` faces' point means from their median, in units of ``size``."""
-    seen = np.array([np.asarray(p)[:, :2].mean(0) for p in recorded])
+    seen = _centres(recorded)
     return float(np.linalg.norm(seen - np.median(seen, axis=0), axis=1).mean()) / size
 
 

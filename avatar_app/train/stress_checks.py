@@ -147,12 +147,11 @@ def rendered_jump(segments: Sequence[Sequence[Landmarks]], source, tracker: Face
     its own (calibrated on the segment's first frame, default retargeting, nothing between
     the retargeter and the animator): the driver's natural motion as the avatar shows it,
     measured by re-detection like the output, so both carry the detector's own noise."""
-    from ..face.brows import portrait_brow_follow
-    from ..face.retarget import Retargeter, RetargetOptions
-    from ..runtime.animator import GeometricAnimator
+    from ..face.retarget import Retargeter
+    from ..runtime.animator import GeometricAnimator, retarget_options
 
     animator = GeometricAnimator(source)
-    options = RetargetOptions(brow_follow=portrait_brow_follow(source))  # a brow under a fringe holds, as in the output
+    options = retarget_options(animator)  # as the output's: the analytic flow's limits, a brow under a fringe held
     worst = 0.0
     for seg in segments:
         rt = Retargeter(source.landmarks, options)
