@@ -63,8 +63,9 @@ def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, pl
     model, ident = _trained_like(), np.linspace(-1, 1, 128).astype(np.float32)
     frames = [3, 7, 11]
     cache = FrameCache(model, clip, frames, ident, PLANS[plan].start, chunk=2)
-    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False, w_warped=0.5), None,
-                      train_set=[], model=model)  # w_warped: the warped source's L1 too (the CPU default's loss)
+    w_warped = PLANS["warp+decoder"].w_warped  # the warped source's L1 too, at the CPU default's weight
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False, w_warped=w_warped),
+                      None, train_set=[], model=model)
     items = FrameFlowInputs(FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
     batch = torch.utils.data.default_collate([items[k] for k in range(3)])
     model.eval()

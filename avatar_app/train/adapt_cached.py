@@ -111,7 +111,8 @@ class Plan:
     ``w_warped``: weight of the warped source's pyramid L1 in the loss (the trainer's ``w_warped``), so the
     warp network keeps doing the moving; ``w_ssim``: weight of multi-scale SSIM (the trainer's ``w_ssim``);
     ``frozen``: parts of parameter names the plan leaves as they are, although ``params`` would adapt them
-    (cached plans: an ``"all"`` plan's optimiser takes every weight, so it refuses a ``frozen``).
+    (cached plans: an ``"all"`` plan's optimiser takes every weight, so it refuses a ``frozen``); ``decode``: ``False``
+    scores the warped source alone (its pyramid L1), so the decoder never runs (a ``"warp"`` plan's only).
     """
 
     name: str
@@ -124,21 +125,31 @@ class Plan:
     w_warped: float = 0.0
     w_ssim: float = 0.0
     frozen: tuple[str, ...] = ()
+    decode: bool = True
 
     def __post_init__(self) -> None:
         if self.params == "all" and self.frozen:
             raise ValueError(f"plan {self.name!r} adapts every weight (params 'all'); frozen applies to cached plans")
+        if not self.decode and (self.params != "warp" or self.start != -1):
+            raise ValueError(f"plan {self.name!r}: only a 'warp' plan from the analytic flow (start -1) can leave "
+                             "the decoder out (decode False)")
 
 
 PLANS = {
-    # batch 2 at 6e-4, decaying, the warped source's L1 at the lite training's 0.5: the most later-segment gain per
-    # CPU second of those measured (docs/PERSONALIZATION_ROUNDS.md).  The decoder's SPADE branch (the condition
+    # batch 2 at 6e-4, decaying: the most later-segment gain per CPU second of those measured
+    # (docs/PERSONALIZATION_ROUNDS.md); the warped source's L1 at 16 (the lite training's 0.5 before), so the warp
+    # network learns mostly from where the source lands: ahead on 14 of 17 training people and 11 of 13 validation
+    # people, +0.23 dB on average (docs/PERSONALIZATION_WARP_LOSS.md).  The decoder's SPADE branch (the condition
     # encoder and the per-pixel scale and shift it makes from the landmark image) stays as it is: not adapting it
     # makes a step 12-21 % cheaper (its convolutions at 128 px need no backward) and gained as much per step
     # (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left as it is*)
-    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True, w_warped=0.5,
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True, w_warped=16.0,
                          frozen=(".shared.", ".spade.")),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
+    # the warp network alone, scored on the warped source only: no decoder forward or backward, so a 2-core step
+    # of 4 frames costs about what warp+decoder's of 2 does; not auto's: it loses 1.7 dB on one validation person
+    # of 13 (docs/PERSONALIZATION_WARP_LOSS.md)
+    "warp-alone": Plan("warp-alone", -1, "warp", 3e-4, warp_lr_scale=1.0, decay=True, decode=False),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),
     "head": Plan("head", 3, "decoder", 1e-3),
@@ -317,7 +328,8 @@ def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, b
             cosine_rates(opt, rates, done, horizon)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
-            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist())
+            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist(),
+                               plan.decode)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -363,10 +375,17 @@ def _expand(src, n: int):
     return SourceCode(rep(src.image), rep(src.cond), rep(src.identity), rep(src.code), [rep(f) for f in src.features])
 
 
-def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[int]) -> torch.Tensor:
+def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[int],
+                decode: bool = True) -> torch.Tensor:
     """Personalization's loss (the trainer's image losses, and its warped-source L1 where ``w_warped`` is set) of
-    the adapted stages on cached frames."""
+    the adapted stages on cached frames; ``decode=False`` (a cache from the analytic flow): the warped source's
+    pyramid L1 alone, the decoder not run."""
     b = cache.batch(picks)
+    if not decode:
+        if cache.start >= 0:
+            raise ValueError("a loss without the decoder needs a cache from the analytic flow (start -1)")
+        out = model.warp_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
+        return pyramid_l1(out["warped"], b["driving"])
     if cache.start < 0:
         out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
         image, warped = out["image"], out["warped"]

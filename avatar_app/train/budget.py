@@ -23,25 +23,24 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 
 # Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
-# Sources: docs/PERSONALIZATION_ROUNDS.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 0.5 — from the
-# lite-real of 2026-12-01 with its blend-mask offset, *fifth round*: the points of one 112-step run
-# per person, what 30 s bought on two idle cores, whose rate decayed over all 112; a shorter budget decays sooner,
-# not measured apart) and
+# Sources: docs/PERSONALIZATION_WARP_LOSS.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 16 — from
+# the shipped lite-real and the recording's rest frame, 2026-12-05: three timed 30 s runs per clip on two idle cores,
+# 125-135 steps; 10-90 read off the runs' curves, the last point the runs' ends) and
 # docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # shipped full-real's curves from the recording's rest frame, 2026-12-04, one 10 s run per person, interpolated at these
 # steps; from the first frame they were 1.01-1.15 / 1.30-1.41 / 1.55-1.92 / 1.69-2.30 / 1.68-2.07).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares, from the recording's *rest frame* as the portrait (what
-# the app takes since 2026-12-04): docs/PERSONALIZATION_PLATEAU.md, *Timed from the rest frame*: three timed 30 s runs
-# per clip on two idle cores, 112-133 steps; 10-90 read off the runs' curves (part-way points of a run whose rate
-# decays over all of it overstate what a budget ending there buys), the last point the runs' ends.  Fewer steps
-# than the first point: nothing is promised.  (From the first frame, before: +1.47-1.65 at 77-112 steps.)
+# the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16: three timed 30 s runs per clip
+# on two idle cores, 131-142 steps; 10-90 read off the runs' curves (part-way points of a run whose rate decays over
+# all of it overstate what a budget ending there buys), the last point the runs' ends.  Fewer steps than the first
+# point: nothing is promised.  (At 0.5, before: +0.89-1.20 after 112-133 steps, PERSONALIZATION_PLATEAU.md.)
 # Between points: linear, which understates.
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (28, 0.80, 0.99), (56, 1.13, 1.34), (84, 1.17, 1.46),
-                               (112, 1.20, 1.45)],
-    ("lite", "warp+decoder", "meta"): [(10, 0.37, 0.50), (30, 0.71, 0.78), (60, 0.84, 1.15), (90, 0.89, 1.20),
-                                       (112, 0.89, 1.20)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.09, 0.49), (30, 0.25, 1.04), (60, 0.47, 1.23), (90, 0.68, 1.33),
+                               (125, 0.74, 1.33)],
+    ("lite", "warp+decoder", "meta"): [(10, 0.26, 0.48), (30, 0.62, 1.01), (60, 0.92, 1.24), (90, 0.90, 1.38),
+                                       (131, 0.94, 1.37)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 0.82, 1.16), (50, 0.99, 1.23), (100, 1.46, 1.65), (150, 1.78, 1.93),
                        (220, 1.84, 2.23)],
 }
