@@ -12,7 +12,7 @@ frame through the model (the cached inputs are the app's, exactly; tests/test_pe
 
 Its ``base`` is the plan of the third round (docs/PERSONALIZATION_ROUNDS.md), which the tables there measured: the
 plan as it ships since adapts without the SPADE branch (``frozen``) and weighs the warped source's L1 (``w_warped``
-0.5, the variant ``wrp``), and the app animates the recording's rest frame, where this tool animates its first.
+0.5, the variant ``wrp``; 16 since 2026-12-05, docs/PERSONALIZATION_WARP_LOSS.md), and the app animates the recording's rest frame, where this tool animates its first.
 For the plan as it ships, use ``tools/personalize_curve.py`` (``--variant`` changes its fields; ``--reference``).
 """
 

@@ -77,7 +77,10 @@ def plan_variant(name: str, spec: str) -> Plan:
                    "tuple[str, ...]": lambda v: tuple(filter(None, v.split("+")))}  # frozen=.spade.+.shared. (or none)
         values[key] = convert[str(kinds[key])](value)
     plans = FULL_PLANS if base in FULL_PLANS else PLANS
-    return replace(plans[base], name=name, **values)
+    try:
+        return replace(plans[base], name=name, **values)
+    except ValueError as e:  # a combination Plan refuses (decode=0 on a plan that decodes, ...)
+        raise SystemExit(f"--variant {name}: {e}") from None
 
 
 def main() -> int:

@@ -147,8 +147,8 @@ PLANS = {
                          frozen=(".shared.", ".spade.")),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     # the warp network alone, scored on the warped source only: no decoder forward or backward, so a 2-core step
-    # of 4 frames costs about what warp+decoder's of 2 does; not auto's: it loses 1.7 dB on one validation person
-    # of 13 (docs/PERSONALIZATION_WARP_LOSS.md)
+    # of 4 frames costs about half of warp+decoder's of 2; not auto's: two validation people of 13 lose 1.1-1.7 dB
+    # (docs/PERSONALIZATION_WARP_LOSS.md)
     "warp-alone": Plan("warp-alone", -1, "warp", 3e-4, warp_lr_scale=1.0, decay=True, decode=False),
     "decoder": Plan("decoder", 0, "decoder", 3e-4),
     "late": Plan("late", 2, "decoder", 5e-4),

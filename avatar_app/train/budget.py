@@ -34,7 +34,8 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 # the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16: three timed 30 s runs per clip
 # on two idle cores, 131-142 steps; 10-90 read off the runs' curves (part-way points of a run whose rate decays over
 # all of it overstate what a budget ending there buys), the last point the runs' ends.  Fewer steps than the first
-# point: nothing is promised.  (At 0.5, before: +0.89-1.20 after 112-133 steps, PERSONALIZATION_PLATEAU.md.)
+# point: nothing is promised.  (At 0.5, before: +0.89-1.20 after 112-133 steps in the twenty-third session's runs,
+# PERSONALIZATION_PLATEAU.md; +0.79-1.21 in the thirty-third's, beside these.)
 # Between points: linear, which understates.
 MEASURED_GAIN = {
     ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.09, 0.49), (30, 0.25, 1.04), (60, 0.47, 1.23), (90, 0.68, 1.33),

@@ -63,9 +63,9 @@ class MetaTrainer(Trainer):
                                      f"{', '.join(sorted(FULL_PLANS) + sorted(PLANS))} (or \"\" for every warp and "
                                      f"generator weight on pairs of a person's clips).")
             cfg = plan_config(cfg, self.plan)
-            log.info("inner loop: plan %s (batch %d, lr %g, warp x%g, w_warped %g, w_ssim %g, decay %s)",
+            log.info("inner loop: plan %s (batch %d, lr %g, warp x%g, w_warped %g, w_ssim %g, decay %s, decoder %s)",
                      self.plan.name, cfg.batch_size, cfg.inner_lr, cfg.warp_lr_scale, cfg.w_warped, cfg.w_ssim,
-                     self.plan.decay)
+                     self.plan.decay, "in the loss" if self.plan.decode else "left out")
         super().__init__(cfg, run_dir, train_set=train_set, val_set=val_set, data=data, device=device)
         if self.plan is not None:
             from .meta_tasks import RecordingTasks

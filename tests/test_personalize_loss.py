@@ -1,0 +1,83 @@
+"""Personalization's cached loss (issue 14): the trainer's own loss on the same pairs, computed once; and the warp
+network adapted alone, the decoder left out of the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_app.train.adapt_cached import PLANS, FrameCache, FramePairs, Plan, cached_loss, cached_steps
+from avatar_app.train.config import TrainConfig
+from avatar_app.train.inputs import FrameFlowInputs
+from avatar_app.train.trainer import Trainer
+
+from test_meta import _cast_clip
+from test_personalize_fast import _trained_like
+
+torch.set_num_threads(1)
+
+
+def _pairs(clip, model, ident, frames: list[int], start: int, w_warped: float):
+    """A cache of ``frames`` from ``start``, a trainer with that warped-source weight, and the same (reference,
+    frame) pairs as the trainer's batch."""
+    cache = FrameCache(model, clip, frames, ident, start, chunk=2)
+    trainer = Trainer(TrainConfig(stage="meta", batch_size=3, num_workers=0, w_gan=0.0, amp=False, w_warped=w_warped),
+                      None, train_set=[], model=model)
+    items = FrameFlowInputs(FramePairs(clip, frames + [0], ident, pairs=[(0, f) for f in frames]))
+    return cache, trainer, torch.utils.data.default_collate([items[k] for k in range(len(frames))])
+
+
+@pytest.mark.parametrize("w_warped", [0.0, PLANS["warp+decoder"].w_warped])  # the image losses alone; the CPU plan's
+@pytest.mark.parametrize("plan", sorted(PLANS))
+def test_cached_loss_is_the_trainers_loss_on_the_same_pairs(astronaut_source, plan, w_warped):
+    """What the cache holds, run through the adapted stages, gives exactly the loss the trainer computes
+    from scratch on the same (reference, frame) pairs: nothing is lost by computing it once.  A plan that leaves
+    the decoder out: exactly the trainer's warped-source term, unweighted."""
+    model, ident = _trained_like(), np.linspace(-1, 1, 128).astype(np.float32)
+    decode = PLANS[plan].decode
+    weight = w_warped if decode else (w_warped or 1.0)  # without the decoder: the trainer's warped term to compare
+    cache, trainer, batch = _pairs(_cast_clip(astronaut_source), model, ident, [3, 7, 11], PLANS[plan].start, weight)
+    model.eval()
+    with torch.no_grad():
+        want, parts = trainer.compute_losses(batch, model=model)
+        got = cached_loss(trainer, model, cache, [0, 1, 2], decode)
+    if not decode:
+        want = parts["warped"] / trainer.cfg.w_warped
+    assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert cache.size == 3 and cache.nbytes() > 0
+
+
+def test_the_loss_without_the_decoder_differs_from_the_whole(astronaut_source):
+    model = _trained_like()
+    cache, trainer, _ = _pairs(_cast_clip(astronaut_source), model, np.zeros(128, np.float32), [3, 7, 11], -1, 0.5)
+    model.eval()
+    with torch.no_grad():
+        whole, alone = (cached_loss(trainer, model, cache, [0, 1, 2], decode) for decode in (True, False))
+    assert alone.item() > 0 and abs(whole.item() - alone.item()) > 1e-3
+
+
+def test_a_warp_alone_step_never_runs_the_decoder_and_moves_only_the_warp_network(astronaut_source):
+    model = _trained_like()
+    cache = FrameCache(model, _cast_clip(astronaut_source), [3, 7, 11], np.zeros(128, np.float32), -1, chunk=2)
+    trainer = Trainer(TrainConfig(stage="meta", num_workers=0, w_gan=0.0, amp=False), None, train_set=[], model=model)
+    plan = PLANS["warp-alone"]
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in model.generator.modules()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step, adapted = cached_steps(trainer, model, cache, plan, plan.batch_size, 1e-2, seed=0)
+    try:
+        losses = [step(k, 6) for k in range(6)]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not calls, "the decoder ran"
+    assert changed and changed <= set(adapted) and all(n.startswith("warp.") for n in adapted)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("params,start", [("decoder", -1), ("warp", 0), ("modulation", 0)])
+def test_only_a_warp_plan_from_the_analytic_flow_can_leave_the_decoder_out(params, start):
+    with pytest.raises(ValueError, match="decode False"):
+        Plan("p", start, params, 1e-3, decode=False)
