@@ -56,3 +56,9 @@ def test_a_validation_pack_holds_the_validation_people_only_and_unpacks_to_the_s
     pack(prepared / "prepared", prepared / "src", prepared / "pk_all")
     whole = json.loads((prepared / "pk_all" / "pack.json").read_text())
     assert len(whole["clips"]) == len(manifest["clips"]) and whole["split"] == "all"
+    pack(prepared / "prepared", prepared / "src", prepared / "pk_one", keys=train[:1])
+    one = json.loads((prepared / "pk_one" / "pack.json").read_text())["manifest"]["clips"]
+    assert [c["key"] for c in one] == train[:1]
+    with pytest.raises(SystemExit, match="not among"):  # a training clip asked of the validation side
+        pack(prepared / "prepared", prepared / "src", prepared / "pk_bad", split="val", val_fraction=0.34,
+             keys=train[:1])

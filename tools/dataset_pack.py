@@ -11,6 +11,7 @@ validation people's clips (``split_clips``'s rule; the packed manifest lists onl
 the other side: a split of a split is not the same split).
 
     python tools/dataset_pack.py pack PREPARED SRC_VIDEOS PACK [--steps 4 4 1] [--split val|train [--val-fraction 0.15]]
+        [--clips KEY ...]
     python tools/dataset_pack.py unpack PACK OUT [--workers N]
 """
 
@@ -38,13 +39,20 @@ STEPS = (4.0, 4.0, 1.0)  # quantisation steps per px of x, y, z
 OLD_STEPS = (16.0, 16.0, 4.0)  # packs written before pack.json recorded its steps
 
 
-def pack(prepared: Path, videos: Path, out: Path, steps=STEPS, split: str = "all", val_fraction: float = 0.15) -> None:
+def pack(prepared: Path, videos: Path, out: Path, steps=STEPS, split: str = "all", val_fraction: float = 0.15,
+         keys: list[str] | None = None) -> None:
+    """``keys``: only those clips (of the split's side), each of which must be there."""
     quant = np.asarray(steps, np.float32)
     manifest = json.loads((prepared / "manifest.json").read_text())
     if split != "all":
         train, val = split_clips(manifest["clips"], val_fraction)
         keep = set(val if split == "val" else train)
         manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in keep]}
+    if keys:
+        missing = sorted(set(keys) - {c["key"] for c in manifest["clips"]})
+        if missing:
+            raise SystemExit(f"not among {prepared}'s {split} clips: {' '.join(missing)}")
+        manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in set(keys)]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(exist_ok=True)
     clips, deltas, idents = [], [], []
@@ -122,13 +130,14 @@ def main() -> None:
     a.add_argument("--split", choices=("all", "val", "train"), default="all",
                    help="only the validation (or training) people's clips")
     a.add_argument("--val-fraction", type=float, default=0.15)
+    a.add_argument("--clips", nargs="+", metavar="KEY", help="only these clips (keys of the prepared manifest)")
     b = sub.add_parser("unpack")
     b.add_argument("pack", type=Path)
     b.add_argument("out", type=Path)
     b.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     if args.cmd == "pack":
-        pack(args.prepared, args.videos, args.out, args.steps, args.split, args.val_fraction)
+        pack(args.prepared, args.videos, args.out, args.steps, args.split, args.val_fraction, args.clips)
     else:
         unpack(args.pack, args.out, args.workers)
 

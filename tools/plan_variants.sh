@@ -22,22 +22,9 @@ yoyo-nb__Thin-Plate-Spline-Motion-Model__driving filby89__spectre__W040_level_3_
 case ${1:?pack, run or table} in
     pack)
         prepared=${2:?prepared dataset} out=${3:?pack folder}; shift 3
-        keys=${*:-$TRAIN17}
-        tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-        mkdir "$tmp/clips"
-        python3 - "$prepared" "$tmp" $keys <<'PY'
-import json, os, sys
-prepared, tmp, keys = sys.argv[1], sys.argv[2], sys.argv[3:]
-manifest = json.load(open(os.path.join(prepared, "manifest.json")))
-missing = set(keys) - {c["key"] for c in manifest["clips"]}
-if missing:
-    sys.exit(f"not in {prepared}: {' '.join(sorted(missing))}")
-manifest["clips"] = [c for c in manifest["clips"] if c["key"] in keys]
-json.dump(manifest, open(os.path.join(tmp, "manifest.json"), "w"))
-for k in keys:
-    os.symlink(os.path.abspath(os.path.join(prepared, "clips", k)), os.path.join(tmp, "clips", k))
-PY
-        python3 tools/dataset_pack.py pack "$tmp" "${VIDEOS:-../shared/data/real_clips}" "$out" --split all ;;
+        # shellcheck disable=SC2086  # the default list splits on whitespace
+        python3 tools/dataset_pack.py pack "$prepared" "${VIDEOS:-../shared/data/real_clips}" "$out" \
+            --clips ${*:-$TRAIN17} ;;
     run)
         pack=${2:?pack folder} out=${3:?output folder}
         data=${DATA:-/tmp/plan_variants_data}
