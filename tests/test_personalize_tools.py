@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -94,3 +95,23 @@ def test_the_coverage_tool_reads_a_recordings_spread_and_yaw_range():
 
     assert yaw_range([turned(d) for d in np.linspace(-10, 10, 21)]) == pytest.approx(18.0, abs=0.2)
     assert yaw_range([turned(5.0)] * 5) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_curve_variant_changes_only_the_fields_it_names_and_refuses_what_is_not_a_plan():
+    """tools/personalize_curve.py --variant NAME=PLAN:FIELD=VALUE,... (tools/plan_variants.sh's runs): the named
+    plan with those fields changed; an unknown plan, an unknown field or a combination Plan refuses exits with the
+    reason, not a traceback."""
+    from personalize_curve import plan_variant
+
+    from avatar_app.train.adapt_cached import FULL_PLANS, PLANS
+
+    v = plan_variant("w1", "warp+decoder:w_warped=1.5,decay=0,frozen=.spade.")
+    base = PLANS["warp+decoder"]
+    assert (v.name, v.w_warped, v.decay, v.frozen) == ("w1", 1.5, False, (".spade.",))
+    assert (v.lr, v.batch_size, v.start, v.params) == (base.lr, base.batch_size, base.start, base.params)
+    assert plan_variant("fd", "full:decay=1").decay is True and FULL_PLANS["full"].decay is False
+    for spec, says in (("warp+decodr:", "'warp+decodr' is not a plan"),
+                       ("warp+decoder:rate=1", "'rate' is not a field"),
+                       ("warp+decoder:decode=0", "only a 'warp' plan")):
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            plan_variant("x", spec)
