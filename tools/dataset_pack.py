@@ -49,10 +49,11 @@ def pack(prepared: Path, videos: Path, out: Path, steps=STEPS, split: str = "all
         keep = set(val if split == "val" else train)
         manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in keep]}
     if keys:
-        missing = sorted(set(keys) - {c["key"] for c in manifest["clips"]})
+        wanted = set(keys)
+        missing = sorted(wanted - {c["key"] for c in manifest["clips"]})
         if missing:
             raise SystemExit(f"not among {prepared}'s {split} clips: {' '.join(missing)}")
-        manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in set(keys)]}
+        manifest = {**manifest, "clips": [c for c in manifest["clips"] if c["key"] in wanted]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(exist_ok=True)
     clips, deltas, idents = [], [], []

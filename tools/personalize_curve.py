@@ -76,9 +76,9 @@ def plan_variant(name: str, spec: str) -> Plan:
         convert = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes"),
                    "tuple[str, ...]": lambda v: tuple(filter(None, v.split("+")))}  # frozen=.spade.+.shared. (or none)
         values[key] = convert[str(kinds[key])](value)
-    plans = FULL_PLANS if base in FULL_PLANS else PLANS
+    plans = PLANS | FULL_PLANS
     if base not in plans:
-        raise SystemExit(f"--variant {name}: {base!r} is not a plan ({', '.join(sorted(FULL_PLANS) + sorted(PLANS))})")
+        raise SystemExit(f"--variant {name}: {base!r} is not a plan ({', '.join(sorted(plans))})")
     try:
         return replace(plans[base], name=name, **values)
     except ValueError as e:  # a combination Plan refuses (decode=0 on a plan that decodes, ...)
