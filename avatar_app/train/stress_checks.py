@@ -10,8 +10,8 @@ Every output frame is re-detected with mediapipe (static mode, up to four faces)
   median point displacement in face sizes (:func:`~avatar_app.face.mesh.face_size`: the spread of the rigid
   points, the measure the retargeter transfers motion by), against ``natural_jump``,
   the same measure on the driver's own continuous motion (its largest natural motion)
-  plus ``noise``, the detector's own jitter on the output (:func:`detection_noise` on
-  its first frame and on the frame where its largest jump starts: the two sides are
+  plus ``noise``, the detector's own disagreement on the output (:func:`detection_noise`, the same frame read
+  a few pixels apart, on its first frame and on the frame where its largest jump starts: the two sides are
   different images, each with its own noise, and a smaller face is measured less precisely).
   Live output skips driver frames when the machine cannot keep up; there each jump is
   divided by the number of driver frames it spans (``indices``), i.e. the motion per driver
@@ -144,32 +144,50 @@ def landmark_jump(segments: Sequence[Sequence[Landmarks]]) -> float:
 
 def rendered_jump(segments: Sequence[Sequence[Landmarks]], source, tracker: FaceTracker) -> float:
     """The largest frame-to-frame motion of ``source`` animated by each landmark segment on
-    its own (calibrated on the segment's first frame, default retargeting, nothing between
-    the retargeter and the animator): the driver's natural motion as the avatar shows it,
-    measured by re-detection like the output, so both carry the detector's own noise."""
-    from ..face.retarget import Retargeter
+    its own (calibrated on the segment's first frame as the guard calibrates a face it picked, the
+    rest settling over the next frames; default retargeting, nothing between the retargeter and the
+    animator): the driver's natural motion as the avatar shows it, measured by re-detection like
+    the output, so both carry the detector's own noise."""
     from ..runtime.animator import GeometricAnimator, retarget_options
 
     animator = GeometricAnimator(source)
     options = retarget_options(animator)  # as the output's: the analytic flow's limits, a brow under a fringe held
     worst = 0.0
     for seg in segments:
-        rt = Retargeter(source.landmarks, options)
-        rt.calibrate(seg[0])
-        images = [animator.animate(rt(lm)) for lm in seg]
+        images = [animator.animate(pose) for pose in natural_poses(seg, source.landmarks, options)]
         j = frame_jumps(followed(detect_all(images, tracker)))
         worst = max(worst, float(j.max()) if j.size else 0.0)
     return worst
 
 
-def detection_noise(image: np.ndarray, tracker: FaceTracker, steps: int = 10) -> float:
-    """The jump measure's own noise on ``image``: the largest frame-to-frame "motion" the
-    detector reports while the image drifts by 0.1 px a frame (true motion ~0.002)."""
+def natural_poses(segment: Sequence[Landmarks], source: Landmarks, options) -> list[Landmarks]:
+    """:func:`rendered_jump`'s poses for one segment: retargeted onto ``source`` with ``options``, calibrated on
+    the segment's first face as the guard calibrates a face it picked (``settle``)."""
+    from ..face.retarget import Retargeter
+
+    rt = Retargeter(source, options)
+    rt.calibrate(segment[0], settle=True)
+    return [rt(lm) for lm in segment]
+
+
+# where the noise probe places the face again (px, x and y): mediapipe's read of a face depends on where the face
+# sits on the pixel grid and in its detector's crop, so reads of one face a pixel or a few apart disagree
+NOISE_OFFSETS = ((1, 0), (2, 0), (3, 0), (0, 1), (0, 2), (0, 3), (1, 1), (2, 2), (3, 3))
+
+
+def detection_noise(image: np.ndarray, tracker: FaceTracker, offsets=NOISE_OFFSETS) -> float:
+    """The jump measure's own noise on ``image``: the largest "motion" between the detector's read of
+    ``image`` and its read of the same image moved by each of ``offsets`` (px), the move taken off.  (A
+    drift of 0.1 px a frame, the probe until the thirty-fifth session, seldom moves the detector's crop and
+    saw a third to a half of this: docs/MOTION_MATRIX.md §5.)"""
     h, w = image.shape[:2]
-    moved = [cv2.warpAffine(image, np.float32([[1, 0, 0.1 * k], [0, 1, 0]]), (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE) for k in range(steps)]
-    j = frame_jumps(followed(detect_all(moved, tracker)))
-    return float(j.max()) if j.size else 0.0
+    moved = [cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE) for dx, dy in offsets]
+    reads = followed(detect_all([image, *moved], tracker))
+    if reads[0] is None:
+        return 0.0
+    return max((face_motion(reads[0].xy + np.float32(o), r.xy) for o, r in zip(offsets, reads[1:]) if r is not None),
+               default=0.0)
 
 
 def driver_natural_jump(driver, tracker: FaceTracker, source=None) -> float:
