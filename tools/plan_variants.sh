@@ -11,6 +11,8 @@
 # as it is); PRESET (lite), START (personalize_curve's --start; default the lite CPU app's: the meta-learned start,
 # "before" scored on lite-real), PAR (processes at once, 10), DEVICE (cuda).  Each run writes OUT/KEY.NAME.json and
 # .log; one whose .json exists is skipped, so a cut-off call resumes.  A quick check here: DEVICE=cpu, a few steps.
+# A device call brings back at most 8 files, and a later call starts with $OUT empty: with OUT under $OUT, pack it
+# into one file (tar) in the same call, after `table`, or the runs are lost.
 set -euo pipefail
 LITE_START=meta=assets/weights/lite-meta-2.safetensors@assets/weights/lite-real.safetensors
 TRAIN17="FuxiVirtualHuman__styletalk__Obama_clip2 FuxiVirtualHuman__styletalk__andrew_clip_1
