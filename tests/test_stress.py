@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-import cv2
 import numpy as np
 
 from avatar_app.capture import stress
@@ -83,10 +82,7 @@ def test_a_rows_verdict_is_taken_on_the_unrounded_figures():
 
 def _slid(image: np.ndarray, steps_px) -> list:
     """``image`` moved right by each cumulative step (px): a still face in pure translation."""
-    h, w = image.shape[:2]
-    xs = np.cumsum([0.0, *steps_px])
-    return [cv2.warpAffine(image, np.float32([[1, 0, x], [0, 1, 0]]), (w, h), borderMode=cv2.BORDER_REPLICATE)
-            for x in xs]
+    return [sc.shifted(image, x, 0) for x in np.cumsum([0.0, *steps_px])]
 
 
 def test_the_noise_allowance_covers_the_detectors_read_of_a_face_moved_whole_pixels(hopper, still_tracker):

@@ -170,6 +170,13 @@ def natural_poses(segment: Sequence[Landmarks], source: Landmarks, options) -> l
     return [rt(lm) for lm in segment]
 
 
+def shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``image`` moved by ``(dx, dy)`` px, its edge pixels repeated into what the move uncovers."""
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 # where the noise probe places the face again (px, x and y): mediapipe's read of a face depends on where the face
 # sits on the pixel grid and in its detector's crop, so reads of one face a pixel or a few apart disagree
 NOISE_OFFSETS = ((1, 0), (2, 0), (3, 0), (0, 1), (0, 2), (0, 3), (1, 1), (2, 2), (3, 3))
@@ -180,10 +187,7 @@ def detection_noise(image: np.ndarray, tracker: FaceTracker, offsets=NOISE_OFFSE
     ``image`` and its read of the same image moved by each of ``offsets`` (px), the move taken off.  (A
     drift of 0.1 px a frame, the probe until the thirty-fifth session, seldom moves the detector's crop and
     saw a third to a half of this: docs/MOTION_MATRIX.md §5.)"""
-    h, w = image.shape[:2]
-    moved = [cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE) for dx, dy in offsets]
-    reads = followed(detect_all([image, *moved], tracker))
+    reads = followed(detect_all([image, *(shifted(image, dx, dy) for dx, dy in offsets)], tracker))
     if reads[0] is None:
         return 0.0
     return max((face_motion(reads[0].xy + np.float32(o), r.xy) for o, r in zip(offsets, reads[1:]) if r is not None),
