@@ -136,14 +136,15 @@ class Plan:
 
 
 PLANS = {
-    # batch 2 at 6e-4, decaying: the most later-segment gain per CPU second of those measured
-    # (docs/PERSONALIZATION_ROUNDS.md); the warped source's L1 at 16 (the lite training's 0.5 before), so the warp
-    # network learns mostly from where the source lands: ahead on 14 of 17 training people and 11 of 13 validation
-    # people, +0.23 dB on average (docs/PERSONALIZATION_WARP_LOSS.md).  The decoder's SPADE branch (the condition
+    # batch 1 at 6e-4, decaying: the most later-segment gain per CPU second of those measured (batch 2 until the
+    # thirty-sixth session: batch 1 buys about 1.7x the steps, ahead at equal time on 12 of 17 training and 9 of 13
+    # validation people); the warped source's L1 at 16 (the lite training's 0.5 before), so the warp network learns
+    # mostly from where the source lands: ahead on 14 of 17 training people and 11 of 13 validation people, +0.23 dB
+    # on average (docs/PERSONALIZATION_WARP_LOSS.md).  The decoder's SPADE branch (the condition
     # encoder and the per-pixel scale and shift it makes from the landmark image) stays as it is: not adapting it
     # makes a step 12-21 % cheaper (its convolutions at 128 px need no backward) and gained as much per step
     # (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left as it is*)
-    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=2, decay=True, w_warped=16.0,
+    "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=1, decay=True, w_warped=16.0,
                          frozen=(".shared.", ".spade.")),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     # the warp network alone, scored on the warped source only: no decoder forward or backward, so a 2-core step

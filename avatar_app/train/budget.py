@@ -23,25 +23,26 @@ SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's:
 
 # Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
-# Sources: docs/PERSONALIZATION_WARP_LOSS.md (lite, CPU plan — batch 2 decaying, the warped source's L1 at 16 — from
-# the shipped lite-real and the recording's rest frame, 2026-12-05: three timed 30 s runs per clip on two idle cores,
-# 125-135 steps; 10-90 read off the runs' curves, the last point the runs' ends) and
+# Sources: docs/PERSONALIZATION_WARP_LOSS.md (lite, CPU plan — batch 1 decaying, the warped source's L1 at 16 — from
+# the shipped lite-real and the recording's rest frame, 2026-12-06: three timed 30 s runs per clip on two idle cores,
+# 201-247 steps; 10-140 read off the runs' curves, the last point the runs' ends) and
 # docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # shipped full-real's curves from the recording's rest frame, 2026-12-04, one 10 s run per person, interpolated at these
 # steps; from the first frame they were 1.01-1.15 / 1.30-1.41 / 1.55-1.92 / 1.69-2.30 / 1.68-2.07).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares, from the recording's *rest frame* as the portrait (what
-# the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16: three timed 30 s runs per clip
-# on two idle cores, 131-142 steps; 10-90 read off the runs' curves (part-way points of a run whose rate decays over
-# all of it overstate what a budget ending there buys), the last point the runs' ends.  Fewer steps than the first
-# point: nothing is promised.  (At 0.5, before: +0.89-1.20 after 112-133 steps in the twenty-third session's runs,
-# PERSONALIZATION_PLATEAU.md; +0.79-1.21 in the thirty-third's, beside these.)
+# the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16, batch 1 (2026-12-06):
+# ten timed 30 s runs per clip on two idle cores, 176-246 steps; 10-100 read off six runs' curves per clip
+# (part-way points of a run whose rate decays over all of it overstate what a budget ending there buys; 10 is the
+# line from 0 to the first point, at 26-36 steps), the last point the lowest and highest of the runs' ends at the
+# fewest steps any took.  Fewer steps than the first point: nothing is promised.  (Batch 2, before: +0.94-1.37
+# after 131-142 steps; at 0.5, before that: +0.89-1.20 after 112-133 steps, PERSONALIZATION_PLATEAU.md.)
 # Between points: linear, which understates.
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.09, 0.49), (30, 0.25, 1.04), (60, 0.47, 1.23), (90, 0.68, 1.33),
-                               (125, 0.74, 1.33)],
-    ("lite", "warp+decoder", "meta"): [(10, 0.26, 0.48), (30, 0.62, 1.01), (60, 0.92, 1.24), (90, 0.90, 1.38),
-                                       (131, 0.94, 1.37)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.05, 0.29), (30, 0.14, 0.76), (60, 0.22, 0.99),
+                               (100, 0.35, 1.17), (140, 0.56, 1.30), (201, 0.75, 1.36)],
+    ("lite", "warp+decoder", "meta"): [(10, 0.19, 0.30), (30, 0.56, 0.91), (60, 0.73, 1.13), (100, 0.85, 1.26),
+                                       (176, 0.98, 1.42)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 0.82, 1.16), (50, 0.99, 1.23), (100, 1.46, 1.65), (150, 1.78, 1.93),
                        (220, 1.84, 2.23)],
 }
