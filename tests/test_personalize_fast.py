@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -182,7 +182,10 @@ def test_expected_gain_follows_the_measured_curve():
     assert expected_gain("lite", "head", 40) is None  # not measured: nothing is promised
     assert expected_gain("lite", "warp+decoder", 5, meta=True) is None  # fewer steps than the curve's first
     text = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(lo, hi, True)).message()
-    assert f"at least {math.floor(lo * 10 + 1e-9) / 10:.1f}-{hi:.1f} dB" in text  # "at least": the low never rounded up
+    shown = re.search(r"at least ([\d.]+)-([\d.]+) dB", text)
+    assert shown and float(shown[1]) <= lo < float(shown[1]) + 0.1 and shown[2] == f"{hi:.1f}"  # the low never up
+    floor = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(0.75, 1.36, True)).message()
+    assert "at least 0.7-1.4 dB" in floor  # "at least 0.8" would promise more than was measured
     same = Estimate(30.0, 4.0, 5, Timing(1, 0.5, 0.9), gain=(1.48, 1.52, False)).message()
     assert "about 1.5 dB" in same  # one figure where both round alike, not "1.5-1.5"
 
