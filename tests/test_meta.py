@@ -177,7 +177,7 @@ def test_personalization_inputs_rasterise_each_frame_once_and_match_the_trainers
     """FrameFlowInputs (personalization) gives the same conditioning as FlowInputs (training),
     drawing each frame's landmark image and triangle map once, however many pairs use it."""
     from avatar_app.train.inputs import FrameFlowInputs
-    from avatar_app.train.adapt_cached import FramePairs
+    from avatar_app.train.recording_pairs import FramePairs
 
     clip = _animated_clip(astronaut_source, n=6)
     pairs = [(0, 3), (2, 5), (0, 5), (3, 0)]
@@ -204,7 +204,7 @@ def test_resident_pairs_gather_what_the_items_collate_to(astronaut_source):
     """The full plan's device-held sampler (used on a GPU; here on the CPU) gives the same batch as
     collating FrameFlowInputs' items for the same pairs, and draws the reference as source about half the time."""
     from avatar_app.train.inputs import FrameFlowInputs
-    from avatar_app.train.adapt_cached import FramePairs, ResidentPairs
+    from avatar_app.train.recording_pairs import FramePairs, ResidentPairs
 
     clip = _animated_clip(astronaut_source, n=6)
     pairs = [(0, 3), (2, 5), (0, 5), (3, 1)]

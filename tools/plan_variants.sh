@@ -9,7 +9,8 @@
 #   bash tools/plan_variants.sh table OUT                  # the later segment's gain per variant
 # RUNS: "NAME=PLAN:FIELD=VALUE,...@STEPS ..." (personalize_curve's --variant; "wd=warp+decoder:@130" is the plan
 # as it is); PRESET (lite), START (personalize_curve's --start; default the lite CPU app's: the meta-learned start,
-# "before" scored on lite-real), PAR (processes at once, 10), DEVICE (cuda).  Each run writes OUT/KEY.NAME.json and
+# "before" scored on lite-real), PAR (processes at once, 10), DEVICE (cuda), CACHE (training frames cached; default
+# personalize's 48).  Each run writes OUT/KEY.NAME.json and
 # .log; one whose .json exists is skipped, so a cut-off call resumes.  A quick check here: DEVICE=cpu, a few steps.
 # A device call brings back at most 8 files, and a later call starts with $OUT empty: with OUT under $OUT, pack it
 # into one file (tar) in the same call, after `table`, or the runs are lost.
@@ -43,6 +44,7 @@ case ${1:?pack, run or table} in
                     --preset "${PRESET:-lite}" --plans "$name" --variant "$spec" \
                     --start "${START:-$LITE_START}" \
                     --steps "$steps" --every-steps 100000 --device "${DEVICE:-cuda}" --warmup 0 --reference rest \
+                    ${CACHE:+--cache-frames "$CACHE"} \
                     --out "$out/$key.$name.json.part" > "$out/$key.$name.log" 2>&1 \
                     && mv "$out/$key.$name.json.part" "$out/$key.$name.json" || echo "$key $name failed") &
                 i=$((i + 1)); (( i % ${PAR:-10} == 0 )) && wait

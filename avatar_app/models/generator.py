@@ -77,12 +77,15 @@ class Generator(nn.Module):
         """
         return self.decode(self.warp_features(features, grid, occlusion), tgt_cond, identity, warped_source)
 
-    def warp_features(self, features: list[torch.Tensor], grid: torch.Tensor, occlusion: torch.Tensor
-                      ) -> list[torch.Tensor]:
-        """Each of :meth:`encode`'s features sampled at ``grid`` and weighted by ``occlusion``."""
+    def warp_features(self, features: list[torch.Tensor], grid: torch.Tensor, occlusion: torch.Tensor,
+                      window: int | None = None) -> list[torch.Tensor]:
+        """Each of :meth:`encode`'s features sampled at ``grid`` and weighted by ``occlusion``; ``window``: the
+        grid and occlusion cover a ``window`` px square of the frame (not all of it), so each feature is sampled
+        at that square's share of its size (a training step that decodes only a window)."""
         warped = []
-        for f in features:
-            size = (int(f.shape[-2]), int(f.shape[-1]))  # plain ints: static shapes in exports
+        for f, d in zip(features, (2, 4, 8)):
+            # plain ints: static shapes in exports
+            size = (int(f.shape[-2]), int(f.shape[-1])) if window is None else (window // d, window // d)
             g = resize_grid(grid, size)
             occ = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
             warped.append(F.grid_sample(f, g, mode="bilinear", padding_mode="border", align_corners=False) * occ)

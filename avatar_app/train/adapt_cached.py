@@ -18,82 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..face.mesh import mouth_fill_amount
-from ..imaging import bgr_to_rgb_chw
 from ..models.flow import AnalyticFlow
 from ..models.portrait import NET_SIZE, PortraitModel
 from .losses import grow_regions, pyramid_l1
-
-
-class FramePairs(torch.utils.data.Dataset):
-    """Self-reenactment pairs from in-memory frames: random pairs over ``indices`` (the
-    reference frame is the source half the time), or the fixed ``pairs`` given.  ``clip``: a
-    :class:`~avatar_app.train.personalize.ClipFrames`."""
-
-    def __init__(self, clip, indices: list[int], identity: np.ndarray, seed: int = 0,
-                 pairs: list[tuple[int, int]] | None = None):
-        self.clip, self.indices, self.seed, self.pairs = clip, indices, seed, pairs
-        self.identity = torch.from_numpy(np.asarray(identity, np.float32))
-        self._rgb = {i: torch.from_numpy(bgr_to_rgb_chw(clip.crops[i])) for i in set(indices) | {clip.reference}}
-
-    def __len__(self) -> int:
-        return len(self.pairs) if self.pairs is not None else 10**9
-
-    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
-        """A random ``(source, driving)`` pair: the source is the reference frame half the time."""
-        source = self.clip.reference if rng.random() < 0.5 else int(rng.choice(self.indices))
-        return source, int(rng.choice(self.indices))
-
-    def __getitem__(self, i: int) -> dict:
-        if self.pairs is not None:
-            source, driving = self.pairs[i]
-        else:
-            source, driving = self.draw(np.random.default_rng((self.seed, i)))
-        return {"source": self._rgb[source], "driving": self._rgb[driving],
-                "source_frame": source, "driving_frame": driving,
-                "source_points": torch.from_numpy(self.clip.points[source].astype(np.float32)),
-                "driving_points": torch.from_numpy(self.clip.points[driving].astype(np.float32)),
-                "identity": self.identity, "clip": torch.tensor(0)}
-
-
-class ResidentPairs:
-    """:class:`FramePairs`' random pairs drawn from tensors held on ``device`` (a GPU): every
-    training frame's image, landmarks, landmark image and triangle map is moved there once, so a
-    step of the ``full`` plan gathers its batch on the device instead of collating it on the CPU
-    (which bound that plan at ~14 steps/s on an H200).  ``items``: a
-    :class:`~avatar_app.train.inputs.FrameFlowInputs` over ``FramePairs(clip, indices, ...)``."""
-
-    def __init__(self, items, device: str | torch.device, seed: int = 0):
-        pairs = items.base
-        self.draw = pairs.draw
-        self.clip, self.indices = pairs.clip, list(pairs.indices)
-        frames = sorted(set(self.indices) | {self.clip.reference})
-        self.row = {f: k for k, f in enumerate(frames)}
-        per = [items._frame(f, self.clip.points[f]) for f in frames]  # (cond uint8, tri int16, mouth gap)
-        dev = torch.device(device)
-        self.image = torch.stack([pairs._rgb[f] for f in frames]).to(dev)
-        self.points = torch.from_numpy(np.stack([self.clip.points[f] for f in frames]).astype(np.float32)).to(dev)
-        self.cond = torch.stack([c for c, _, _ in per]).to(dev)
-        self.tri = torch.stack([t for _, t, _ in per]).to(dev)
-        self.gap = [g for _, _, g in per]
-        self.identity = pairs.identity.to(dev)
-        self.rng = np.random.default_rng(seed)
-
-    def batch(self, n: int) -> dict:
-        """``n`` random pairs: the source is the reference frame half the time, else a training frame."""
-        drawn = [self.draw(self.rng) for _ in range(n)]
-        return self.pairs([a for a, _ in drawn], [b for _, b in drawn])
-
-    def pairs(self, sources: list[int], drivers: list[int]) -> dict:
-        """The batch animating clip frame ``sources[k]`` to ``drivers[k]`` (what FrameFlowInputs' items collate to)."""
-        dev = self.image.device
-        s, d = (torch.as_tensor([self.row[f] for f in v], device=dev) for v in (sources, drivers))
-        return {"source": self.image[s], "driving": self.image[d], "source_points": self.points[s],
-                "driving_points": self.points[d], "identity": self.identity.expand(len(sources), -1),
-                "tri_ids": self.tri[d].long(), "source_cond": self.cond[s].float() / 255.0,
-                "driving_cond": self.cond[d].float() / 255.0,
-                "mouth_amount": torch.tensor([mouth_fill_amount(self.gap[self.row[a]], self.gap[self.row[b]], NET_SIZE)
-                                              for a, b in zip(sources, drivers)], device=dev)}
+from .recording_pairs import FramePairs
 
 
 @dataclass(frozen=True)
@@ -112,7 +40,10 @@ class Plan:
     warp network keeps doing the moving; ``w_ssim``: weight of multi-scale SSIM (the trainer's ``w_ssim``);
     ``frozen``: parts of parameter names the plan leaves as they are, although ``params`` would adapt them
     (cached plans: an ``"all"`` plan's optimiser takes every weight, so it refuses a ``frozen``); ``decode``: ``False``
-    scores the warped source alone (its pyramid L1), so the decoder never runs (a ``"warp"`` plan's only).
+    scores the warped source alone (its pyramid L1), so the decoder never runs (a ``"warp"`` plan's only);
+    ``window``: px of a random square (8-px aligned) of the frame the decoder decodes and is scored on in a step
+    (0: the whole frame; a cached plan from the analytic flow only): the warp network still moves the whole
+    frame, and the warped source's loss covers all of it.
     """
 
     name: str
@@ -126,8 +57,13 @@ class Plan:
     w_ssim: float = 0.0
     frozen: tuple[str, ...] = ()
     decode: bool = True
+    window: int = 0
 
     def __post_init__(self) -> None:
+        if self.window and (self.start != -1 or not self.decode or self.params == "all" or self.window % 8
+                            or not 0 < self.window < NET_SIZE):
+            raise ValueError(f"plan {self.name!r}: a window (here {self.window} px) is for a cached plan from the "
+                             f"analytic flow that decodes, a multiple of 8 below {NET_SIZE}")
         if self.params == "all" and self.frozen:
             raise ValueError(f"plan {self.name!r} adapts every weight (params 'all'); frozen applies to cached plans")
         if not self.decode and (self.params != "warp" or self.start != -1):
@@ -143,9 +79,12 @@ PLANS = {
     # on average (docs/PERSONALIZATION_WARP_LOSS.md).  The decoder's SPADE branch (the condition
     # encoder and the per-pixel scale and shift it makes from the landmark image) stays as it is: not adapting it
     # makes a step 12-21 % cheaper (its convolutions at 128 px need no backward) and gained as much per step
-    # (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left as it is*)
+    # (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left as it is*).  The decoder decodes a random 160 px
+    # window of the 256 frame (thirty-seventh session): a step costs ~0.6x, and at equal CPU time (400 window steps
+    # against 245 whole) ahead on 13 of 17 training and 9 of 13 validation people, +0.10 dB on average
+    # (docs/PERSONALIZATION_WARP_LOSS.md, *A decoded window*)
     "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=1, decay=True, w_warped=16.0,
-                         frozen=(".shared.", ".spade.")),
+                         frozen=(".shared.", ".spade."), window=160),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),
     # the warp network alone, scored on the warped source only: no decoder forward or backward, so a 2-core step
     # of 4 frames costs about half of warp+decoder's of 2; not auto's: two validation people of 13 lose 1.1-1.7 dB
@@ -329,8 +268,8 @@ def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, b
             cosine_rates(opt, rates, done, horizon)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.use_amp):
-            loss = cached_loss(trainer, model, cache, rng.choice(cache.size, take, replace=False).tolist(),
-                               plan.decode)
+            picks = rng.choice(cache.size, take, replace=False).tolist()
+            loss = cached_loss(trainer, model, cache, picks, plan.decode, window_at(plan.window, rng))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -376,25 +315,42 @@ def _expand(src, n: int):
     return SourceCode(rep(src.image), rep(src.cond), rep(src.identity), rep(src.code), [rep(f) for f in src.features])
 
 
+def window_at(size: int, rng: np.random.Generator, frame: int = NET_SIZE) -> tuple[int, int, int] | None:
+    """A random ``size`` px window ``(y, x, size)`` of the ``frame`` px frame, 8-px aligned (``None`` for 0)."""
+    if not size:
+        return None
+    y, x = rng.integers(0, (frame - size) // 8 + 1, size=2) * 8
+    return int(y), int(x), size
+
+
 def cached_loss(trainer, model: PortraitModel, cache: FrameCache, picks: list[int],
-                decode: bool = True) -> torch.Tensor:
+                decode: bool = True, window: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Personalization's loss (the trainer's image losses, and its warped-source L1 where ``w_warped`` is set) of
     the adapted stages on cached frames; ``decode=False`` (a cache from the analytic flow): the warped source's
-    pyramid L1 alone, the decoder not run."""
+    pyramid L1 alone, the decoder not run; ``window`` (:func:`window_at`; a cache from the analytic flow): the decoder
+    decodes, and the image losses score, only that square of the frame (the warped source's L1 still all of it)."""
     b = cache.batch(picks)
     if not decode:
         if cache.start >= 0:
             raise ValueError("a loss without the decoder needs a cache from the analytic flow (start -1)")
         out = model.warp_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
         return pyramid_l1(out["warped"], b["driving"])
+    truth, cond, regions = b["driving"], b["cond"], b["regions"]
     if cache.start < 0:
-        out = model.forward_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
-        image, warped = out["image"], out["warped"]
+        out = model.warp_frame(b["source"], cond, b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
+        warped = out["warped"]  # scored whole: the warp network moves the whole frame
+        y, x, n = window or (0, 0, warped.shape[-1])
+        cut = (lambda t: t[:, :, y:y + n, x:x + n])  # noqa: E731
+        gen = model.generator
+        feats = gen.warp_features(b["source"].features, out["grid"][:, y:y + n, x:x + n], cut(out["occlusion"]), n)
+        image, _ = gen.decode(feats, cut(cond), b["identity"], cut(warped))
+        truth, cond, regions = cut(truth), cut(cond), cut(regions)
+    elif window is not None:
+        raise ValueError("a decoded window needs a cache from the analytic flow (start -1)")
     else:
-        image, _ = model.generator.decode(b["warped"], b["cond"], b["identity"], b["warped_source"], cache.start,
-                                          b.get("h"))
+        image, _ = model.generator.decode(b["warped"], cond, b["identity"], b["warped_source"], cache.start, b.get("h"))
         warped = b["warped_source"]
-    parts = trainer._image_losses(image, b["driving"], b["cond"], regions=b["regions"])
+    parts = trainer._image_losses(image, truth, cond, regions=regions)
     if trainer.cfg.w_warped:
         parts["warped"] = trainer.cfg.w_warped * pyramid_l1(warped, b["driving"])
     return sum(parts.values())

@@ -19,30 +19,36 @@ from dataclasses import dataclass
 import torch
 
 BUSY_SHARE = 0.75  # below this share of the CPU time asked for, the machine is busy with other work
-SLOW_TRIAL = 1.5  # a first step with more threads this many times one thread's: their cores are not free, stop there
+# a first step with more threads this many times one thread's: their cores are not free, stop there (a core taken by
+# other work: 15-21x).  1.5 until 2026-12-06: a first step on two threads also starts them (~40-60 ms here), and with
+# the CPU plan's cheaper step (83-103 ms on one thread) that first step took 1.4-1.6x, so an idle 2-core machine
+# personalized on one thread in 2 of 4 timed runs (30 CPU s of 60)
+SLOW_TRIAL = 3.0
 
 # Measured gain on the *later* segment of the two held-out people's clips (ls_demo3, vt_529) after
 # that many steps, from the shipped weights: (preset, plan) -> [(steps, lowest dB, highest dB)].
-# Sources: docs/PERSONALIZATION_WARP_LOSS.md (lite, CPU plan — batch 1 decaying, the warped source's L1 at 16 — from
-# the shipped lite-real and the recording's rest frame, 2026-12-06: three timed 30 s runs per clip on two idle cores,
-# 201-247 steps; 10-140 read off the runs' curves, the last point the runs' ends) and
+# Sources: docs/PERSONALIZATION_WARP_LOSS.md (lite, CPU plan — batch 1 decaying, the warped source's L1 at 16, a 160
+# px window decoded — from the shipped lite-real and the recording's rest frame, 2026-12-06: three timed 30 s runs per
+# clip on two idle cores, 345-500 steps; 10-200 read off the runs' curves, the last point the lowest and highest of
+# the runs' ends at the fewest steps any took) and
 # docs/PERSONALIZATION_REAL_FACES.md (full, H200, batch 4, pairs drawn on the GPU: *Personalization within 10 s on a GPU*; the
 # shipped full-real's curves from the recording's rest frame, 2026-12-04, one 10 s run per person, interpolated at these
 # steps; from the first frame they were 1.01-1.15 / 1.30-1.41 / 1.55-1.92 / 1.69-2.30 / 1.68-2.07).  A key ending in "meta" is
 # personalization from the shipped meta-learned start (models.shipped.SHIPPED_META), its gain counted from what the
 # shipped weights score unpersonalized, as the app compares, from the recording's *rest frame* as the portrait (what
-# the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16, batch 1 (2026-12-06):
-# ten timed 30 s runs per clip on two idle cores, 176-246 steps; 10-100 read off six runs' curves per clip
-# (part-way points of a run whose rate decays over all of it overstate what a budget ending there buys; 10 is the
-# line from 0 to the first point, at 26-36 steps), the last point the lowest and highest of the runs' ends at the
-# fewest steps any took.  Fewer steps than the first point: nothing is promised.  (Batch 2, before: +0.94-1.37
-# after 131-142 steps; at 0.5, before that: +0.89-1.20 after 112-133 steps, PERSONALIZATION_PLATEAU.md.)
+# the app takes since 2026-12-04): docs/PERSONALIZATION_WARP_LOSS.md, the loss at 16, batch 1, a 160 px window
+# decoded (2026-12-06, *A decoded window*): seven timed 30 s runs per clip on two idle cores, 324-528 steps; 10-200
+# read off four runs' curves per clip (part-way points of a run whose rate decays over all of it overstate what a
+# budget ending there buys; 10 and 30 are the line from 0 to the first point, at 49-72 steps), the last point the
+# lowest and highest of the runs' ends at the fewest steps any took.  Fewer steps than the first point: nothing is
+# promised.  (The whole frame, before: +0.98-1.42 after 176-246 steps; batch 2 before that +0.94-1.37 after
+# 131-142; at 0.5 +0.89-1.20 after 112-133, PERSONALIZATION_PLATEAU.md.)
 # Between points: linear, which understates.
 MEASURED_GAIN = {
-    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.05, 0.29), (30, 0.14, 0.76), (60, 0.22, 0.99),
-                               (100, 0.35, 1.17), (140, 0.56, 1.30), (201, 0.75, 1.36)],
-    ("lite", "warp+decoder", "meta"): [(10, 0.19, 0.30), (30, 0.56, 0.91), (60, 0.73, 1.13), (100, 0.85, 1.26),
-                                       (176, 0.98, 1.42)],
+    ("lite", "warp+decoder"): [(0, 0.0, 0.0), (10, 0.02, 0.19), (30, 0.06, 0.58), (60, 0.13, 0.92),
+                               (100, 0.46, 1.02), (200, 0.72, 1.28), (345, 0.92, 1.42)],
+    ("lite", "warp+decoder", "meta"): [(10, 0.10, 0.18), (30, 0.29, 0.55), (60, 0.58, 0.93), (100, 0.80, 1.07),
+                                       (200, 1.08, 1.39), (324, 1.23, 1.44)],
     ("full", "full"): [(0, 0.0, 0.0), (25, 0.82, 1.16), (50, 0.99, 1.23), (100, 1.46, 1.65), (150, 1.78, 1.93),
                        (220, 1.84, 2.23)],
 }

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputFileError
 from ..models.portrait import PortraitModel
-from .adapt_cached import (ALL_ADAPTED, FULL_PLANS, PLANS, FrameCache, Plan, ResidentPairs, adapted_parameters,
-                           cached_steps, full_steps, inner_optimizer)
+from .adapt_cached import (ALL_ADAPTED, FULL_PLANS, PLANS, FrameCache, Plan, adapted_parameters, cached_steps,
+                           full_steps, inner_optimizer)
+from .recording_pairs import ResidentPairs
 from .fit_clock import FitClock
 from .trainer import Trainer
 

@@ -31,11 +31,11 @@ from ..face.retarget import rest_frame
 from ..face.tracker import FaceTracker
 from ..models.portrait import NET_SIZE, PortraitModel
 from ..types import Landmarks
-from .adapt_cached import (CACHE_FRAMES, FULL_PLANS, PLANS, FrameCache, FramePairs, Plan, ResidentPairs, cache_picks,
-                           cached_steps, full_steps)
+from .adapt_cached import CACHE_FRAMES, FULL_PLANS, PLANS, FrameCache, Plan, cache_picks, cached_steps, full_steps
 from .budget import Estimate, Timing, expected_gain, probe
 from .config import TrainConfig
 from .inputs import FrameFlowInputs
+from .recording_pairs import FramePairs, ResidentPairs
 from .trainer import Trainer
 
 
@@ -281,7 +281,7 @@ def personalize(clip: ClipFrames, base: PortraitModel, identity: np.ndarray, bud
 def _full_steps(trainer: Trainer, model: PortraitModel, pairs, batch_size: int, lr: float, warp_lr_scale: float,
                 decay: bool = False):
     """Steps of a :data:`~.adapt_cached.FULL_PLANS` plan (:func:`~.adapt_cached.full_steps`) on random pairs of the
-    clip: on a GPU drawn from frames held there (:class:`~.adapt_cached.ResidentPairs`), on a CPU collated."""
+    clip: on a GPU drawn from frames held there (:class:`~.recording_pairs.ResidentPairs`), on a CPU collated."""
     if trainer.device.type == "cuda":
         draw = ResidentPairs(pairs, trainer.device, pairs.base.seed).batch
     else:
