@@ -57,13 +57,13 @@ def test_the_inner_loop_adapts_the_plans_parameters_with_its_settings(trainer, m
     assert (cfg.batch_size, cfg.inner_lr, cfg.warp_lr_scale, cfg.w_warped, cfg.w_ssim, cfg.w_gan) == (
         plan.batch_size, plan.lr, plan.warp_lr_scale, plan.w_warped, plan.w_ssim, 0.0)
     trainable = []  # the parameters taking gradients in each inner step
-    forward = PortraitModel.forward_frame
+    forward = PortraitModel.warp_frame  # once per inner step (the cached plan's loss runs the warp network itself)
 
     def spy(self, *args, **kwargs):
         trainable.append(sorted(n for n, p in self.named_parameters() if p.requires_grad))
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(PortraitModel, "forward_frame", spy)
+    monkeypatch.setattr(PortraitModel, "warp_frame", spy)
     task = trainer.recordings.recording(0)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     adapted, losses = trainer.adapt_plan(task)
@@ -97,13 +97,13 @@ def test_the_outer_step_moves_only_the_plans_parameters(trainer, monkeypatch):
 def test_the_inner_loop_animates_one_fixed_source_the_recordings_reference_frame(trainer, monkeypatch):
     """The portrait is the recording's first frame, or (``inner_reference = "rest"``) the one the app takes."""
     sources = []
-    forward = PortraitModel.forward_frame
+    forward = PortraitModel.warp_frame
 
     def spy(self, src, *args, **kwargs):
         sources.append(src.image.detach().clone())
         return forward(self, src, *args, **kwargs)
 
-    monkeypatch.setattr(PortraitModel, "forward_frame", spy)
+    monkeypatch.setattr(PortraitModel, "warp_frame", spy)
     first, rest = {}, trainer.recordings.reference == "rest"
     for step in range(4):
         task = trainer.recordings.recording(step)

@@ -60,15 +60,15 @@ class Plan:
     window: int = 0
 
     def __post_init__(self) -> None:
-        if self.window and (self.start != -1 or not self.decode or self.params == "all" or self.window % 8
-                            or not 0 < self.window < NET_SIZE):
-            raise ValueError(f"plan {self.name!r}: a window (here {self.window} px) is for a cached plan from the "
-                             f"analytic flow that decodes, a multiple of 8 below {NET_SIZE}")
         if self.params == "all" and self.frozen:
             raise ValueError(f"plan {self.name!r} adapts every weight (params 'all'); frozen applies to cached plans")
         if not self.decode and (self.params != "warp" or self.start != -1):
             raise ValueError(f"plan {self.name!r}: only a 'warp' plan from the analytic flow (start -1) can leave "
                              "the decoder out (decode False)")
+        if self.window and (self.start != -1 or not self.decode or self.params == "all" or self.window % 8
+                            or not 0 < self.window < NET_SIZE):
+            raise ValueError(f"plan {self.name!r}: a window (here {self.window} px) is for a cached plan from the "
+                             f"analytic flow that decodes, a multiple of 8 below {NET_SIZE}")
 
 
 PLANS = {
