@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from avatar_app.train.adapt_cached import PLANS, FrameCache, Plan, cached_loss, cached_steps, window_at
-from avatar_app.train.recording_pairs import FramePairs
 from avatar_app.train.config import TrainConfig
 from avatar_app.train.inputs import FrameFlowInputs
+from avatar_app.train.losses import pyramid_l1
+from avatar_app.train.recording_pairs import FramePairs
 from avatar_app.train.trainer import Trainer
 
 from test_meta import _cast_clip
@@ -86,7 +87,8 @@ def test_only_a_warp_plan_from_the_analytic_flow_can_leave_the_decoder_out(param
 
 def test_a_window_of_the_frame_samples_the_same_features_as_the_whole_frame(astronaut_source):
     """The decoder's inputs for a window are exactly that square of the whole frame's (windows are 8-px aligned, so
-    each feature level's window starts on a whole pixel of it): a window step trains on what the app decodes."""
+    each feature level's window starts on a whole pixel of it).  (Its output is not the whole frame's cropped: the
+    instance norms see the window's statistics and the convolutions pad at its edges.)"""
     model = _trained_like()
     cache = FrameCache(model, _cast_clip(astronaut_source), [3, 7], np.zeros(128, np.float32), -1, chunk=2)
     b = cache.batch([0, 1])
@@ -138,6 +140,7 @@ def test_windows_are_aligned_inside_the_frame_and_reach_its_edges():
 
 @pytest.mark.parametrize("start,params,window,decode", [(0, "decoder", 160, True), (-1, "warp", 160, False),
                                                         (-1, "decoder", 100, True), (-1, "decoder", 256, True),
+                                                        (-1, "decoder", 8, True),
                                                         (-1, "all", 128, True)])
 def test_only_a_decoding_plan_from_the_analytic_flow_takes_an_aligned_window(start, params, window, decode):
     with pytest.raises(ValueError, match="window"):
@@ -149,3 +152,30 @@ def test_a_window_needs_a_cache_from_the_analytic_flow(astronaut_source):
     cache, trainer, _ = _pairs(_cast_clip(astronaut_source), model, np.zeros(128, np.float32), [3, 7], 0, 0.0)
     with pytest.raises(ValueError, match="analytic flow"):
         cached_loss(trainer, model, cache, [0], window=(0, 0, 128))
+
+
+def test_a_window_loss_scores_that_square_of_every_input_and_the_whole_warped_source(astronaut_source):
+    """Against a reference built by hand for an off-diagonal window (y != x, so swapping them would show): the grid,
+    occlusion, landmark image, regions and frame cut at the same square, the warped source's L1 over the whole
+    frame."""
+    model = _trained_like()
+    with torch.no_grad():  # the generator's own colours half the image, so the warped features count in the loss
+        model.generator.head.bias[3].zero_()
+    cache, trainer, _ = _pairs(_cast_clip(astronaut_source), model, np.zeros(128, np.float32), [3, 7], -1, 16.0)
+    y, x, n = 16, 72, 96
+    model.eval()
+    with torch.no_grad():
+        got = cached_loss(trainer, model, cache, [1], window=(y, x, n))
+        swapped = cached_loss(trainer, model, cache, [1], window=(x, y, n))
+        b = cache.batch([1])
+        out = model.warp_frame(b["source"], b["cond"], b["grid"], b["mouth"], b["coord"], b["mouth_amount"], b["big"])
+        gen = model.generator
+        feats = gen.warp_features(b["source"].features, out["grid"][:, y:y + n, x:x + n],
+                                  out["occlusion"][:, :, y:y + n, x:x + n], n)
+        image, _ = gen.decode(feats, b["cond"][:, :, y:y + n, x:x + n], b["identity"],
+                              out["warped"][:, :, y:y + n, x:x + n])
+        parts = trainer._image_losses(image, b["driving"][:, :, y:y + n, x:x + n], b["cond"][:, :, y:y + n, x:x + n],
+                                      regions=b["regions"][:, :, y:y + n, x:x + n])
+        want = sum(parts.values()) + 16.0 * pyramid_l1(out["warped"], b["driving"])
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert abs(swapped.item() - want.item()) > 1e-4  # the check could fail

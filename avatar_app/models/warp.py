@@ -131,7 +131,7 @@ def limit_residual(residual: torch.Tensor, large_motion: torch.Tensor, limit_px:
     start, room = knee * limit, (1 - knee) * limit
     # each pixel's length, at least 1e-4 (0.01 px), in float32 (1e-8 is no fp16 number); squares summed over the two
     # channels, as .norm(dim=1) but ~14x faster on a CPU (10 ms a 256 frame on two threads: a tenth of a
-    # personalization step), with no division by a zero length in the backward
+    # personalization step); the floor under the root keeps the root's derivative finite at a zero residual
     mag = residual.float().square().sum(1, keepdim=True).clamp(min=1e-8).sqrt()
     bounded = torch.where(mag <= start, mag, start + room * torch.tanh((mag - start) / room))
     weight = large_motion.float().reshape(-1, 1, 1, 1)

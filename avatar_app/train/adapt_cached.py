@@ -24,6 +24,9 @@ from .losses import grow_regions, pyramid_l1
 from .recording_pairs import FramePairs
 
 
+MIN_WINDOW = 32  # px: the decoder's first stage works at 1/8 of it, and its instance norms need more than one pixel
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a cached adaptation adapts.
@@ -66,9 +69,9 @@ class Plan:
             raise ValueError(f"plan {self.name!r}: only a 'warp' plan from the analytic flow (start -1) can leave "
                              "the decoder out (decode False)")
         if self.window and (self.start != -1 or not self.decode or self.params == "all" or self.window % 8
-                            or not 0 < self.window < NET_SIZE):
+                            or not MIN_WINDOW <= self.window < NET_SIZE):
             raise ValueError(f"plan {self.name!r}: a window (here {self.window} px) is for a cached plan from the "
-                             f"analytic flow that decodes, a multiple of 8 below {NET_SIZE}")
+                             f"analytic flow that decodes, a multiple of 8 from {MIN_WINDOW} to {NET_SIZE - 8}")
 
 
 PLANS = {
@@ -81,8 +84,8 @@ PLANS = {
     # makes a step 12-21 % cheaper (its convolutions at 128 px need no backward) and gained as much per step
     # (docs/PERSONALIZATION_ROUNDS.md, *The SPADE branch left as it is*).  The decoder decodes a random 160 px
     # window of the 256 frame (thirty-seventh session): a step costs ~0.6x, and at equal CPU time (400 window steps
-    # against 245 whole) ahead on 13 of 17 training and 9 of 13 validation people, +0.10 dB on average
-    # (docs/PERSONALIZATION_WARP_LOSS.md, *A decoded window*)
+    # against 245 whole) ahead on 13 of 17 training people (+0.10 dB on average) and 9 of 13 validation people
+    # (+0.11) (docs/PERSONALIZATION_WARP_LOSS.md, *A decoded window*)
     "warp+decoder": Plan("warp+decoder", -1, "decoder", 6e-4, batch_size=1, decay=True, w_warped=16.0,
                          frozen=(".shared.", ".spade."), window=160),
     "warp": Plan("warp", -1, "warp", 3e-4, warp_lr_scale=1.0),

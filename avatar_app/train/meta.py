@@ -36,8 +36,8 @@ from ..errors import InputFileError
 from ..models.portrait import PortraitModel
 from .adapt_cached import (ALL_ADAPTED, FULL_PLANS, PLANS, FrameCache, Plan, adapted_parameters, cached_steps,
                            full_steps, inner_optimizer)
-from .recording_pairs import ResidentPairs
 from .fit_clock import FitClock
+from .recording_pairs import ResidentPairs
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
