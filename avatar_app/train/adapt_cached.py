@@ -251,7 +251,11 @@ def plan_optimizer(model: PortraitModel, plan: Plan, lr: float | None = None) ->
     warp = [p for n, p in chosen.items() if n.startswith("warp.")]
     rest = [p for n, p in chosen.items() if not n.startswith("warp.")]
     groups = [{"params": rest, "lr": lr}] + ([{"params": warp, "lr": lr * plan.warp_lr_scale}] if warp else [])
-    return torch.optim.Adam(groups, betas=(0.9, 0.999)), warp + rest
+    # fused: one kernel over all the tensors instead of a loop of small ops per tensor (CPU and CUDA): on two CPU threads
+    # the plan's 92 tensors update in 0.75 ms instead of 2.8, a 160 px window step 0.055 s instead of 0.060 (medians,
+    # interleaved in one process); the same update
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in chosen.values())
+    return torch.optim.Adam(groups, betas=(0.9, 0.999), fused=fused), warp + rest
 
 
 def cached_steps(trainer, model: PortraitModel, cache: FrameCache, plan: Plan, batch_size: int, lr: float,
