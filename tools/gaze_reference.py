@@ -23,6 +23,14 @@ the held render's r against the driver's frames and its gaze s.d. beside the dri
 clips whose held gaze varies by at least half as much as the driver's and those whose iris-only render reads back
 under r 0.9.  Only frames with a face in all four re-detections (and open driver eyes) count, so the first column
 can differ a little from the run's own gaze r.
+
+``--hold`` reads an eye-contact run (``evaluate --eye-contact``) against the detector's own floor: per clip, the
+source's openness as re-detected (under :data:`~avatar_app.face.eyes.CLOSED_EYES` its "neutral gaze" is where
+mediapipe places an iris behind a lid), the run's off-neutral figures (mean / 95th percentile of |avatar gaze -
+source gaze|), and the same figures for the *rigid floor*: the source image itself moved by the in-plane similarity
+that fits its landmarks onto each frame's, eyes untouched, re-detected.  What the floor reads is what the measure
+gives an eye held perfectly still in a face that only slides, turns in the image plane and scales; the avatar's
+excess over it is the share of its read that comes with the drawn head's 3-D turn and the lids.
 """
 
 from __future__ import annotations
@@ -51,6 +59,15 @@ def resampled(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 1.0, 1.03)
     m[:, 2] += (1.5, -1.5)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def rigidly_moved(image: np.ndarray, source_points: np.ndarray, target_points: np.ndarray) -> np.ndarray:
+    """``image`` moved by the similarity (least median of squares) that carries ``source_points`` onto ``target_points``
+    (``(V, 2+)`` px): the face slides, rolls and scales as the target's, its eyes and expression unchanged."""
+    src, tgt = (np.ascontiguousarray(np.asarray(p, np.float32)[:, :2]) for p in (source_points, target_points))
+    m, _ = cv2.estimateAffinePartial2D(src, tgt, method=cv2.LMEDS)
+    h, w = image.shape[:2]
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -117,14 +134,69 @@ def print_parts(data: Path, run: dict, tracker) -> int:
     return 0
 
 
+def hold_floor(tracker, clip, source_frame: int, frames: list[int]) -> dict | None:
+    """``--hold``'s figures of one clip: the source's re-detected gaze and openness and the rigid floor's mean and
+    95th percentile |gaze - source gaze| over the frames with open driver eyes (as ``evaluate`` scores them);
+    ``None`` without a face in the source."""
+    src = clip.image(source_frame)
+    found = detect_all(tracker, [src])[0]
+    if found is None:
+        return None
+    gaze0 = horizontal_gaze(found)
+    drivers = detect_all(tracker, [clip.image(i) for i in frames])
+    off = []
+    for i, d in zip(frames, drivers):
+        if d is None or eye_openness(d) < CLOSED_EYES:
+            continue
+        moved = detect_all(tracker, [rigidly_moved(src, clip.landmarks[source_frame], clip.landmarks[i])])[0]
+        if moved is not None:
+            off.append(abs(horizontal_gaze(moved) - gaze0))
+    if not off:
+        return None
+    return {"gaze": gaze0, "open": eye_openness(found), "floor": float(np.mean(off)),
+            "floor_p95": float(np.percentile(off, 95))}
+
+
+def print_hold(data: Path, run: dict, tracker, limit: float = 0.03) -> int:
+    """``--hold``: each clip's off-neutral figures beside the rigid floor's, then the means over the clips."""
+    print("| clip | source openness | off neutral: mean / p95 | rigid floor: mean / p95 |\n|---|---:|---:|---:|")
+    rows = []
+    for c, clip, reason in run_clips(data, run):
+        geo = c["animators"].get("geometric", {})
+        hold, hold95 = geo.get("gaze_hold"), geo.get("gaze_hold_p95")
+        got = None if clip is None or hold is None else hold_floor(tracker, clip, int(c["source_frame"]),
+                                                                    list(c["frames"]))
+        if got is None:
+            print(f"| {c['key']} | skipped: {reason or 'no face in the source, or no frame scored'} |")
+            continue
+        closed = " (closed: no gaze to hold)" if got["open"] < CLOSED_EYES else ""
+        rows.append((hold, hold95, got["floor"], got["floor_p95"], got["open"] >= CLOSED_EYES))
+        print(f"| {c['key']} | {got['open']:.3f}{closed} | {hold:.3f} / {hold95:.3f} | "
+              f"{got['floor']:.3f} / {got['floor_p95']:.3f} |", flush=True)
+    if not rows:
+        return 1
+    a = np.array(rows, dtype=float)
+    for label, pick in (("all clips", np.ones(len(a), bool)), ("sources with open eyes", a[:, 4] > 0)):
+        m, within = a[pick].mean(0), (a[pick, :2] <= limit).sum(0)
+        print(f"{label} ({int(pick.sum())}): off neutral {m[0]:.3f} / {m[1]:.3f}, rigid floor {m[2]:.3f} / {m[3]:.3f}; "
+              f"clips within {limit} by mean {within[0]}, by p95 {within[1]}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="the prepared dataset the run evaluated")
     ap.add_argument("--metrics", required=True, help="an `avatar-app evaluate` run's metrics.json")
     ap.add_argument("--parts", action="store_true", help="where the geometric avatar loses gaze r (module docstring)")
+    ap.add_argument("--hold", action="store_true",
+                    help="an --eye-contact run's off-neutral figures against the detector's rigid floor")
     args = ap.parse_args(argv)
     run = json.loads(Path(args.metrics).read_text())
     settings = run.get("settings", {})
+    if args.hold:
+        if not settings.get("eye_contact"):
+            ap.error("--hold reads a run made with --eye-contact")
+        return print_hold(Path(args.data), run, FaceTracker(max_faces=1))
     if settings.get("eye_contact"):
         ap.error("that run held the gaze (--eye-contact): its gaze r says nothing to compare with")
     size = int(settings.get("size", 256))
