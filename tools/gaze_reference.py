@@ -137,7 +137,7 @@ def print_parts(data: Path, run: dict, tracker) -> int:
 def hold_floor(tracker, clip, source_frame: int, frames: list[int]) -> dict | None:
     """``--hold``'s figures of one clip: the source's re-detected gaze and openness and the rigid floor's mean and
     95th percentile |gaze - source gaze| over the frames with open driver eyes (as ``evaluate`` scores them);
-    ``None`` without a face in the source."""
+    ``None`` without a face in the source or without a frame to score."""
     src = clip.image(source_frame)
     found = detect_all(tracker, [src])[0]
     if found is None:
