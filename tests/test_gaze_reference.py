@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from avatar_app.capture.synthetic import FacePose, synthetic_landmarks
 from avatar_app.face.eyes import CLOSED_EYES, horizontal_gaze
 
 from conftest import load_tool
@@ -25,15 +26,15 @@ def _moved(points: np.ndarray, m: np.ndarray) -> np.ndarray:
 def test_the_face_moves_rigidly_whatever_its_expression():
     rigidly_moved = load_tool("gaze_reference").rigidly_moved
     rng = np.random.default_rng(0)
-    image = cv2.GaussianBlur((rng.random((128, 128, 3)) * 255).astype(np.uint8), (0, 0), 2.0)
-    points = rng.uniform(30, 98, (60, 3)).astype(np.float32)
-    m = _similarity(7.0, 1.1, (3.0, -2.0), 64.0)
-    target = _moved(points, m)
-    target[:12, :2] += rng.normal(0, 6, (12, 2))  # a fifth of the points move with an expression, not the head
+    image = cv2.GaussianBlur((rng.random((480, 640, 3)) * 255).astype(np.uint8), (0, 0), 2.0)
+    points = synthetic_landmarks(FacePose()).points
+    m = _similarity(7.0, 1.1, (3.0, -2.0), 320.0)
+    # the target's face is the source's moved by m, with an expression (176 points move by 1 to 16 px, not the head)
+    target = _moved(synthetic_landmarks(FacePose(jaw=0.6, smile=0.6, blink_left=1.0)).points, m)
     got = rigidly_moved(image, points, target).astype(np.int32)
-    want = cv2.warpAffine(image, m, (128, 128), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    assert np.abs(got - want)[16:112, 16:112].mean() < 1.5  # the texture's grey levels span ~100
-    assert np.abs(got - image)[16:112, 16:112].mean() > 10  # (it did move)
+    want = cv2.warpAffine(image, m, (640, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert np.abs(got - want)[40:440, 40:600].mean() < 1.5  # the texture's grey levels span ~100
+    assert np.abs(got - image)[40:440, 40:600].mean() > 10  # (it did move)
 
 
 class _Clip:

@@ -28,7 +28,7 @@ can differ a little from the run's own gaze r.
 source's openness as re-detected (under :data:`~avatar_app.face.eyes.CLOSED_EYES` its "neutral gaze" is where
 mediapipe places an iris behind a lid), the run's off-neutral figures (mean / 95th percentile of |avatar gaze -
 source gaze|), and the same figures for the *rigid floor*: the source image itself moved by the in-plane similarity
-that fits its landmarks onto each frame's, eyes untouched, re-detected.  What the floor reads is what the measure
+that fits its rigid points onto each frame's, eyes untouched, re-detected.  What the floor reads is what the measure
 gives an eye held perfectly still in a face that only slides, turns in the image plane and scales; the avatar's
 excess over it is the share of its read that comes with the drawn head's 3-D turn and the lids.
 """
@@ -46,7 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from avatar_app.face.align import similarity_fit  # noqa: E402
 from avatar_app.face.eyes import CLOSED_EYES, eye_openness, hold_gaze, horizontal_gaze  # noqa: E402
+from avatar_app.face.mesh import topology  # noqa: E402
 from avatar_app.face.tracker import FaceTracker  # noqa: E402
 from avatar_app.runtime.animator import GeometricAnimator  # noqa: E402
 from avatar_app.train.eval_clips import run_clips, source_portrait  # noqa: E402
@@ -63,10 +65,12 @@ def resampled(image: np.ndarray) -> np.ndarray:
 
 
 def rigidly_moved(image: np.ndarray, source_points: np.ndarray, target_points: np.ndarray) -> np.ndarray:
-    """``image`` moved by the similarity (least median of squares) that carries ``source_points`` onto ``target_points``
-    (``(V, 2+)`` px): the face slides, rolls and scales as the target's, its eyes and expression unchanged."""
-    src, tgt = (np.ascontiguousarray(np.asarray(p, np.float32)[:, :2]) for p in (source_points, target_points))
-    m, _ = cv2.estimateAffinePartial2D(src, tgt, method=cv2.LMEDS)
+    """``image`` moved by the similarity that carries the face's rigid points of ``source_points`` onto
+    ``target_points``' (``(478, 2+)`` px): the face slides, rolls and scales as the target's, its eyes and expression
+    unchanged."""
+    rigid = topology().rigid
+    scale, rot, t = similarity_fit(np.asarray(source_points)[rigid, :2], np.asarray(target_points)[rigid, :2])
+    m = np.hstack([scale * rot, t[:, None]])
     h, w = image.shape[:2]
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -193,14 +197,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run = json.loads(Path(args.metrics).read_text())
     settings = run.get("settings", {})
-    if args.hold:
-        if not settings.get("eye_contact"):
-            ap.error("--hold reads a run made with --eye-contact")
-        return print_hold(Path(args.data), run, FaceTracker(max_faces=1))
-    if settings.get("eye_contact"):
+    if args.hold and not settings.get("eye_contact"):
+        ap.error("--hold reads a run made with --eye-contact")
+    if settings.get("eye_contact") and not args.hold:
         ap.error("that run held the gaze (--eye-contact): its gaze r says nothing to compare with")
     size = int(settings.get("size", 256))
     tracker = FaceTracker(max_faces=1)
+    if args.hold:
+        return print_hold(Path(args.data), run, tracker)
     if args.parts:
         return print_parts(Path(args.data), run, tracker)
     names = sorted({a for c in run["clips"] for a in c["animators"] if a != "static"})
